@@ -1,0 +1,3 @@
+from edgecomp.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""Compile a generated project with make and the target's compiler; read sizes from the ELF."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from elftools.elf.constants import SH_FLAGS
+from elftools.elf.elffile import ELFFile
+
+from edgecomp.errors import ToolError
+from edgecomp.targets import Target
+
+MAKE_TIMEOUT_S = 900
+
+
+@dataclass(frozen=True)
+class ElfSizes:
+    """Section sizes of a firmware ELF, grouped the way embedded tools report them."""
+
+    text: int  # code + read-only data (.text incl. .rodata and vectors) + .ARM.exidx
+    data: int  # initialised RAM data (also stored in flash)
+    bss: int  # zero-initialised RAM, incl. the arena
+    stack: int  # reserved stack
+    symbols: dict[str, int]
+
+    @property
+    def flash_bytes(self) -> int:
+        return self.text + self.data
+
+    @property
+    def ram_bytes(self) -> int:
+        """Static RAM: .data + .bss (the stack reservation is reported apart)."""
+        return self.data + self.bss
+
+
+def compiler_for(target: Target) -> str:
+    return "gcc" if target.is_host else "arm-none-eabi-gcc"
+
+
+def check_toolchain(target: Target) -> None:
+    """Raise ToolError naming the package to install if the compiler or make is missing."""
+    for tool, package in (
+        (compiler_for(target), "gcc-arm-none-eabi libnewlib-arm-none-eabi"),
+        ("make", "make"),
+    ):
+        if shutil.which(tool) is None:
+            if target.is_host:
+                package = "gcc make"
+            raise ToolError(f"'{tool}' not found: install it (Debian/Ubuntu: apt-get install {package})")
+
+
+def run_make(project: Path, target: Target, extra_cflags: str = "", make_args: tuple[str, ...] = ()) -> Path:
+    """Build the project in `project`; return the executable (host) or firmware.elf (MCU)."""
+    check_toolchain(target)
+    cmd = ["make", "-C", str(project), "-j2", f"EXTRA_CFLAGS={extra_cflags}", *make_args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=MAKE_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        raise ToolError(f"compiling {project} took longer than {MAKE_TIMEOUT_S} s") from exc
+    if proc.returncode != 0:
+        errors = [ln for ln in (proc.stderr + proc.stdout).splitlines() if "error" in ln.lower()]
+        detail = "\n".join(errors[:10]) or proc.stderr[-2000:]
+        raise ToolError(f"compiling the generated code failed ({compiler_for(target)}):\n{detail}")
+    return project / ("harness" if target.is_host else "firmware.elf")
+
+
+def compiler_warnings(project: Path, target: Target) -> list[str]:
+    """Rebuild from scratch and return the compiler's warning lines (tests want none)."""
+    subprocess.run(["make", "-C", str(project), "clean"], capture_output=True, check=False)
+    check_toolchain(target)
+    proc = subprocess.run(["make", "-C", str(project), "-j2"], capture_output=True, text=True, check=False)
+    return [ln for ln in proc.stderr.splitlines() if "warning" in ln]
+
+
+def elf_sizes(path: Path) -> ElfSizes:
+    """Flash/RAM figures of an ELF from its allocated sections (pyelftools)."""
+    text = data = bss = stack = 0
+    symbols: dict[str, int] = {}
+    with path.open("rb") as f:
+        elf = ELFFile(f)
+        for sec in elf.iter_sections():
+            flags = sec["sh_flags"]
+            if not flags & SH_FLAGS.SHF_ALLOC or sec["sh_size"] == 0:
+                continue
+            size = sec["sh_size"]
+            if sec.name == ".stack":
+                stack += size
+            elif sec["sh_type"] == "SHT_NOBITS":
+                bss += size
+            elif flags & SH_FLAGS.SHF_WRITE:
+                data += size
+            else:
+                text += size
+        symtab = elf.get_section_by_name(".symtab")
+        if symtab is not None:
+            for sym in symtab.iter_symbols():
+                if sym.name.startswith("ec_") and sym["st_info"]["type"] == "STT_OBJECT":
+                    symbols[sym.name] = sym["st_size"]
+    return ElfSizes(text=text, data=data, bss=bss, stack=stack, symbols=symbols)

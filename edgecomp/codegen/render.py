@@ -1,0 +1,179 @@
+"""Render templates/ into a model (model.h, model.c, model_weights.c, model_kernels.c) and,
+for MCU targets, a firmware project. Python decides; the templates only print."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from edgecomp import __version__
+from edgecomp.codegen.cnames import c_identifier, c_literals, c_type, dl_type
+from edgecomp.codegen.memory import ArenaPlan, arena_buffers, plan_arena, workspace_name
+from edgecomp.lower.model import LoweredModel
+from edgecomp.resources import data_dir
+from edgecomp.targets import Target
+
+
+@dataclass(frozen=True)
+class CTensor:
+    name: str  # name in the model
+    ident: str  # C identifier
+    ctype: str
+    shape: tuple[int, ...]
+    size: int
+    nbytes: int
+    dl_code: int
+    dl_bits: int
+    kind: str
+    storage: str  # C expression of the data pointer ("" for I/O tensors)
+    io_index: int = -1  # index in ec_io for inputs/outputs
+    desc_index: int = -1  # index in ec_tensors for the rest
+    rows: tuple[str, ...] = ()  # literal rows, for consts
+
+
+@dataclass(frozen=True)
+class CStep:
+    index: int
+    kernel: str
+    symbol: str
+    args: tuple[str, ...]  # C expressions of DLTensor pointers
+    arg_names: tuple[str, ...]
+    macs: int
+    workspace_offset: int
+    workspace_bytes: int
+
+
+@dataclass(frozen=True)
+class GeneratedProject:
+    files: dict[str, str]  # relative path -> content
+    plan: ArenaPlan
+    copied: dict[str, Path] = field(default_factory=dict)  # relative path -> source file
+
+    def write(self, outdir: Path) -> None:
+        for rel, text in self.files.items():
+            path = outdir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        for rel, src in self.copied.items():
+            path = outdir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, path)
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
+    used: set[str] = set()
+    result: dict[str, CTensor] = {}
+    io_names = list(model.inputs) + list(model.outputs)
+    desc = 0
+    # Only tensors the calls use get a descriptor; order: I/O first, then call order.
+    order = list(io_names)
+    for call in model.calls:
+        order += [n for n in call.inputs + call.outputs if n not in order]
+    for name in order:
+        t = model.tensors[name]
+        code, bits = dl_type(t.dtype)
+        ident = c_identifier(name if t.kind in ("input", "output") else f"ec_{name}", used)
+        storage = ""
+        if t.kind == "const":
+            storage = ident
+        elif t.kind == "intermediate":
+            storage = f"ec_arena + {plan.offsets[name]}"
+        io_index = io_names.index(name) if name in io_names else -1
+        result[name] = CTensor(
+            name=name,
+            ident=ident,
+            ctype=c_type(t.dtype),
+            shape=t.shape,
+            size=t.size,
+            nbytes=t.nbytes,
+            dl_code=code,
+            dl_bits=bits,
+            kind=t.kind,
+            storage=storage,
+            io_index=io_index,
+            desc_index=-1 if io_index >= 0 else desc,
+            rows=tuple(c_literals(t.data)) if t.kind == "const" else (),
+        )
+        if io_index < 0:
+            desc += 1
+    return result
+
+
+def generate_project(
+    model: LoweredModel, target: Target, model_name: str, provenance: dict, per_layer: bool = False
+) -> GeneratedProject:
+    """Plan the arena and render every source file for `target`."""
+    plan = plan_arena(arena_buffers(model))
+    tensors = _c_tensors(model, plan)
+
+    def arg(name: str) -> str:
+        t = tensors[name]
+        return f"&ec_io[{t.io_index}]" if t.io_index >= 0 else f"&ec_tensors[{t.desc_index}]"
+
+    steps = [
+        CStep(
+            index=i,
+            kernel=c.kernel,
+            symbol=c.symbol,
+            args=tuple(arg(n) for n in c.inputs + c.outputs),
+            arg_names=c.inputs + c.outputs,
+            macs=c.macs,
+            workspace_offset=plan.offsets.get(workspace_name(i), 0),
+            workspace_bytes=c.workspace_bytes,
+        )
+        for i, c in enumerate(model.calls)
+    ]
+    ctx = {
+        "version": __version__,
+        "model_name": model_name,
+        "provenance": provenance,
+        "target": target,
+        "inputs": [tensors[n] for n in model.inputs],
+        "outputs": [tensors[n] for n in model.outputs],
+        "io": [tensors[n] for n in model.inputs + model.outputs],
+        "described": sorted((t for t in tensors.values() if t.desc_index >= 0), key=lambda t: t.desc_index),
+        "consts": [t for t in tensors.values() if t.kind == "const"],
+        "steps": steps,
+        "kernels": sorted({s.symbol for s in steps}),
+        "arena_bytes": plan.arena_bytes,
+        "inputs_total": sum(-(-tensors[n].nbytes // 16) * 16 for n in model.inputs),
+        "outputs_total": sum(-(-tensors[n].nbytes // 16) * 16 for n in model.outputs),
+        "macs": model.macs,
+        "params": model.params,
+        "per_layer": per_layer,
+    }
+    env = _env()
+    files = {
+        "model.h": env.get_template("model.h.j2").render(ctx),
+        "model.c": env.get_template("model.c.j2").render(ctx),
+        "model_weights.c": env.get_template("model_weights.c.j2").render(ctx),
+        "model_kernels.c": env.get_template("model_kernels.c.j2").render(ctx, kernels_c=model.kernels_c),
+    }
+    fw = data_dir("firmware")
+    copied = {f"ec/{p.name}": p for p in sorted((fw / "common").iterdir()) if p.suffix in (".c", ".h")}
+    if target.is_host:
+        copied.update(
+            {f"ec/{p.name}": p for p in sorted((fw / "host").iterdir()) if p.suffix in (".c", ".h")}
+        )
+        files["Makefile"] = env.get_template("Makefile.host.j2").render(ctx)
+    else:
+        copied.update(
+            {f"ec/{p.name}": p for p in sorted((fw / "cortex-m").iterdir()) if p.suffix in (".c", ".h")}
+        )
+        files["Makefile"] = env.get_template("Makefile.mcu.j2").render(ctx)
+        files["linker.ld"] = env.get_template("linker.ld.j2").render(ctx)
+        files["ec/ec_target.h"] = env.get_template("ec_target.h.j2").render(ctx)
+    return GeneratedProject(files=files, plan=plan, copied=copied)

@@ -1,0 +1,144 @@
+"""Load, check and normalise an ONNX model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, shape_inference, version_converter
+
+from edgecomp.errors import UnsupportedModelError, UserError
+from edgecomp.frontend.ops import check_ops
+
+# Opsets below this are converted up (TVM's importer and our tests cover 11+); the newest opset
+# onnx itself knows is accepted as is.
+MIN_OPSET = 11
+CONVERT_TO_OPSET = 13
+SUPPORTED_IO_DTYPES = {TensorProto.FLOAT: "float32"}
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
+    """Parse --input-shape values of the form name=1,3,32,32."""
+    shapes: dict[str, list[int]] = {}
+    for spec in specs or []:
+        name, sep, dims = spec.partition("=")
+        try:
+            values = [int(d) for d in dims.split(",")] if sep else []
+        except ValueError:
+            values = []
+        if not name or not values or any(v <= 0 for v in values):
+            raise UserError(f"bad --input-shape '{spec}': expected NAME=D0,D1,... with positive integers")
+        shapes[name] = values
+    return shapes
+
+
+def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = None) -> onnx.ModelProto:
+    """Read `path`, pin input shapes, convert old opsets, infer shapes and check every node.
+
+    Raises UserError (or UnsupportedModelError) with a one-line reason for anything that cannot
+    be compiled.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model file not found: {path}")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ValueError...
+        raise UserError(f"{path} is not a readable ONNX model: {_first_line(exc)}") from exc
+    if not model.graph.node and not model.graph.output:
+        raise UserError(f"{path} is not a readable ONNX model: it has no graph")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise UserError(f"{path} is not a valid ONNX model: {_first_line(exc)}") from exc
+    model = _pin_input_shapes(model, input_shapes or {})
+    model = _normalise_opset(model)
+    try:
+        model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise UserError(f"shape inference failed on {path}: {_first_line(exc)}") from exc
+    _check_io(model)
+    check_ops(model)
+    return model
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The model's real inputs (graph inputs that are not initializers)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def _pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
+    names = {i.name for i in graph_inputs(model)}
+    unknown = sorted(set(shapes) - names)
+    if unknown:
+        raise UserError(
+            f"--input-shape names unknown input(s) {unknown}; the model's inputs are {sorted(names)}"
+        )
+    if not shapes:
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for inp in model.graph.input:
+        if inp.name in shapes:
+            dims = inp.type.tensor_type.shape.dim
+            if len(dims) != len(shapes[inp.name]):
+                raise UserError(
+                    f"--input-shape {inp.name} has {len(shapes[inp.name])} dimensions; the model's input has {len(dims)}"
+                )
+            for d, v in zip(dims, shapes[inp.name], strict=True):
+                if d.HasField("dim_value") and d.dim_value != v:
+                    raise UserError(
+                        f"--input-shape {inp.name}: dimension {d.dim_value} is fixed in the model, not {v}"
+                    )
+                d.Clear()
+                d.dim_value = v
+    # Intermediate value_info may carry the old symbolic dims; shape inference recomputes them.
+    del model.graph.value_info[:]
+    return model
+
+
+def _normalise_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None:
+        raise UnsupportedModelError("the model imports no default-domain (ai.onnx) opset")
+    if opset >= MIN_OPSET:
+        return model
+    try:
+        return version_converter.convert_version(model, CONVERT_TO_OPSET)
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"cannot convert the model from opset {opset} to opset {CONVERT_TO_OPSET}: {_first_line(exc)}"
+        ) from exc
+
+
+def _check_io(model: onnx.ModelProto) -> None:
+    for kind, values in (("input", graph_inputs(model)), ("output", list(model.graph.output))):
+        for v in values:
+            tt = v.type.tensor_type
+            if not v.type.HasField("tensor_type"):
+                raise UnsupportedModelError(f"model {kind} '{v.name}' is not a tensor")
+            if tt.elem_type not in SUPPORTED_IO_DTYPES:
+                dtype = TensorProto.DataType.Name(tt.elem_type)
+                raise UnsupportedModelError(
+                    f"model {kind} '{v.name}' has element type {dtype}; edgecomp compiles float32 model I/O"
+                )
+            if not tt.HasField("shape"):
+                raise UnsupportedModelError(
+                    f"model {kind} '{v.name}' has no known shape; pin it with --input-shape NAME=D0,D1,..."
+                )
+            dynamic = [d.dim_param or "?" for d in tt.shape.dim if not d.HasField("dim_value")]
+            if dynamic or any(d.dim_value <= 0 for d in tt.shape.dim):
+                shape = [
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim
+                ]
+                hint = (
+                    f"pin it with --input-shape {v.name}={','.join(str(s) if isinstance(s, int) else '1' for s in shape)}"
+                    if kind == "input"
+                    else "pin the inputs it depends on with --input-shape"
+                )
+                raise UnsupportedModelError(f"model {kind} '{v.name}' has dynamic shape {shape}; {hint}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,82 @@
+"""Launch a firmware in qemu-system-arm with its UART on a local TCP port; always clean up."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+from edgecomp.errors import DeviceError, ToolError
+from edgecomp.targets import Target
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def qemu_command(target: Target, elf: Path, port: int) -> list[str]:
+    """The QEMU command line: deterministic instruction counting, UART 0 on a TCP socket."""
+    return [
+        "qemu-system-arm",
+        "-M", target.qemu["machine"],
+        "-cpu", target.qemu.get("cpu", target.core),
+        "-kernel", str(elf),
+        "-icount", "shift=0",  # 1 instruction = 1 ns of virtual time: exact counts via SysTick
+        "-display", "none",
+        "-monitor", "none",
+        "-chardev", f"socket,id=s0,host=127.0.0.1,port={port},server=on,wait=on,nodelay=on",
+        "-serial", "chardev:s0",
+        "-semihosting-config", "enable=on,target=native",
+        "-no-reboot",
+    ]  # fmt: skip
+
+
+class QemuProcess:
+    """A running QEMU; `url` is its UART. Use as a context manager so it is always killed."""
+
+    def __init__(self, target: Target, elf: Path) -> None:
+        if shutil.which("qemu-system-arm") is None:
+            raise ToolError(
+                "'qemu-system-arm' not found: install it (Debian/Ubuntu: apt-get install qemu-system-arm)"
+            )
+        if not target.has_qemu:
+            raise ToolError(f"target {target.name} has no QEMU machine; run it on a board with --port")
+        self.port = _free_port()
+        self.command = qemu_command(target, elf, self.port)
+        self.proc = subprocess.Popen(
+            self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self.url = f"socket://127.0.0.1:{self.port}"
+
+    def exit_status(self) -> str:
+        code = self.proc.poll()
+        if code is None:
+            return "still running"
+        err = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr else ""
+        return f"exit code {code}" + (f": {err[-800:]}" if err else "")
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise DeviceError(f"QEMU stopped ({self.exit_status()})")
+
+    def close(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> QemuProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

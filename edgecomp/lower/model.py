@@ -1,0 +1,58 @@
+"""The lowered model: what the code generator needs, with no TVM objects in it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor of the call sequence.
+
+    kind is "input", "output", "const" or "intermediate"; `data` is set for consts only.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    kind: str
+    data: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Call:
+    """One kernel invocation: `symbol(args...)`, inputs first, then the outputs it writes."""
+
+    kernel: str  # the fused TIR function's name
+    symbol: str  # the C function TVM generated for it
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    workspace_bytes: int  # scratch the kernel requests through TVMBackendAllocWorkspace
+    macs: int
+
+
+@dataclass(frozen=True)
+class LoweredModel:
+    kernels_c: str  # TVM's C for every kernel, TVM headers stripped (see templates/ec_tvm_shim.h)
+    tensors: dict[str, Tensor]
+    calls: tuple[Call, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def macs(self) -> int:
+        return sum(c.macs for c in self.calls)
+
+    @property
+    def params(self) -> int:
+        return sum(t.size for t in self.tensors.values() if t.kind == "const")

@@ -1,0 +1,197 @@
+"""ONNX ModelProto -> LoweredModel: import, fuse, schedule each kernel, emit C."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+import tvm
+from tvm import relax
+from tvm.ir.expr import GenericConst as _CONST
+
+from edgecomp.errors import ToolError, UnsupportedModelError
+from edgecomp.lower.model import Call, LoweredModel, Tensor
+from edgecomp.lower.relax_import import import_and_fuse
+from edgecomp.lower.schedule import count_macs, schedule_for_mcu
+
+SYMBOL_PREFIX = "ec_"
+WORKSPACE_ALIGN = 16
+
+_TVM_PREAMBLE = re.compile(r'^(#define TVM_EXPORTS|#include "tvm/.*")\n', re.M)
+_FUNC_DEF = re.compile(
+    r"^TVM_DLL int32_t __tvm_ffi_(\w+)\(void\* self_handle, void\* args, int32_t num_args, void\* result\) \{$",
+    re.M,
+)
+# The packed preamble unpacks shape pointers and the device id whether or not the scheduled body
+# uses them; mark them used so the generated C is warning-free under -Wall -Wextra.
+_UNPACKED_FIELD = re.compile(r"^(\s+)(?:int64_t\* (\w+_shape)|int32_t (dev_id)) = .*;$", re.M)
+_WS_ALLOC = re.compile(r"TVMBackendAllocWorkspace\(\d+, \w+, \(uint64_t\)(\d+)ULL")
+
+
+def lower_model(model: onnx.ModelProto) -> LoweredModel:
+    """Lower a checked, static-shape ONNX model to C kernels plus a call sequence."""
+    mod = import_and_fuse(model)
+    tensors, calls, inputs, outputs = _walk_main(mod, model)
+    kernels = sorted({c.kernel for c in calls})
+    funcs = {}
+    macs = {}
+    for name in kernels:
+        func = mod[name]
+        macs[name] = count_macs(func)
+        funcs[SYMBOL_PREFIX + name] = schedule_for_mcu(func).with_attr("global_symbol", SYMBOL_PREFIX + name)
+    source = _emit_c(tvm.IRModule(funcs))
+    workspace = _workspace_per_function(source)
+    calls = tuple(
+        Call(
+            kernel=c.kernel,
+            symbol=f"__tvm_ffi_{SYMBOL_PREFIX}{c.kernel}",
+            inputs=c.inputs,
+            outputs=c.outputs,
+            workspace_bytes=workspace.get(SYMBOL_PREFIX + c.kernel, 0),
+            macs=macs[c.kernel],
+        )
+        for c in calls
+    )
+    return LoweredModel(kernels_c=source, tensors=tensors, calls=calls, inputs=inputs, outputs=outputs)
+
+
+def _emit_c(mod: tvm.IRModule) -> str:
+    try:
+        with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
+            lib = tvm.build(mod, target="c")
+    except Exception as exc:
+        raise ToolError(f"TVM failed to generate C: {str(exc).strip().splitlines()[-1][:300]}") from exc
+    source = _TVM_PREAMBLE.sub("", lib.inspect_source())
+    source = _UNPACKED_FIELD.sub(lambda m: f"{m.group(0)} (void){m.group(2) or m.group(3)};", source)
+    # The packed signature's bookkeeping parameters are unused in kernels that need no workspace.
+    return _FUNC_DEF.sub(
+        lambda m: m.group(0) + "\n  (void)self_handle; (void)args; (void)num_args; (void)result;", source
+    )
+
+
+def _workspace_per_function(source: str) -> dict[str, int]:
+    """Bytes of TVMBackendAllocWorkspace scratch each function holds at its peak.
+
+    TVM allocates a function's workspace buffers at entry and frees them in reverse order at exit,
+    so the peak is the sum of its requests, each rounded up to the allocator's alignment.
+    """
+    result: dict[str, int] = {}
+    matches = list(_FUNC_DEF.finditer(source))
+    for i, m in enumerate(matches):
+        body = source[m.end() : matches[i + 1].start() if i + 1 < len(matches) else len(source)]
+        sizes = [int(s) for s in _WS_ALLOC.findall(body)]
+        result[m.group(1)] = sum(-(-s // WORKSPACE_ALIGN) * WORKSPACE_ALIGN for s in sizes)
+    return result
+
+
+def _sinfo_tensors(sinfo) -> list[tuple[tuple[int, ...], str]]:
+    """(shape, dtype) of each tensor in a Relax type (a tensor, or a tuple of them)."""
+    if isinstance(sinfo, relax.TupleType):
+        return [t for f in sinfo.fields for t in _sinfo_tensors(f)]
+    if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
+        raise UnsupportedModelError(f"after lowering, a value has no static tensor shape: {sinfo}")
+    try:
+        shape = tuple(int(v) for v in sinfo.shape.values)
+    except (TypeError, AttributeError) as exc:
+        raise UnsupportedModelError(f"after lowering, a tensor has a symbolic shape: {sinfo.shape}") from exc
+    return [(shape, str(sinfo.dtype))]
+
+
+def _walk_main(mod: tvm.IRModule, model: onnx.ModelProto):
+    """Turn Relax main's dataflow into tensors and a call sequence."""
+    main = mod["main"]
+    tensors: dict[str, Tensor] = {}
+    env: dict = {}  # relax Var -> list of tensor names (several for a tuple)
+    inits = {i.name for i in model.graph.initializer}
+    onnx_inputs = [i.name for i in model.graph.input if i.name not in inits]
+    if len(onnx_inputs) != len(main.params):
+        raise UnsupportedModelError(
+            f"TVM's import has {len(main.params)} inputs but the model has {len(onnx_inputs)}"
+        )
+    inputs = []
+    for param, name in zip(main.params, onnx_inputs, strict=True):
+        ((shape, dtype),) = _sinfo_tensors(param.ty)
+        tensors[name] = Tensor(name, shape, dtype, "input")
+        env[param] = [name]
+        inputs.append(name)
+
+    consts: dict = {}
+
+    def arg_names(expr) -> list[str]:
+        if isinstance(expr, _CONST):
+            if expr not in consts:
+                data = expr.value.numpy()
+                name = f"c{len(consts)}"
+                consts[expr] = name
+                tensors[name] = Tensor(
+                    name, tuple(data.shape), str(data.dtype), "const", np.ascontiguousarray(data)
+                )
+            return [consts[expr]]
+        if isinstance(expr, relax.Var) and expr in env:
+            return env[expr]
+        raise UnsupportedModelError(f"after lowering, an argument is not a tensor: {expr}")
+
+    calls: list[Call] = []
+    body = main.body
+    for block in body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and value.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+                if len(value.args) > 2:
+                    raise UnsupportedModelError(
+                        f"kernel {value.args[0].name_hint} needs symbolic shape arguments"
+                    )
+                ins = [n for a in value.args[1].fields for n in arg_names(a)]
+                outs = []
+                for shape, dtype in _sinfo_tensors(value.ty_args[0]):
+                    name = f"t{len([t for t in tensors.values() if t.kind == 'intermediate'])}"
+                    tensors[name] = Tensor(name, shape, dtype, "intermediate")
+                    outs.append(name)
+                env[binding.var] = outs
+                calls.append(Call(value.args[0].name_hint, "", tuple(ins), tuple(outs), 0, 0))
+            elif isinstance(value, relax.TupleGetItem):
+                env[binding.var] = [arg_names(value.tuple_value)[value.index]]
+            elif isinstance(value, relax.Var | _CONST):
+                env[binding.var] = arg_names(value)
+            elif isinstance(value, relax.Tuple):
+                env[binding.var] = [n for f in value.fields for n in arg_names(f)]
+            else:
+                op = getattr(getattr(value, "op", None), "name", type(value).__name__)
+                raise UnsupportedModelError(
+                    f"after lowering, '{op}' is not a TIR kernel call; cannot compile it"
+                )
+    result = body.body
+    out_names = [
+        n for f in (result.fields if isinstance(result, relax.Tuple) else [result]) for n in arg_names(f)
+    ]
+    onnx_outputs = [o.name for o in model.graph.output]
+    if len(out_names) != len(onnx_outputs):
+        raise UnsupportedModelError(
+            f"TVM's import has {len(out_names)} outputs but the model has {len(onnx_outputs)}"
+        )
+    # Rename the tensors that are model outputs to the ONNX output names.
+    rename = {}
+    for internal, name in zip(out_names, onnx_outputs, strict=True):
+        t = tensors[internal]
+        if t.kind != "intermediate" or internal in rename:
+            raise UnsupportedModelError(
+                f"model output '{name}' is a {t.kind} tensor, not computed by the model; cannot compile it"
+            )
+        rename[internal] = name
+    tensors = {
+        rename.get(k, k): (Tensor(rename[k], t.shape, t.dtype, "output") if k in rename else t)
+        for k, t in tensors.items()
+    }
+    calls = [
+        Call(
+            c.kernel,
+            c.symbol,
+            tuple(rename.get(n, n) for n in c.inputs),
+            tuple(rename.get(n, n) for n in c.outputs),
+            0,
+            0,
+        )
+        for c in calls
+    ]
+    return tensors, calls, tuple(inputs), tuple(onnx_outputs)

@@ -1,0 +1,55 @@
+"""ONNX -> Relax, then legalize to TIR and fuse into one PrimFunc per fused operator."""
+
+from __future__ import annotations
+
+import onnx
+import tvm
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
+
+from edgecomp.errors import UnsupportedModelError
+
+
+def importer_ops() -> list[str]:
+    """ONNX op types TVM's Relax importer has converters for."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return sorted(onnx_frontend._get_convert_map())
+
+
+def import_and_fuse(model: onnx.ModelProto) -> tvm.IRModule:
+    """Import `model` into Relax with weights as constants, legalize and fuse.
+
+    The result has a Relax `main` made of R.call_tir bindings, one TIR PrimFunc per fused group
+    (e.g. conv2d + bias add + relu), with constant subexpressions folded.
+    """
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    try:
+        mod = from_onnx(model, opset=opset, keep_params_in_input=False)
+    except Exception as exc:  # the importer raises many kinds; the message names the op
+        raise UnsupportedModelError(f"TVM could not import the model: {_tvm_message(exc)}") from exc
+    passes = tvm.transform.Sequential(
+        [
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+        ]
+    )
+    try:
+        with tvm.transform.PassContext(opt_level=3):
+            return passes(mod)
+    except Exception as exc:
+        raise UnsupportedModelError(f"TVM could not legalize the model: {_tvm_message(exc)}") from exc
+
+
+def _tvm_message(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # TVM puts the useful line last, after a C++ backtrace.
+    msg = next(
+        (ln for ln in reversed(lines) if not ln.startswith(("File ", "at ", "0x"))), type(exc).__name__
+    )
+    return msg[:300]

@@ -1,0 +1,148 @@
+"""A generic TIR schedule for one fused operator on a single-core MCU.
+
+Legalized Relax gives every stage its own full-size buffer: a padded copy of the input, the raw
+conv/matmul result, then one buffer per epilogue (bias, residual add, relu). On a microcontroller
+those buffers are scratch RAM the arena must hold. This schedule removes them:
+
+1. spatial (injective) producers such as padding are inlined into their consumers;
+2. elementwise epilogues are inlined into each other;
+3. the remaining epilogue is computed right after each output element of the reduction
+   (`reverse_compute_at` the reduction's innermost spatial loop), so the raw result shrinks to a
+   scalar that lives in a register;
+4. the reduction's init is hoisted out of the reduction loop (`decompose_reduction`).
+
+Every primitive is checked by TVM; one that does not apply is skipped, so the schedule never
+changes what a function computes, only where intermediates live.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from tvm import tirx
+from tvm.s_tir import Schedule, ScheduleError
+
+_REDUCE = 2  # tirx.IterVar.CommReduce
+
+
+def schedule_for_mcu(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Return `func` with padding and epilogues inlined and scratch buffers shrunk."""
+    sch = Schedule(func)
+    _inline_spatial(sch)
+    for block in _blocks(sch):
+        if _is_reduction(sch, block):
+            _fuse_epilogue(sch, block)
+    for block in _blocks(sch):
+        if _is_reduction(sch, block):
+            _decompose(sch, block)
+    return sch.mod["main"]
+
+
+def count_macs(func: tirx.PrimFunc) -> int:
+    """Multiply-accumulates of a PrimFunc: iterations of reduction blocks whose update multiplies."""
+    sch = Schedule(func)
+    total = 0
+    for block in _blocks(sch):
+        blk = sch.get(block)
+        if _is_reduction(sch, block) and _has_mul(getattr(blk.body, "value", None)):
+            n = 1
+            for iv in blk.iter_vars:
+                n *= int(iv.dom.extent)
+            total += n
+    return total
+
+
+def _blocks(sch: Schedule) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _is_reduction(sch: Schedule, block) -> bool:
+    return any(int(iv.iter_type) == _REDUCE for iv in sch.get(block).iter_vars)
+
+
+def _inline_spatial(sch: Schedule) -> None:
+    """Inline every non-output spatial block, repeating until nothing changes."""
+    changed = True
+    while changed:
+        changed = False
+        for block in _blocks(sch):
+            if _is_reduction(sch, block):
+                continue
+            try:
+                sch.compute_inline(block)
+                changed = True
+                break
+            except ScheduleError:
+                pass
+    changed = True
+    while changed:
+        changed = False
+        for block in _blocks(sch):
+            if _is_reduction(sch, block):
+                continue
+            try:
+                sch.reverse_compute_inline(block)
+                changed = True
+                break
+            except ScheduleError:
+                pass
+
+
+def _first_reduction_loop(sch: Schedule, block) -> int:
+    """Index in get_loops(block) of the outermost loop that drives a reduction axis."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return 0
+    realize = sch.get(loops[-1]).body
+    if not hasattr(realize, "iter_values"):
+        return len(loops)
+    red_vars: set[str] = set()
+    for iv, value in zip(realize.block.iter_vars, realize.iter_values, strict=True):
+        if int(iv.iter_type) == _REDUCE:
+            red_vars |= _var_names(value)
+    for i, loop in enumerate(loops):
+        if sch.get(loop).loop_var.name in red_vars:
+            return i
+    return len(loops)
+
+
+def _var_names(expr) -> set[str]:
+    if isinstance(expr, tirx.Var):
+        return {expr.name}
+    names: set[str] = set()
+    for f in ("a", "b", "value"):
+        sub = getattr(expr, f, None)
+        if sub is not None:
+            names |= _var_names(sub)
+    return names
+
+
+def _fuse_epilogue(sch: Schedule, block) -> None:
+    loops = sch.get_loops(block)
+    first_red = _first_reduction_loop(sch, block)
+    if first_red == 0 or first_red >= len(loops):
+        return
+    for consumer in sch.get_consumers(block):
+        if _is_reduction(sch, consumer):
+            continue
+        with contextlib.suppress(ScheduleError):
+            sch.reverse_compute_at(consumer, loops[first_red - 1], preserve_unit_loops=True)
+
+
+def _decompose(sch: Schedule, block) -> None:
+    loops = sch.get_loops(block)
+    first_red = _first_reduction_loop(sch, block)
+    if first_red >= len(loops):
+        return
+    with contextlib.suppress(ScheduleError):
+        sch.decompose_reduction(block, loops[first_red])
+
+
+def _has_mul(expr) -> bool:
+    if expr is None:
+        return False
+    if isinstance(expr, tirx.Mul):
+        return True
+    return any(_has_mul(getattr(expr, f, None)) for f in ("a", "b", "value")) or any(
+        _has_mul(a) for a in getattr(expr, "args", ())
+    )

@@ -1,0 +1,197 @@
+"""The whole pipeline in order: ONNX -> front end -> TVM lowering -> C -> firmware -> report.
+
+`build` is what `edgecomp build` does; `run` and `profile` call it (reusing a cached build) and
+then talk to the device through the harness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+
+from edgecomp import __version__
+from edgecomp.build import ElfSizes, elf_sizes, run_make
+from edgecomp.codegen import generate_project
+from edgecomp.errors import DoesNotFitError
+from edgecomp.frontend import load_model
+from edgecomp.lower import LoweredModel, lower_model
+from edgecomp.resources import data_dir
+from edgecomp.targets import Target
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything that changes what `build` produces (and so keys its cache)."""
+
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    fit_check: bool = True
+    per_layer: bool = False
+    extra_cflags: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    outdir: Path
+    report: dict
+    model: onnx.ModelProto  # the model as the front end normalised it (the reference runs this)
+    cached: bool
+
+
+def default_outdir(model_path: Path, target: Target) -> Path:
+    return Path("build") / f"{model_path.stem}-{target.name}"
+
+
+def build_key(model_bytes: bytes, target: Target, options: BuildOptions) -> str:
+    """Hash of every input of a build: model, options, target file, edgecomp and its C sources."""
+    h = hashlib.sha256()
+    h.update(__version__.encode())
+    h.update(model_bytes)
+    h.update(json.dumps(options.as_dict(), sort_keys=True).encode())
+    h.update(target.source.read_bytes())
+    for folder in ("templates", "firmware"):
+        for p in sorted(data_dir(folder).rglob("*")):
+            if p.is_file():
+                h.update(p.relative_to(data_dir(folder)).as_posix().encode())
+                h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def build(model_path: Path, target: Target, outdir: Path | None = None,
+          options: BuildOptions | None = None, reuse: bool = False, log=print) -> BuildResult:  # fmt: skip
+    """Compile `model_path` for `target` into `outdir`; with `reuse`, keep a build with the same key.
+
+    The output folder is written in a temporary sibling and moved into place only when the whole
+    build succeeded, so a failed build never leaves a half-written folder behind.
+    """
+    options = options or BuildOptions()
+    outdir = Path(outdir or default_outdir(model_path, target))
+    model = load_model(model_path, options.input_shapes)
+    model_bytes = Path(model_path).read_bytes()
+    key = build_key(model_bytes, target, options)
+    if reuse:
+        cached = _cached_report(outdir, key, target)
+        if cached is not None:
+            return BuildResult(outdir, cached, model, cached=True)
+
+    t0 = time.monotonic()
+    log(f"lowering {model_path.name} through TVM for {target.name}")
+    lowered = lower_model(model)
+    provenance = {
+        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "options": json.dumps(options.as_dict(), sort_keys=True),
+    }
+    project = generate_project(lowered, target, model_path.name, provenance, per_layer=options.per_layer)
+    t_gen = time.monotonic() - t0
+
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
+    try:
+        project.write(tmp)
+        log(
+            f"compiling {'host harness' if target.is_host else 'firmware'} ({len(project.files)} generated files)"
+        )
+        binary = run_make(tmp, target, options.extra_cflags)
+        sizes = None if target.is_host else elf_sizes(binary)
+        report = _report(model_path, target, options, key, lowered, project.plan, sizes, t_gen,
+                         time.monotonic() - t0)  # fmt: skip
+        if sizes is not None and options.fit_check:
+            _check_fit(target, sizes)
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        if outdir.exists():
+            shutil.rmtree(outdir)
+        tmp.rename(outdir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return BuildResult(outdir, report, model, cached=False)
+
+
+def _cached_report(outdir: Path, key: str, target: Target) -> dict | None:
+    try:
+        report = json.loads((outdir / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    binary = outdir / ("harness" if target.is_host else "firmware.elf")
+    return report if report.get("build_key") == key and binary.exists() else None
+
+
+def _check_fit(target: Target, sizes: ElfSizes) -> None:
+    problems = []
+    if target.flash_budget and sizes.flash_bytes > target.flash_budget:
+        over = sizes.flash_bytes - target.flash_budget
+        problems.append(f"flash {sizes.flash_bytes:,} B > {target.flash_budget:,} B by {over:,} B")
+    ram = sizes.ram_bytes + sizes.stack
+    if target.ram_budget and ram > target.ram_budget:
+        over = ram - target.ram_budget
+        problems.append(
+            f"RAM {ram:,} B (static {sizes.ram_bytes:,} + stack {sizes.stack:,}) > {target.ram_budget:,} B by {over:,} B"
+        )
+    if problems:
+        raise DoesNotFitError(
+            f"the model does not fit {target.name} ({target.part}): {'; '.join(problems)}. "
+            "Quantize or prune it, pick a bigger target, or pass --no-fit-check to build anyway"
+        )
+
+
+def _report(model_path, target, options, key, lowered: LoweredModel, plan, sizes, t_gen, t_total) -> dict:
+    layers = [
+        {
+            "index": i,
+            "kernel": c.kernel,
+            "inputs": list(c.inputs),
+            "outputs": list(c.outputs),
+            "macs": c.macs,
+            "workspace_bytes": c.workspace_bytes,
+        }
+        for i, c in enumerate(lowered.calls)
+    ]
+    report = {
+        "edgecomp_version": __version__,
+        "model": str(model_path),
+        "target": target.as_dict(),
+        "options": options.as_dict(),
+        "build_key": key,
+        "macs": lowered.macs,
+        "params": lowered.params,
+        "weights_bytes": sum(t.nbytes for t in lowered.tensors.values() if t.kind == "const"),
+        "arena_bytes": plan.arena_bytes,
+        "arena_unshared_bytes": plan.unshared_bytes,
+        "inputs": [_tensor_entry(lowered.tensors[n]) for n in lowered.inputs],
+        "outputs": [_tensor_entry(lowered.tensors[n]) for n in lowered.outputs],
+        "layers": layers,
+        "memory_plan": plan.as_dict()["buffers"],
+        "compile_time_s": round(t_total, 3),
+        "codegen_time_s": round(t_gen, 3),
+    }
+    if sizes is not None:
+        report.update(
+            {
+                "flash_bytes": sizes.flash_bytes,
+                "ram_bytes": sizes.ram_bytes,
+                "stack_reserved_bytes": sizes.stack,
+                "sections": {"text": sizes.text, "data": sizes.data, "bss": sizes.bss},
+                "fits": {
+                    "flash_budget": target.flash_budget,
+                    "ram_budget": target.ram_budget,
+                    "flash_ok": sizes.flash_bytes <= target.flash_budget if target.flash_budget else None,
+                    "ram_ok": sizes.ram_bytes + sizes.stack <= target.ram_budget
+                    if target.ram_budget
+                    else None,
+                },
+            }
+        )
+    return report
+
+
+def _tensor_entry(t) -> dict:
+    return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}

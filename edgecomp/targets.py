@@ -1,0 +1,126 @@
+"""Targets are data: one TOML file per target in targets/ (or any path given to --target)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgecomp.errors import UserError
+from edgecomp.resources import data_dir
+
+KINDS = ("mcu", "host")
+UART_DRIVERS = ("cmsdk",)
+TIMERS = ("systick",)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One compilation target: CPU flags, memory map and budget, UART, timer, QEMU machine."""
+
+    name: str
+    kind: str
+    description: str
+    core: str
+    arch_flags: tuple[str, ...]
+    fpu: str
+    dsp: bool
+    clock_hz: int
+    source: Path
+    part: str = ""
+    flash_budget: int = 0
+    ram_budget: int = 0
+    memory: dict = field(default_factory=dict)
+    uart: dict = field(default_factory=dict)
+    timer: dict = field(default_factory=dict)
+    qemu: dict = field(default_factory=dict)
+
+    @property
+    def is_host(self) -> bool:
+        return self.kind == "host"
+
+    @property
+    def has_qemu(self) -> bool:
+        return bool(self.qemu.get("machine"))
+
+    def as_dict(self) -> dict:
+        """The fields a report records about the target."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "core": self.core,
+            "fpu": self.fpu,
+            "clock_hz": self.clock_hz,
+            "part": self.part,
+            "flash_budget": self.flash_budget,
+            "ram_budget": self.ram_budget,
+            "qemu_machine": self.qemu.get("machine"),
+        }
+
+
+def available_targets() -> list[str]:
+    """Names of the targets shipped in targets/."""
+    return sorted(p.stem for p in data_dir("targets").glob("*.toml"))
+
+
+def load_target(name_or_path: str) -> Target:
+    """Load a shipped target by name, or a target TOML file by path."""
+    path = Path(name_or_path)
+    if not (path.suffix == ".toml" and path.exists()):
+        path = data_dir("targets") / f"{name_or_path}.toml"
+        if not path.exists():
+            raise UserError(
+                f"unknown target '{name_or_path}': use one of {', '.join(available_targets())} "
+                "or a path to a target .toml file"
+            )
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"cannot read target file {path}: {exc}") from exc
+    return _parse(raw, path)
+
+
+def _require(table: dict, key: str, where: str, path: Path, kind: type = object):
+    if key not in table:
+        raise UserError(f"target file {path}: missing '{where}{key}'")
+    value = table[key]
+    if kind is not object and not isinstance(value, kind):
+        raise UserError(f"target file {path}: '{where}{key}' must be a {kind.__name__}")
+    return value
+
+
+def _parse(raw: dict, path: Path) -> Target:
+    kind = _require(raw, "kind", "", path, str)
+    if kind not in KINDS:
+        raise UserError(f"target file {path}: kind must be one of {KINDS}, not '{kind}'")
+    cpu = _require(raw, "cpu", "", path, dict)
+    target = Target(
+        name=_require(raw, "name", "", path, str),
+        kind=kind,
+        description=raw.get("description", ""),
+        core=_require(cpu, "core", "cpu.", path, str),
+        arch_flags=tuple(_require(cpu, "arch_flags", "cpu.", path, list)),
+        fpu=cpu.get("fpu", "none"),
+        dsp=bool(cpu.get("dsp", False)),
+        clock_hz=int(cpu.get("clock_hz", 0)),
+        source=path,
+        part=raw.get("budget", {}).get("part", ""),
+        flash_budget=int(raw.get("budget", {}).get("flash_bytes", 0)),
+        ram_budget=int(raw.get("budget", {}).get("ram_bytes", 0)),
+        memory=raw.get("memory", {}),
+        uart=raw.get("uart", {}),
+        timer=raw.get("timer", {}),
+        qemu=raw.get("qemu", {}),
+    )
+    if target.kind == "mcu":
+        for key in ("flash_origin", "flash_length", "ram_origin", "ram_length", "stack_bytes"):
+            _require(target.memory, key, "memory.", path, int)
+        for key in ("driver", "base", "baud"):
+            _require(target.uart, key, "uart.", path)
+        if target.uart["driver"] not in UART_DRIVERS:
+            raise UserError(f"target file {path}: uart.driver must be one of {UART_DRIVERS}")
+        if target.timer.get("kind", "systick") not in TIMERS:
+            raise UserError(f"target file {path}: timer.kind must be one of {TIMERS}")
+        if target.clock_hz <= 0:
+            raise UserError(f"target file {path}: cpu.clock_hz must be positive")
+    return target

@@ -1,0 +1,148 @@
+/*
+ * ec_harness.c - the serial harness: receives inputs, runs the model, returns outputs and stats.
+ * The same code runs on a board, in QEMU and on the host; ec_port_*.c adapt it.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "ec_port.h"
+#include "ec_proto.h"
+#include "model.h"
+
+static uint8_t ec_in_buf[MODEL_INPUT_BYTES_TOTAL] __attribute__((aligned(16)));
+static uint8_t ec_out_buf[MODEL_OUTPUT_BYTES_TOTAL] __attribute__((aligned(16)));
+static uint8_t ec_rx[EC_MAX_PAYLOAD];
+static uint8_t ec_tx[EC_MAX_PAYLOAD];
+
+static uint32_t ec_offset(const model_tensor_info *infos, uint32_t index)
+{
+  uint32_t off = 0;
+  for (uint32_t i = 0; i < index; ++i) {
+    off += (infos[i].bytes + 15u) & ~15u;
+  }
+  return off;
+}
+
+/* Result of the last INVOKE, resent as is if the host repeats that frame (a lost reply). */
+static uint8_t ec_invoke_reply[1 + 4 + 8 + 4];
+
+static void ec_invoke(void)
+{
+  const void *inputs[MODEL_NUM_INPUTS];
+  void *outputs[MODEL_NUM_OUTPUTS];
+  for (uint32_t i = 0; i < MODEL_NUM_INPUTS; ++i) {
+    inputs[i] = ec_in_buf + ec_offset(model_inputs, i);
+  }
+  for (uint32_t i = 0; i < MODEL_NUM_OUTPUTS; ++i) {
+    outputs[i] = ec_out_buf + ec_offset(model_outputs, i);
+  }
+  uintptr_t sp = ec_port_stack_paint();
+  ec_port_timer_start();
+  int rc = model_run_io(inputs, outputs);
+  uint64_t ticks = ec_port_ticks();
+  uint32_t stack = ec_port_stack_used(sp);
+  ec_invoke_reply[0] = rc == 0 ? EC_OK : EC_ERR_MODEL;
+  ec_put_u32(ec_invoke_reply + 1, (uint32_t)rc);
+  ec_put_u32(ec_invoke_reply + 5, (uint32_t)ticks);
+  ec_put_u32(ec_invoke_reply + 9, (uint32_t)(ticks >> 32));
+  ec_put_u32(ec_invoke_reply + 13, stack);
+}
+
+static uint32_t ec_info(uint8_t *p)
+{
+  p[0] = EC_OK;
+  p[1] = EC_PROTO_VERSION;
+  p[2] = MODEL_NUM_INPUTS;
+  p[3] = MODEL_NUM_OUTPUTS;
+  p[4] = (uint8_t)ec_port_timer_kind();
+  p[5] = 0;
+  ec_put_u16(p + 6, EC_MAX_PAYLOAD);
+  ec_put_u32(p + 8, ec_port_clock_hz());
+  ec_put_u32(p + 12, MODEL_ARENA_BYTES);
+  ec_put_u32(p + 16, ec_port_stack_size());
+  ec_put_u32(p + 20, MODEL_NUM_STEPS);
+  uint32_t n = 24;
+  for (uint32_t i = 0; i < MODEL_NUM_INPUTS && n + 4 <= EC_MAX_PAYLOAD; ++i, n += 4) {
+    ec_put_u32(p + n, model_inputs[i].bytes);
+  }
+  for (uint32_t i = 0; i < MODEL_NUM_OUTPUTS && n + 4 <= EC_MAX_PAYLOAD; ++i, n += 4) {
+    ec_put_u32(p + n, model_outputs[i].bytes);
+  }
+  return n;
+}
+
+/* Copy between a tensor and a frame after checking index and range; returns a status. */
+static uint8_t ec_io_range(const model_tensor_info *infos, uint32_t count, const uint8_t *args,
+                           uint32_t len, uint32_t *base)
+{
+  uint32_t index = args[0];
+  uint32_t offset = ec_get_u32(args + 1);
+  if (index >= count || offset > infos[index].bytes || len > infos[index].bytes - offset) {
+    return EC_ERR_ARGS;
+  }
+  *base = ec_offset(infos, index) + offset;
+  return EC_OK;
+}
+
+int main(void)
+{
+  ec_port_init();
+  static const char banner[] = "\r\nedgecomp harness ready\r\n";
+  ec_port_write((const uint8_t *)banner, sizeof banner - 1);
+  int last_seq = -1;
+  for (;;) {
+    uint8_t type, seq;
+    int len = ec_recv_frame(&type, &seq, ec_rx);
+    if (len < 0) {
+      ec_port_exit(0); /* link closed (host) */
+      return 0;
+    }
+    uint32_t n = 1;
+    uint32_t base = 0;
+    ec_tx[0] = EC_OK;
+    switch (type) {
+    case EC_CMD_INFO:
+      n = ec_info(ec_tx);
+      break;
+    case EC_CMD_WRITE_INPUT:
+      if (len < 5) {
+        ec_tx[0] = EC_ERR_ARGS;
+      } else {
+        ec_tx[0] = ec_io_range(model_inputs, MODEL_NUM_INPUTS, ec_rx, (uint32_t)len - 5, &base);
+        if (ec_tx[0] == EC_OK) {
+          memcpy(ec_in_buf + base, ec_rx + 5, (uint32_t)len - 5);
+        }
+      }
+      break;
+    case EC_CMD_INVOKE:
+      if ((int)seq != last_seq) {
+        ec_invoke();
+      }
+      memcpy(ec_tx, ec_invoke_reply, sizeof ec_invoke_reply);
+      n = sizeof ec_invoke_reply;
+      break;
+    case EC_CMD_READ_OUTPUT: {
+      uint32_t want = len >= 7 ? ec_get_u16(ec_rx + 5) : 0;
+      if (len < 7 || want >= EC_MAX_PAYLOAD) {
+        ec_tx[0] = EC_ERR_ARGS;
+      } else {
+        ec_tx[0] = ec_io_range(model_outputs, MODEL_NUM_OUTPUTS, ec_rx, want, &base);
+        if (ec_tx[0] == EC_OK) {
+          memcpy(ec_tx + 1, ec_out_buf + base, want);
+          n = 1 + want;
+        }
+      }
+      break;
+    }
+    case EC_CMD_EXIT:
+      ec_send_frame((uint8_t)(type | EC_RESP), seq, ec_tx, 1);
+      ec_port_exit(len >= 1 ? ec_rx[0] : 0);
+      return 0;
+    default:
+      ec_tx[0] = EC_ERR_COMMAND;
+      break;
+    }
+    last_seq = seq;
+    ec_send_frame((uint8_t)(type | EC_RESP), seq, ec_tx, n);
+  }
+}
