@@ -43,6 +43,7 @@ class BuildOptions:
 class BuildResult:
     outdir: Path
     report: dict
+    target: Target
     model: onnx.ModelProto  # the model as the front end normalised it (the reference runs this)
     cached: bool
 
@@ -81,7 +82,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None,
     if reuse:
         cached = _cached_report(outdir, key, target)
         if cached is not None:
-            return BuildResult(outdir, cached, model, cached=True)
+            return BuildResult(outdir, cached, target, model, cached=True)
 
     t0 = time.monotonic()
     log(f"lowering {model_path.name} through TVM for {target.name}")
@@ -113,7 +114,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return BuildResult(outdir, report, model, cached=False)
+    return BuildResult(outdir, report, target, model, cached=False)
 
 
 def _cached_report(outdir: Path, key: str, target: Target) -> dict | None:

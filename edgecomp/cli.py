@@ -1,0 +1,183 @@
+"""Command line: build, run, profile, targets. Thin: parse, call the pipeline, map errors to exit codes.
+
+Exit codes: 0 ok, 1 outputs disagree with the reference, 2 user error (bad model, bad arguments,
+does not fit), 3 tool or device failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edgecomp import __version__
+from edgecomp.errors import EdgecompError, MismatchError, UserError
+from edgecomp.frontend import parse_input_shapes
+from edgecomp.pipeline import BuildOptions, BuildResult, build
+from edgecomp.targets import available_targets, load_target
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+def _build_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("model", type=Path, help="ONNX model file")
+    p.add_argument("--target", "-t", default="cortex-m7",
+                   help=f"target name ({', '.join(available_targets())}) or a target .toml file [cortex-m7]")  # fmt: skip
+    p.add_argument("-o", "--output-dir", type=Path, help="build folder [build/<model>-<target>]")
+    p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
+                   help="pin a dynamic input shape (repeat per input)")  # fmt: skip
+    p.add_argument(
+        "--no-fit-check", action="store_true", help="build even if the model exceeds the target's memory"
+    )
+    p.add_argument("--cflags", default="", help="extra C compiler flags for the generated code")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
+    return p
+
+
+def _device_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--port", help="serial port of a board running the firmware (e.g. /dev/ttyACM0); default: QEMU"
+    )
+    p.add_argument("--baud", type=int, default=115200, help="baud rate for --port [115200]")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply [5]")
+    return p
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgecomp", description="Compile ONNX models to C and Cortex-M firmware through Apache TVM."
+    )
+    parser.add_argument("--version", action="version", version=f"edgecomp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build_p, device_p = _build_parent(), _device_parent()
+    sub.add_parser("build", parents=[build_p], help="compile a model into C sources and firmware")
+    run = sub.add_parser("run", parents=[build_p, device_p],
+                         help="build (cached), run on QEMU/board/host and check against onnxruntime")  # fmt: skip
+    run.add_argument(
+        "--input", "-i", type=Path, required=True, help=".npy (one input) or .npz (one array per input)"
+    )
+    run.add_argument("--output", type=Path, help="write the outputs (.npy: first output, .npz: all)")
+    run.add_argument("--no-check", action="store_true", help="skip the comparison with onnxruntime")
+    run.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                     help="max abs error / max |reference| allowed [1e-4]")  # fmt: skip
+    prof = sub.add_parser("profile", parents=[build_p, device_p],
+                          help="build (cached), run one inference and report time and memory")  # fmt: skip
+    prof.add_argument("--input", "-i", type=Path, help="input sample (default: seeded random data)")
+    prof.add_argument("--json", type=Path, help="write the profile as JSON")
+    sub.add_parser("targets", help="list the shipped targets")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except EdgecompError as exc:
+        print(f"edgecomp: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgecomp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an edgecomp bug: say so in one line, traceback only on request
+        if os.environ.get("EDGECOMP_DEBUG"):
+            raise
+        print(f"edgecomp: internal error: {type(exc).__name__}: {exc} (set EDGECOMP_DEBUG=1 for a traceback)",
+              file=sys.stderr)  # fmt: skip
+        return 3
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "targets":
+        from edgecomp.report import print_targets
+
+        print_targets()
+        return 0
+    from edgecomp import report
+
+    log = (lambda *_: None) if args.quiet else report.log
+    result = _build(args, reuse=args.command != "build", log=log)
+    if args.command == "build":
+        report.print_build(result)
+        return 0
+    if args.command == "run":
+        return _run(args, result, log)
+    return _profile(args, result, log)
+
+
+def _build(args, reuse: bool, log) -> BuildResult:
+    target = load_target(args.target)
+    options = BuildOptions(
+        input_shapes=parse_input_shapes(args.input_shape),
+        fit_check=not args.no_fit_check,
+        extra_cflags=args.cflags,
+    )
+    result = build(args.model, target, args.output_dir, options, reuse=reuse, log=log)
+    if result.cached:
+        log(f"reusing build in {result.outdir}")
+    return result
+
+
+def _run(args, result: BuildResult, log) -> int:
+    from edgecomp import report
+    from edgecomp.io import load_samples, save_outputs
+    from edgecomp.reference import Reference, compare
+    from edgecomp.runner import run_samples
+
+    samples = load_samples(args.input, result.report["inputs"])
+    log(f"running {len(samples)} sample(s) on {_where(args, result)}")
+    runs = run_samples(result, samples, args.port, args.baud, args.timeout)
+    outputs = [r.outputs for r in runs]
+    if args.output:
+        save_outputs(args.output, [o["name"] for o in result.report["outputs"]], outputs)
+    report.print_run(runs)
+    if args.no_check:
+        return 0
+    ref = Reference(result.model)
+    cmp = compare(outputs, [ref.run(s) for s in samples])
+    report.print_comparison(cmp, args.tolerance)
+    if not cmp.rel_error <= args.tolerance:
+        raise MismatchError(
+            f"outputs differ from onnxruntime: max abs error {cmp.max_abs_error:.3g} "
+            f"= {cmp.rel_error:.3g} of max |reference|, over the tolerance {args.tolerance:g}"
+        )
+    return 0
+
+
+def _profile(args, result: BuildResult, log) -> int:
+    from edgecomp import report
+    from edgecomp.io import load_samples
+    from edgecomp.runner import profile_record, run_samples
+
+    if args.input:
+        samples = load_samples(args.input, result.report["inputs"])[:1]
+    else:
+        rng = np.random.default_rng(0)
+        samples = [[rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in result.report["inputs"]]]
+    log(f"profiling on {_where(args, result)}")
+    (run,) = run_samples(result, samples, args.port, args.baud, args.timeout)
+    record = profile_record(result, run, on_board=bool(args.port))
+    report.print_profile(record)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+def _where(args, result: BuildResult) -> str:
+    target = result.report["target"]
+    if target["kind"] == "host":
+        return "the host"
+    return args.port or f"QEMU {target['qemu_machine']}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["main", "make_parser", "UserError"]

@@ -1,0 +1,77 @@
+"""Reading user input tensors (.npy / .npz) and writing outputs, with the model's shapes in mind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgecomp.errors import UserError
+
+
+def load_samples(path: Path, inputs: list[dict]) -> list[list[np.ndarray]]:
+    """Read `path` and return a list of samples, each a list of arrays in model-input order.
+
+    An input may hold one sample (the model's shape), or N samples: N in the batch dimension of a
+    batch-1 shape, or one extra leading dimension N.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"input file not found: {path}")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            if len(inputs) == 1 and len(arrays) == 1:
+                arrays = {inputs[0]["name"]: next(iter(arrays.values()))}
+            missing = [i["name"] for i in inputs if i["name"] not in arrays]
+            if missing:
+                raise UserError(f"{path} has no array for input(s) {missing}; it holds {sorted(arrays)}")
+            per_input = [arrays[i["name"]] for i in inputs]
+        else:
+            if len(inputs) != 1:
+                names = [i["name"] for i in inputs]
+                raise UserError(
+                    f"the model has {len(inputs)} inputs {names}: pass a .npz with one array per name"
+                )
+            per_input = [np.load(path, allow_pickle=False)]
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path} as a NumPy .npy/.npz file: {exc}") from exc
+
+    split = [
+        _split(arr, tuple(spec["shape"]), spec["name"], np.dtype(spec["dtype"]))
+        for arr, spec in zip(per_input, inputs, strict=True)
+    ]
+    counts = {len(s) for s in split}
+    if len(counts) != 1:
+        raise UserError(f"inputs hold different numbers of samples: {[len(s) for s in split]}")
+    return [list(sample) for sample in zip(*split, strict=True)]
+
+
+def _split(arr: np.ndarray, shape: tuple[int, ...], name: str, dtype: np.dtype) -> list[np.ndarray]:
+    if not np.issubdtype(arr.dtype, np.number):
+        raise UserError(f"input '{name}' has dtype {arr.dtype}, expected numbers")
+    arr = arr.astype(dtype, copy=False)
+    if arr.shape == shape:
+        return [arr]
+    if arr.ndim == len(shape) + 1 and arr.shape[1:] == shape:
+        return [a for a in arr]
+    if shape and shape[0] == 1 and arr.ndim == len(shape) and arr.shape[1:] == shape[1:]:
+        return [a[None] for a in arr]
+    raise UserError(
+        f"input '{name}' has shape {list(arr.shape)}; the model takes {list(shape)} (or N samples of it)"
+    )
+
+
+def save_outputs(path: Path, names: list[str], per_sample: list[list[np.ndarray]]) -> None:
+    """Write the outputs of every sample stacked along a new leading axis (.npy: the first output)."""
+    stacked = [
+        np.stack([s[i] for s in per_sample]) if len(per_sample) > 1 else per_sample[0][i]
+        for i in range(len(names))
+    ]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npz":
+        np.savez(path, **dict(zip(names, stacked, strict=True)))
+    else:
+        np.save(path, stacked[0])

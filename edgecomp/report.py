@@ -1,0 +1,88 @@
+"""What a person sees: progress lines and rich tables for build, run and profile."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from edgecomp.pipeline import BuildResult
+from edgecomp.reference import Comparison
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def log(message: str) -> None:
+    err_console.print(f"[dim]edgecomp:[/dim] {message}")
+
+
+def _kb(n: int | None) -> str:
+    return "-" if n is None else f"{n:,} B ({n / 1024:.1f} KiB)"
+
+
+def print_targets() -> None:
+    from edgecomp.targets import available_targets, load_target
+
+    table = Table("target", "core", "part / budget", "flash", "RAM", "QEMU machine")
+    for name in available_targets():
+        t = load_target(name)
+        table.add_row(t.name, t.core, t.part or t.description, _kb(t.flash_budget or None),
+                      _kb(t.ram_budget or None), t.qemu.get("machine", "-"))  # fmt: skip
+    console.print(table)
+
+
+def print_build(result: BuildResult) -> None:
+    r = result.report
+    table = Table(title=f"{r['model']} -> {r['target']['name']}", show_header=False)
+    table.add_row("output", str(result.outdir))
+    table.add_row("kernels", str(len(r["layers"])))
+    table.add_row("MACs", f"{r['macs']:,}")
+    table.add_row("parameters", f"{r['params']:,} ({_kb(r['weights_bytes'])})")
+    table.add_row("arena", f"{_kb(r['arena_bytes'])} (unshared {r['arena_unshared_bytes']:,} B)")
+    if "flash_bytes" in r:
+        t = r["target"]
+        table.add_row("flash", f"{_kb(r['flash_bytes'])} of {_kb(t['flash_budget'])}")
+        table.add_row(
+            "RAM (data+bss)",
+            f"{_kb(r['ram_bytes'])} + stack {r['stack_reserved_bytes']:,} B of {_kb(t['ram_budget'])}",
+        )
+    table.add_row("compile time", f"{r['compile_time_s']:.2f} s")
+    console.print(table)
+
+
+def print_run(runs) -> None:
+    for i, run in enumerate(runs):
+        parts = [f"sample {i}:"]
+        if run.instructions is not None:
+            parts.append(f"{run.instructions:,} instructions")
+        if run.stack_bytes is not None:
+            parts.append(f"stack {run.stack_bytes:,} B")
+        console.print(" ".join(parts) if len(parts) > 1 else f"sample {i}: done")
+
+
+def print_comparison(cmp: Comparison, tolerance: float) -> None:
+    verdict = "[green]match[/green]" if cmp.rel_error <= tolerance else "[red]MISMATCH[/red]"
+    console.print(
+        f"vs onnxruntime: max abs error {cmp.max_abs_error:.3g}, relative {cmp.rel_error:.3g} "
+        f"(tolerance {tolerance:g}), argmax agreement {cmp.argmax_agreement:.0%}: {verdict}"
+    )
+
+
+def print_profile(record: dict) -> None:
+    table = Table(title=f"{record['model']} on {record['target']} ({record['device']})", show_header=False)
+    for key, label in (("instructions", "instructions / inference"), ("cycles", "cycles / inference"),
+                       ("host_ns", "host wall time (ns)"), ("instructions_per_mac", "instructions / MAC")):  # fmt: skip
+        if record.get(key) is not None:
+            table.add_row(label, f"{record[key]:,}")
+    table.add_row("MACs", f"{record['macs']:,}")
+    table.add_row("params", f"{record['params']:,}")
+    for key, label in (("flash_bytes", "flash (code+weights)"), ("ram_bytes", "static RAM (data+bss)"),
+                       ("arena_bytes", "arena"), ("stack_bytes", "peak stack")):  # fmt: skip
+        table.add_row(label, _kb(record.get(key)))
+    console.print(table)
+    layers = Table("#", "kernel", "MACs", "scratch B", title="layers")
+    for layer in record["layers"]:
+        layers.add_row(
+            str(layer["index"]), layer["kernel"], f"{layer['macs']:,}", str(layer["workspace_bytes"])
+        )
+    console.print(layers)

@@ -1,0 +1,46 @@
+"""Run a build's samples through the harness and turn device figures into a profile record."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgecomp.harness import InferenceResult, open_session
+from edgecomp.pipeline import BuildResult
+
+
+def run_samples(result: BuildResult, samples: list[list[np.ndarray]], port: str | None = None,
+                baud: int = 115200, timeout: float = 5.0) -> list[InferenceResult]:  # fmt: skip
+    """One inference per sample on the build's device (host process, QEMU or the board on `port`)."""
+    target = result.target
+    outs = result.report["outputs"]
+    with open_session(target, result.outdir, port=port, baud=baud, timeout=timeout) as session:
+        return [
+            session.infer(sample, [np.dtype(o["dtype"]) for o in outs], [tuple(o["shape"]) for o in outs])
+            for sample in samples
+        ]
+
+
+def profile_record(result: BuildResult, run: InferenceResult, on_board: bool) -> dict:
+    """The `profile` JSON: measured figures from the device plus the build's static figures."""
+    rep = result.report
+    record = {
+        "model": rep["model"],
+        "target": rep["target"]["name"],
+        "device": "board" if on_board else ("host" if rep["target"]["kind"] == "host" else "qemu"),
+        "instructions": run.instructions if not on_board else None,
+        "cycles": run.ticks if on_board and run.timer in ("systick", "dwt") else None,
+        "host_ns": run.ticks if run.timer == "none" else None,
+        "clock_hz": run.clock_hz if run.timer != "none" else None,
+        "flash_bytes": rep.get("flash_bytes"),
+        "ram_bytes": rep.get("ram_bytes"),
+        "arena_bytes": rep["arena_bytes"],
+        "stack_bytes": run.stack_bytes,
+        "macs": rep["macs"],
+        "params": rep["params"],
+        "weights_bytes": rep["weights_bytes"],
+        "compile_time_s": rep["compile_time_s"],
+        "layers": rep["layers"],
+    }
+    if record["instructions"] and rep["macs"]:
+        record["instructions_per_mac"] = round(record["instructions"] / rep["macs"], 3)
+    return record
