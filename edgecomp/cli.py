@@ -35,6 +35,7 @@ def _build_parent() -> argparse.ArgumentParser:
         "--no-fit-check", action="store_true", help="build even if the model exceeds the target's memory"
     )
     p.add_argument("--cflags", default="", help="extra C compiler flags for the generated code")
+    p.add_argument("--sanitize", action="store_true", help="host target: build with AddressSanitizer + UBSan")
     p.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
     return p
 
@@ -116,7 +117,10 @@ def _build(args, reuse: bool, log) -> BuildResult:
         input_shapes=parse_input_shapes(args.input_shape),
         fit_check=not args.no_fit_check,
         extra_cflags=args.cflags,
+        sanitize=args.sanitize,
     )
+    if args.sanitize and not target.is_host:
+        raise UserError("--sanitize builds the host target only (use --target host)")
     result = build(args.model, target, args.output_dir, options, reuse=reuse, log=log)
     if result.cached:
         log(f"reusing build in {result.outdir}")

@@ -34,6 +34,7 @@ class BuildOptions:
     fit_check: bool = True
     per_layer: bool = False
     extra_cflags: str = ""
+    sanitize: bool = False  # host only: build with ASan + UBSan
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -101,7 +102,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None,
         log(
             f"compiling {'host harness' if target.is_host else 'firmware'} ({len(project.files)} generated files)"
         )
-        binary = run_make(tmp, target, options.extra_cflags)
+        binary = run_make(tmp, target, options.extra_cflags, ("SANITIZE=1",) if options.sanitize else ())
         sizes = None if target.is_host else elf_sizes(binary)
         report = _report(model_path, target, options, key, lowered, project.plan, sizes, t_gen,
                          time.monotonic() - t0)  # fmt: skip

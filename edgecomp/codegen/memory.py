@@ -1,7 +1,8 @@
 """Static memory planning: every intermediate tensor and kernel scratch buffer gets an arena offset.
 
 A buffer lives from the step that writes it to the last step that reads it (inclusive), so a
-kernel's outputs never overlap its own inputs. Buffers are placed largest first at the lowest
+kernel's outputs never overlap its own inputs. Model inputs live in the arena too (written before
+step 0, dead after their last reader, as in TFLite Micro), and model outputs stay live to the end. Buffers are placed largest first at the lowest
 offset that does not collide with an already placed buffer whose lifetime overlaps (the greedy
 by-size strategy TFLite Micro's GreedyMemoryPlanner uses).
 """
@@ -51,18 +52,20 @@ def workspace_name(step: int) -> str:
 
 def arena_buffers(model: LoweredModel) -> list[Buffer]:
     """Intermediates and per-call workspaces of `model`, with their lifetimes in steps."""
-    first: dict[str, int] = {}
-    last: dict[str, int] = {}
+    first: dict[str, int] = {name: -1 for name in model.inputs}
+    last: dict[str, int] = {name: -1 for name in model.inputs}
     for step, call in enumerate(model.calls):
         for name in call.outputs:
             first.setdefault(name, step)
             last.setdefault(name, step)
         for name in call.inputs:
             last[name] = step
+    for name in model.outputs:
+        last[name] = len(model.calls)
     buffers = [
         Buffer(name, model.tensors[name].nbytes, first[name], last[name])
         for name in first
-        if model.tensors[name].kind == "intermediate"
+        if model.tensors[name].kind != "const"
     ]
     buffers += [
         Buffer(workspace_name(step), call.workspace_bytes, step, step)

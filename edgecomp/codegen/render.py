@@ -28,9 +28,9 @@ class CTensor:
     dl_code: int
     dl_bits: int
     kind: str
-    storage: str  # C expression of the data pointer ("" for I/O tensors)
-    io_index: int = -1  # index in ec_io for inputs/outputs
-    desc_index: int = -1  # index in ec_tensors for the rest
+    storage: str  # C expression of the data pointer
+    desc_index: int  # index in ec_tensors
+    offset: int = -1  # arena offset (all but consts)
     rows: tuple[str, ...] = ()  # literal rows, for consts
 
 
@@ -76,22 +76,16 @@ def _env() -> jinja2.Environment:
 def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
     used: set[str] = set()
     result: dict[str, CTensor] = {}
-    io_names = list(model.inputs) + list(model.outputs)
-    desc = 0
     # Only tensors the calls use get a descriptor; order: I/O first, then call order.
-    order = list(io_names)
+    order = list(model.inputs) + list(model.outputs)
     for call in model.calls:
         order += [n for n in call.inputs + call.outputs if n not in order]
     for name in order:
         t = model.tensors[name]
         code, bits = dl_type(t.dtype)
         ident = c_identifier(name if t.kind in ("input", "output") else f"ec_{name}", used)
-        storage = ""
-        if t.kind == "const":
-            storage = ident
-        elif t.kind == "intermediate":
-            storage = f"ec_arena + {plan.offsets[name]}"
-        io_index = io_names.index(name) if name in io_names else -1
+        offset = plan.offsets.get(name, -1)
+        storage = ident if t.kind == "const" else f"ec_arena + {offset}"
         result[name] = CTensor(
             name=name,
             ident=ident,
@@ -103,12 +97,10 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
             dl_bits=bits,
             kind=t.kind,
             storage=storage,
-            io_index=io_index,
-            desc_index=-1 if io_index >= 0 else desc,
+            desc_index=len(result),
+            offset=offset,
             rows=tuple(c_literals(t.data)) if t.kind == "const" else (),
         )
-        if io_index < 0:
-            desc += 1
     return result
 
 
@@ -119,16 +111,12 @@ def generate_project(
     plan = plan_arena(arena_buffers(model))
     tensors = _c_tensors(model, plan)
 
-    def arg(name: str) -> str:
-        t = tensors[name]
-        return f"&ec_io[{t.io_index}]" if t.io_index >= 0 else f"&ec_tensors[{t.desc_index}]"
-
     steps = [
         CStep(
             index=i,
             kernel=c.kernel,
             symbol=c.symbol,
-            args=tuple(arg(n) for n in c.inputs + c.outputs),
+            args=tuple(f"&ec_tensors[{tensors[n].desc_index}]" for n in c.inputs + c.outputs),
             arg_names=c.inputs + c.outputs,
             macs=c.macs,
             workspace_offset=plan.offsets.get(workspace_name(i), 0),
@@ -143,14 +131,11 @@ def generate_project(
         "target": target,
         "inputs": [tensors[n] for n in model.inputs],
         "outputs": [tensors[n] for n in model.outputs],
-        "io": [tensors[n] for n in model.inputs + model.outputs],
-        "described": sorted((t for t in tensors.values() if t.desc_index >= 0), key=lambda t: t.desc_index),
+        "described": sorted(tensors.values(), key=lambda t: t.desc_index),
         "consts": [t for t in tensors.values() if t.kind == "const"],
         "steps": steps,
         "kernels": sorted({s.symbol for s in steps}),
         "arena_bytes": plan.arena_bytes,
-        "inputs_total": sum(-(-tensors[n].nbytes // 16) * 16 for n in model.inputs),
-        "outputs_total": sum(-(-tensors[n].nbytes // 16) * 16 for n in model.outputs),
         "macs": model.macs,
         "params": model.params,
         "per_layer": per_layer,

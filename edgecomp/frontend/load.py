@@ -57,8 +57,8 @@ def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = Non
         model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:
         raise UserError(f"shape inference failed on {path}: {_first_line(exc)}") from exc
-    _check_io(model)
     check_ops(model)
+    _check_io(model)
     return model
 
 

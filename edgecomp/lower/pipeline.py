@@ -25,7 +25,7 @@ _FUNC_DEF = re.compile(
 )
 # The packed preamble unpacks shape pointers and the device id whether or not the scheduled body
 # uses them; mark them used so the generated C is warning-free under -Wall -Wextra.
-_UNPACKED_FIELD = re.compile(r"^(\s+)(?:int64_t\* (\w+_shape)|int32_t (dev_id)) = .*;$", re.M)
+_UNPACKED_FIELD = re.compile(r"^(\s+)(?:int64_t\* (\w+_(?:shape|strides))|int32_t (dev_id)) = .*;$", re.M)
 _WS_ALLOC = re.compile(r"TVMBackendAllocWorkspace\(\d+, \w+, \(uint64_t\)(\d+)ULL")
 
 
@@ -59,7 +59,7 @@ def lower_model(model: onnx.ModelProto) -> LoweredModel:
 def _emit_c(mod: tvm.IRModule) -> str:
     try:
         with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
-            lib = tvm.build(mod, target="c")
+            lib = tvm.tirx.build(mod, target="c")
     except Exception as exc:
         raise ToolError(f"TVM failed to generate C: {str(exc).strip().splitlines()[-1][:300]}") from exc
     source = _TVM_PREAMBLE.sub("", lib.inspect_source())

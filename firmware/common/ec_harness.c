@@ -9,36 +9,18 @@
 #include "ec_proto.h"
 #include "model.h"
 
-static uint8_t ec_in_buf[MODEL_INPUT_BYTES_TOTAL] __attribute__((aligned(16)));
-static uint8_t ec_out_buf[MODEL_OUTPUT_BYTES_TOTAL] __attribute__((aligned(16)));
+/* Inputs and outputs live in the model's arena (model_input/model_output): no copies here. */
 static uint8_t ec_rx[EC_MAX_PAYLOAD];
 static uint8_t ec_tx[EC_MAX_PAYLOAD];
-
-static uint32_t ec_offset(const model_tensor_info *infos, uint32_t index)
-{
-  uint32_t off = 0;
-  for (uint32_t i = 0; i < index; ++i) {
-    off += (infos[i].bytes + 15u) & ~15u;
-  }
-  return off;
-}
 
 /* Result of the last INVOKE, resent as is if the host repeats that frame (a lost reply). */
 static uint8_t ec_invoke_reply[1 + 4 + 8 + 4];
 
 static void ec_invoke(void)
 {
-  const void *inputs[MODEL_NUM_INPUTS];
-  void *outputs[MODEL_NUM_OUTPUTS];
-  for (uint32_t i = 0; i < MODEL_NUM_INPUTS; ++i) {
-    inputs[i] = ec_in_buf + ec_offset(model_inputs, i);
-  }
-  for (uint32_t i = 0; i < MODEL_NUM_OUTPUTS; ++i) {
-    outputs[i] = ec_out_buf + ec_offset(model_outputs, i);
-  }
   uintptr_t sp = ec_port_stack_paint();
   ec_port_timer_start();
-  int rc = model_run_io(inputs, outputs);
+  int rc = model_invoke();
   uint64_t ticks = ec_port_ticks();
   uint32_t stack = ec_port_stack_used(sp);
   ec_invoke_reply[0] = rc == 0 ? EC_OK : EC_ERR_MODEL;
@@ -71,16 +53,15 @@ static uint32_t ec_info(uint8_t *p)
   return n;
 }
 
-/* Copy between a tensor and a frame after checking index and range; returns a status. */
+/* Check a (tensor index, offset, length) request against the tensor's size. */
 static uint8_t ec_io_range(const model_tensor_info *infos, uint32_t count, const uint8_t *args,
-                           uint32_t len, uint32_t *base)
+                           uint32_t len)
 {
   uint32_t index = args[0];
   uint32_t offset = ec_get_u32(args + 1);
   if (index >= count || offset > infos[index].bytes || len > infos[index].bytes - offset) {
     return EC_ERR_ARGS;
   }
-  *base = ec_offset(infos, index) + offset;
   return EC_OK;
 }
 
@@ -98,7 +79,6 @@ int main(void)
       return 0;
     }
     uint32_t n = 1;
-    uint32_t base = 0;
     ec_tx[0] = EC_OK;
     switch (type) {
     case EC_CMD_INFO:
@@ -108,9 +88,9 @@ int main(void)
       if (len < 5) {
         ec_tx[0] = EC_ERR_ARGS;
       } else {
-        ec_tx[0] = ec_io_range(model_inputs, MODEL_NUM_INPUTS, ec_rx, (uint32_t)len - 5, &base);
+        ec_tx[0] = ec_io_range(model_inputs, MODEL_NUM_INPUTS, ec_rx, (uint32_t)len - 5);
         if (ec_tx[0] == EC_OK) {
-          memcpy(ec_in_buf + base, ec_rx + 5, (uint32_t)len - 5);
+          memcpy((uint8_t *)model_input(ec_rx[0]) + ec_get_u32(ec_rx + 1), ec_rx + 5, (uint32_t)len - 5);
         }
       }
       break;
@@ -126,9 +106,9 @@ int main(void)
       if (len < 7 || want >= EC_MAX_PAYLOAD) {
         ec_tx[0] = EC_ERR_ARGS;
       } else {
-        ec_tx[0] = ec_io_range(model_outputs, MODEL_NUM_OUTPUTS, ec_rx, want, &base);
+        ec_tx[0] = ec_io_range(model_outputs, MODEL_NUM_OUTPUTS, ec_rx, want);
         if (ec_tx[0] == EC_OK) {
-          memcpy(ec_tx + 1, ec_out_buf + base, want);
+          memcpy(ec_tx + 1, (const uint8_t *)model_output(ec_rx[0]) + ec_get_u32(ec_rx + 1), want);
           n = 1 + want;
         }
       }
@@ -138,6 +118,11 @@ int main(void)
       ec_send_frame((uint8_t)(type | EC_RESP), seq, ec_tx, 1);
       ec_port_exit(len >= 1 ? ec_rx[0] : 0);
       return 0;
+#ifdef EC_TEST_HOOKS
+    case 0x7F: /* tests only: an undefined instruction, to check that faults are reported */
+      __builtin_trap();
+      break;
+#endif
     default:
       ec_tx[0] = EC_ERR_COMMAND;
       break;

@@ -1,0 +1,63 @@
+"""Shared helpers: tiny ONNX models built in the tests, compiled and compared with onnxruntime."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgecomp.pipeline import BuildOptions, build
+from edgecomp.reference import Reference, compare
+from edgecomp.runner import run_samples
+from edgecomp.targets import load_target
+
+HAVE_ARM = shutil.which("arm-none-eabi-gcc") is not None and shutil.which("qemu-system-arm") is not None
+needs_qemu = pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
+
+
+def make_model(nodes, inputs, outputs, inits=(), opset=13) -> onnx.ModelProto:
+    """A checked ONNX model from nodes; inputs/outputs as (name, shape) float32."""
+    graph = helper.make_graph(
+        nodes,
+        "test",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs],
+        list(inits),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def weight(name: str, shape, seed: int = 0) -> onnx.TensorProto:
+    rng = np.random.default_rng(abs(hash((name, tuple(shape), seed))) % 2**32)
+    return numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32), name)
+
+
+def random_inputs(model: onnx.ModelProto, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in model.graph.initializer}
+    return [
+        rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+        for i in model.graph.input
+        if i.name not in inits
+    ]
+
+
+def compile_and_compare(model: onnx.ModelProto, target: str, tmp_path: Path, samples: int = 1,
+                        options: BuildOptions | None = None) -> float:  # fmt: skip
+    """Build `model` for `target`, run `samples` random inputs on it, return the relative error."""
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    options = options or BuildOptions(extra_cflags="-Werror")
+    result = build(path, load_target(target), tmp_path / f"out-{target}", options, log=lambda *_: None)
+    data = [random_inputs(result.model, seed) for seed in range(samples)]
+    runs = run_samples(result, data)
+    ref = Reference(result.model)
+    cmp = compare([r.outputs for r in runs], [ref.run(d) for d in data])
+    return cmp.rel_error

@@ -1,0 +1,84 @@
+"""Generated code: liveness-planned arena, deterministic bytes, C99 without warnings, sanitizer-clean."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import HAVE_ARM, compile_and_compare
+from test_ops import MODELS
+
+from edgecomp.codegen.memory import Buffer, plan_arena
+from edgecomp.pipeline import BuildOptions, build
+from edgecomp.targets import load_target
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_cnn.onnx"
+
+
+def test_arena_plan_never_overlaps_live_buffers():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        bufs = []
+        for i in range(int(rng.integers(1, 25))):
+            first = int(rng.integers(0, 20))
+            bufs.append(Buffer(f"b{i}", int(rng.integers(1, 5000)), first, first + int(rng.integers(0, 6))))
+        plan = plan_arena(bufs)
+        assert plan.arena_bytes <= plan.unshared_bytes
+        for a in bufs:
+            assert plan.offsets[a.name] % 16 == 0
+            assert plan.offsets[a.name] + a.size <= plan.arena_bytes
+            for b in bufs:
+                if a is b or a.last < b.first or b.last < a.first:
+                    continue
+                a0, b0 = plan.offsets[a.name], plan.offsets[b.name]
+                assert a0 + a.size <= b0 or b0 + b.size <= a0, (a, b)
+        assert plan_arena(list(reversed(bufs))).offsets == plan.offsets
+
+
+def test_chain_reuses_memory():
+    # x -> t0 -> t1 -> t2: t0 and t2 can share, so the arena is two buffers, not three.
+    bufs = [Buffer("t0", 1000, 0, 1), Buffer("t1", 1000, 1, 2), Buffer("t2", 1000, 2, 3)]
+    assert plan_arena(bufs).arena_bytes == 2 * 1008
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    skip = {"report.json", "firmware.map"}
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in skip and "obj" not in p.parts}  # fmt: skip
+
+
+@pytest.mark.parametrize("target", ["host", "cortex-m7"] if HAVE_ARM else ["host"])
+def test_same_input_same_bytes(target, tmp_path):
+    a = build(EXAMPLE, load_target(target), tmp_path / "a", log=lambda *_: None)
+    b = build(EXAMPLE, load_target(target), tmp_path / "b", log=lambda *_: None)
+    fa, fb = _files(a.outdir), _files(b.outdir)
+    assert fa.keys() == fb.keys() and "model.c" in fa
+    assert [k for k in fa if fa[k] != fb[k]] == []
+
+
+def test_generated_c_is_pedantic_c99_and_warning_free(tmp_path):
+    result = build(EXAMPLE, load_target("host"), tmp_path / "o", log=lambda *_: None)
+    for name in ("model.c", "model_weights.c", "model_kernels.c"):
+        proc = subprocess.run(
+            ["gcc", "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-I.", "-c", name, "-o", "/dev/null"],
+            cwd=result.outdir, capture_output=True, text=True,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_generated_code_has_no_malloc_and_no_tvm_runtime(tmp_path):
+    result = build(EXAMPLE, load_target("host"), tmp_path / "o", log=lambda *_: None)
+    text = "".join((result.outdir / n).read_text() for n in ("model.c", "model_kernels.c", "model_weights.c"))
+    assert "malloc" not in text and "tvm/" not in text
+    nm = subprocess.run(["nm", "-u", str(result.outdir / "obj" / "model_kernels.o")], capture_output=True, text=True)
+    undefined = {line.split()[-1] for line in nm.stdout.splitlines()}
+    assert undefined <= {"expf", "TVMBackendAllocWorkspace", "TVMBackendFreeWorkspace"}, undefined
+
+
+@pytest.mark.parametrize("name", ["residual_block", "depthwise", "softmax", "concat"])
+def test_asan_ubsan_clean(name, tmp_path):
+    rel = compile_and_compare(MODELS[name](), "host", tmp_path, samples=2,
+                              options=BuildOptions(extra_cflags="-Werror", sanitize=True))  # fmt: skip
+    assert rel <= 1e-4
