@@ -19,6 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from edgecomp.errors import EdgecompError
 from edgecomp.pipeline import BuildOptions, build
 from edgecomp.reference import Reference, compare
 from edgecomp.runner import profile_record, run_samples
@@ -67,16 +68,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     names = args.only.split(",") if args.only else list(MODELS)
     rows = []
-    console = Console()
+    console = Console(width=160)
     for target in args.targets.split(","):
         for name in names:
             console.print(f"[dim]bench: {name} on {target}[/dim]")
-            rows.append(bench_one(args.models / f"{name}.onnx", args.models / f"{MODELS[name]}.npy", target, args.workdir))
+            try:
+                rows.append(bench_one(args.models / f"{name}.onnx", args.models / f"{MODELS[name]}.npy", target,
+                                      args.workdir))  # fmt: skip
+            except EdgecompError as exc:
+                console.print(f"[red]bench: {name} on {target}: {exc}[/red]")
+                rows.append({"model": name, "target": target, "error": str(exc)})
     table = Table(title="edgecomp fp32, QEMU -icount shift=0 (instructions exact)")
     for col in ("model", "target", "MACs", "instructions", "instr/MAC", "flash B", "RAM B", "arena B", "stack B",
                 "compile s", "rel err"):  # fmt: skip
         table.add_column(col, justify="left" if col in ("model", "target") else "right")
     for r in rows:
+        if "error" in r:
+            table.add_row(r["model"], r["target"], "error: " + r["error"][:60])
+            continue
         table.add_row(r["model"], r["target"], f"{r['macs']:,}", f"{r['instructions']:,}", f"{r['instructions_per_mac']:.2f}",
                       f"{r['flash_bytes']:,}", f"{r['ram_bytes']:,}", f"{r['arena_bytes']:,}", f"{r['stack_bytes']:,}",
                       f"{r['compile_time_s']:.1f}", f"{r['rel_error_vs_onnxruntime']:.1e}")  # fmt: skip

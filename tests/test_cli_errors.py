@@ -123,7 +123,7 @@ def test_bad_arguments_exit_2():
 @needs_qemu
 def test_model_that_does_not_fit_is_refused_by_how_much(tmp_path):
     src = (REPO / "targets" / "cortex-m7.toml").read_text()
-    tiny = src.replace("ram_bytes = 327_680", "ram_bytes = 20_000").replace('name = "cortex-m7"', 'name = "tiny-m7"')
+    tiny = src.replace("ram_bytes = 524_288", "ram_bytes = 20_000").replace('name = "cortex-m7"', 'name = "tiny-m7"')
     target = tmp_path / "tiny-m7.toml"
     target.write_text(tiny)
     out = tmp_path / "out"
