@@ -27,13 +27,20 @@ from edgecomp.targets import load_target
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = REPO.parent / "shared" / "models" / "mlperf-tiny"
-MODELS = {"ic_resnet8": "ic_sample", "kws_dscnn": "kws_sample", "vww_mobilenet": "vww_sample", "ad_autoencoder": "ad_sample"}
+MODELS = {
+    "ic_resnet8": "ic_sample",
+    "kws_dscnn": "kws_sample",
+    "vww_mobilenet": "vww_sample",
+    "ad_autoencoder": "ad_sample",
+}
 
 
 def bench_one(model: Path, sample: Path, target_name: str, workdir: Path) -> dict:
     target = load_target(target_name)
     t0 = time.monotonic()
-    result = build(model, target, workdir / f"{model.stem}-{target_name}", BuildOptions(), log=lambda *_: None)
+    result = build(
+        model, target, workdir / f"{model.stem}-{target_name}", BuildOptions(), log=lambda *_: None
+    )
     compile_s = time.monotonic() - t0
     x = np.load(sample).astype(np.float32)
     (run,) = run_samples(result, [[x]])

@@ -61,7 +61,11 @@ def run_make(project: Path, target: Target, extra_cflags: str = "", make_args: t
     except subprocess.TimeoutExpired as exc:
         raise ToolError(f"compiling {project} took longer than {MAKE_TIMEOUT_S} s") from exc
     if proc.returncode != 0:
-        errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln or "warning:" in ln or "undefined reference" in ln]
+        errors = [
+            ln
+            for ln in proc.stderr.splitlines()
+            if "error:" in ln or "warning:" in ln or "undefined reference" in ln
+        ]
         detail = "\n".join(errors[:10]) or proc.stderr[-2000:]
         raise ToolError(f"compiling the generated code failed ({compiler_for(target)}):\n{detail}")
     return project / ("harness" if target.is_host else "firmware.elf")

@@ -22,6 +22,7 @@ from edgecomp.codegen import generate_project
 from edgecomp.errors import DoesNotFitError
 from edgecomp.frontend import load_model
 from edgecomp.lower import LoweredModel, lower_model
+from edgecomp.passes import fold_constants
 from edgecomp.resources import data_dir
 from edgecomp.targets import Target
 
@@ -87,7 +88,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None,
 
     t0 = time.monotonic()
     log(f"lowering {model_path.name} through TVM for {target.name}")
-    lowered = lower_model(model)
+    lowered = lower_model(fold_constants(model))
     provenance = {
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "options": json.dumps(options.as_dict(), sort_keys=True),

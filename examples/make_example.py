@@ -15,7 +15,9 @@ def make_model(seed: int = 0) -> onnx.ModelProto:
 
     def w(name, *shape):
         fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
-        return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name)
+        return numpy_helper.from_array(
+            (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name
+        )
 
     inits = [w("c1_w", 8, 1, 3, 3), w("c1_b", 8), w("dw_w", 8, 1, 3, 3), w("dw_b", 8),
              w("pw_w", 16, 8, 1, 1), w("pw_b", 16), w("fc_w", 10, 16), w("fc_b", 10),
@@ -39,7 +41,9 @@ def make_model(seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 10])],
         inits,
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="edgecomp-example")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="edgecomp-example"
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model

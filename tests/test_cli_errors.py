@@ -93,7 +93,9 @@ def _dynamic_model(tmp_path) -> Path:
 
 
 def test_dynamic_shape_is_refused_with_hint(tmp_path):
-    assert_clean_error(edgecomp("build", _dynamic_model(tmp_path), "-t", "host"), 2, "dynamic", "--input-shape x=1,4")
+    assert_clean_error(
+        edgecomp("build", _dynamic_model(tmp_path), "-t", "host"), 2, "dynamic", "--input-shape x=1,4"
+    )
 
 
 def test_input_shape_pins_dynamic_dims(tmp_path):
@@ -107,12 +109,22 @@ def test_input_shape_pins_dynamic_dims(tmp_path):
 
 
 def test_bad_input_shape_argument(tmp_path):
-    assert_clean_error(edgecomp("build", _dynamic_model(tmp_path), "-t", "host", "--input-shape", "x=a,b"), 2, "--input-shape")
-    assert_clean_error(edgecomp("build", _dynamic_model(tmp_path), "-t", "host", "--input-shape", "q=1,4"), 2, "unknown input")
+    assert_clean_error(
+        edgecomp("build", _dynamic_model(tmp_path), "-t", "host", "--input-shape", "x=a,b"),
+        2,
+        "--input-shape",
+    )
+    assert_clean_error(
+        edgecomp("build", _dynamic_model(tmp_path), "-t", "host", "--input-shape", "q=1,4"),
+        2,
+        "unknown input",
+    )
 
 
 def test_unknown_target(tmp_path):
-    assert_clean_error(edgecomp("build", EXAMPLE, "-t", "cortex-m99", "-o", tmp_path / "o"), 2, "unknown target", "cortex-m7")
+    assert_clean_error(
+        edgecomp("build", EXAMPLE, "-t", "cortex-m99", "-o", tmp_path / "o"), 2, "unknown target", "cortex-m7"
+    )
 
 
 def test_bad_arguments_exit_2():
@@ -123,14 +135,18 @@ def test_bad_arguments_exit_2():
 @needs_qemu
 def test_model_that_does_not_fit_is_refused_by_how_much(tmp_path):
     src = (REPO / "targets" / "cortex-m7.toml").read_text()
-    tiny = src.replace("ram_bytes = 524_288", "ram_bytes = 20_000").replace('name = "cortex-m7"', 'name = "tiny-m7"')
+    tiny = src.replace("ram_bytes = 524_288", "ram_bytes = 20_000").replace(
+        'name = "cortex-m7"', 'name = "tiny-m7"'
+    )
     target = tmp_path / "tiny-m7.toml"
     target.write_text(tiny)
     out = tmp_path / "out"
     proc = edgecomp("build", EXAMPLE, "--target", target, "-o", out)
     assert_clean_error(proc, 2, "does not fit", "ram", "by ", "--no-fit-check")
     assert not out.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], "temporary build folder left behind"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], (
+        "temporary build folder left behind"
+    )
     ok = edgecomp("build", EXAMPLE, "--target", target, "-o", out, "--no-fit-check")
     assert ok.returncode == 0, ok.stderr
     assert (out / "firmware.elf").exists()
@@ -150,17 +166,23 @@ def test_missing_toolchain_is_a_tool_error(tmp_path):
 
 def test_input_with_wrong_shape(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 28, 28), np.float32))
-    assert_clean_error(edgecomp("run", EXAMPLE, "-t", "host", "-i", tmp_path / "x.npy", "-o", tmp_path / "o"), 2, "shape")
+    assert_clean_error(
+        edgecomp("run", EXAMPLE, "-t", "host", "-i", tmp_path / "x.npy", "-o", tmp_path / "o"), 2, "shape"
+    )
 
 
 def test_input_file_not_numpy(tmp_path):
     (tmp_path / "x.npy").write_text("hello")
-    assert_clean_error(edgecomp("run", EXAMPLE, "-t", "host", "-i", tmp_path / "x.npy", "-o", tmp_path / "o"), 2, "numpy")
+    assert_clean_error(
+        edgecomp("run", EXAMPLE, "-t", "host", "-i", tmp_path / "x.npy", "-o", tmp_path / "o"), 2, "numpy"
+    )
 
 
 def test_mismatch_exit_code_1(tmp_path):
     # No compiled float model matches onnxruntime to a negative tolerance: the check must fail.
-    proc = edgecomp("run", EXAMPLE, "-t", "host", "-i", EXAMPLE_INPUT, "-o", tmp_path / "o", "--tolerance", "-1")
+    proc = edgecomp(
+        "run", EXAMPLE, "-t", "host", "-i", EXAMPLE_INPUT, "-o", tmp_path / "o", "--tolerance", "-1"
+    )
     assert_clean_error(proc, 1, "differ from onnxruntime")
 
 
@@ -189,7 +211,9 @@ def test_firmware_fault_is_reported(tmp_path):
     from edgecomp.targets import load_target
 
     target = load_target("cortex-m7")
-    result = build(EXAMPLE, target, tmp_path / "o", BuildOptions(extra_cflags="-DEC_TEST_HOOKS"), log=lambda *_: None)
+    result = build(
+        EXAMPLE, target, tmp_path / "o", BuildOptions(extra_cflags="-DEC_TEST_HOOKS"), log=lambda *_: None
+    )
     with open_session(target, result.outdir, timeout=2.0) as session, pytest.raises(DeviceError) as err:
         session.request(0x7F)
     assert "UsageFault" in str(err.value) and "pc=0x" in str(err.value)
@@ -199,10 +223,21 @@ def test_firmware_fault_is_reported(tmp_path):
 def test_profile_json_contract(tmp_path):
     import json
 
-    proc = edgecomp("profile", EXAMPLE, "-t", "cortex-m7", "-o", tmp_path / "o", "--json", tmp_path / "p.json")
+    proc = edgecomp(
+        "profile", EXAMPLE, "-t", "cortex-m7", "-o", tmp_path / "o", "--json", tmp_path / "p.json"
+    )
     assert proc.returncode == 0, proc.stderr
     rec = json.loads((tmp_path / "p.json").read_text())
-    for key in ("instructions", "flash_bytes", "ram_bytes", "arena_bytes", "stack_bytes", "macs", "params", "layers"):
+    for key in (
+        "instructions",
+        "flash_bytes",
+        "ram_bytes",
+        "arena_bytes",
+        "stack_bytes",
+        "macs",
+        "params",
+        "layers",
+    ):
         assert rec[key] is not None, key
     assert rec["instructions"] > rec["macs"] > 0
     assert 0 < rec["stack_bytes"] < 16384
@@ -214,6 +249,21 @@ def test_profile_json_contract(tmp_path):
 def test_weights_used_by_unknown_op_are_not_needed(tmp_path):
     # Sanity for the helper: a model with a Conv compiles on host (guards the error tests above).
     w = weight("w", [2, 1, 1, 1])
-    model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], "c")], [("x", [1, 1, 2, 2])], [("y", [1, 2, 2, 2])], [w])
+    model = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], "c")], [("x", [1, 1, 2, 2])], [("y", [1, 2, 2, 2])], [w]
+    )
     onnx.save(model, tmp_path / "m.onnx")
     assert edgecomp("build", tmp_path / "m.onnx", "-t", "host", "-o", tmp_path / "o").returncode == 0
+
+
+@needs_qemu
+def test_silent_device_times_out_and_qemu_is_cleaned_up(tmp_path):
+    # A target file whose UART is not the one QEMU connects: the firmware never answers.
+    src = (REPO / "targets" / "cortex-m7.toml").read_text()
+    target = tmp_path / "mute-m7.toml"
+    target.write_text(src.replace("base = 0x40004000", "base = 0x40005000").replace('name = "cortex-m7"', 'name = "mute-m7"'))
+    out = tmp_path / "out"
+    proc = edgecomp("run", EXAMPLE, "--target", target, "-o", out, "-i", EXAMPLE_INPUT, "--timeout", "0.5")
+    assert_clean_error(proc, 3, "no valid reply")
+    left = subprocess.run(["pgrep", "-f", str(out / "firmware.elf")], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "QEMU was left running"

@@ -72,7 +72,9 @@ def test_generated_code_has_no_malloc_and_no_tvm_runtime(tmp_path):
     result = build(EXAMPLE, load_target("host"), tmp_path / "o", log=lambda *_: None)
     text = "".join((result.outdir / n).read_text() for n in ("model.c", "model_kernels.c", "model_weights.c"))
     assert "malloc" not in text and "tvm/" not in text
-    nm = subprocess.run(["nm", "-u", str(result.outdir / "obj" / "model_kernels.o")], capture_output=True, text=True)
+    nm = subprocess.run(
+        ["nm", "-u", str(result.outdir / "obj" / "model_kernels.o")], capture_output=True, text=True
+    )
     undefined = {line.split()[-1] for line in nm.stdout.splitlines()}
     assert undefined <= {"expf", "TVMBackendAllocWorkspace", "TVMBackendFreeWorkspace"}, undefined
 

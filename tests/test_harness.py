@@ -25,7 +25,10 @@ def test_frame_roundtrip_and_resync_after_garbage():
     got = []
     for i in range(0, len(stream), 3):  # arrives in small pieces
         got += dec.feed(stream[i : i + 3])
-    assert [(f.type, f.seq, f.payload) for f in got] == [(0x81, 7, b"\x00hello"), (0x83, 8, bytes(range(200)))]
+    assert [(f.type, f.seq, f.payload) for f in got] == [
+        (0x81, 7, b"\x00hello"),
+        (0x83, 8, bytes(range(200))),
+    ]
     assert dec.noise > 0 and "boot banner" in dec.text.decode()
 
 
