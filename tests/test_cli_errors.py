@@ -261,7 +261,11 @@ def test_silent_device_times_out_and_qemu_is_cleaned_up(tmp_path):
     # A target file whose UART is not the one QEMU connects: the firmware never answers.
     src = (REPO / "targets" / "cortex-m7.toml").read_text()
     target = tmp_path / "mute-m7.toml"
-    target.write_text(src.replace("base = 0x40004000", "base = 0x40005000").replace('name = "cortex-m7"', 'name = "mute-m7"'))
+    target.write_text(
+        src.replace("base = 0x40004000", "base = 0x40005000").replace(
+            'name = "cortex-m7"', 'name = "mute-m7"'
+        )
+    )
     out = tmp_path / "out"
     proc = edgecomp("run", EXAMPLE, "--target", target, "-o", out, "-i", EXAMPLE_INPUT, "--timeout", "0.5")
     assert_clean_error(proc, 3, "no valid reply")

@@ -14,7 +14,9 @@ def _exporter_style_reshape():
     """x -> Shape -> Gather(0) -> Concat([n, -1]) -> Reshape, plus a Constant node: what torch.onnx emits."""
     nodes = [
         helper.make_node("Shape", ["x"], ["s"], "shape"),
-        helper.make_node("Constant", [], ["zero"], "c0", value=numpy_helper.from_array(np.array(0, np.int64))),
+        helper.make_node(
+            "Constant", [], ["zero"], "c0", value=numpy_helper.from_array(np.array(0, np.int64))
+        ),
         helper.make_node("Gather", ["s", "zero"], ["n"], "gather", axis=0),
         helper.make_node("Unsqueeze", ["n", "axes"], ["n1"], "unsq"),
         helper.make_node("Concat", ["n1", "minus1"], ["target"], "concat", axis=0),

@@ -8,6 +8,7 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
 from edgecomp.errors import UnsupportedModelError
+from edgecomp.quant import extract_int_graph, is_quantized
 
 
 def importer_ops() -> list[str]:
@@ -21,13 +22,22 @@ def import_and_fuse(model: onnx.ModelProto) -> tvm.IRModule:
     """Import `model` into Relax with weights as constants, legalize and fuse.
 
     The result has a Relax `main` made of R.call_tir bindings, one TIR PrimFunc per fused group
-    (e.g. conv2d + bias add + relu), with constant subexpressions folded.
+    (e.g. conv2d + bias add + relu), with constant subexpressions folded. A QDQ (quantized) model
+    goes through the integer path instead: IntGraph -> integer TE kernels (qops.py).
     """
+    if is_quantized(model):
+        from edgecomp.lower.qops import int_graph_to_relax
+
+        return _fuse(int_graph_to_relax(extract_int_graph(model)))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     try:
         mod = from_onnx(model, opset=opset, keep_params_in_input=False)
     except Exception as exc:  # the importer raises many kinds; the message names the op
         raise UnsupportedModelError(f"TVM could not import the model: {_tvm_message(exc)}") from exc
+    return _fuse(mod)
+
+
+def _fuse(mod: tvm.IRModule) -> tvm.IRModule:
     passes = tvm.transform.Sequential(
         [
             relax.transform.DecomposeOpsForInference(),

@@ -8,7 +8,8 @@ from exporters compile to a plain reshape.
 
 A node is not folded when its result would be much larger than its constant inputs (Expand,
 ConstantOfShape, Tile of a small constant): folding those would move RAM-free computation into
-flash.
+flash. QuantizeLinear/DequantizeLinear are never folded: in a QDQ model they carry the quantization
+of the weights they read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from onnx.reference import ReferenceEvaluator
 
 MAX_GROWTH = 4  # folded output elements may be at most this many times the constant inputs'
 MIN_GUARDED = 1024  # ...unless the output is this small anyway
+NEVER_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "RandomNormal", "RandomUniform"})
 
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -49,7 +51,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _try_fold(node: onnx.NodeProto, consts: dict[str, np.ndarray], shapes: dict[str, list[int]]):
-    if node.domain not in ("", "ai.onnx") or node.op_type in ("RandomNormal", "RandomUniform"):
+    if node.domain not in ("", "ai.onnx") or node.op_type in NEVER_FOLD:
         return None
     if node.op_type == "Shape" and node.input[0] in shapes and node.input[0] not in consts:
         attrs = {a.name: a.i for a in node.attribute}

@@ -1,0 +1,59 @@
+"""The fixed-point arithmetic every integer kernel uses, defined once.
+
+Requantization of an int32 accumulator `acc` by a real multiplier r (> 0):
+
+    r = M * 2**(-n)          with M an int32 in [2**30, 2**31) and n = 31 - e   (r = m * 2**e, m in [0.5, 1))
+    requant(acc) = (acc * M + 2**(n-1)) >> n     computed in int64, >> an arithmetic shift
+
+i.e. one rounding, half towards +infinity (TFLite's "single rounding" mode, CMSIS-NN's
+`arm_nn_requantize` with CMSIS_NN_USE_SINGLE_ROUNDING). The C kernels (lower/qops.py) and the
+numpy reference (quant/reference.py) both implement exactly this, so their results are identical.
+
+Float edges (model input and output): quantize q = clamp(rint(x / s) + z) in float32 with round
+half to even (as ONNX QuantizeLinear); dequantize x = (q - z) * s in float32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+MAX_SHIFT = 62
+
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """(M, n) with real ~= M * 2**-n, M in [2**30, 2**31), 1 <= n <= MAX_SHIFT. real == 0 -> (0, 1)."""
+    if not (real >= 0 and math.isfinite(real)):
+        raise ValueError(f"requantization multiplier must be a finite non-negative number, not {real}")
+    if real == 0:
+        return 0, 1
+    m, e = math.frexp(real)
+    big = round(m * (1 << 31))
+    if big == 1 << 31:
+        big //= 2
+        e += 1
+    n = 31 - e
+    if n > MAX_SHIFT:  # far below one LSB of the output: the result is 0
+        return 0, 1
+    if n < 1:
+        raise ValueError(f"requantization multiplier {real} is too large (>= 2**30)")
+    return int(big), int(n)
+
+
+def quantize_multipliers(reals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [quantize_multiplier(float(r)) for r in np.asarray(reals, dtype=np.float64).reshape(-1)]
+    return np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.int64)
+
+
+def requant(acc: np.ndarray, mult: np.ndarray | int, shift: np.ndarray | int) -> np.ndarray:
+    """The exact requantization above, on int64 numpy arrays (broadcasting)."""
+    acc = np.asarray(acc, dtype=np.int64)
+    mult = np.asarray(mult, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    return (acc * mult + (np.int64(1) << (shift - 1))) >> shift
+
+
+def qrange(dtype: str) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
