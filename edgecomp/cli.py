@@ -35,6 +35,20 @@ def _build_parent() -> argparse.ArgumentParser:
         "--no-fit-check", action="store_true", help="build even if the model exceeds the target's memory"
     )
     p.add_argument("--cflags", default="", help="extra C compiler flags for the generated code")
+    q = p.add_argument_group("quantization")
+    q.add_argument(
+        "--quantize", choices=["int8", "int16x8"], help="post-training quantization before compiling"
+    )
+    q.add_argument(
+        "--calib",
+        type=Path,
+        help="calibration inputs: .npy (leading batch dim), .npz (x) or a folder of .npy",
+    )
+    q.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax",
+                   help="how activation ranges are chosen [minmax]")  # fmt: skip
+    q.add_argument("--save-quantized", type=Path, metavar="Q.onnx", help="also write the quantized QDQ model")
+    q.add_argument("--eval", type=Path, metavar="DATA.npz",
+                   help="accuracy of the quantized model vs float on x (and labels y) -> report.json")  # fmt: skip
     p.add_argument("--sanitize", action="store_true", help="host target: build with AddressSanitizer + UBSan")
     p.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
     return p
@@ -118,10 +132,13 @@ def _build(args, reuse: bool, log) -> BuildResult:
         fit_check=not args.no_fit_check,
         extra_cflags=args.cflags,
         sanitize=args.sanitize,
+        quantize=args.quantize,
+        calib_method=args.calib_method,
     )
     if args.sanitize and not target.is_host:
         raise UserError("--sanitize builds the host target only (use --target host)")
-    result = build(args.model, target, args.output_dir, options, reuse=reuse, log=log)
+    result = build(args.model, target, args.output_dir, options, reuse=reuse, log=log, calib=args.calib,
+                   eval_data=args.eval, save_quantized=args.save_quantized)  # fmt: skip
     if result.cached:
         log(f"reusing build in {result.outdir}")
     return result
@@ -142,6 +159,8 @@ def _run(args, result: BuildResult, log) -> int:
     report.print_run(runs)
     if args.no_check:
         return 0
+    if result.quantized:
+        return _check_quantized(result, samples, outputs)
     ref = Reference(result.model)
     cmp = compare(outputs, [ref.run(s) for s in samples])
     report.print_comparison(cmp, args.tolerance)
@@ -150,6 +169,39 @@ def _run(args, result: BuildResult, log) -> int:
             f"outputs differ from onnxruntime: max abs error {cmp.max_abs_error:.3g} "
             f"= {cmp.rel_error:.3g} of max |reference|, over the tolerance {args.tolerance:g}"
         )
+    return 0
+
+
+def _check_quantized(result: BuildResult, samples, outputs) -> int:
+    """Integer builds must equal the integer reference bit for bit; the rest is information."""
+    from edgecomp import report
+    from edgecomp.passes import fold_constants
+    from edgecomp.quant import extract_int_graph
+    from edgecomp.quant.accuracy import lsb_agreement, sqnr_db
+    from edgecomp.quant.reference import run_int_graph
+    from edgecomp.reference import Reference, compare
+
+    graph = extract_int_graph(fold_constants(result.model))
+    expected = [run_int_graph(graph, s) for s in samples]
+    differing = sum(
+        int(np.sum(g != w))
+        for gs, ws in zip(outputs, expected, strict=True)
+        for g, w in zip(gs, ws, strict=True)
+    )
+    total = sum(w.size for ws in expected for w in ws)
+    ort = [Reference(result.model).run(s) for s in samples]
+    within = lsb_agreement(graph, [o[0] for o in outputs], [o[0] for o in ort])
+    lines = [f"vs integer reference: {total - differing}/{total} outputs bit-exact",
+             f"vs onnxruntime (QDQ): {within:.1%} of outputs within 1 LSB"]  # fmt: skip
+    if result.float_model is not None:
+        floats = [Reference(result.float_model).run(s) for s in samples]
+        cmp = compare(outputs, floats)
+        sq = sqnr_db(np.stack([f[0] for f in floats]), np.stack([o[0] for o in outputs]))
+        lines.append(f"vs float model: SQNR {sq:.1f} dB, max abs error {cmp.max_abs_error:.3g}, "
+                     f"argmax agreement {cmp.argmax_agreement:.0%}")  # fmt: skip
+    report.print_lines(lines)
+    if differing:
+        raise MismatchError(f"{differing} of {total} outputs differ from the integer reference")
     return 0
 
 

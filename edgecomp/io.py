@@ -75,3 +75,41 @@ def save_outputs(path: Path, names: list[str], per_sample: list[list[np.ndarray]
         np.savez(path, **dict(zip(names, stacked, strict=True)))
     else:
         np.save(path, stacked[0])
+
+
+def load_calibration(path: Path, inputs: list[dict]) -> list[list[np.ndarray]]:
+    """Calibration samples from a .npy (leading batch dimension), a .npz (its `x` array, its only
+    array, or one array per input name) or a folder of .npy files."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.npy"))
+        if not files:
+            raise UserError(f"calibration folder {path} holds no .npy files")
+        return [s for f in files for s in load_samples(f, inputs)]
+    if path.suffix == ".npz" and len(inputs) == 1 and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if "x" in z.files:
+                    return _split_all(z["x"], inputs[0])
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {path} as a NumPy .npz file: {exc}") from exc
+    return load_samples(path, inputs)
+
+
+def _split_all(arr: np.ndarray, spec: dict) -> list[list[np.ndarray]]:
+    return [[s] for s in _split(arr, tuple(spec["shape"]), spec["name"], np.dtype(spec["dtype"]))]
+
+
+def load_eval(path: Path, inputs: list[dict]) -> tuple[list[list[np.ndarray]], np.ndarray | None]:
+    """Evaluation data: a .npz with `x` (samples) and optional labels `y` (one per sample)."""
+    path = Path(path)
+    if path.suffix != ".npz" or not path.is_file():
+        raise UserError(
+            f"--eval needs an existing .npz file with arrays x (inputs) and optional y (labels): {path}"
+        )
+    samples = load_calibration(path, inputs)
+    with np.load(path, allow_pickle=False) as z:
+        labels = z["y"] if "y" in z.files else None
+    if labels is not None and len(labels) != len(samples):
+        raise UserError(f"{path}: {len(labels)} labels for {len(samples)} samples")
+    return samples, labels

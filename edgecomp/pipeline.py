@@ -19,10 +19,14 @@ import onnx
 from edgecomp import __version__
 from edgecomp.build import ElfSizes, elf_sizes, run_make
 from edgecomp.codegen import generate_project
-from edgecomp.errors import DoesNotFitError
+from edgecomp.errors import DoesNotFitError, UserError
 from edgecomp.frontend import load_model
+from edgecomp.io import load_calibration, load_eval
 from edgecomp.lower import LoweredModel, lower_model
 from edgecomp.passes import fold_constants
+from edgecomp.passes.quantize import quantize
+from edgecomp.quant import extract_int_graph, is_quantized
+from edgecomp.quant.accuracy import evaluate
 from edgecomp.resources import data_dir
 from edgecomp.targets import Target
 
@@ -35,6 +39,8 @@ class BuildOptions:
     fit_check: bool = True
     per_layer: bool = False
     extra_cflags: str = ""
+    quantize: str | None = None  # "int8" / "int16x8": post-training quantization before lowering
+    calib_method: str = "minmax"
     sanitize: bool = False  # host only: build with ASan + UBSan
 
     def as_dict(self) -> dict:
@@ -46,19 +52,28 @@ class BuildResult:
     outdir: Path
     report: dict
     target: Target
-    model: onnx.ModelProto  # the model as the front end normalised it (the reference runs this)
+    model: onnx.ModelProto  # the model as compiled: front-end normalised, quantized if asked
     cached: bool
+    float_model: onnx.ModelProto | None = None  # the float original of a model quantized here
+
+    @property
+    def quantized(self) -> bool:
+        return is_quantized(self.model)
 
 
 def default_outdir(model_path: Path, target: Target) -> Path:
     return Path("build") / f"{model_path.stem}-{target.name}"
 
 
-def build_key(model_bytes: bytes, target: Target, options: BuildOptions) -> str:
-    """Hash of every input of a build: model, options, target file, edgecomp and its C sources."""
+def build_key(model_bytes: bytes, target: Target, options: BuildOptions, data_files: list[Path]) -> str:
+    """Hash of every input of a build: model, options, data, target file, edgecomp and its C sources."""
     h = hashlib.sha256()
     h.update(__version__.encode())
     h.update(model_bytes)
+    for path in data_files:
+        for p in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if p.is_file():
+                h.update(p.read_bytes())
     h.update(json.dumps(options.as_dict(), sort_keys=True).encode())
     h.update(target.source.read_bytes())
     for folder in ("templates", "firmware"):
@@ -69,24 +84,43 @@ def build_key(model_bytes: bytes, target: Target, options: BuildOptions) -> str:
     return h.hexdigest()
 
 
-def build(model_path: Path, target: Target, outdir: Path | None = None,
-          options: BuildOptions | None = None, reuse: bool = False, log=print) -> BuildResult:  # fmt: skip
+def build(model_path: Path, target: Target, outdir: Path | None = None, options: BuildOptions | None = None,
+          reuse: bool = False, log=print, calib: Path | None = None, eval_data: Path | None = None,
+          save_quantized: Path | None = None) -> BuildResult:  # fmt: skip
     """Compile `model_path` for `target` into `outdir`; with `reuse`, keep a build with the same key.
+
+    With options.quantize, the model is quantized on the samples in `calib` first (and saved as QDQ
+    ONNX to `save_quantized`); `eval_data` (.npz with x, optional y) adds an accuracy report.
 
     The output folder is written in a temporary sibling and moved into place only when the whole
     build succeeded, so a failed build never leaves a half-written folder behind.
     """
     options = options or BuildOptions()
     outdir = Path(outdir or default_outdir(model_path, target))
-    model = load_model(model_path, options.input_shapes)
+    model = float_model = load_model(model_path, options.input_shapes)
+    if options.quantize and is_quantized(model):
+        raise UserError(f"{model_path} is already quantized (QDQ): build it without --quantize")
+    if options.quantize and calib is None:
+        raise UserError("--quantize needs calibration data: --calib DATA (.npy, .npz or a folder of .npy)")
+    if eval_data is not None and not options.quantize:
+        raise UserError("--eval compares a quantized model with its float original: use it with --quantize")
     model_bytes = Path(model_path).read_bytes()
-    key = build_key(model_bytes, target, options)
+    key = build_key(model_bytes, target, options, [p for p in (calib, eval_data) if p is not None])
+    t0 = time.monotonic()
+    if options.quantize:
+        inputs = _io_specs(model)
+        log(f"quantizing to {options.quantize} ({options.calib_method} calibration)")
+        model = onnx.shape_inference.infer_shapes(
+            quantize(model, load_calibration(calib, inputs), options.quantize, options.calib_method)
+        )
+        if save_quantized:
+            Path(save_quantized).parent.mkdir(parents=True, exist_ok=True)
+            onnx.save(model, str(save_quantized))
     if reuse:
         cached = _cached_report(outdir, key, target)
         if cached is not None:
-            return BuildResult(outdir, cached, target, model, cached=True)
+            return BuildResult(outdir, cached, target, model, True, float_model if options.quantize else None)
 
-    t0 = time.monotonic()
     log(f"lowering {model_path.name} through TVM for {target.name}")
     lowered = lower_model(fold_constants(model))
     provenance = {
@@ -107,6 +141,12 @@ def build(model_path: Path, target: Target, outdir: Path | None = None,
         sizes = None if target.is_host else elf_sizes(binary)
         report = _report(model_path, target, options, key, lowered, project.plan, sizes, t_gen,
                          time.monotonic() - t0)  # fmt: skip
+        if eval_data is not None:
+            log(f"evaluating float vs {options.quantize} on {eval_data}")
+            samples, labels = load_eval(eval_data, _io_specs(float_model))
+            report["accuracy"] = evaluate(
+                float_model, extract_int_graph(fold_constants(model)), samples, labels
+            )
         if sizes is not None and options.fit_check:
             _check_fit(target, sizes)
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -116,7 +156,16 @@ def build(model_path: Path, target: Target, outdir: Path | None = None,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return BuildResult(outdir, report, target, model, cached=False)
+    return BuildResult(outdir, report, target, model, False, float_model if options.quantize else None)
+
+
+def _io_specs(model: onnx.ModelProto) -> list[dict]:
+    from edgecomp.frontend.load import graph_inputs
+
+    return [
+        {"name": i.name, "shape": [d.dim_value for d in i.type.tensor_type.shape.dim], "dtype": "float32"}
+        for i in graph_inputs(model)
+    ]
 
 
 def _cached_report(outdir: Path, key: str, target: Target) -> dict | None:
@@ -164,6 +213,9 @@ def _report(model_path, target, options, key, lowered: LoweredModel, plan, sizes
         "target": target.as_dict(),
         "options": options.as_dict(),
         "build_key": key,
+        "quantized": any(
+            t.dtype in ("int8", "int16") for t in lowered.tensors.values() if t.kind == "intermediate"
+        ),
         "macs": lowered.macs,
         "params": lowered.params,
         "weights_bytes": sum(t.nbytes for t in lowered.tensors.values() if t.kind == "const"),

@@ -48,6 +48,24 @@ def print_build(result: BuildResult) -> None:
         )
     table.add_row("compile time", f"{r['compile_time_s']:.2f} s")
     console.print(table)
+    if "accuracy" in r:
+        print_accuracy(r["accuracy"])
+
+
+def print_accuracy(acc: dict) -> None:
+    table = Table(title=f"quantized vs float on {acc['samples']} samples", show_header=False)
+    if "float_top1" in acc:
+        table.add_row("top-1 float / quantized", f"{acc['float_top1']:.2%} / {acc['quantized_top1']:.2%} "
+                      f"({acc['top1_delta_pp']:+.2f} pp)")  # fmt: skip
+    table.add_row("output SQNR", f"{acc['output_sqnr_db']:.1f} dB")
+    table.add_row("max abs error", f"{acc['max_abs_error']:.4g}")
+    table.add_row("argmax agreement", f"{acc['argmax_agreement']:.2%}")
+    worst = sorted(acc["per_layer_sqnr_db"], key=lambda e: e["sqnr_db"])[:3]
+    if worst:
+        table.add_row(
+            "lowest per-layer SQNR", ", ".join(f"{e['tensor']} {e['sqnr_db']:.1f} dB" for e in worst)
+        )
+    console.print(table)
 
 
 def print_run(runs) -> None:
@@ -86,3 +104,8 @@ def print_profile(record: dict) -> None:
             str(layer["index"]), layer["kernel"], f"{layer['macs']:,}", str(layer["workspace_bytes"])
         )
     console.print(layers)
+
+
+def print_lines(lines: list[str]) -> None:
+    for line in lines:
+        console.print(line)

@@ -38,6 +38,7 @@ class QTensor:
     dtype: str  # "int8", "int16" (quantized) or "float32" (model I/O)
     scale: float = 1.0
     zero_point: int = 0
+    float_name: str = ""  # the float tensor it quantizes, for per-layer error reports
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,19 @@ class _Extractor:
         lo = qmin if lo_f == -np.inf else max(qmin, int(np.round(lo_f / t.scale)) + t.zero_point)
         hi = qmax if hi_f == np.inf else min(qmax, int(np.round(hi_f / t.scale)) + t.zero_point)
         return t, (lo, hi)
+
+    def _scale(self, scale: np.ndarray, node: onnx.NodeProto) -> float:
+        if scale.size != 1:
+            raise UnsupportedModelError(
+                f"node '{node.name}': activations need one scale per tensor, not per channel"
+            )
+        value = float(scale.reshape(-1)[0])
+        if not (value > 0 and np.isfinite(value)):
+            raise UnsupportedModelError(
+                f"node '{node.name}' quantizes '{node.input[0]}' with scale {value}: the tensor was constant "
+                "(e.g. all zero) on the calibration data; calibrate with more varied inputs"
+            )
+        return value
 
     def _shape(self, name: str) -> tuple[int, ...]:
         if name not in self.shapes or any(d <= 0 for d in self.shapes[name]):

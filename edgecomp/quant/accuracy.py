@@ -1,0 +1,80 @@
+"""Accuracy of a quantized model against its float original, on user data.
+
+Quantized outputs come from the integer reference (bit-identical to the device); float outputs
+from onnxruntime on the float model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from edgecomp.quant.graph import IntGraph
+from edgecomp.quant.reference import run_int_graph
+from edgecomp.reference import Reference
+
+
+def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB (inf when identical)."""
+    ref = reference.astype(np.float64)
+    noise = float(np.sum((ref - test.astype(np.float64)) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0:
+        return float("inf")
+    return 10 * np.log10(signal / noise) if signal > 0 else float("-inf")
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    have = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
+    return model
+
+
+def evaluate(float_model: onnx.ModelProto, graph: IntGraph, samples: list[list[np.ndarray]],
+             labels: np.ndarray | None = None) -> dict:  # fmt: skip
+    """Float vs quantized: output SQNR, max abs error, argmax agreement, top-1 with labels, per-layer SQNR."""
+    float_names = {n for node in float_model.graph.node for n in node.output}
+    layers = [t for t in graph.tensors.values() if t.dtype != "float32" and t.float_name in float_names]
+    ref = Reference(_with_outputs(float_model, [t.float_name for t in layers]))
+    n_out = len(float_model.graph.output)
+    f_out, q_out, f_layers, q_layers = [], [], {t.name: [] for t in layers}, {t.name: [] for t in layers}
+    for sample in samples:
+        f_all = ref.run(sample)
+        env = run_int_graph(graph, sample, keep_all=True)
+        f_out.append(f_all[0])
+        q_out.append(env[graph.outputs[0]])
+        for t, f in zip(layers, f_all[n_out:], strict=True):
+            f_layers[t.name].append(f)
+            q_layers[t.name].append((env[t.name].astype(np.float64) - t.zero_point) * t.scale)
+    f_arr, q_arr = np.stack(f_out), np.stack(q_out)
+    f_top = f_arr.reshape(len(samples), -1).argmax(axis=1)
+    q_top = q_arr.reshape(len(samples), -1).argmax(axis=1)
+    result = {
+        "samples": len(samples),
+        "output_sqnr_db": round(sqnr_db(f_arr, q_arr), 2),
+        "max_abs_error": float(np.max(np.abs(f_arr.astype(np.float64) - q_arr))),
+        "argmax_agreement": float(np.mean(f_top == q_top)),
+        "per_layer_sqnr_db": [
+            {
+                "tensor": t.float_name,
+                "sqnr_db": round(sqnr_db(np.stack(f_layers[t.name]), np.stack(q_layers[t.name])), 2),
+            }
+            for t in layers
+        ],
+    }
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        result["float_top1"] = float(np.mean(f_top == labels))
+        result["quantized_top1"] = float(np.mean(q_top == labels))
+        result["top1_delta_pp"] = round(100 * (result["quantized_top1"] - result["float_top1"]), 2)
+    return result
+
+
+def lsb_agreement(graph: IntGraph, got: list[np.ndarray], want: list[np.ndarray]) -> float:
+    """Fraction of first-output values within one quantization step (of that output) of `want`."""
+    deq = next(op for op in graph.ops if op.output == graph.outputs[0])
+    step = graph.tensors[deq.inputs[0]].scale if deq.kind == "dequantize" else 0.0
+    diff = np.abs(np.concatenate([g.reshape(-1) for g in got]).astype(np.float64)
+                  - np.concatenate([w.reshape(-1) for w in want]).astype(np.float64))  # fmt: skip
+    return float(np.mean(diff <= step * 1.0001 + 1e-12))
