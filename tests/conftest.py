@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def make_model(nodes, inputs, outputs, inits=(), opset=13) -> onnx.ModelProto:
 
 
 def weight(name: str, shape, seed: int = 0) -> onnx.TensorProto:
-    rng = np.random.default_rng(abs(hash((name, tuple(shape), seed))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{name}{list(shape)}{seed}".encode()))
     return numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32), name)
 
 

@@ -114,7 +114,7 @@ def _mul(x, y, *, a, dtype):
     return te.compute(x.shape, f, name="qmul")
 
 
-def _pool(x, *, a, dtype, kind):
+def _pool(x, *tables, a, dtype, kind):
     n, c, h, w = (int(d) for d in x.shape)
     kh, kw = a["kernel"]
     sh, sw = a["strides"]
@@ -136,9 +136,11 @@ def _pool(x, *, a, dtype, kind):
         )
     red = te.compute((n, c, oh, ow), lambda i, ch, y, xx: te.sum(pad[i, ch, y * sh + ry, xx * sw + rx] - _c(a["in_zp"], I32),
                                                                   axis=[ry, rx]), name="sum")  # fmt: skip
+    mult, shift = tables  # per output position (the divisor varies at padded borders)
     return te.compute(
         red.shape,
-        lambda *i: _clamp(_requant(red[i].astype(I64), _c(a["mult"]), _c(a["shift"])) + _c(a["out_zp"]), a["lo"], a["hi"], dtype),
+        lambda i, ch, y, xx: _clamp(_requant(red[i, ch, y, xx].astype(I64), mult[y, xx].astype(I64),
+                                             shift[y, xx].astype(I64)) + _c(a["out_zp"]), a["lo"], a["hi"], dtype),
         name="out",
     )  # fmt: skip
 
@@ -184,14 +186,14 @@ def _concat(*xs, a, dtype):
     shape[axis] = sum(sizes)
 
     def f(*idx):
-        value = None
-        offset = sum(sizes)
-        for x, size, r in reversed(list(zip(xs, sizes, a["rescales"], strict=True))):
-            offset -= size
+        value, offset = None, 0
+        for x, size, r in zip(xs, sizes, a["rescales"], strict=True):
             src = list(idx)
             src[axis] = idx[axis] - offset
             v = _rescale_expr(x[tuple(src)], r)
+            # Later inputs win from their offset on, so each index reads exactly one input.
             value = v if value is None else tirx.if_then_else(idx[axis] >= offset, v, value)
+            offset += size
         return _clamp(value, a["lo"], a["hi"], dtype)
 
     return te.compute(tuple(shape), f, name="concat")
@@ -227,8 +229,11 @@ def _quantize(x, scale, *, a, dtype):
 
 
 def _dequantize(x, scale, *, a, dtype):
-    return te.compute(x.shape, lambda *i: (x[i].astype(I32) - _c(a["zp"], I32)).astype("float32") * scale[0],
-                      name="dequantize")  # fmt: skip
+    def f(*i):
+        q = _clamp(x[i], a["lo"], a["hi"], I32)
+        return (q - _c(a["zp"], I32)).astype("float32") * scale[0]
+
+    return te.compute(x.shape, f, name="dequantize")
 
 
 def _const(arr, dtype) -> relax.Expr:
@@ -251,8 +256,11 @@ def _emit(bb: relax.BlockBuilder, op: QOp, env: dict, graph: IntGraph):
         ]
     elif k in ("add", "mul"):
         fn = partial(_add if k == "add" else _mul, a=a, dtype=dtype)
-    elif k in ("maxpool", "avgpool"):
-        fn = partial(_pool, a=a, dtype=dtype, kind=k[:3])
+    elif k == "maxpool":
+        fn = partial(_pool, a=a, dtype=dtype, kind="max")
+    elif k == "avgpool":
+        fn = partial(_pool, a=a, dtype=dtype, kind="avg")
+        xs += [_const(a["mult"], I32), _const(a["shift"], I32)]
     elif k == "reshape":
         fn = partial(_reshape, a=a, dtype=dtype, shape=graph.tensors[op.output].shape)
     elif k == "transpose":

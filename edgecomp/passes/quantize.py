@@ -59,7 +59,10 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
     calib_method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                     "entropy": CalibrationMethod.Entropy}[method]  # fmt: skip
     activation = QuantType.QInt16 if scheme == "int16x8" else QuantType.QInt8
-    extra = {"ActivationSymmetric": False, "WeightSymmetric": True, "CalibPercentile": 99.999}
+    # ForceQuantizeNoInputCheck: quantize MaxPool, Transpose... even when their input comes in float,
+    # so the whole model runs in integer.
+    extra = {"ActivationSymmetric": False, "WeightSymmetric": True, "CalibPercentile": 99.999,
+             "ForceQuantizeNoInputCheck": True}  # fmt: skip
     if scheme == "int16x8":
         extra["UseQDQContribOps"] = False
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime warns about pre-processing on every call

@@ -171,17 +171,29 @@ class _Extractor:
             raise UnsupportedModelError(
                 f"node '{q.name}': activations of type {dtype} are not supported (int8, int16)"
             )
-        t = QTensor(q.output[0], self._shape(q.output[0]), dtype, float(scale.reshape(-1)[0]), int(zp))
+        t = QTensor(q.output[0], self._shape(q.output[0]), dtype, self._scale(scale, q), int(zp), name)
         self.tensors[t.name] = t
         for other in qs[1:]:
             s2, z2, _ = self._qparams(other)
             if float(s2.reshape(-1)[0]) != t.scale or int(z2) != t.zero_point:
                 raise UnsupportedModelError(f"'{name}' is quantized twice with different parameters")
             self.alias[other.output[0]] = t.name
-        qmin, qmax = qrange(dtype)
+        return t, self._clamp_range(t, lo_f, hi_f)
+
+    def _act_range(self, act: onnx.NodeProto) -> tuple[float, float]:
+        """The float range a Relu or Clip node lets through."""
+        if act.op_type == "Relu":
+            return 0.0, np.inf
+        lo = float(self._const(act.input[1], act)) if len(act.input) > 1 and act.input[1] else -np.inf
+        hi = float(self._const(act.input[2], act)) if len(act.input) > 2 and act.input[2] else np.inf
+        return lo, hi
+
+    @staticmethod
+    def _clamp_range(t: QTensor, lo_f: float, hi_f: float) -> tuple[int, int]:
+        qmin, qmax = qrange(t.dtype)
         lo = qmin if lo_f == -np.inf else max(qmin, int(np.round(lo_f / t.scale)) + t.zero_point)
         hi = qmax if hi_f == np.inf else min(qmax, int(np.round(hi_f / t.scale)) + t.zero_point)
-        return t, (lo, hi)
+        return lo, hi
 
     def _scale(self, scale: np.ndarray, node: onnx.NodeProto) -> float:
         if scale.size != 1:
@@ -217,7 +229,12 @@ class _Extractor:
                 if node.output[0] in {o.name for o in self.graph.output}:
                     self._dequantize_edge(node)
             elif node.op_type in ("Relu", "Clip"):
-                if not self._is_fused_activation(node):  # fused ones became their producer's clamp
+                # Fused ones became their producer's clamp; one on a float model input becomes the
+                # clamp of that input's quantization (see _quantize_edge); one that makes a model
+                # output in float becomes a clamp before the dequantization.
+                if node.output[0] in {o.name for o in self.graph.output}:
+                    self._dequantize_edge(self.producer[node.input[0]], node)
+                elif not self._is_fused_activation(node) and not self._on_float_input(node):
                     self._unary(node)
             else:
                 handler = getattr(self, f"_op_{node.op_type}", None)
@@ -240,36 +257,48 @@ class _Extractor:
         return prod is not None and prod.op_type not in ("DequantizeLinear", "QuantizeLinear") and \
             len(self.consumers.get(node.input[0], [])) == 1  # fmt: skip
 
+    def _on_float_input(self, node: onnx.NodeProto) -> bool:
+        src = self.tensors.get(node.input[0])
+        return src is not None and src.dtype == "float32"
+
     def _quantize_edge(self, node: onnx.NodeProto) -> None:
         src = node.input[0]
+        act = self.producer.get(src)
+        lo_f, hi_f = -np.inf, np.inf
+        if act is not None and act.op_type in ("Relu", "Clip") and self._on_float_input(act):
+            lo_f, hi_f = self._act_range(act)
+            src = act.input[0]
         if src in self.tensors and self.tensors[src].dtype == "float32":
             scale, zp, _ = self._qparams(node)
-            t = QTensor(
-                node.output[0],
-                self._shape(node.output[0]),
-                str(zp.dtype),
-                float(scale.reshape(-1)[0]),
-                int(zp),
-            )
-            if t.dtype not in ("int8", "int16"):
+            dtype = str(zp.dtype)
+            if dtype not in ("int8", "int16"):
                 raise UnsupportedModelError(
-                    f"node '{node.name}': activations of type {t.dtype} are not supported"
+                    f"node '{node.name}': activations of type {dtype} are not supported"
                 )
+            t = QTensor(
+                node.output[0], self._shape(node.output[0]), dtype, self._scale(scale, node), int(zp), src
+            )
             self.tensors[t.name] = t
-            lo, hi = qrange(t.dtype)
+            lo, hi = self._clamp_range(t, lo_f, hi_f)
             self._emit("quantize", [src], t, node, scale=np.float32(t.scale), zp=t.zero_point, lo=lo, hi=hi)
         # Otherwise this Q ends an op's pattern and was handled with that op.
 
-    def _dequantize_edge(self, node: onnx.NodeProto) -> None:
+    def _dequantize_edge(self, node: onnx.NodeProto, act: onnx.NodeProto | None = None) -> None:
+        """A float model output: DequantizeLinear, optionally followed by a Relu/Clip (`act`)."""
+        if node is None or node.op_type != "DequantizeLinear":
+            raise UnsupportedModelError(f"node '{act.name}' ({act.op_type}) computes a model output in float")
         src = self.alias.get(node.input[0], node.input[0])
         if src not in self.tensors:
             raise UnsupportedModelError(
                 f"node '{node.name}': output '{node.output[0]}' is not computed in integer"
             )
         t_in = self.tensors[src]
-        out = QTensor(node.output[0], t_in.shape, "float32")
+        out = QTensor((act or node).output[0], t_in.shape, "float32")
         self.tensors[out.name] = out
-        self._emit("dequantize", [src], out, node, scale=np.float32(t_in.scale), zp=t_in.zero_point)
+        lo, hi = self._clamp_range(t_in, *(self._act_range(act) if act is not None else (-np.inf, np.inf)))
+        self._emit(
+            "dequantize", [src], out, node, scale=np.float32(t_in.scale), zp=t_in.zero_point, lo=lo, hi=hi
+        )
 
     # -- compute ops ---------------------------------------------------------------------------
     def _attrs(self, node) -> dict:
@@ -392,14 +421,12 @@ class _Extractor:
         x = self._act_in(node.input[0], node)
         out, (lo, hi) = self._out(node)
         attrs = self._pool_attrs(node, x, global_pool)
-        if any(attrs["pads"]) and not self._attrs(node).get("count_include_pad", 0):
-            raise UnsupportedModelError(
-                f"node '{node.name}': integer AveragePool with padding needs count_include_pad=1"
-            )
-        count = int(np.prod(attrs["kernel"]))
-        m, s = quantize_multiplier(x.scale / (out.scale * count))
-        self._emit("avgpool", [x.name], out, node, **attrs, in_zp=x.zero_point, mult=m, shift=s,
-                   out_zp=out.zero_point, lo=lo, hi=hi)  # fmt: skip
+        # Divisor per output position: the window size, or (count_include_pad=0) the number of
+        # window elements inside the input, so the multipliers are a small (OH, OW) table.
+        counts = _window_counts(x.shape[2:], attrs, bool(self._attrs(node).get("count_include_pad", 0)))
+        mult, shift = quantize_multipliers(x.scale / (out.scale * counts))
+        self._emit("avgpool", [x.name], out, node, **attrs, in_zp=x.zero_point, mult=mult.reshape(counts.shape),
+                   shift=shift.reshape(counts.shape), out_zp=out.zero_point, lo=lo, hi=hi)  # fmt: skip
 
     def _op_MaxPool(self, node):
         self._maxpool(node, False)
@@ -464,3 +491,16 @@ class _Extractor:
         table = np.round(np.exp(-np.arange(256) * x.scale) * (1 << SOFTMAX_EXP_BITS)).astype(np.int32)
         inv = int(round((1 << SOFTMAX_EXP_BITS) / out.scale))
         self._emit("softmax", [x.name], out, node, table=table, inv=inv, out_zp=out.zero_point, lo=lo, hi=hi)
+
+
+def _window_counts(hw: tuple[int, int], attrs: dict, include_pad: bool) -> np.ndarray:
+    (h, w), (kh, kw), (sh, sw) = hw, attrs["kernel"], attrs["strides"]
+    t, left, b, r = attrs["pads"]
+    oh, ow = (h + t + b - kh) // sh + 1, (w + left + r - kw) // sw + 1
+    if include_pad:
+        return np.full((oh, ow), kh * kw, np.float64)
+    ys = np.arange(oh)[:, None] * sh - t
+    xs = np.arange(ow)[None, :] * sw - left
+    rows = np.minimum(ys + kh, h) - np.maximum(ys, 0)
+    cols = np.minimum(xs + kw, w) - np.maximum(xs, 0)
+    return (rows * cols).astype(np.float64)

@@ -33,7 +33,8 @@ def _quantize(op: QOp, x, dtype):
 
 def _dequantize(op: QOp, x, dtype):
     a = op.attrs
-    return ((x[0].astype(np.int32) - a["zp"]).astype(np.float32) * a["scale"]).astype(np.float32)
+    q = np.clip(x[0].astype(np.int32), a["lo"], a["hi"])
+    return ((q - a["zp"]).astype(np.float32) * a["scale"]).astype(np.float32)
 
 
 def _pad(x, pads, value):
@@ -109,7 +110,9 @@ def _avgpool(op: QOp, x, dtype):
     a = op.attrs
     xp = _pad(x[0].astype(np.int64) - a["in_zp"], a["pads"], 0)
     acc = _windows(xp, a["kernel"], a["strides"], (1, 1)).sum(axis=(4, 5))
-    return _clamp(requant(acc, a["mult"], a["shift"]) + a["out_zp"], a["lo"], a["hi"], dtype)
+    return _clamp(
+        requant(acc, a["mult"][None, None], a["shift"][None, None]) + a["out_zp"], a["lo"], a["hi"], dtype
+    )
 
 
 def _reshape(op: QOp, x, dtype):
