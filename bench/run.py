@@ -1,16 +1,19 @@
 """Benchmark: instructions per inference (QEMU -icount), flash, RAM, arena, stack and compile time
-for the MLPerf Tiny models, as a table and JSON. Not a test: it reports numbers.
+for the MLPerf Tiny models, float and int8, as a table and JSON. Not a test: it reports numbers.
 
-    python bench/run.py [--targets cortex-m7,cortex-m4] [--models DIR] [--json bench/results/fp32.json]
+    python bench/run.py [--targets cortex-m7,cortex-m4] [--dtypes fp32,int8] [--json bench/results/x.json]
 
 Models default to ../shared/models/mlperf-tiny (the float ONNX files and their *_sample.npy).
-Every run is also checked against onnxruntime; the error is part of the table.
+Every fp32 run is checked against onnxruntime (relative error); every int8 run bit for bit against
+the integer reference, with its SQNR against the float model on the real sample inputs. int8 rows
+show the ratio to TFLite Micro + CMSIS-NN from ../shared/baselines when that file is there.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -19,8 +22,15 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calib import augmented  # noqa: E402
+
 from edgecomp.errors import EdgecompError
+from edgecomp.passes import fold_constants
 from edgecomp.pipeline import BuildOptions, build
+from edgecomp.quant import extract_int_graph
+from edgecomp.quant.accuracy import sqnr_db
+from edgecomp.quant.reference import run_int_graph
 from edgecomp.reference import Reference, compare
 from edgecomp.runner import profile_record, run_samples
 from edgecomp.targets import load_target
@@ -28,44 +38,84 @@ from edgecomp.targets import load_target
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = REPO.parent / "shared" / "models" / "mlperf-tiny"
 MODELS = {
-    "ic_resnet8": "ic_sample",
+    "ic_resnet8": "ic_samples4",
     "kws_dscnn": "kws_sample",
-    "vww_mobilenet": "vww_sample",
+    "vww_mobilenet": "vww_samples2",
     "ad_autoencoder": "ad_sample",
+}
+BASELINE = REPO.parent / "shared" / "baselines" / "tflm-cmsis-nn-cortex-m7.md"
+BASELINE_ROWS = {
+    "IC ResNet-8": "ic_resnet8",
+    "KWS DS-CNN": "kws_dscnn",
+    "VWW MobileNet": "vww_mobilenet",
+    "AD FC autoencoder": "ad_autoencoder",
 }
 
 
-def bench_one(model: Path, sample: Path, target_name: str, workdir: Path) -> dict:
+def tflm_baseline() -> dict:
+    """Instructions, flash and RAM (+stack) per model from the baseline table, if it is there."""
+    if not BASELINE.exists():
+        return {}
+    rows = {}
+    for line in BASELINE.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        key = next((v for k, v in BASELINE_ROWS.items() if cells and cells[0].startswith(k)), None)
+        if key and len(cells) >= 7:
+            num = [int(re.sub(r"[^0-9]", "", c.split()[0])) for c in cells[2:7]]
+            rows[key] = {"instructions": num[0], "flash_bytes": num[2], "ram_bytes": num[3] + num[4]}
+    return rows
+
+
+def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: Path) -> dict:
     target = load_target(target_name)
+    shape = None
+    x_all = np.load(sample).astype(np.float32)
+    calib = None
+    options = BuildOptions()
+    if dtype == "int8":
+        from edgecomp.frontend import load_model
+
+        m = load_model(model)
+        shape = tuple(d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim)
+        calib = workdir / f"{model.stem}-calib.npy"
+        calib.parent.mkdir(parents=True, exist_ok=True)
+        np.save(calib, augmented(x_all.reshape((-1, *shape)), flip=len(shape) == 4 and shape[1] == 3))
+        options = BuildOptions(quantize="int8")
     t0 = time.monotonic()
-    result = build(
-        model, target, workdir / f"{model.stem}-{target_name}", BuildOptions(), log=lambda *_: None
-    )
+    result = build(model, target, workdir / f"{model.stem}-{target_name}-{dtype}", options, log=lambda *_: None,
+                   calib=calib)  # fmt: skip
     compile_s = time.monotonic() - t0
-    x = np.load(sample).astype(np.float32)
-    (run,) = run_samples(result, [[x]])
-    rec = profile_record(result, run, on_board=False)
-    cmp = compare([run.outputs], [Reference(result.model).run([x])])
-    return {
-        "model": model.stem,
-        "target": target_name,
-        "dtype": "fp32",
-        "macs": rec["macs"],
-        "instructions": rec["instructions"],
-        "instructions_per_mac": rec.get("instructions_per_mac"),
-        "flash_bytes": rec["flash_bytes"],
-        "ram_bytes": rec["ram_bytes"],
-        "arena_bytes": rec["arena_bytes"],
-        "stack_bytes": rec["stack_bytes"],
-        "compile_time_s": round(compile_s, 2),
-        "rel_error_vs_onnxruntime": cmp.rel_error,
-    }
+    spec = result.report["inputs"][0]
+    samples = [[s] for s in x_all.reshape((-1, *spec["shape"]))]
+    runs = run_samples(result, samples[:1] if dtype == "fp32" else samples)
+    rec = profile_record(result, runs[0], on_board=False)
+    floats = [Reference(result.float_model or result.model).run(s) for s in samples[: len(runs)]]
+    row = {
+        "model": model.stem, "target": target_name, "dtype": dtype, "macs": rec["macs"],
+        "instructions": rec["instructions"], "instructions_per_mac": rec.get("instructions_per_mac"),
+        "flash_bytes": rec["flash_bytes"], "weights_bytes": rec["weights_bytes"], "ram_bytes": rec["ram_bytes"],
+        "arena_bytes": rec["arena_bytes"], "stack_bytes": rec["stack_bytes"], "compile_time_s": round(compile_s, 2),
+    }  # fmt: skip
+    if dtype == "fp32":
+        row["rel_error_vs_onnxruntime"] = compare([r.outputs for r in runs], floats).rel_error
+    else:
+        graph = extract_int_graph(fold_constants(result.model))
+        row["bit_exact_vs_reference"] = all(
+            np.array_equal(r.outputs[0], run_int_graph(graph, s)[0])
+            for r, s in zip(runs, samples, strict=False)
+        )
+        row["sqnr_db_vs_float"] = round(
+            sqnr_db(np.stack([f[0] for f in floats]), np.stack([r.outputs[0] for r in runs])), 2
+        )
+        row["samples"] = len(runs)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=Path, default=DEFAULT_MODELS)
     ap.add_argument("--targets", default="cortex-m7")
+    ap.add_argument("--dtypes", default="fp32,int8")
     ap.add_argument("--only", help="comma-separated model names")
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
     ap.add_argument("--workdir", type=Path, default=REPO / "build" / "bench")
@@ -76,26 +126,40 @@ def main(argv: list[str] | None = None) -> int:
     names = args.only.split(",") if args.only else list(MODELS)
     rows = []
     console = Console(width=160)
+    baseline = tflm_baseline()
     for target in args.targets.split(","):
-        for name in names:
-            console.print(f"[dim]bench: {name} on {target}[/dim]")
-            try:
-                rows.append(bench_one(args.models / f"{name}.onnx", args.models / f"{MODELS[name]}.npy", target,
-                                      args.workdir))  # fmt: skip
-            except EdgecompError as exc:
-                console.print(f"[red]bench: {name} on {target}: {exc}[/red]")
-                rows.append({"model": name, "target": target, "error": str(exc)})
-    table = Table(title="edgecomp fp32, QEMU -icount shift=0 (instructions exact)")
-    for col in ("model", "target", "MACs", "instructions", "instr/MAC", "flash B", "RAM B", "arena B", "stack B",
-                "compile s", "rel err"):  # fmt: skip
+        for dtype in args.dtypes.split(","):
+            for name in names:
+                console.print(f"[dim]bench: {name} {dtype} on {target}[/dim]")
+                try:
+                    row = bench_one(args.models / f"{name}.onnx", args.models / f"{MODELS[name]}.npy", target,
+                                    dtype, args.workdir)  # fmt: skip
+                except EdgecompError as exc:
+                    console.print(f"[red]bench: {name} on {target}: {exc}[/red]")
+                    rows.append({"model": name, "target": target, "dtype": dtype, "error": str(exc)})
+                    continue
+                if dtype == "int8" and target == "cortex-m7" and name in baseline:
+                    b = baseline[name]
+                    ram = row["ram_bytes"] + (row["stack_bytes"] or 0)
+                    row["vs_tflm"] = {"instructions": round(row["instructions"] / b["instructions"], 3),
+                                      "flash": round(row["flash_bytes"] / b["flash_bytes"], 3),
+                                      "ram": round(ram / b["ram_bytes"], 3)}  # fmt: skip
+                rows.append(row)
+    table = Table(title="edgecomp on QEMU -icount shift=0 (instructions exact)")
+    for col in ("model", "target", "dtype", "MACs", "instructions", "instr/MAC", "flash B", "RAM B", "arena B",
+                "stack B", "compile s", "check", "x TFLM instr/flash/RAM"):  # fmt: skip
         table.add_column(col, justify="left" if col in ("model", "target") else "right")
     for r in rows:
         if "error" in r:
-            table.add_row(r["model"], r["target"], "error: " + r["error"][:60])
+            table.add_row(r["model"], r["target"], r["dtype"], "error: " + r["error"][:60])
             continue
-        table.add_row(r["model"], r["target"], f"{r['macs']:,}", f"{r['instructions']:,}", f"{r['instructions_per_mac']:.2f}",
-                      f"{r['flash_bytes']:,}", f"{r['ram_bytes']:,}", f"{r['arena_bytes']:,}", f"{r['stack_bytes']:,}",
-                      f"{r['compile_time_s']:.1f}", f"{r['rel_error_vs_onnxruntime']:.1e}")  # fmt: skip
+        check = (f"rel err {r['rel_error_vs_onnxruntime']:.1e}" if r["dtype"] == "fp32" else
+                 f"{'bit-exact' if r['bit_exact_vs_reference'] else 'MISMATCH'}, {r['sqnr_db_vs_float']:.1f} dB")  # fmt: skip
+        vs = r.get("vs_tflm")
+        table.add_row(r["model"], r["target"], r["dtype"], f"{r['macs']:,}", f"{r['instructions']:,}",
+                      f"{r['instructions_per_mac']:.2f}", f"{r['flash_bytes']:,}", f"{r['ram_bytes']:,}",
+                      f"{r['arena_bytes']:,}", f"{r['stack_bytes']:,}", f"{r['compile_time_s']:.1f}", check,
+                      f"{vs['instructions']:.2f} / {vs['flash']:.2f} / {vs['ram']:.2f}" if vs else "")  # fmt: skip
     console.print(table)
     text = json.dumps(rows, indent=2)
     if args.json:

@@ -95,8 +95,10 @@ class Session:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            self._on_idle()
-            for frame in self.decoder.feed(self.link.read(min(left, 0.2))):
+            data = self.link.read(min(left, 0.2))
+            if not data:
+                self._on_idle()  # e.g. QEMU died: checked only once everything it sent is read
+            for frame in self.decoder.feed(data):
                 if frame.type == P.FAULT:
                     raise DeviceError(_describe_fault(frame.payload))
                 if frame.seq != seq:

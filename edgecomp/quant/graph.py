@@ -324,10 +324,8 @@ class _Extractor:
         if w.ndim != 4:
             raise UnsupportedModelError(f"node '{node.name}': only 2-D convolutions have an integer kernel")
         a = self._attrs(node)
-        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            raise UnsupportedModelError(
-                f"node '{node.name}': auto_pad is not supported in integer Conv; use explicit pads"
-            )
+        dil = tuple(a.get("dilations", (1, 1)))
+        pads = _explicit_pads(a, x.shape[2:], w.shape[2:], tuple(a.get("strides", (1, 1))), dil, node)
         out, (lo, hi) = self._out(node)
         cout = w.shape[0]
         bias = self._bias(node, 2, x, w_scale, cout)
@@ -335,8 +333,8 @@ class _Extractor:
         bias = bias - x.zero_point * w64.reshape(cout, -1).sum(axis=1)  # the input zero point, folded
         mult, shift = self._requant_params(x, w_scale, out, cout)
         self._emit("conv", [x.name], out, node, weight=w.astype(np.int8), bias=bias.astype(np.int32), mult=mult,
-                   shift=shift, strides=tuple(a.get("strides", (1, 1))), pads=tuple(a.get("pads", (0, 0, 0, 0))),
-                   dilations=tuple(a.get("dilations", (1, 1))), groups=int(a.get("group", 1)),
+                   shift=shift, strides=tuple(a.get("strides", (1, 1))), pads=pads,
+                   dilations=dil, groups=int(a.get("group", 1)),
                    pad_value=x.zero_point, out_zp=out.zero_point, lo=lo, hi=hi)  # fmt: skip
 
     def _dense(self, node, x: QTensor, w: np.ndarray, w_scale, bias_idx: int) -> None:
@@ -402,14 +400,13 @@ class _Extractor:
         if global_pool:
             return {"kernel": tuple(x.shape[2:]), "strides": (1, 1), "pads": (0, 0, 0, 0)}
         a = self._attrs(node)
-        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or a.get("ceil_mode", 0):
-            raise UnsupportedModelError(
-                f"node '{node.name}': auto_pad/ceil_mode are not supported in integer pools"
-            )
+        if a.get("ceil_mode", 0):
+            raise UnsupportedModelError(f"node '{node.name}': ceil_mode is not supported in integer pools")
         if any(d != 1 for d in a.get("dilations", (1, 1))):
             raise UnsupportedModelError(f"node '{node.name}': dilated pooling is not supported")
-        return {"kernel": tuple(a["kernel_shape"]), "strides": tuple(a.get("strides", (1, 1))),
-                "pads": tuple(a.get("pads", (0, 0, 0, 0)))}  # fmt: skip
+        kernel, strides = tuple(a["kernel_shape"]), tuple(a.get("strides", (1, 1)))
+        pads = _explicit_pads(a, x.shape[2:], kernel, strides, (1, 1), node)
+        return {"kernel": kernel, "strides": strides, "pads": pads}
 
     def _maxpool(self, node, global_pool: bool) -> None:
         x = self._act_in(node.input[0], node)
@@ -504,3 +501,22 @@ def _window_counts(hw: tuple[int, int], attrs: dict, include_pad: bool) -> np.nd
     rows = np.minimum(ys + kh, h) - np.maximum(ys, 0)
     cols = np.minimum(xs + kw, w) - np.maximum(xs, 0)
     return (rows * cols).astype(np.float64)
+
+
+def _explicit_pads(a: dict, hw, kernel, strides, dilations, node) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) from `pads` or `auto_pad` (VALID, SAME_UPPER, SAME_LOWER)."""
+    mode = a.get("auto_pad", b"NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode == "NOTSET":
+        pads = tuple(a.get("pads", (0, 0, 0, 0)))
+        if len(pads) != 4:
+            raise UnsupportedModelError(f"node '{node.name}': only 2-D pads are supported")
+        return pads[0], pads[1], pads[2], pads[3]
+    if mode == "VALID":
+        return 0, 0, 0, 0
+    total = []
+    for size, k, s, d in zip(hw, kernel, strides, dilations, strict=True):
+        out = -(-size // s)
+        total.append(max(0, (out - 1) * s + (k - 1) * d + 1 - size))
+    first = [t // 2 if mode == "SAME_UPPER" else t - t // 2 for t in total]
+    return first[0], first[1], total[0] - first[0], total[1] - first[1]
