@@ -35,3 +35,33 @@ def test_mlperf_float_matches_onnxruntime(model, sample, target, tmp_path):
     if target != "host":
         assert run.instructions > result.report["macs"]
         assert result.report["flash_bytes"] <= result.target.flash_budget
+
+
+INT8_SAMPLES = {"ic_resnet8": "ic_samples4", "kws_dscnn": "kws_sample", "vww_mobilenet": "vww_samples2",
+                "ad_autoencoder": "ad_sample"}  # fmt: skip
+
+
+@pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
+@pytest.mark.parametrize("model", sorted(INT8_SAMPLES))
+def test_mlperf_int8_bit_exact_on_cortex_m7(model, tmp_path):
+    import sys
+
+    from edgecomp.passes import fold_constants
+    from edgecomp.pipeline import BuildOptions
+    from edgecomp.quant import extract_int_graph
+    from edgecomp.quant.reference import run_int_graph
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from calib import augmented
+
+    float_build = build(SHARED / f"{model}.onnx", load_target("host"), tmp_path / "f", log=lambda *_: None)
+    shape = tuple(float_build.report["inputs"][0]["shape"])
+    x = np.load(SHARED / f"{INT8_SAMPLES[model]}.npy").astype(np.float32).reshape((-1, *shape))
+    np.save(tmp_path / "calib.npy", augmented(x, flip=shape[1] == 3 and len(shape) == 4))
+    result = build(SHARED / f"{model}.onnx", load_target("cortex-m7"), tmp_path / "q", BuildOptions(quantize="int8"),
+                   log=lambda *_: None, calib=tmp_path / "calib.npy")  # fmt: skip
+    (run,) = run_samples(result, [[x[0]]])
+    graph = extract_int_graph(fold_constants(result.model))
+    np.testing.assert_array_equal(run.outputs[0], run_int_graph(graph, [x[0]])[0])
+    # int8 weights, int32 biases and per-channel int32 multipliers + int8 shifts: ~3-4x less than fp32
+    assert result.report["weights_bytes"] * 2.8 < float_build.report["weights_bytes"]

@@ -252,7 +252,7 @@ def _emit(bb: relax.BlockBuilder, op: QOp, env: dict, graph: IntGraph):
             _const(a["weight"], "int8"),
             _const(a["bias"], I32),
             _const(a["mult"], I32),
-            _const(a["shift"], I32),
+            _const(a["shift"], "int8"),
         ]
     elif k in ("add", "mul"):
         fn = partial(_add if k == "add" else _mul, a=a, dtype=dtype)
@@ -260,7 +260,7 @@ def _emit(bb: relax.BlockBuilder, op: QOp, env: dict, graph: IntGraph):
         fn = partial(_pool, a=a, dtype=dtype, kind="max")
     elif k == "avgpool":
         fn = partial(_pool, a=a, dtype=dtype, kind="avg")
-        xs += [_const(a["mult"], I32), _const(a["shift"], I32)]
+        xs += [_const(a["mult"], I32), _const(a["shift"], "int8")]
     elif k == "reshape":
         fn = partial(_reshape, a=a, dtype=dtype, shape=graph.tensors[op.output].shape)
     elif k == "transpose":
