@@ -46,6 +46,8 @@ def _build_parent() -> argparse.ArgumentParser:
     )
     q.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax",
                    help="how activation ranges are chosen [minmax]")  # fmt: skip
+    q.add_argument("--io", choices=["float", "int8"], default="float",
+                   help="quantized models: float I/O (quantized at the edges) or the integer tensors [float]")  # fmt: skip
     q.add_argument("--save-quantized", type=Path, metavar="Q.onnx", help="also write the quantized QDQ model")
     q.add_argument("--eval", type=Path, metavar="DATA.npz",
                    help="accuracy of the quantized model vs float on x (and labels y) -> report.json")  # fmt: skip
@@ -134,6 +136,7 @@ def _build(args, reuse: bool, log) -> BuildResult:
         sanitize=args.sanitize,
         quantize=args.quantize,
         calib_method=args.calib_method,
+        io=args.io,
     )
     if args.sanitize and not target.is_host:
         raise UserError("--sanitize builds the host target only (use --target host)")
@@ -176,12 +179,13 @@ def _check_quantized(result: BuildResult, samples, outputs) -> int:
     """Integer builds must equal the integer reference bit for bit; the rest is information."""
     from edgecomp import report
     from edgecomp.passes import fold_constants
-    from edgecomp.quant import extract_int_graph
+    from edgecomp.quant import int_graph_for
     from edgecomp.quant.accuracy import lsb_agreement, sqnr_db
     from edgecomp.quant.reference import run_int_graph
     from edgecomp.reference import Reference, compare
 
-    graph = extract_int_graph(fold_constants(result.model))
+    io = result.report["options"].get("io", "float")
+    graph = int_graph_for(fold_constants(result.model), io)
     expected = [run_int_graph(graph, s) for s in samples]
     differing = sum(
         int(np.sum(g != w))
@@ -189,20 +193,31 @@ def _check_quantized(result: BuildResult, samples, outputs) -> int:
         for g, w in zip(gs, ws, strict=True)
     )
     total = sum(w.size for ws in expected for w in ws)
-    ort = [Reference(result.model).run(s) for s in samples]
-    within = lsb_agreement(graph, [o[0] for o in outputs], [o[0] for o in ort])
-    lines = [f"vs integer reference: {total - differing}/{total} outputs bit-exact",
-             f"vs onnxruntime (QDQ): {within:.1%} of outputs within 1 LSB"]  # fmt: skip
+    lines = [f"vs integer reference: {total - differing}/{total} outputs bit-exact"]
+    # onnxruntime and the float model take and give float: compare through the I/O scales.
+    f_samples = [[_real(x, e) for x, e in zip(s, result.report["inputs"], strict=True)] for s in samples]
+    f_outputs = [[_real(y, e) for y, e in zip(o, result.report["outputs"], strict=True)] for o in outputs]
+    ort = [Reference(result.model).run(s) for s in f_samples]
+    float_graph = int_graph_for(fold_constants(result.model))
+    within = lsb_agreement(float_graph, [o[0] for o in f_outputs], [o[0] for o in ort])
+    lines.append(f"vs onnxruntime (QDQ): {within:.1%} of outputs within 1 LSB")
     if result.float_model is not None:
-        floats = [Reference(result.float_model).run(s) for s in samples]
-        cmp = compare(outputs, floats)
-        sq = sqnr_db(np.stack([f[0] for f in floats]), np.stack([o[0] for o in outputs]))
+        floats = [Reference(result.float_model).run(s) for s in f_samples]
+        cmp = compare(f_outputs, floats)
+        sq = sqnr_db(np.stack([f[0] for f in floats]), np.stack([o[0] for o in f_outputs]))
         lines.append(f"vs float model: SQNR {sq:.1f} dB, max abs error {cmp.max_abs_error:.3g}, "
                      f"argmax agreement {cmp.argmax_agreement:.0%}")  # fmt: skip
     report.print_lines(lines)
     if differing:
         raise MismatchError(f"{differing} of {total} outputs differ from the integer reference")
     return 0
+
+
+def _real(x: np.ndarray, entry: dict) -> np.ndarray:
+    """A model I/O tensor in float: dequantized when it is an integer tensor."""
+    if "scale" not in entry:
+        return x
+    return (x.astype(np.int32) - entry["zero_point"]).astype(np.float32) * np.float32(entry["scale"])
 
 
 def _profile(args, result: BuildResult, log) -> int:
@@ -214,15 +229,30 @@ def _profile(args, result: BuildResult, log) -> int:
         samples = load_samples(args.input, result.report["inputs"])[:1]
     else:
         rng = np.random.default_rng(0)
-        samples = [[rng.standard_normal(i["shape"]).astype(i["dtype"]) for i in result.report["inputs"]]]
+        samples = [[_random_input(rng, i) for i in result.report["inputs"]]]
     log(f"profiling on {_where(args, result)}")
     (run,) = run_samples(result, samples, args.port, args.baud, args.timeout)
     record = profile_record(result, run, on_board=bool(args.port))
+    if result.float_model is not None:
+        # The same model unquantized, built (or reused) beside it, for the flash/RAM comparison.
+        options = BuildOptions(input_shapes=parse_input_shapes(args.input_shape), fit_check=False,
+                               extra_cflags=args.cflags)  # fmt: skip
+        fb = build(args.model, result.target, result.outdir.with_name(result.outdir.name + "-float"), options,
+                   reuse=True, log=log).report  # fmt: skip
+        record["float"] = {k: fb.get(k) for k in ("flash_bytes", "ram_bytes", "arena_bytes", "weights_bytes")}
     report.print_profile(record)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     return 0
+
+
+def _random_input(rng: np.random.Generator, entry: dict) -> np.ndarray:
+    dtype = np.dtype(entry["dtype"])
+    if dtype.kind == "i":
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max + 1, entry["shape"]).astype(dtype)
+    return rng.standard_normal(entry["shape"]).astype(dtype)
 
 
 def _where(args, result: BuildResult) -> str:

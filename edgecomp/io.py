@@ -38,14 +38,28 @@ def load_samples(path: Path, inputs: list[dict]) -> list[list[np.ndarray]]:
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {path} as a NumPy .npy/.npz file: {exc}") from exc
 
-    split = [
-        _split(arr, tuple(spec["shape"]), spec["name"], np.dtype(spec["dtype"]))
-        for arr, spec in zip(per_input, inputs, strict=True)
-    ]
+    per_input = [_to_model_dtype(arr, spec) for arr, spec in zip(per_input, inputs, strict=True)]
+    split = [_split(arr, tuple(spec["shape"]), spec["name"], np.dtype(spec["dtype"]))
+             for arr, spec in zip(per_input, inputs, strict=True)]  # fmt: skip
     counts = {len(s) for s in split}
     if len(counts) != 1:
         raise UserError(f"inputs hold different numbers of samples: {[len(s) for s in split]}")
     return [list(sample) for sample in zip(*split, strict=True)]
+
+
+def _to_model_dtype(arr: np.ndarray, spec: dict) -> np.ndarray:
+    """Float data for an integer (quantized) input is quantized as the model's QuantizeLinear would."""
+    dtype = np.dtype(spec["dtype"])
+    if dtype.kind != "i":
+        return arr
+    if np.issubdtype(arr.dtype, np.integer):
+        info = np.iinfo(dtype)
+        if arr.size and (arr.min() < info.min or arr.max() > info.max):
+            raise UserError(f"input '{spec['name']}' holds values outside {dtype} [{info.min}, {info.max}]")
+        return arr
+    info = np.iinfo(dtype)
+    q = np.rint(arr.astype(np.float32) / np.float32(spec["scale"])) + spec["zero_point"]
+    return np.clip(q, info.min, info.max).astype(dtype)
 
 
 def _split(arr: np.ndarray, shape: tuple[int, ...], name: str, dtype: np.dtype) -> list[np.ndarray]:

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from edgecomp import __version__
@@ -41,6 +42,7 @@ class BuildOptions:
     extra_cflags: str = ""
     quantize: str | None = None  # "int8" / "int16x8": post-training quantization before lowering
     calib_method: str = "minmax"
+    io: str = "float"  # "int8": a quantized model's C API takes and gives its integer tensors
     sanitize: bool = False  # host only: build with ASan + UBSan
 
     def as_dict(self) -> dict:
@@ -76,10 +78,11 @@ def build_key(model_bytes: bytes, target: Target, options: BuildOptions, data_fi
                 h.update(p.read_bytes())
     h.update(json.dumps(options.as_dict(), sort_keys=True).encode())
     h.update(target.source.read_bytes())
-    for folder in ("templates", "firmware"):
-        for p in sorted(data_dir(folder).rglob("*")):
-            if p.is_file():
-                h.update(p.relative_to(data_dir(folder)).as_posix().encode())
+    package = Path(__file__).resolve().parent
+    for folder in (data_dir("templates"), data_dir("firmware"), package):
+        for p in sorted(folder.rglob("*")):
+            if p.is_file() and p.suffix in (".py", ".j2", ".c", ".h"):
+                h.update(p.relative_to(folder).as_posix().encode())
                 h.update(p.read_bytes())
     return h.hexdigest()
 
@@ -122,7 +125,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
             return BuildResult(outdir, cached, target, model, True, float_model if options.quantize else None)
 
     log(f"lowering {model_path.name} through TVM for {target.name}")
-    lowered = lower_model(fold_constants(model))
+    lowered = lower_model(fold_constants(model), options.io)
     provenance = {
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "options": json.dumps(options.as_dict(), sort_keys=True),
@@ -139,7 +142,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         )
         binary = run_make(tmp, target, options.extra_cflags, ("SANITIZE=1",) if options.sanitize else ())
         sizes = None if target.is_host else elf_sizes(binary)
-        report = _report(model_path, target, options, key, lowered, project.plan, sizes, t_gen,
+        report = _report(model_path, model, target, options, key, lowered, project.plan, sizes, t_gen,
                          time.monotonic() - t0)  # fmt: skip
         if eval_data is not None:
             log(f"evaluating float vs {options.quantize} on {eval_data}")
@@ -195,7 +198,9 @@ def _check_fit(target: Target, sizes: ElfSizes) -> None:
         )
 
 
-def _report(model_path, target, options, key, lowered: LoweredModel, plan, sizes, t_gen, t_total) -> dict:
+def _report(
+    model_path, model, target, options, key, lowered: LoweredModel, plan, sizes, t_gen, t_total
+) -> dict:
     layers = [
         {
             "index": i,
@@ -217,12 +222,12 @@ def _report(model_path, target, options, key, lowered: LoweredModel, plan, sizes
             t.dtype in ("int8", "int16") for t in lowered.tensors.values() if t.kind == "intermediate"
         ),
         "macs": lowered.macs,
-        "params": lowered.params,
+        "params": count_params(model),
         "weights_bytes": sum(t.nbytes for t in lowered.tensors.values() if t.kind == "const"),
         "arena_bytes": plan.arena_bytes,
         "arena_unshared_bytes": plan.unshared_bytes,
-        "inputs": [_tensor_entry(lowered.tensors[n]) for n in lowered.inputs],
-        "outputs": [_tensor_entry(lowered.tensors[n]) for n in lowered.outputs],
+        "inputs": [_tensor_entry(lowered.tensors[n], lowered.qparams) for n in lowered.inputs],
+        "outputs": [_tensor_entry(lowered.tensors[n], lowered.qparams) for n in lowered.outputs],
         "layers": layers,
         "memory_plan": plan.as_dict()["buffers"],
         "compile_time_s": round(t_total, 3),
@@ -248,5 +253,23 @@ def _report(model_path, target, options, key, lowered: LoweredModel, plan, sizes
     return report
 
 
-def _tensor_entry(t) -> dict:
-    return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
+def count_params(model: onnx.ModelProto) -> int:
+    """Elements of the model's weights and biases: initializers, less shape constants (int64) and
+    quantization parameters (scales and zero points of Q/DQ nodes)."""
+    qparams = {
+        i
+        for n in model.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+        for i in n.input[1:]
+    }
+    return sum(
+        int(np.prod(t.dims)) for t in model.graph.initializer
+        if t.name not in qparams and t.data_type != onnx.TensorProto.INT64 and len(t.dims) > 0
+    )  # fmt: skip
+
+
+def _tensor_entry(t, qparams: dict) -> dict:
+    entry = {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
+    if t.name in qparams:
+        entry["scale"], entry["zero_point"] = float(qparams[t.name][0]), int(qparams[t.name][1])
+    return entry

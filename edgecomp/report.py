@@ -94,9 +94,11 @@ def print_profile(record: dict) -> None:
             table.add_row(label, f"{record[key]:,}")
     table.add_row("MACs", f"{record['macs']:,}")
     table.add_row("params", f"{record['params']:,}")
+    flt = record.get("float", {})
     for key, label in (("flash_bytes", "flash (code+weights)"), ("ram_bytes", "static RAM (data+bss)"),
                        ("arena_bytes", "arena"), ("stack_bytes", "peak stack")):  # fmt: skip
-        table.add_row(label, _kb(record.get(key)))
+        beside = f"   (float model: {_kb(flt[key])})" if flt.get(key) is not None else ""
+        table.add_row(label, _kb(record.get(key)) + beside)
     console.print(table)
     layers = Table("#", "kernel", "MACs", "scratch B", title="layers")
     for layer in record["layers"]:

@@ -140,3 +140,29 @@ def test_weights_shrink_about_4x(tmp_path):
     q = build(tmp_path / "f.onnx", load_target("host"), tmp_path / "oq", BuildOptions(quantize="int8"),
               log=lambda *_: None, calib=tmp_path / "c.npy")  # fmt: skip
     assert 3.5 < f.report["weights_bytes"] / q.report["weights_bytes"] <= 4.0
+
+
+def test_integer_io_cli(tmp_path):
+    """--io int8: the C API takes and gives int8 with scale/zero point in model.h; float input data
+    is quantized on the host, and the run is still checked bit for bit."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples"
+    x = np.random.default_rng(0).uniform(0, 1, (8, 1, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", x)
+    proc = subprocess.run([sys.executable, "-m", "edgecomp", "run", str(example / "tiny_cnn.onnx"), "-t", "host",
+                           "--quantize", "int8", "--calib", str(tmp_path / "calib.npy"), "--io", "int8",
+                           "-i", str(example / "tiny_cnn_input.npy"), "--output", str(tmp_path / "y.npy"),
+                           "-o", str(tmp_path / "o")], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "bit-exact" in proc.stdout
+    y = np.load(tmp_path / "y.npy")
+    assert y.dtype == np.int8 and y.shape == (1, 10)
+    header = (tmp_path / "o" / "model.h").read_text()
+    assert "int model_run(const int8_t *x, int8_t *probs);" in header
+    assert "MODEL_INPUT_0_SCALE" in header and "MODEL_OUTPUT_0_ZERO_POINT" in header
+    bad = subprocess.run([sys.executable, "-m", "edgecomp", "build", str(example / "tiny_cnn.onnx"), "-t", "host",
+                          "--io", "int8", "-o", str(tmp_path / "o2")], capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "quantized model" in bad.stderr

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
+import numpy as np
 
 from edgecomp import __version__
 from edgecomp.codegen.cnames import c_identifier, c_literals, c_type, dl_type
@@ -31,6 +32,8 @@ class CTensor:
     storage: str  # C expression of the data pointer
     desc_index: int  # index in ec_tensors
     offset: int = -1  # arena offset (all but consts)
+    qscale: str = ""  # integer model I/O: scale as an exact C float literal, and zero point
+    qzero_point: int = 0
     rows: tuple[str, ...] = ()  # literal rows, for consts
 
 
@@ -100,6 +103,10 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
             desc_index=len(result),
             offset=offset,
             rows=tuple(c_literals(t.data)) if t.kind == "const" else (),
+            qscale=c_literals(np.array([model.qparams[name][0]], np.float32))[0]
+            if name in model.qparams
+            else "",
+            qzero_point=model.qparams[name][1] if name in model.qparams else 0,
         )
     return result
 

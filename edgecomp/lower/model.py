@@ -48,6 +48,7 @@ class LoweredModel:
     calls: tuple[Call, ...]
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    qparams: dict[str, tuple[float, int]] = field(default_factory=dict)  # integer I/O: (scale, zero point)
 
     @property
     def macs(self) -> int:

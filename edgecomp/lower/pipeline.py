@@ -10,10 +10,11 @@ import tvm
 from tvm import relax
 from tvm.ir.expr import GenericConst as _CONST
 
-from edgecomp.errors import ToolError, UnsupportedModelError
+from edgecomp.errors import ToolError, UnsupportedModelError, UserError
 from edgecomp.lower.model import Call, LoweredModel, Tensor
 from edgecomp.lower.relax_import import import_and_fuse
 from edgecomp.lower.schedule import count_macs, schedule_for_mcu
+from edgecomp.quant import int_graph_for, is_quantized
 
 SYMBOL_PREFIX = "ec_"
 WORKSPACE_ALIGN = 16
@@ -29,9 +30,14 @@ _UNPACKED_FIELD = re.compile(r"^(\s+)(?:int64_t\* (\w+_(?:shape|strides))|int32_
 _WS_ALLOC = re.compile(r"TVMBackendAllocWorkspace\(\d+, \w+, \(uint64_t\)(\d+)ULL")
 
 
-def lower_model(model: onnx.ModelProto) -> LoweredModel:
-    """Lower a checked, static-shape ONNX model to C kernels plus a call sequence."""
-    mod = import_and_fuse(model)
+def lower_model(model: onnx.ModelProto, io: str = "float") -> LoweredModel:
+    """Lower a checked, static-shape ONNX model to C kernels plus a call sequence.
+
+    io="int8" (quantized models only) makes the model's inputs and outputs its integer tensors.
+    """
+    if io != "float" and not is_quantized(model):
+        raise UserError("--io int8 needs a quantized model (--quantize, or a QDQ model)")
+    mod = import_and_fuse(model, io)
     tensors, calls, inputs, outputs = _walk_main(mod, model)
     kernels = sorted({c.kernel for c in calls})
     funcs = {}
@@ -53,7 +59,13 @@ def lower_model(model: onnx.ModelProto) -> LoweredModel:
         )
         for c in calls
     )
-    return LoweredModel(kernels_c=source, tensors=tensors, calls=calls, inputs=inputs, outputs=outputs)
+    qparams = {}
+    if io != "float":
+        graph = int_graph_for(model, io)
+        for onnx_name, int_name in zip(inputs + outputs, graph.inputs + graph.outputs, strict=True):
+            qparams[onnx_name] = (graph.tensors[int_name].scale, graph.tensors[int_name].zero_point)
+    return LoweredModel(kernels_c=source, tensors=tensors, calls=calls, inputs=inputs, outputs=outputs,
+                        qparams=qparams)  # fmt: skip
 
 
 def _emit_c(mod: tvm.IRModule) -> str:

@@ -8,7 +8,7 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
 from edgecomp.errors import UnsupportedModelError
-from edgecomp.quant import extract_int_graph, is_quantized
+from edgecomp.quant import int_graph_for, is_quantized
 
 
 def importer_ops() -> list[str]:
@@ -18,7 +18,7 @@ def importer_ops() -> list[str]:
     return sorted(onnx_frontend._get_convert_map())
 
 
-def import_and_fuse(model: onnx.ModelProto) -> tvm.IRModule:
+def import_and_fuse(model: onnx.ModelProto, io: str = "float") -> tvm.IRModule:
     """Import `model` into Relax with weights as constants, legalize and fuse.
 
     The result has a Relax `main` made of R.call_tir bindings, one TIR PrimFunc per fused group
@@ -28,7 +28,7 @@ def import_and_fuse(model: onnx.ModelProto) -> tvm.IRModule:
     if is_quantized(model):
         from edgecomp.lower.qops import int_graph_to_relax
 
-        return _fuse(int_graph_to_relax(extract_int_graph(model)))
+        return _fuse(int_graph_to_relax(int_graph_for(model, io)))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     try:
         mod = from_onnx(model, opset=opset, keep_params_in_input=False)

@@ -520,3 +520,41 @@ def _explicit_pads(a: dict, hw, kernel, strides, dilations, node) -> tuple[int, 
         total.append(max(0, (out - 1) * s + (k - 1) * d + 1 - size))
     first = [t // 2 if mode == "SAME_UPPER" else t - t // 2 for t in total]
     return first[0], first[1], total[0] - first[0], total[1] - first[1]
+
+
+def integer_io(graph: IntGraph) -> IntGraph:
+    """The same graph with integer inputs and outputs: the model-edge quantize/dequantize ops are
+    dropped and the caller passes (gets) the quantized tensors, with their scale and zero point."""
+    drop: set[int] = set()
+    inputs, outputs = [], []
+    for name in graph.inputs:
+        users = [i for i, op in enumerate(graph.ops) if name in op.inputs]
+        if len(users) != 1 or graph.ops[users[0]].kind != "quantize":
+            raise UnsupportedModelError(f"--io int8: model input '{name}' is not quantized exactly once")
+        drop.add(users[0])
+        inputs.append(graph.ops[users[0]].output)
+    for name in outputs_of(graph):
+        i, op = name
+        lo, hi = qrange(graph.tensors[op.inputs[0]].dtype)
+        if op.attrs["lo"] != lo or op.attrs["hi"] != hi:
+            raise UnsupportedModelError(
+                f"--io int8: model output '{op.output}' applies an activation after dequantizing"
+            )
+        drop.add(i)
+        outputs.append(op.inputs[0])
+    ops = tuple(op for i, op in enumerate(graph.ops) if i not in drop)
+    for op in ops:
+        if any(graph.tensors[n].dtype == "float32" for n in op.inputs):
+            raise UnsupportedModelError(f"--io int8: op '{op.node}' reads a float model input")
+    return IntGraph(graph.tensors, ops, tuple(inputs), tuple(outputs))
+
+
+def outputs_of(graph: IntGraph) -> list[tuple[int, QOp]]:
+    """(index, op) of the dequantize op that makes each model output."""
+    result = []
+    for name in graph.outputs:
+        found = [(i, op) for i, op in enumerate(graph.ops) if op.output == name]
+        if not found or found[0][1].kind != "dequantize":
+            raise UnsupportedModelError(f"model output '{name}' is not dequantized from an integer tensor")
+        result.append(found[0])
+    return result
