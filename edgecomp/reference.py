@@ -38,6 +38,10 @@ class Reference:
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+            # The QDQ graph's own definition (float ops between DQ and Q), not onnxruntime's fused
+            # integer kernels: those round differently (its int16 MatMul is off by tens of LSB).
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         try:
             self._sess = ort.InferenceSession(
                 model.SerializeToString(), opts, providers=["CPUExecutionProvider"]

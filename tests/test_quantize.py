@@ -29,9 +29,9 @@ def _calib(model, n=16):
     return [random_inputs(model, seed) for seed in range(100, 100 + n)]
 
 
-def _quantized(name):
+def _quantized(name, scheme="int8"):
     model = onnx.shape_inference.infer_shapes(MODELS[name]())
-    return model, onnx.shape_inference.infer_shapes(quantize(model, _calib(model)))
+    return model, onnx.shape_inference.infer_shapes(quantize(model, _calib(model), scheme=scheme))
 
 
 def _check(qmodel, float_model, target, tmp_path):
@@ -166,3 +166,34 @@ def test_integer_io_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "edgecomp", "build", str(example / "tiny_cnn.onnx"), "-t", "host",
                           "--io", "int8", "-o", str(tmp_path / "o2")], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "quantized model" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "conv_stride_asym_pad",
+        "depthwise",
+        "matmul",
+        "pools",
+        "relu_clip_sigmoid",
+        "softmax",
+        "residual_block",
+    ],
+)
+def test_int16x8_host_bit_exact(name, tmp_path):
+    """int16 activations: int64 accumulators, interpolated tables; far closer to float than int8."""
+    float_model, qmodel = _quantized(name, "int16x8")
+    assert any(t.data_type == onnx.TensorProto.INT16 for t in qmodel.graph.initializer)
+    ours = _check(qmodel, float_model, "host", tmp_path)
+    _, q8 = _quantized(name)
+    floats = [Reference(float_model).run(random_inputs(float_model, s))[0] for s in range(3)]
+    int8 = [Reference(q8).run(random_inputs(float_model, s))[0] for s in range(3)]
+    int8_db = sqnr_db(np.stack(floats), np.stack(int8))
+    assert ours > int8_db + 3  # int16 activations: closer to float than int8 (weights stay int8)
+
+
+@needs_qemu
+@pytest.mark.parametrize("name", ["residual_block", "softmax"])
+def test_int16x8_cortex_m7_bit_exact(name, tmp_path):
+    float_model, qmodel = _quantized(name, "int16x8")
+    _check(qmodel, float_model, "cortex-m7", tmp_path)

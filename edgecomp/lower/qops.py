@@ -41,6 +41,11 @@ def _rescale_expr(v, a: dict):
     return _requant(v - _c(a["in_zp"]), _c(a["mult"]), _c(a["shift"])) + _c(a["out_zp"])
 
 
+def _acc_dtype(x) -> str:
+    """int8 x int8 products sum safely in int32; int16 x int8 sums can exceed it, so use int64."""
+    return I64 if x.dtype == "int16" else I32
+
+
 def _conv(x, w, bias, mult, shift, *, a, dtype):
     n, cin, h, wd = (int(d) for d in x.shape)
     cout, cin_g, kh, kw = (int(d) for d in w.shape)
@@ -50,11 +55,12 @@ def _conv(x, w, bias, mult, shift, *, a, dtype):
     cout_g = cout // a["groups"]
     oh = (h + t + b - (kh - 1) * dh - 1) // sh + 1
     ow = (wd + left + r - (kw - 1) * dw - 1) // sw + 1
+    acc_t = _acc_dtype(x)
     pad = te.compute(
         (n, cin, h + t + b, wd + left + r),
         lambda i, c, y, xx: tirx.if_then_else(
             tirx.all(y >= t, y < h + t, xx >= left, xx < wd + left),
-            x[i, c, y - t, xx - left].astype(I32), _c(a["pad_value"], I32)),
+            x[i, c, y - t, xx - left].astype(acc_t), _c(a["pad_value"], acc_t)),
         name="pad",
     )  # fmt: skip
     rc, ry, rx = (
@@ -65,14 +71,14 @@ def _conv(x, w, bias, mult, shift, *, a, dtype):
     acc = te.compute(
         (n, cout, oh, ow),
         lambda i, o, y, xx: te.sum(
-            pad[i, (o // cout_g) * cin_g + rc, y * sh + ry * dh, xx * sw + rx * dw] * w[o, rc, ry, rx].astype(I32),
+            pad[i, (o // cout_g) * cin_g + rc, y * sh + ry * dh, xx * sw + rx * dw] * w[o, rc, ry, rx].astype(acc_t),
             axis=[rc, ry, rx]),
         name="acc",
     )  # fmt: skip
     return te.compute(
         (n, cout, oh, ow),
         lambda i, o, y, xx: _clamp(
-            _requant((acc[i, o, y, xx] + bias[o]).astype(I64), mult[o].astype(I64), shift[o].astype(I64))
+            _requant(acc[i, o, y, xx].astype(I64) + bias[o].astype(I64), mult[o].astype(I64), shift[o].astype(I64))
             + _c(a["out_zp"]), a["lo"], a["hi"], dtype),
         name="requant",
     )  # fmt: skip
@@ -82,12 +88,13 @@ def _dense(x, w, bias, mult, shift, *, a, dtype):
     n, k = (int(d) for d in x.shape)
     o = int(w.shape[0])
     rk = te.reduce_axis((0, k), "rk")
+    acc_t = _acc_dtype(x)
     acc = te.compute(
-        (n, o), lambda i, j: te.sum(x[i, rk].astype(I32) * w[j, rk].astype(I32), axis=rk), name="acc"
+        (n, o), lambda i, j: te.sum(x[i, rk].astype(acc_t) * w[j, rk].astype(acc_t), axis=rk), name="acc"
     )
     return te.compute(
         (n, o),
-        lambda i, j: _clamp(_requant((acc[i, j] + bias[j]).astype(I64), mult[j].astype(I64), shift[j].astype(I64))
+        lambda i, j: _clamp(_requant(acc[i, j].astype(I64) + bias[j].astype(I64), mult[j].astype(I64), shift[j].astype(I64))
                             + _c(a["out_zp"]), a["lo"], a["hi"], dtype),
         name="requant",
     )  # fmt: skip
@@ -203,11 +210,31 @@ def _lut(x, table, *, dtype):
     return te.compute(x.shape, lambda *i: table[x[i].astype(I32) + 128], name="lut")
 
 
+def _interp(table, u):
+    """fixedpoint.interp_table for one int32 index expression u >= 0 (step 128)."""
+    i, f = u >> _c(7, I32), u & _c(127, I32)
+    lo = table[i].astype(I64)
+    return lo + (((table[i + 1].astype(I64) - lo) * f.astype(I64) + _c(64)) >> _c(7))
+
+
+def _lut16(x, table, *, a, dtype):
+    return te.compute(
+        x.shape,
+        lambda *i: _clamp(_interp(table, x[i].astype(I32) + _c(32768, I32)), a["lo"], a["hi"], dtype),
+        name="lut16",
+    )
+
+
 def _softmax(x, table, *, a, dtype):
     shape = [int(d) for d in x.shape]
     k = te.reduce_axis((0, shape[-1]), "k")
     mx = te.compute(shape[:-1], lambda *i: te.max(x[(*i, k)].astype(I32), axis=k), name="max")
-    e = te.compute(shape, lambda *i: table[mx[i[:-1]] - x[i].astype(I32)], name="exp")
+    if a["interpolate"]:
+        e = te.compute(
+            shape, lambda *i: _interp(table, mx[i[:-1]] - x[i].astype(I32)).astype(I32), name="exp"
+        )
+    else:
+        e = te.compute(shape, lambda *i: table[mx[i[:-1]] - x[i].astype(I32)], name="exp")
     k2 = te.reduce_axis((0, shape[-1]), "k2")
     total = te.compute(shape[:-1], lambda *i: te.sum(e[(*i, k2)], axis=k2), name="sum")
 
@@ -250,7 +277,7 @@ def _emit(bb: relax.BlockBuilder, op: QOp, env: dict, graph: IntGraph):
         fn = partial(_conv if k == "conv" else _dense, a=a, dtype=dtype)
         xs += [
             _const(a["weight"], "int8"),
-            _const(a["bias"], I32),
+            _const(a["bias"], str(a["bias"].dtype)),
             _const(a["mult"], I32),
             _const(a["shift"], "int8"),
         ]
@@ -270,6 +297,9 @@ def _emit(bb: relax.BlockBuilder, op: QOp, env: dict, graph: IntGraph):
     elif k == "lut":
         fn = partial(_lut, dtype=dtype)
         xs.append(_const(a["table"], dtype))
+    elif k == "lut16":
+        fn = partial(_lut16, a=a, dtype=dtype)
+        xs.append(_const(a["table"], I32))
     elif k == "softmax":
         fn = partial(_softmax, a=a, dtype=dtype)
         xs.append(_const(a["table"], I32))

@@ -22,18 +22,22 @@ import numpy as np
 MAX_SHIFT = 62
 
 
-def quantize_multiplier(real: float) -> tuple[int, int]:
-    """(M, n) with real ~= M * 2**-n, M in [2**30, 2**31), 1 <= n <= MAX_SHIFT. real == 0 -> (0, 1)."""
+def quantize_multiplier(real: float, bits: int = 31) -> tuple[int, int]:
+    """(M, n) with real ~= M * 2**-n, M in [2**(bits-1), 2**bits), 1 <= n <= MAX_SHIFT; real == 0 -> (0, 1).
+
+    bits=31 for int8 activations; int16 activations use bits=15 (as TFLite's int16x8 kernels
+    reduce the multiplier) so that a 48-bit int64 accumulator times M cannot overflow.
+    """
     if not (real >= 0 and math.isfinite(real)):
         raise ValueError(f"requantization multiplier must be a finite non-negative number, not {real}")
     if real == 0:
         return 0, 1
     m, e = math.frexp(real)
-    big = round(m * (1 << 31))
-    if big == 1 << 31:
+    big = round(m * (1 << bits))
+    if big == 1 << bits:
         big //= 2
         e += 1
-    n = 31 - e
+    n = bits - e
     if n > MAX_SHIFT:  # far below one LSB of the output: the result is 0
         return 0, 1
     if n < 1:
@@ -41,8 +45,8 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     return int(big), int(n)
 
 
-def quantize_multipliers(reals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pairs = [quantize_multiplier(float(r)) for r in np.asarray(reals, dtype=np.float64).reshape(-1)]
+def quantize_multipliers(reals: np.ndarray, bits: int = 31) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [quantize_multiplier(float(r), bits) for r in np.asarray(reals, dtype=np.float64).reshape(-1)]
     return np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.int64)
 
 
@@ -52,6 +56,22 @@ def requant(acc: np.ndarray, mult: np.ndarray | int, shift: np.ndarray | int) ->
     mult = np.asarray(mult, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
     return (acc * mult + (np.int64(1) << (shift - 1))) >> shift
+
+
+def multiplier_bits(acc_bound: int) -> int:
+    """Multiplier precision for requantizing values with |v| <= acc_bound: as many bits (up to 31)
+    as keep v * M + 2**(n-1) inside int64 (< 2**62). Always 31 for int8 activations; int16 layers
+    get fewer (TFLite's int16x8 kernels use a fixed 15-bit multiplier; this keeps more)."""
+    return max(8, min(31, 62 - int(acc_bound).bit_length()))
+
+
+def interp_table(table: np.ndarray, u: np.ndarray, step: int = 128) -> np.ndarray:
+    """Linear interpolation in a table sampled every `step` (a power of two) at u >= 0:
+    t[i] + ((t[i+1] - t[i]) * f + step/2) >> log2(step), i = u // step, f = u % step (int64)."""
+    bits = step.bit_length() - 1
+    t = table.astype(np.int64)
+    i, f = u >> bits, u & (step - 1)
+    return t[i] + (((t[i + 1] - t[i]) * f + (step >> 1)) >> bits)
 
 
 def qrange(dtype: str) -> tuple[int, int]:

@@ -16,10 +16,11 @@ import onnx
 from onnx import numpy_helper
 
 from edgecomp.errors import UnsupportedModelError
-from edgecomp.quant.fixedpoint import qrange, quantize_multiplier, quantize_multipliers
+from edgecomp.quant.fixedpoint import multiplier_bits, qrange, quantize_multiplier, quantize_multipliers
 
 ADD_LEFT_SHIFT = 20  # headroom for rescaling both addends to a common scale (as TFLite)
 SOFTMAX_EXP_BITS = 16  # exp table entries are round(exp(-d * s) * 2**16)
+INTERP_STEP = 128  # int16 tables: one entry per 128 input steps (see fixedpoint.interp_table)
 RESHAPE_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 LUT_OPS = {
     "Relu": lambda x, a: np.maximum(x, 0),
@@ -314,9 +315,18 @@ class _Extractor:
             b = np.round(b.astype(np.float64) * b_scale / np.broadcast_to(expect, (n_out,)))
         return np.broadcast_to(b.astype(np.int64).reshape(-1), (n_out,)).copy()
 
-    def _requant_params(self, x: QTensor, w_scale: np.ndarray, out: QTensor, n_out: int):
+    def _requant_params(
+        self, x: QTensor, w_scale: np.ndarray, out: QTensor, w2d: np.ndarray, bias: np.ndarray
+    ):
+        """Per-channel (multiplier, shift); for int16 inputs (int64 accumulators) the multiplier keeps
+        as many bits as the layer's worst-case |accumulator| leaves free in acc * M < 2**62."""
+        n_out = w2d.shape[0]
         real = x.scale * np.broadcast_to(w_scale, (n_out,)) / out.scale
-        return quantize_multipliers(real)
+        bits = 31
+        if x.dtype == "int16":
+            bound = (1 << 15) * int(np.abs(w2d.astype(np.int64)).sum(axis=1).max()) + int(np.abs(bias).max())
+            bits = multiplier_bits(bound)
+        return quantize_multipliers(real, bits)
 
     def _op_Conv(self, node: onnx.NodeProto) -> None:
         x = self._act_in(node.input[0], node)
@@ -331,8 +341,8 @@ class _Extractor:
         bias = self._bias(node, 2, x, w_scale, cout)
         w64 = w.astype(np.int64)
         bias = bias - x.zero_point * w64.reshape(cout, -1).sum(axis=1)  # the input zero point, folded
-        mult, shift = self._requant_params(x, w_scale, out, cout)
-        self._emit("conv", [x.name], out, node, weight=w.astype(np.int8), bias=bias.astype(np.int32), mult=mult,
+        mult, shift = self._requant_params(x, w_scale, out, w64.reshape(cout, -1), bias)
+        self._emit("conv", [x.name], out, node, weight=w.astype(np.int8), bias=_acc_bias(bias, x), mult=mult,
                    shift=shift, strides=tuple(a.get("strides", (1, 1))), pads=pads,
                    dilations=dil, groups=int(a.get("group", 1)),
                    pad_value=x.zero_point, out_zp=out.zero_point, lo=lo, hi=hi)  # fmt: skip
@@ -343,12 +353,12 @@ class _Extractor:
         n_out = w.shape[0]
         bias = self._bias(node, bias_idx, x, w_scale, n_out)
         bias = bias - x.zero_point * w.astype(np.int64).sum(axis=1)
-        mult, shift = self._requant_params(x, w_scale, out, n_out)
+        mult, shift = self._requant_params(x, w_scale, out, w, bias)
         if len(x.shape) != 2:
             raise UnsupportedModelError(
                 f"node '{node.name}': integer Gemm/MatMul needs a 2-D input, got {x.shape}"
             )
-        self._emit("dense", [x.name], out, node, weight=w.astype(np.int8), bias=bias.astype(np.int32), mult=mult,
+        self._emit("dense", [x.name], out, node, weight=w.astype(np.int8), bias=_acc_bias(bias, x), mult=mult,
                    shift=shift, out_zp=out.zero_point, lo=lo, hi=hi)  # fmt: skip
 
     def _op_Gemm(self, node: onnx.NodeProto) -> None:
@@ -379,12 +389,14 @@ class _Extractor:
                 f"node '{node.name}': integer Add needs equal shapes, got {a_t.shape} and {b_t.shape}"
             )
         out, (lo, hi) = self._out(node)
+        # int16 values need 17 bits after the zero point: shift less so the int64 products fit.
+        left_shift = 15 if "int16" in (a_t.dtype, b_t.dtype) else ADD_LEFT_SHIFT
         twice_max = 2 * max(a_t.scale, b_t.scale)
         ma, sa = quantize_multiplier(a_t.scale / twice_max)
         mb, sb = quantize_multiplier(b_t.scale / twice_max)
-        mo, so = quantize_multiplier(twice_max / ((1 << ADD_LEFT_SHIFT) * out.scale))
+        mo, so = quantize_multiplier(twice_max / ((1 << left_shift) * out.scale))
         self._emit("add", [a_t.name, b_t.name], out, node, a_zp=a_t.zero_point, b_zp=b_t.zero_point,
-                   a_mult=ma, a_shift=sa, b_mult=mb, b_shift=sb, mult=mo, shift=so, left_shift=ADD_LEFT_SHIFT,
+                   a_mult=ma, a_shift=sa, b_mult=mb, b_shift=sb, mult=mo, shift=so, left_shift=left_shift,
                    out_zp=out.zero_point, lo=lo, hi=hi)  # fmt: skip
 
     def _op_Mul(self, node: onnx.NodeProto) -> None:
@@ -392,7 +404,8 @@ class _Extractor:
         if a_t.shape != b_t.shape:
             raise UnsupportedModelError(f"node '{node.name}': integer Mul needs equal shapes")
         out, (lo, hi) = self._out(node)
-        m, s = quantize_multiplier(a_t.scale * b_t.scale / out.scale)
+        bound = _span(a_t.dtype) * _span(b_t.dtype)
+        m, s = quantize_multiplier(a_t.scale * b_t.scale / out.scale, multiplier_bits(bound))
         self._emit("mul", [a_t.name, b_t.name], out, node, a_zp=a_t.zero_point, b_zp=b_t.zero_point, mult=m,
                    shift=s, out_zp=out.zero_point, lo=lo, hi=hi)  # fmt: skip
 
@@ -421,7 +434,8 @@ class _Extractor:
         # Divisor per output position: the window size, or (count_include_pad=0) the number of
         # window elements inside the input, so the multipliers are a small (OH, OW) table.
         counts = _window_counts(x.shape[2:], attrs, bool(self._attrs(node).get("count_include_pad", 0)))
-        mult, shift = quantize_multipliers(x.scale / (out.scale * counts))
+        bits = multiplier_bits(_span(x.dtype) * int(counts.max()))
+        mult, shift = quantize_multipliers(x.scale / (out.scale * counts), bits)
         self._emit("avgpool", [x.name], out, node, **attrs, in_zp=x.zero_point, mult=mult.reshape(counts.shape),
                    shift=shift.reshape(counts.shape), out_zp=out.zero_point, lo=lo, hi=hi)  # fmt: skip
 
@@ -460,9 +474,20 @@ class _Extractor:
     def _unary(self, node) -> None:
         x = self._act_in(node.input[0], node)
         out, (lo, hi) = self._out(node)
-        if x.dtype != "int8":
-            raise UnsupportedModelError(f"node '{node.name}' ({node.op_type}): table ops need int8 input")
+        if x.dtype != "int8" and node.op_type in ("Relu", "Clip"):
+            # int16: a 64K-entry table is too big for flash; rescale, then clamp to the bounds instead.
+            lo, hi = self._clip_bounds(node, out, lo, hi)
+            self._emit("reshape", [x.name], out, node, **self._rescale_attrs(x, out), lo=lo, hi=hi)
+            return
         a = self._attrs(node)
+        if x.dtype == "int16":
+            # 513 points every INTERP_STEP input steps, linearly interpolated in between (as TFLite's
+            # int16 LUTs): 2 KB of flash instead of a 64K-entry table.
+            q = np.arange(-32768, 32769, INTERP_STEP, dtype=np.float64)
+            real = LUT_OPS[node.op_type]((q - x.zero_point) * x.scale, a)
+            table = np.clip(np.rint(real / out.scale) + out.zero_point, lo, hi).astype(np.int32)
+            self._emit("lut16", [x.name], out, node, table=table, lo=lo, hi=hi)
+            return
         q = np.arange(-128, 128, dtype=np.float64)
         if node.op_type == "Clip":
             lo_f = (
@@ -477,17 +502,50 @@ class _Extractor:
         table = np.clip(np.rint(real / out.scale) + out.zero_point, lo, hi).astype(np.int64)
         self._emit("lut", [x.name], out, node, table=table.astype(out.dtype))
 
+    def _clip_bounds(self, node, out: QTensor, lo: int, hi: int) -> tuple[int, int]:
+        """Integer bounds of Relu/Clip's output range on the output grid, within [lo, hi]."""
+        lo_f, hi_f = 0.0, np.inf
+        if node.op_type == "Clip":
+            lo_f = (
+                float(self._const(node.input[1], node)) if len(node.input) > 1 and node.input[1] else -np.inf
+            )
+            hi_f = (
+                float(self._const(node.input[2], node)) if len(node.input) > 2 and node.input[2] else np.inf
+            )
+        if np.isfinite(lo_f):
+            lo = max(lo, int(np.rint(lo_f / out.scale)) + out.zero_point)
+        if np.isfinite(hi_f):
+            hi = min(hi, int(np.rint(hi_f / out.scale)) + out.zero_point)
+        return lo, hi
+
     def _op_Softmax(self, node) -> None:
         x = self._act_in(node.input[0], node)
         out, (lo, hi) = self._out(node)
         axis = self._attrs(node).get("axis", -1) % len(x.shape)
-        if axis != len(x.shape) - 1 or x.dtype != "int8":
-            raise UnsupportedModelError(
-                f"node '{node.name}': integer Softmax supports the last axis of int8 tensors"
-            )
-        table = np.round(np.exp(-np.arange(256) * x.scale) * (1 << SOFTMAX_EXP_BITS)).astype(np.int32)
+        if axis != len(x.shape) - 1:
+            raise UnsupportedModelError(f"node '{node.name}': integer Softmax supports the last axis only")
+        # exp(-d * scale) for d = max - x; int16 inputs sample d every INTERP_STEP and interpolate.
+        d = np.arange(256) if x.dtype == "int8" else np.arange(0, 65537, INTERP_STEP)
+        table = np.round(np.exp(-d * x.scale) * (1 << SOFTMAX_EXP_BITS)).astype(np.int32)
         inv = int(round((1 << SOFTMAX_EXP_BITS) / out.scale))
-        self._emit("softmax", [x.name], out, node, table=table, inv=inv, out_zp=out.zero_point, lo=lo, hi=hi)
+        self._emit("softmax", [x.name], out, node, table=table, inv=inv, out_zp=out.zero_point, lo=lo, hi=hi,
+                   interpolate=x.dtype == "int16")  # fmt: skip
+
+
+def _span(dtype: str) -> int:
+    """Largest |q - zero_point| for a tensor of `dtype`."""
+    lo, hi = qrange(dtype)
+    return hi - lo
+
+
+def _acc_bias(bias: np.ndarray, x: QTensor) -> np.ndarray:
+    """The bias in the accumulator's type: int32 for int8 inputs, int64 for int16 (whose folded zero
+    point term alone can exceed int32)."""
+    if x.dtype == "int16":
+        return bias.astype(np.int64)
+    if np.abs(bias).max(initial=0) >= 1 << 31:
+        raise UnsupportedModelError("an int32 bias overflows after folding the input zero point")
+    return bias.astype(np.int32)
 
 
 def _window_counts(hw: tuple[int, int], attrs: dict, include_pad: bool) -> np.ndarray:

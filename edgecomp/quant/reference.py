@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecomp.quant.fixedpoint import requant
+from edgecomp.quant.fixedpoint import interp_table, requant
 from edgecomp.quant.graph import IntGraph, QOp
 
 
@@ -135,10 +135,16 @@ def _lut(op: QOp, x, dtype):
     return op.attrs["table"][x[0].astype(np.int64) + 128].astype(dtype)
 
 
+def _lut16(op: QOp, x, dtype):
+    a = op.attrs
+    return _clamp(interp_table(a["table"], x[0].astype(np.int64) + 32768), a["lo"], a["hi"], dtype)
+
+
 def _softmax(op: QOp, x, dtype):
     a = op.attrs
     v = x[0].astype(np.int64)
-    t = a["table"].astype(np.int64)[v.max(axis=-1, keepdims=True) - v]
+    d = v.max(axis=-1, keepdims=True) - v
+    t = interp_table(a["table"], d) if a["interpolate"] else a["table"].astype(np.int64)[d]
     total = t.sum(axis=-1, keepdims=True)
     q = (t * a["inv"] + (total << 15)) // (total << 16)
     return _clamp(q + a["out_zp"], a["lo"], a["hi"], dtype)
@@ -147,5 +153,5 @@ def _softmax(op: QOp, x, dtype):
 _OPS = {
     "quantize": _quantize, "dequantize": _dequantize, "conv": _conv, "dense": _dense, "add": _add, "mul": _mul,
     "maxpool": _maxpool, "avgpool": _avgpool, "reshape": _reshape, "transpose": _transpose, "concat": _concat,
-    "lut": _lut, "softmax": _softmax,
+    "lut": _lut, "lut16": _lut16, "softmax": _softmax,
 }  # fmt: skip
