@@ -47,7 +47,8 @@ def _build_parent() -> argparse.ArgumentParser:
     q.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax",
                    help="how activation ranges are chosen [minmax]")  # fmt: skip
     q.add_argument("--io", choices=["float", "int8"], default="float",
-                   help="quantized models: float I/O (quantized at the edges) or the integer tensors [float]")  # fmt: skip
+                   help="quantized models: float I/O (quantized at the edges) or the integer tensors "
+                        "(int16 for int16x8 models) [float]")  # fmt: skip
     q.add_argument("--save-quantized", type=Path, metavar="Q.onnx", help="also write the quantized QDQ model")
     q.add_argument("--eval", type=Path, metavar="DATA.npz",
                    help="accuracy of the quantized model vs float on x (and labels y) -> report.json")  # fmt: skip
