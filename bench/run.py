@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calib import augmented  # noqa: E402
 
 from edgecomp.errors import EdgecompError
+from edgecomp.io import to_model_dtype
 from edgecomp.passes import fold_constants
 from edgecomp.pipeline import BuildOptions, build
-from edgecomp.quant import extract_int_graph
+from edgecomp.quant import int_graph_for
 from edgecomp.quant.accuracy import sqnr_db
 from edgecomp.quant.reference import run_int_graph
 from edgecomp.reference import Reference, compare
@@ -80,16 +81,18 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         calib = workdir / f"{model.stem}-calib.npy"
         calib.parent.mkdir(parents=True, exist_ok=True)
         np.save(calib, augmented(x_all.reshape((-1, *shape)), flip=len(shape) == 4 and shape[1] == 3))
-        options = BuildOptions(quantize="int8")
+        # Integer I/O, as TFLite Micro's int8 models take and give int8 tensors.
+        options = BuildOptions(quantize="int8", io="int8")
     t0 = time.monotonic()
     result = build(model, target, workdir / f"{model.stem}-{target_name}-{dtype}", options, log=lambda *_: None,
                    calib=calib)  # fmt: skip
     compile_s = time.monotonic() - t0
     spec = result.report["inputs"][0]
-    samples = [[s] for s in x_all.reshape((-1, *spec["shape"]))]
+    float_samples = [[s] for s in x_all.reshape((-1, *spec["shape"]))]
+    samples = [[to_model_dtype(s[0], spec)] for s in float_samples]
     runs = run_samples(result, samples[:1] if dtype == "fp32" else samples)
     rec = profile_record(result, runs[0], on_board=False)
-    floats = [Reference(result.float_model or result.model).run(s) for s in samples[: len(runs)]]
+    floats = [Reference(result.float_model or result.model).run(s) for s in float_samples[: len(runs)]]
     row = {
         "model": model.stem, "target": target_name, "dtype": dtype, "macs": rec["macs"],
         "instructions": rec["instructions"], "instructions_per_mac": rec.get("instructions_per_mac"),
@@ -99,14 +102,14 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
     if dtype == "fp32":
         row["rel_error_vs_onnxruntime"] = compare([r.outputs for r in runs], floats).rel_error
     else:
-        graph = extract_int_graph(fold_constants(result.model))
+        graph = int_graph_for(fold_constants(result.model), options.io)
         row["bit_exact_vs_reference"] = all(
             np.array_equal(r.outputs[0], run_int_graph(graph, s)[0])
             for r, s in zip(runs, samples, strict=False)
         )
-        row["sqnr_db_vs_float"] = round(
-            sqnr_db(np.stack([f[0] for f in floats]), np.stack([r.outputs[0] for r in runs])), 2
-        )
+        out = result.report["outputs"][0]
+        deq = [(r.outputs[0].astype(np.float64) - out["zero_point"]) * out["scale"] for r in runs]
+        row["sqnr_db_vs_float"] = round(sqnr_db(np.stack([f[0] for f in floats]), np.stack(deq)), 2)
         row["samples"] = len(runs)
     return row
 

@@ -38,7 +38,7 @@ def load_samples(path: Path, inputs: list[dict]) -> list[list[np.ndarray]]:
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {path} as a NumPy .npy/.npz file: {exc}") from exc
 
-    per_input = [_to_model_dtype(arr, spec) for arr, spec in zip(per_input, inputs, strict=True)]
+    per_input = [to_model_dtype(arr, spec) for arr, spec in zip(per_input, inputs, strict=True)]
     split = [_split(arr, tuple(spec["shape"]), spec["name"], np.dtype(spec["dtype"]))
              for arr, spec in zip(per_input, inputs, strict=True)]  # fmt: skip
     counts = {len(s) for s in split}
@@ -47,7 +47,7 @@ def load_samples(path: Path, inputs: list[dict]) -> list[list[np.ndarray]]:
     return [list(sample) for sample in zip(*split, strict=True)]
 
 
-def _to_model_dtype(arr: np.ndarray, spec: dict) -> np.ndarray:
+def to_model_dtype(arr: np.ndarray, spec: dict) -> np.ndarray:
     """Float data for an integer (quantized) input is quantized as the model's QuantizeLinear would."""
     dtype = np.dtype(spec["dtype"])
     if dtype.kind != "i":
