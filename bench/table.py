@@ -1,6 +1,6 @@
 """Print bench JSON results as a markdown table (what the README shows).
 
-    python bench/table.py bench/results/int8-cortex-m7.json [more.json ...]
+python bench/table.py bench/results/int8-cortex-m7.json [more.json ...]
 """
 
 from __future__ import annotations

@@ -49,6 +49,9 @@ def _build_parent() -> argparse.ArgumentParser:
     q.add_argument("--io", choices=["float", "int8"], default="float",
                    help="quantized models: float I/O (quantized at the edges) or the integer tensors "
                         "(int16 for int16x8 models) [float]")  # fmt: skip
+    q.add_argument("--kernels", choices=["auto", "tvm"], default="auto",
+                   help="int8 convolutions and dense layers: templated DSP micro-kernels (auto) or "
+                        "TVM's generic kernels (tvm) [auto]")  # fmt: skip
     q.add_argument("--save-quantized", type=Path, metavar="Q.onnx", help="also write the quantized QDQ model")
     q.add_argument("--eval", type=Path, metavar="DATA.npz",
                    help="accuracy of the quantized model vs float on x (and labels y) -> report.json")  # fmt: skip
@@ -138,6 +141,7 @@ def _build(args, reuse: bool, log) -> BuildResult:
         quantize=args.quantize,
         calib_method=args.calib_method,
         io=args.io,
+        kernels=args.kernels,
     )
     if args.sanitize and not target.is_host:
         raise UserError("--sanitize builds the host target only (use --target host)")

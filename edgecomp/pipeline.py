@@ -44,6 +44,7 @@ class BuildOptions:
     calib_method: str = "minmax"
     io: str = "float"  # "int8": a quantized model's C API takes and gives its integer tensors
     sanitize: bool = False  # host only: build with ASan + UBSan
+    kernels: str = "auto"  # "auto": int8 micro-kernels where they apply; "tvm": TVM's kernels only
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -125,7 +126,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
             return BuildResult(outdir, cached, target, model, True, float_model if options.quantize else None)
 
     log(f"lowering {model_path.name} through TVM for {target.name}")
-    lowered = lower_model(fold_constants(model), options.io)
+    lowered = lower_model(fold_constants(model), options.io, options.kernels)
     provenance = {
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "options": json.dumps(options.as_dict(), sort_keys=True),

@@ -47,6 +47,8 @@ class CStep:
     macs: int
     workspace_offset: int
     workspace_bytes: int
+    direct: bool = False  # a micro-kernel: plain C call with data pointers (ptrs), then scratch
+    ptrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ def generate_project(
     model: LoweredModel, target: Target, model_name: str, provenance: dict, per_layer: bool = False
 ) -> GeneratedProject:
     """Plan the arena and render every source file for `target`."""
+    env = _env()
     plan = plan_arena(arena_buffers(model))
     tensors = _c_tensors(model, plan)
 
@@ -128,8 +131,15 @@ def generate_project(
             macs=c.macs,
             workspace_offset=plan.offsets.get(workspace_name(i), 0),
             workspace_bytes=c.workspace_bytes,
+            direct=c.micro is not None,
+            ptrs=tuple(tensors[n].storage for n in c.inputs + c.outputs),
         )
         for i, c in enumerate(model.calls)
+    ]
+    micro_c = [
+        env.get_template(c.micro.template).render(symbol=c.micro.symbol, p=dict(c.micro.params))
+        for c in model.calls
+        if c.micro is not None
     ]
     ctx = {
         "version": __version__,
@@ -141,18 +151,20 @@ def generate_project(
         "described": sorted(tensors.values(), key=lambda t: t.desc_index),
         "consts": [t for t in tensors.values() if t.kind == "const"],
         "steps": steps,
-        "kernels": sorted({s.symbol for s in steps}),
+        "kernels": sorted({s.symbol for s in steps if not s.direct}),
+        "micro_kernels": [s for s in steps if s.direct],
         "arena_bytes": plan.arena_bytes,
         "macs": model.macs,
         "params": model.params,
         "per_layer": per_layer,
     }
-    env = _env()
     files = {
         "model.h": env.get_template("model.h.j2").render(ctx),
         "model.c": env.get_template("model.c.j2").render(ctx),
         "model_weights.c": env.get_template("model_weights.c.j2").render(ctx),
-        "model_kernels.c": env.get_template("model_kernels.c.j2").render(ctx, kernels_c=model.kernels_c),
+        "model_kernels.c": env.get_template("model_kernels.c.j2").render(
+            ctx, kernels_c=model.kernels_c, micro_c=micro_c
+        ),
     }
     fw = data_dir("firmware")
     copied = {f"ec/{p.name}": p for p in sorted((fw / "common").iterdir()) if p.suffix in (".c", ".h")}

@@ -30,6 +30,20 @@ class Tensor:
 
 
 @dataclass(frozen=True)
+class MicroKernel:
+    """A templated C kernel (templates/<template>) in place of a TVM kernel (see microkernels.py).
+
+    Its C signature is `void symbol(const void *in0, ..., void *out, void *scratch)`.
+    """
+
+    symbol: str
+    template: str
+    params: tuple[tuple[str, int], ...]  # shapes and constants the template is specialised on
+    scratch_bytes: int
+    macs: int
+
+
+@dataclass(frozen=True)
 class Call:
     """One kernel invocation: `symbol(args...)`, inputs first, then the outputs it writes."""
 
@@ -39,6 +53,7 @@ class Call:
     outputs: tuple[str, ...]
     workspace_bytes: int  # scratch the kernel requests through TVMBackendAllocWorkspace
     macs: int
+    micro: MicroKernel | None = None  # set: a templated kernel with a plain C signature
 
 
 @dataclass(frozen=True)

@@ -30,15 +30,20 @@ _UNPACKED_FIELD = re.compile(r"^(\s+)(?:int64_t\* (\w+_(?:shape|strides))|int32_
 _WS_ALLOC = re.compile(r"TVMBackendAllocWorkspace\(\d+, \w+, \(uint64_t\)(\d+)ULL")
 
 
-def lower_model(model: onnx.ModelProto, io: str = "float") -> LoweredModel:
+def lower_model(model: onnx.ModelProto, io: str = "float", kernels: str = "auto") -> LoweredModel:
     """Lower a checked, static-shape ONNX model to C kernels plus a call sequence.
 
     io="int8" (quantized models only) makes the model's inputs and outputs its integer tensors.
+    kernels="auto" lets micro-kernels (microkernels.py) take the int8 convolutions and dense
+    layers; "tvm" keeps TVM's kernels for every op.
     """
     if io != "float" and not is_quantized(model):
         raise UserError("--io int8 needs a quantized model (--quantize, or a QDQ model)")
-    mod = import_and_fuse(model, io)
-    tensors, calls, inputs, outputs = _walk_main(mod, model)
+    micro: dict = {}
+    mod = import_and_fuse(model, io, micro if kernels == "auto" else None)
+    tensors, all_calls, inputs, outputs = _walk_main(mod, model)
+    micro_calls = {i: micro[c.kernel] for i, c in enumerate(all_calls) if c.kernel in micro}
+    calls = [c for c in all_calls if c.kernel not in micro]
     kernels = sorted({c.kernel for c in calls})
     funcs = {}
     macs = {}
@@ -49,7 +54,10 @@ def lower_model(model: onnx.ModelProto, io: str = "float") -> LoweredModel:
     source = _emit_c(tvm.IRModule(funcs))
     workspace = _workspace_per_function(source)
     calls = tuple(
-        Call(
+        Call(c.kernel, c.kernel, c.inputs, c.outputs, micro_calls[i].scratch_bytes, micro_calls[i].macs,
+             micro_calls[i])
+        if i in micro_calls
+        else Call(
             kernel=c.kernel,
             symbol=f"__tvm_ffi_{SYMBOL_PREFIX}{c.kernel}",
             inputs=c.inputs,
@@ -57,8 +65,8 @@ def lower_model(model: onnx.ModelProto, io: str = "float") -> LoweredModel:
             workspace_bytes=workspace.get(SYMBOL_PREFIX + c.kernel, 0),
             macs=macs[c.kernel],
         )
-        for c in calls
-    )
+        for i, c in enumerate(all_calls)
+    )  # fmt: skip
     qparams = {}
     if io != "float":
         graph = int_graph_for(model, io)
@@ -149,11 +157,14 @@ def _walk_main(mod: tvm.IRModule, model: onnx.ModelProto):
     for block in body.blocks:
         for binding in block.bindings:
             value = binding.value
-            if isinstance(value, relax.Call) and value.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+            if isinstance(value, relax.Call) and (
+                value.op.same_as(tvm.ir.Op.get("relax.call_tir"))
+                or value.op.same_as(tvm.ir.Op.get("relax.call_dps_packed"))
+            ):
+                callee = value.args[0]
+                kernel = callee.global_symbol if isinstance(callee, relax.ExternFunc) else callee.name_hint
                 if len(value.args) > 2:
-                    raise UnsupportedModelError(
-                        f"kernel {value.args[0].name_hint} needs symbolic shape arguments"
-                    )
+                    raise UnsupportedModelError(f"kernel {kernel} needs symbolic shape arguments")
                 ins = [n for a in value.args[1].fields for n in arg_names(a)]
                 outs = []
                 for shape, dtype in _sinfo_tensors(value.ty_args[0]):
@@ -161,7 +172,7 @@ def _walk_main(mod: tvm.IRModule, model: onnx.ModelProto):
                     tensors[name] = Tensor(name, shape, dtype, "intermediate")
                     outs.append(name)
                 env[binding.var] = outs
-                calls.append(Call(value.args[0].name_hint, "", tuple(ins), tuple(outs), 0, 0))
+                calls.append(Call(kernel, "", tuple(ins), tuple(outs), 0, 0))
             elif isinstance(value, relax.TupleGetItem):
                 env[binding.var] = [arg_names(value.tuple_value)[value.index]]
             elif isinstance(value, relax.Var | _CONST):

@@ -14,6 +14,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
+from edgecomp.lower import microkernels
 from edgecomp.quant.graph import IntGraph, QOp
 
 I32, I64 = "int32", "int64"
@@ -311,8 +312,26 @@ def _emit(bb: relax.BlockBuilder, op: QOp, env: dict, graph: IntGraph):
     return bb.emit_te(fn, *xs, primfunc_name_hint=f"q{k}")
 
 
-def int_graph_to_relax(graph: IntGraph) -> tvm.IRModule:
-    """A Relax module whose main runs `graph` with one emit_te call per integer op."""
+def _emit_micro(
+    bb: relax.BlockBuilder, op: QOp, env: dict, graph: IntGraph, micro: dict
+) -> relax.Expr | None:
+    """A call_dps_packed to a templated micro-kernel, if one handles `op` (else None)."""
+    chosen = microkernels.select(op, graph, len(micro))
+    if chosen is None:
+        return None
+    mk, consts = chosen
+    micro[mk.symbol] = mk
+    out = graph.tensors[op.output]
+    args = relax.Tuple([env[op.inputs[0]], *(_const(c, str(c.dtype)) for c in consts)])
+    return bb.emit(relax.call_dps_packed(mk.symbol, args, relax.TensorType(out.shape, out.dtype)))
+
+
+def int_graph_to_relax(graph: IntGraph, micro: dict | None = None) -> tvm.IRModule:
+    """A Relax module whose main runs `graph` with one emit_te call per integer op.
+
+    With a `micro` dict, ops that a micro-kernel handles become call_dps_packed to it instead, and
+    `micro` collects the MicroKernels by symbol.
+    """
     bb = relax.BlockBuilder()
     params = [
         relax.Var(n, relax.TensorType(graph.tensors[n].shape, graph.tensors[n].dtype)) for n in graph.inputs
@@ -321,7 +340,8 @@ def int_graph_to_relax(graph: IntGraph) -> tvm.IRModule:
     with bb.function("main", params):
         with bb.dataflow():
             for op in graph.ops:
-                env[op.output] = _emit(bb, op, env, graph)
+                call = _emit_micro(bb, op, env, graph, micro) if micro is not None else None
+                env[op.output] = call if call is not None else _emit(bb, op, env, graph)
             outs = [env[o] for o in graph.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)

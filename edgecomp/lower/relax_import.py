@@ -18,17 +18,18 @@ def importer_ops() -> list[str]:
     return sorted(onnx_frontend._get_convert_map())
 
 
-def import_and_fuse(model: onnx.ModelProto, io: str = "float") -> tvm.IRModule:
+def import_and_fuse(model: onnx.ModelProto, io: str = "float", micro: dict | None = None) -> tvm.IRModule:
     """Import `model` into Relax with weights as constants, legalize and fuse.
 
     The result has a Relax `main` made of R.call_tir bindings, one TIR PrimFunc per fused group
     (e.g. conv2d + bias add + relu), with constant subexpressions folded. A QDQ (quantized) model
-    goes through the integer path instead: IntGraph -> integer TE kernels (qops.py).
+    goes through the integer path instead: IntGraph -> integer TE kernels (qops.py), or the
+    micro-kernels of microkernels.py where they apply when `micro` (a dict they are added to) is given.
     """
     if is_quantized(model):
         from edgecomp.lower.qops import int_graph_to_relax
 
-        return _fuse(int_graph_to_relax(int_graph_for(model, io)))
+        return _fuse(int_graph_to_relax(int_graph_for(model, io), micro))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     try:
         mod = from_onnx(model, opset=opset, keep_params_in_input=False)

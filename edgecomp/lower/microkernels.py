@@ -1,0 +1,89 @@
+"""Hand-written int8 micro-kernels for convolutions and dense layers, chosen by pattern.
+
+TVM's generic tensor expressions (qops.py) compute every integer op; for the ones that carry
+nearly all the MACs — int8 Conv (groups=1), depthwise Conv and Gemm/MatMul — a Jinja-templated C
+kernel (templates/kernels/) specialised on the layer's shapes is faster: it widens int8 pairs
+with SXTB16 and multiplies-accumulates two at a time with SMLAD on cores with the DSP extension,
+and uses the same arithmetic in portable C elsewhere (M3, host). The lowering emits a Relax
+`call_dps_packed` to the kernel's symbol; the code generator renders its C.
+
+Results are bit-identical to the TE kernels and the numpy reference: the same int32 sums, the
+same single-rounding requantization (quant/fixedpoint.py), the same clamp.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgecomp.lower.model import MicroKernel
+from edgecomp.quant.graph import IntGraph, QOp
+
+
+def pack_pairs(w2d: np.ndarray) -> np.ndarray:
+    """[rows, K] int8 -> [rows, K4] (K rounded up to 4, zero padded), each group of four stored
+    as (w0, w2, w1, w3), so SXTB16 of a word gives the int16 pair (w0, w1) and SXTB16 of it
+    rotated by 8 gives (w2, w3), matching an int16 column read as words."""
+    rows, k = w2d.shape
+    k4 = -(-k // 4) * 4
+    padded = np.zeros((rows, k4), np.int8)
+    padded[:, :k] = w2d
+    return np.ascontiguousarray(padded.reshape(rows, k4 // 4, 4)[:, :, [0, 2, 1, 3]].reshape(rows, k4))
+
+
+def _requant_consts(a: dict) -> list[np.ndarray]:
+    return [a["bias"].astype(np.int32), a["mult"].astype(np.int32), a["shift"].astype(np.int8)]
+
+
+def select(op: QOp, graph: IntGraph, index: int) -> tuple[MicroKernel, list[np.ndarray]] | None:
+    """The micro-kernel for `op` and its constant arguments, or None to keep TVM's kernel."""
+    a = op.attrs
+    x = graph.tensors[op.inputs[0]]
+    y = graph.tensors[op.output]
+    if x.dtype != "int8" or y.dtype != "int8" or op.kind not in ("conv", "dense"):
+        return None
+    clamp = {"out_zp": int(a["out_zp"]), "lo": int(a["lo"]), "hi": int(a["hi"])}
+    w = a["weight"]
+    if op.kind == "dense":
+        n, k = x.shape
+        cout = w.shape[0]
+        params = {"n": n, "cin": k, "h": 1, "w": 1, "cout": cout, "oh": 1, "ow": 1, "kh": 1, "kw": 1,
+                  "sh": 1, "sw": 1, "dh": 1, "dw": 1, "pt": 0, "pl": 0, "pad_value": 0, **clamp}  # fmt: skip
+        return _conv(index, params, w, a)
+    n, cin, h, wd = x.shape
+    _, oc, oh, ow = y.shape
+    cout, cin_g, kh, kw = w.shape
+    t, left, _, _ = a["pads"]
+    params = {"n": n, "cin": cin, "h": h, "w": wd, "cout": cout, "oh": oh, "ow": ow, "kh": kh, "kw": kw,
+              "sh": a["strides"][0], "sw": a["strides"][1], "dh": a["dilations"][0], "dw": a["dilations"][1],
+              "pt": t, "pl": left, "pad_value": int(a["pad_value"]), **clamp}  # fmt: skip
+    groups = a["groups"]
+    if groups == 1:
+        return _conv(index, params, w, a)
+    if groups == cin == cout and cin_g == 1:
+        return _depthwise(index, params, w, a)
+    return None  # grouped convolutions stay with TVM
+
+
+def _conv(index: int, p: dict, w: np.ndarray, a: dict):
+    k = p["cin"] * p["kh"] * p["kw"]
+    p["k"], p["k4"] = k, -(-k // 4) * 4
+    # Two int16 im2col columns (one output pixel each), word aligned.
+    macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * k
+    mk = MicroKernel(
+        f"ec_mk{index}_conv_s8", "kernels/conv_s8.c.j2", tuple(sorted(p.items())), 2 * p["k4"] * 2, macs
+    )
+    return mk, [pack_pairs(w.reshape(w.shape[0], -1)), *_requant_consts(a)]
+
+
+def _depthwise(index: int, p: dict, w: np.ndarray, a: dict):
+    # One channel's plane, padded and widened to int16; its right edge rounded up so that the
+    # kernel may read one value past the last window (its product is discarded).
+    hp = p["pt"] + p["h"] + int(a["pads"][2])
+    wp = p["pl"] + p["w"] + int(a["pads"][3]) + 2
+    p["hp"], p["wp"] = hp, wp
+    macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * p["kh"] * p["kw"]
+    mk = MicroKernel(
+        f"ec_mk{index}_dwconv_s8", "kernels/dwconv_s8.c.j2", tuple(sorted(p.items())), hp * wp * 2, macs
+    )
+    weights = w.reshape(w.shape[0], -1).astype(np.int16)
+    return mk, [weights, *_requant_consts(a)]

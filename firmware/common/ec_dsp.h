@@ -1,0 +1,78 @@
+/* Dual 16-bit multiply-accumulate and requantization for edgecomp's micro-kernels.
+ *
+ * On cores with the Arm DSP extension (Cortex-M4/M7/M33/M55) these are single instructions
+ * (SMLAD, SXTB16); elsewhere (Cortex-M0+/M3, the host build) portable C with the same results, so
+ * the host build checks the same arithmetic that runs on the device. */
+#ifndef EC_DSP_H
+#define EC_DSP_H
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include <arm_acle.h>
+#define EC_HAVE_DSP 1
+#else
+#define EC_HAVE_DSP 0
+#endif
+
+/* A 32-bit word from any address (a single LDR on cores with unaligned access). */
+static inline uint32_t ec_load32(const void *p)
+{
+  uint32_t v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+/* acc + lo(a)*lo(b) + hi(a)*hi(b), the 16-bit halves signed; wraps like SMLAD. */
+static inline int32_t ec_smlad(uint32_t a, uint32_t b, int32_t acc)
+{
+#if EC_HAVE_DSP
+  return __smlad((int16x2_t)a, (int16x2_t)b, acc);
+#else
+  uint32_t lo = (uint32_t)((int32_t)(int16_t)(a & 0xFFFFu) * (int32_t)(int16_t)(b & 0xFFFFu));
+  uint32_t hi = (uint32_t)((int32_t)(int16_t)(a >> 16) * (int32_t)(int16_t)(b >> 16));
+  return (int32_t)((uint32_t)acc + lo + hi);
+#endif
+}
+
+/* Bytes 0 and 2 of v, sign-extended to the low and high 16-bit halves. */
+static inline uint32_t ec_sxtb16(uint32_t v)
+{
+#if EC_HAVE_DSP
+  return (uint32_t)__sxtb16((int8x4_t)v);
+#else
+  return (uint32_t)(uint16_t)(int16_t)(int8_t)(v & 0xFFu) |
+         ((uint32_t)(uint16_t)(int16_t)(int8_t)((v >> 16) & 0xFFu) << 16);
+#endif
+}
+
+/* Bytes 1 and 3 of v, sign-extended (SXTB16 with ROR #8). */
+static inline uint32_t ec_sxtb16_ror8(uint32_t v)
+{
+#if EC_HAVE_DSP
+  uint32_t r;
+  __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+  return r;
+#else
+  return ec_sxtb16(v >> 8);
+#endif
+}
+
+/* Two int16 values as one word (lo, hi). */
+static inline uint32_t ec_pack16(int32_t lo, int32_t hi)
+{
+  return (uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16);
+}
+
+/* The requantization of quant/fixedpoint.py: (acc * mult + 2^(shift-1)) >> shift, in int64 with
+ * an arithmetic shift (one rounding, half towards +infinity), then + zero point, clamped. */
+static inline int8_t ec_requant_s8(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t lo,
+                                   int32_t hi)
+{
+  int64_t v = ((int64_t)acc * mult + ((int64_t)1 << (shift - 1))) >> shift;
+  v += zp;
+  return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+
+#endif /* EC_DSP_H */
