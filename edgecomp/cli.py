@@ -49,6 +49,11 @@ def _build_parent() -> argparse.ArgumentParser:
     q.add_argument("--io", choices=["float", "int8"], default="float",
                    help="quantized models: float I/O (quantized at the edges) or the integer tensors "
                         "(int16 for int16x8 models) [float]")  # fmt: skip
+    q.add_argument(
+        "--per-layer",
+        action="store_true",
+        help="instrument the call sequence to time every step (profile shows them; off: zero cost)",
+    )
     q.add_argument("--kernels", choices=["auto", "tvm"], default="auto",
                    help="int8 convolutions and dense layers: templated DSP micro-kernels (auto) or "
                         "TVM's generic kernels (tvm) [auto]")  # fmt: skip
@@ -142,6 +147,7 @@ def _build(args, reuse: bool, log) -> BuildResult:
         calib_method=args.calib_method,
         io=args.io,
         kernels=args.kernels,
+        per_layer=args.per_layer,
     )
     if args.sanitize and not target.is_host:
         raise UserError("--sanitize builds the host target only (use --target host)")

@@ -100,11 +100,21 @@ def print_profile(record: dict) -> None:
         beside = f"   (float model: {_kb(flt[key])})" if flt.get(key) is not None else ""
         table.add_row(label, _kb(record.get(key)) + beside)
     console.print(table)
-    layers = Table("#", "kernel", "MACs", "scratch B", title="layers")
+    measured = next((k for k in ("instructions", "cycles", "ticks") if record["layers"] and
+                     record["layers"][0].get(k) is not None), None)  # fmt: skip
+    cols = ["#", "kernel", "MACs", "scratch B"] + ([measured, "per MAC", "share"] if measured else [])
+    layers = Table(*cols, title="layers" + (" (measured with --per-layer)" if measured else ""))
+    total = sum(layer[measured] for layer in record["layers"]) if measured else 0
     for layer in record["layers"]:
-        layers.add_row(
-            str(layer["index"]), layer["kernel"], f"{layer['macs']:,}", str(layer["workspace_bytes"])
-        )
+        row = [str(layer["index"]), layer["kernel"], f"{layer['macs']:,}", str(layer["workspace_bytes"])]
+        if measured:
+            v = layer[measured]
+            row += [
+                f"{v:,}",
+                f"{v / layer['macs']:.2f}" if layer["macs"] else "",
+                f"{100 * v / max(total, 1):.1f}%",
+            ]
+        layers.add_row(*row)
     console.print(layers)
 
 

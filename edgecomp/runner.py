@@ -41,6 +41,13 @@ def profile_record(result: BuildResult, run: InferenceResult, on_board: bool) ->
         "compile_time_s": rep["compile_time_s"],
         "layers": rep["layers"],
     }
+    if run.step_ticks:
+        # --per-layer: each step's measured ticks (and instructions under QEMU) beside its MACs.
+        record["layers"] = [
+            {**layer, "ticks": t, "instructions": run.ticks_to_instructions(t) if not on_board else None,
+             "cycles": t if on_board else None}
+            for layer, t in zip(rep["layers"], run.step_ticks, strict=True)
+        ]  # fmt: skip
     if record["instructions"] and rep["macs"]:
         record["instructions_per_mac"] = round(record["instructions"] / rep["macs"], 3)
     return record

@@ -9,7 +9,7 @@ by-size strategy TFLite Micro's GreedyMemoryPlanner uses).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgecomp.lower.model import LoweredModel
 
@@ -30,6 +30,7 @@ class ArenaPlan:
     buffers: tuple[Buffer, ...]
     arena_bytes: int
     unshared_bytes: int  # what the buffers would take without reuse
+    aliases: dict[str, str] = field(default_factory=dict)  # in-place outputs -> the buffer they share
 
     def as_dict(self) -> dict:
         return {
@@ -38,6 +39,10 @@ class ArenaPlan:
             "buffers": [
                 {"name": b.name, "offset": self.offsets[b.name], "bytes": b.size, "live": [b.first, b.last]}
                 for b in sorted(self.buffers, key=lambda b: (b.first, b.name))
+            ]
+            + [
+                {"name": out, "offset": self.offsets[out], "in_place_of": root}
+                for out, root in self.aliases.items()
             ],
         }
 
@@ -50,8 +55,15 @@ def workspace_name(step: int) -> str:
     return f"ws{step}"
 
 
-def arena_buffers(model: LoweredModel) -> list[Buffer]:
-    """Intermediates and per-call workspaces of `model`, with their lifetimes in steps."""
+def plan_model(model: LoweredModel) -> ArenaPlan:
+    """The arena plan of `model`: its buffers placed, in-place outputs sharing their input's offset."""
+    buffers, alias = arena_buffers(model)
+    return plan_arena(buffers, alias)
+
+
+def arena_buffers(model: LoweredModel) -> tuple[list[Buffer], dict[str, str]]:
+    """Intermediates and per-call workspaces of `model` with their lifetimes in steps, and the
+    outputs that share an input's buffer (see _inplace_aliases)."""
     first: dict[str, int] = {name: -1 for name in model.inputs}
     last: dict[str, int] = {name: -1 for name in model.inputs}
     for step, call in enumerate(model.calls):
@@ -62,20 +74,47 @@ def arena_buffers(model: LoweredModel) -> list[Buffer]:
             last[name] = step
     for name in model.outputs:
         last[name] = len(model.calls)
+    alias = _inplace_aliases(model, last)
+    for out, root in alias.items():  # the root's buffer lives on as the output
+        last[root] = max(last[root], last[out])
     buffers = [
         Buffer(name, model.tensors[name].nbytes, first[name], last[name])
         for name in first
-        if model.tensors[name].kind != "const"
+        if model.tensors[name].kind != "const" and name not in alias
     ]
     buffers += [
         Buffer(workspace_name(step), call.workspace_bytes, step, step)
         for step, call in enumerate(model.calls)
         if call.workspace_bytes
     ]
-    return buffers
+    return buffers, alias
 
 
-def plan_arena(buffers: list[Buffer]) -> ArenaPlan:
+def _inplace_aliases(model: LoweredModel, last: dict[str, int]) -> dict[str, str]:
+    """Outputs that take over an input's buffer: an elementwise kernel that allows it (inplace),
+    an input of the same size that this step reads for the last time and that is an intermediate
+    (model inputs stay intact for another model_invoke). Maps output -> the buffer it shares."""
+    alias: dict[str, str] = {}
+    for step, call in enumerate(model.calls):
+        if call.micro is None or len(call.outputs) != 1:
+            continue
+        out = call.outputs[0]
+        for i in call.micro.inplace:
+            src = call.inputs[i]
+            t = model.tensors[src]
+            shared = call.inputs.count(src) == 1  # read through no other argument
+            if (
+                t.kind == "intermediate"
+                and shared
+                and last[src] == step
+                and t.nbytes == model.tensors[out].nbytes
+            ):
+                alias[out] = alias.get(src, src)
+                break
+    return alias
+
+
+def plan_arena(buffers: list[Buffer], alias: dict[str, str] | None = None) -> ArenaPlan:
     """Place `buffers` in one arena; deterministic for the same input."""
     placed: list[tuple[int, int, Buffer]] = []  # (offset, end, buffer)
     offsets: dict[str, int] = {}
@@ -91,5 +130,7 @@ def plan_arena(buffers: list[Buffer]) -> ArenaPlan:
             offset = max(offset, end)
         placed.append((offset, offset + size, buf))
         offsets[buf.name] = offset
+    for out, root in (alias or {}).items():
+        offsets[out] = offsets[root]
     arena = max((end for _, end, _ in placed), default=0)
-    return ArenaPlan(offsets, tuple(buffers), arena, sum(_align(b.size) for b in buffers))
+    return ArenaPlan(offsets, tuple(buffers), arena, sum(_align(b.size) for b in buffers), dict(alias or {}))

@@ -12,7 +12,7 @@ import numpy as np
 
 from edgecomp import __version__
 from edgecomp.codegen.cnames import c_identifier, c_literals, c_type, dl_type
-from edgecomp.codegen.memory import ArenaPlan, arena_buffers, plan_arena, workspace_name
+from edgecomp.codegen.memory import ArenaPlan, plan_model, workspace_name
 from edgecomp.lower.model import LoweredModel
 from edgecomp.resources import data_dir
 from edgecomp.targets import Target
@@ -118,7 +118,7 @@ def generate_project(
 ) -> GeneratedProject:
     """Plan the arena and render every source file for `target`."""
     env = _env()
-    plan = plan_arena(arena_buffers(model))
+    plan = plan_model(model)
     tensors = _c_tensors(model, plan)
 
     steps = [

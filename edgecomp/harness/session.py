@@ -31,6 +31,7 @@ class DeviceInfo:
     arena_bytes: int
     stack_size: int
     steps: int
+    per_layer: bool  # the firmware records each step's ticks
     input_bytes: tuple[int, ...]
     output_bytes: tuple[int, ...]
 
@@ -42,13 +43,17 @@ class InferenceResult:
     stack_bytes: int | None
     timer: str
     clock_hz: int
+    step_ticks: tuple[int, ...] = ()  # per call-sequence step, when built with --per-layer
 
     @property
     def instructions(self) -> int | None:
         """Guest instructions, valid under qemu -icount shift=0 (1 instruction per ns)."""
+        return self.ticks_to_instructions(self.ticks)
+
+    def ticks_to_instructions(self, ticks: int) -> int | None:
         if self.timer != "systick" or not self.clock_hz:
             return None
-        return round(self.ticks * 1_000_000_000 / self.clock_hz)
+        return round(ticks * 1_000_000_000 / self.clock_hz)
 
 
 class Session:
@@ -113,13 +118,13 @@ class Session:
             p = self.request(P.CMD_INFO)
             if len(p) < 23:
                 raise DeviceError("device INFO reply is too short: is this an edgecomp harness?")
-            version, n_in, n_out, timer, _, max_payload, clock, arena, stack, steps = struct.unpack_from(
+            version, n_in, n_out, timer, flags, max_payload, clock, arena, stack, steps = struct.unpack_from(
                 "<BBBBBHIIII", p
             )
             sizes = struct.unpack_from(f"<{n_in + n_out}I", p, 23)
             self._info = DeviceInfo(
                 version, TIMER_KINDS.get(timer, str(timer)), max_payload, clock, arena, stack, steps,
-                tuple(sizes[:n_in]), tuple(sizes[n_in:]),
+                bool(flags & 1), tuple(sizes[:n_in]), tuple(sizes[n_in:]),
             )  # fmt: skip
         return self._info
 
@@ -155,9 +160,19 @@ class Session:
                     raise DeviceError(f"device sent {len(part)} bytes of output {i}, expected {n}")
                 buf += part
             outputs.append(np.frombuffer(bytes(buf), dtype=dtype).reshape(shape).copy())
-        return InferenceResult(
-            outputs, ticks, None if stack == 0xFFFFFFFF else stack, info.timer, info.clock_hz
-        )
+        return InferenceResult(outputs, ticks, None if stack == 0xFFFFFFFF else stack, info.timer, info.clock_hz,
+                               self.step_ticks() if info.per_layer else ())  # fmt: skip
+
+    def step_ticks(self) -> tuple[int, ...]:
+        """Timer ticks of each step of the last inference (firmware built with --per-layer)."""
+        info = self.info()
+        ticks: list[int] = []
+        while len(ticks) < info.steps:
+            part = self.request(P.CMD_STEP_TICKS, struct.pack("<H", len(ticks)))
+            if not part or len(part) % 4:
+                raise DeviceError(f"device sent a malformed per-step tick list ({len(part)} bytes)")
+            ticks += struct.unpack(f"<{len(part) // 4}I", part)
+        return tuple(ticks[: info.steps])
 
     def exit(self, code: int = 0) -> None:
         with contextlib.suppress(DeviceError):

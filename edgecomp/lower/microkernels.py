@@ -34,21 +34,47 @@ def _requant_consts(a: dict) -> list[np.ndarray]:
     return [a["bias"].astype(np.int32), a["mult"].astype(np.int32), a["shift"].astype(np.int8)]
 
 
-def select(op: QOp, graph: IntGraph, index: int) -> tuple[MicroKernel, list[np.ndarray]] | None:
-    """The micro-kernel for `op` and its constant arguments, or None to keep TVM's kernel."""
+def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
+    """(the micro-kernel for `op`, its constant arguments), or None to keep TVM's kernel.
+
+    With `then_add` (an Add of op's output and a tensor computed earlier), the kernel applies that
+    Add to each requantized output in its epilogue — the same arithmetic as the two ops — and
+    takes the other addend as its last input; its output may overwrite that addend in place.
+    """
+    if then_add is not None:
+        chosen = select(op, graph, index)
+        if (
+            chosen is None
+            or chosen[0].template != "kernels/conv_s8.c.j2"
+            or select(then_add, graph, 0) is None
+        ):
+            return None
+        mk, consts = chosen
+        add_p = dict(select(then_add, graph, 0)[0].params)
+        del add_p["size"]
+        params = {**dict(mk.params), **{f"add_{k}": v for k, v in add_p.items()},
+                  "add_conv_is_a": int(then_add.inputs[0] == op.output), "fuse_add": 1}  # fmt: skip
+        fused = MicroKernel(f"ec_mk{index}_conv_add_s8", mk.template, tuple(sorted(params.items())),
+                            mk.scratch_bytes, mk.macs, (5,))  # fmt: skip
+        return fused, consts
     a = op.attrs
     x = graph.tensors[op.inputs[0]]
     y = graph.tensors[op.output]
-    if x.dtype != "int8" or y.dtype != "int8" or op.kind not in ("conv", "dense"):
+    if any(graph.tensors[n].dtype != "int8" for n in (*op.inputs, op.output)):
         return None
-    clamp = {"out_zp": int(a["out_zp"]), "lo": int(a["lo"]), "hi": int(a["hi"])}
+    if op.kind == "add":
+        return _add(index, a, int(np.prod(y.shape)))
+    if op.kind not in ("conv", "dense"):
+        return None
+    clamp = {"out_zp": int(a["out_zp"]), "lo": int(a["lo"]), "hi": int(a["hi"]),
+             "shift_hi": int(bool(np.all(a["shift"] > 32)))}  # the cheaper requantization applies  # fmt: skip
     w = a["weight"]
     if op.kind == "dense":
         n, k = x.shape
         cout = w.shape[0]
         params = {"n": n, "cin": k, "h": 1, "w": 1, "cout": cout, "oh": 1, "ow": 1, "kh": 1, "kw": 1,
                   "sh": 1, "sw": 1, "dh": 1, "dw": 1, "pt": 0, "pl": 0, "pad_value": 0, **clamp}  # fmt: skip
-        return _conv(index, params, w, a)
+        return _conv(index, {**params, "fuse_add": 0}, w, a)
     n, cin, h, wd = x.shape
     _, oc, oh, ow = y.shape
     cout, cin_g, kh, kw = w.shape
@@ -58,7 +84,7 @@ def select(op: QOp, graph: IntGraph, index: int) -> tuple[MicroKernel, list[np.n
               "pt": t, "pl": left, "pad_value": int(a["pad_value"]), **clamp}  # fmt: skip
     groups = a["groups"]
     if groups == 1:
-        return _conv(index, params, w, a)
+        return _conv(index, {**params, "fuse_add": 0}, w, a)
     if groups == cin == cout and cin_g == 1:
         return _depthwise(index, params, w, a)
     return None  # grouped convolutions stay with TVM
@@ -87,3 +113,16 @@ def _depthwise(index: int, p: dict, w: np.ndarray, a: dict):
     )
     weights = w.reshape(w.shape[0], -1).astype(np.int16)
     return mk, [weights, *_requant_consts(a)]
+
+
+def _add(index: int, a: dict, size: int):
+    keys = ("a_zp", "b_zp", "a_mult", "a_shift", "b_mult", "b_shift", "mult", "shift", "left_shift", "out_zp",
+            "lo", "hi")  # fmt: skip
+    p = {"size": size, **{k: int(a[k]) for k in keys}}
+    if max(p["a_mult"] / 2.0 ** p["a_shift"], p["b_mult"] / 2.0 ** p["b_shift"]) > 0.5:
+        return (
+            None  # the kernel's int32 intermediates rely on input multipliers <= 1/2 (as graph.py makes them)
+        )
+    return MicroKernel(
+        f"ec_mk{index}_add_s8", "kernels/add_s8.c.j2", tuple(sorted(p.items())), 0, 0, (0, 1)
+    ), []

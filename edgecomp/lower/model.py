@@ -41,6 +41,7 @@ class MicroKernel:
     params: tuple[tuple[str, int], ...]  # shapes and constants the template is specialised on
     scratch_bytes: int
     macs: int
+    inplace: tuple[int, ...] = ()  # inputs whose buffer the output may take (elementwise kernels)
 
 
 @dataclass(frozen=True)

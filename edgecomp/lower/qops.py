@@ -312,35 +312,69 @@ def _emit(bb: relax.BlockBuilder, op: QOp, env: dict, graph: IntGraph):
     return bb.emit_te(fn, *xs, primfunc_name_hint=f"q{k}")
 
 
-def _emit_micro(
-    bb: relax.BlockBuilder, op: QOp, env: dict, graph: IntGraph, micro: dict
-) -> relax.Expr | None:
-    """A call_dps_packed to a templated micro-kernel, if one handles `op` (else None)."""
-    chosen = microkernels.select(op, graph, len(micro))
+def _emit_micro(bb: relax.BlockBuilder, op: QOp, env: dict, graph: IntGraph, micro: dict,
+                then_add: QOp | None = None) -> relax.Expr | None:  # fmt: skip
+    """A call_dps_packed to a templated micro-kernel, if one handles `op` (else None); with
+    `then_add`, one that also computes that Add of op's result and the Add's other input."""
+    chosen = microkernels.select(op, graph, len(micro), then_add)
     if chosen is None:
         return None
     mk, consts = chosen
     micro[mk.symbol] = mk
-    out = graph.tensors[op.output]
-    args = relax.Tuple([env[op.inputs[0]], *(_const(c, str(c.dtype)) for c in consts)])
-    return bb.emit(relax.call_dps_packed(mk.symbol, args, relax.TensorType(out.shape, out.dtype)))
+    last = then_add or op
+    out = graph.tensors[last.output]
+    extra = [i for i in then_add.inputs if i != op.output] if then_add else []
+    args = [
+        *(env[i] for i in op.inputs),
+        *(_const(c, str(c.dtype)) for c in consts),
+        *(env[i] for i in extra),
+    ]
+    return bb.emit(
+        relax.call_dps_packed(mk.symbol, relax.Tuple(args), relax.TensorType(out.shape, out.dtype))
+    )
+
+
+def _residual_add(op: QOp, graph: IntGraph, consumers: dict, env: dict) -> QOp | None:
+    """The Add that is the only consumer of conv `op`'s output, if its other input is computed."""
+    users = consumers.get(op.output, [])
+    if op.kind != "conv" or len(users) != 1 or users[0].kind != "add" or op.output in graph.outputs:
+        return None
+    add = users[0]
+    others = [i for i in add.inputs if i != op.output]
+    return add if len(others) == 1 and others[0] in env else None
 
 
 def int_graph_to_relax(graph: IntGraph, micro: dict | None = None) -> tvm.IRModule:
     """A Relax module whose main runs `graph` with one emit_te call per integer op.
 
-    With a `micro` dict, ops that a micro-kernel handles become call_dps_packed to it instead, and
-    `micro` collects the MicroKernels by symbol.
+    With a `micro` dict, ops that a micro-kernel handles become call_dps_packed to it instead (a
+    convolution together with the residual Add that follows it), and `micro` collects the
+    MicroKernels by symbol.
     """
     bb = relax.BlockBuilder()
     params = [
         relax.Var(n, relax.TensorType(graph.tensors[n].shape, graph.tensors[n].dtype)) for n in graph.inputs
     ]
     env = dict(zip(graph.inputs, params, strict=True))
+    consumers: dict[str, list[QOp]] = {}
+    for op in graph.ops:
+        for i in op.inputs:
+            consumers.setdefault(i, []).append(op)
+    fused: set[str] = set()  # outputs of Adds already computed by a fused convolution
     with bb.function("main", params):
         with bb.dataflow():
             for op in graph.ops:
-                call = _emit_micro(bb, op, env, graph, micro) if micro is not None else None
+                if op.output in fused:
+                    continue
+                call = None
+                if micro is not None:
+                    add = _residual_add(op, graph, consumers, env)
+                    call = _emit_micro(bb, op, env, graph, micro, add) if add else None
+                    if call is not None:
+                        env[add.output] = call
+                        fused.add(add.output)
+                        continue
+                    call = _emit_micro(bb, op, env, graph, micro)
                 env[op.output] = call if call is not None else _emit(bb, op, env, graph)
             outs = [env[o] for o in graph.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))

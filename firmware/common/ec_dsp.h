@@ -65,13 +65,29 @@ static inline uint32_t ec_pack16(int32_t lo, int32_t hi)
   return (uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16);
 }
 
+/* (v * mult + 2^(shift-1)) >> shift in int64, arithmetic shift (quant/fixedpoint.py requant). */
+static inline int64_t ec_rescale(int32_t v, int32_t mult, int32_t shift)
+{
+  return ((int64_t)v * mult + ((int64_t)1 << (shift - 1))) >> shift;
+}
+
 /* The requantization of quant/fixedpoint.py: (acc * mult + 2^(shift-1)) >> shift, in int64 with
  * an arithmetic shift (one rounding, half towards +infinity), then + zero point, clamped. */
 static inline int8_t ec_requant_s8(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t lo,
                                    int32_t hi)
 {
-  int64_t v = ((int64_t)acc * mult + ((int64_t)1 << (shift - 1))) >> shift;
-  v += zp;
+  const int64_t v = (((int64_t)acc * mult + ((int64_t)1 << (shift - 1))) >> shift) + zp;
+  return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+
+/* The same for shift > 32 (multipliers below 1/2, the usual case; the code generator checks):
+ * the rounding term's low word is zero and (x >> shift) == ((x >> 32) >> (shift - 32)), so it
+ * is one SMLAL and one ASR. */
+static inline int8_t ec_requant_s8_hi(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t lo,
+                                      int32_t hi)
+{
+  const int64_t sum = (int64_t)acc * mult + (int64_t)((uint64_t)(1u << (shift - 33)) << 32);
+  const int32_t v = ((int32_t)(sum >> 32) >> (shift - 32)) + zp;
   return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
 }
 

@@ -37,7 +37,7 @@ static uint32_t ec_info(uint8_t *p)
   p[2] = MODEL_NUM_INPUTS;
   p[3] = MODEL_NUM_OUTPUTS;
   p[4] = (uint8_t)ec_port_timer_kind();
-  p[5] = 0;
+  p[5] = MODEL_PER_LAYER ? 1u : 0u; /* flags: bit 0 = per-step ticks available */
   ec_put_u16(p + 6, EC_MAX_PAYLOAD);
   ec_put_u32(p + 8, ec_port_clock_hz());
   ec_put_u32(p + 12, MODEL_ARENA_BYTES);
@@ -114,6 +114,19 @@ int main(void)
       }
       break;
     }
+#if MODEL_PER_LAYER
+    case EC_CMD_STEP_TICKS: { /* u16 first step -> u32 ticks of as many steps as fit */
+      uint32_t first = len >= 2 ? ec_get_u16(ec_rx) : MODEL_NUM_STEPS;
+      if (first >= MODEL_NUM_STEPS) {
+        ec_tx[0] = EC_ERR_ARGS;
+        break;
+      }
+      for (uint32_t i = first; i < MODEL_NUM_STEPS && n + 4 <= EC_MAX_PAYLOAD; ++i, n += 4) {
+        ec_put_u32(ec_tx + n, model_step_ticks[i]);
+      }
+      break;
+    }
+#endif
     case EC_CMD_EXIT:
       ec_send_frame((uint8_t)(type | EC_RESP), seq, ec_tx, 1);
       ec_port_exit(len >= 1 ? ec_rx[0] : 0);
