@@ -70,11 +70,12 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
              "shift_hi": int(bool(np.all(a["shift"] > 32)))}  # the cheaper requantization applies  # fmt: skip
     w = a["weight"]
     if op.kind == "dense":
-        n, k = x.shape
-        cout = w.shape[0]
-        params = {"n": n, "cin": k, "h": 1, "w": 1, "cout": cout, "oh": 1, "ow": 1, "kh": 1, "kw": 1,
-                  "sh": 1, "sw": 1, "dh": 1, "dw": 1, "pt": 0, "pl": 0, "pad_value": 0, **clamp}  # fmt: skip
-        return _conv(index, {**params, "fuse_add": 0}, w, a)
+        (n, k), cout = x.shape, w.shape[0]
+        p = {"n": n, "k": k, "cout": cout, **clamp}
+        mk = MicroKernel(
+            f"ec_mk{index}_dense_s8", "kernels/dense_s8.c.j2", tuple(sorted(p.items())), 0, n * cout * k
+        )
+        return mk, [np.ascontiguousarray(w.astype(np.int8)), *_requant_consts(a)]
     n, cin, h, wd = x.shape
     _, oc, oh, ow = y.shape
     cout, cin_g, kh, kw = w.shape

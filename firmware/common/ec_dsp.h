@@ -71,6 +71,17 @@ static inline int64_t ec_rescale(int32_t v, int32_t mult, int32_t shift)
   return ((int64_t)v * mult + ((int64_t)1 << (shift - 1))) >> shift;
 }
 
+/* Clamp to [lo, hi] within int8's range; with constant bounds at int8's top this is one SSAT. */
+static inline int8_t ec_clamp_s8(int32_t v, int32_t lo, int32_t hi)
+{
+#if EC_HAVE_DSP
+  if (hi == 127) {
+    return (int8_t)__ssat((lo > -128 && v < lo) ? lo : v, 8);
+  }
+#endif
+  return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+
 /* The requantization of quant/fixedpoint.py: (acc * mult + 2^(shift-1)) >> shift, in int64 with
  * an arithmetic shift (one rounding, half towards +infinity), then + zero point, clamped. */
 static inline int8_t ec_requant_s8(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t lo,
@@ -87,8 +98,7 @@ static inline int8_t ec_requant_s8_hi(int32_t acc, int32_t mult, int32_t shift, 
                                       int32_t hi)
 {
   const int64_t sum = (int64_t)acc * mult + (int64_t)((uint64_t)(1u << (shift - 33)) << 32);
-  const int32_t v = ((int32_t)(sum >> 32) >> (shift - 32)) + zp;
-  return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+  return ec_clamp_s8(((int32_t)(sum >> 32) >> (shift - 32)) + zp, lo, hi);
 }
 
 #endif /* EC_DSP_H */
