@@ -6,12 +6,14 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
-from conftest import HAVE_ARM, compile_and_compare
+from conftest import HAVE_ARM, compile_and_compare, random_inputs
 from test_ops import MODELS
 
 from edgecomp.codegen.memory import Buffer, plan_arena
 from edgecomp.pipeline import BuildOptions, build
+from edgecomp.runner import run_samples
 from edgecomp.targets import load_target
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_cnn.onnx"
@@ -49,20 +51,41 @@ def _files(folder: Path) -> dict[str, bytes]:
             if p.is_file() and p.name not in skip and "obj" not in p.parts}  # fmt: skip
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
 @pytest.mark.parametrize("target", ["host", "cortex-m7"] if HAVE_ARM else ["host"])
-def test_same_input_same_bytes(target, tmp_path):
-    a = build(EXAMPLE, load_target(target), tmp_path / "a", log=lambda *_: None)
-    b = build(EXAMPLE, load_target(target), tmp_path / "b", log=lambda *_: None)
+def test_same_input_same_bytes(target, dtype, tmp_path):
+    if dtype == "fp32":
+        a = build(EXAMPLE, load_target(target), tmp_path / "a", log=lambda *_: None)
+        b = build(EXAMPLE, load_target(target), tmp_path / "b", log=lambda *_: None)
+    else:
+        a, b = _int8_example(tmp_path, target, "a"), _int8_example(tmp_path, target, "b")
     fa, fb = _files(a.outdir), _files(b.outdir)
     assert fa.keys() == fb.keys() and "model.c" in fa
     assert [k for k in fa if fa[k] != fb[k]] == []
 
 
-def test_generated_c_is_pedantic_c99_and_warning_free(tmp_path):
-    result = build(EXAMPLE, load_target("host"), tmp_path / "o", log=lambda *_: None)
+def _int8_example(tmp_path: Path, target: str, subdir: str = "q"):
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((8, 1, 1, 28, 28)).astype(np.float32))
+    return build(EXAMPLE, load_target(target), tmp_path / subdir, BuildOptions(quantize="int8"),
+                 log=lambda *_: None, calib=calib)  # fmt: skip
+
+
+COMPILERS = [("gcc", [])] + ([("arm-none-eabi-gcc", ["-mcpu=cortex-m7", "-mthumb"])] if HAVE_ARM else [])
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+@pytest.mark.parametrize("cc,arch", COMPILERS)
+def test_generated_c_is_pedantic_c99_and_warning_free(dtype, cc, arch, tmp_path):
+    """TVM's kernels (fp32) and the micro-kernels (int8: portable C on the host, DSP on the M7)."""
+    if dtype == "fp32":
+        result = build(EXAMPLE, load_target("host"), tmp_path / "o", log=lambda *_: None)
+    else:
+        result = _int8_example(tmp_path, "host")
+        assert "ec_mk" in (result.outdir / "model_kernels.c").read_text()
     for name in ("model.c", "model_weights.c", "model_kernels.c"):
         proc = subprocess.run(
-            ["gcc", "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-I.", "-c", name, "-o", "/dev/null"],
+            [cc, *arch, "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-I.", "-c", name, "-o", "/dev/null"],
             cwd=result.outdir, capture_output=True, text=True,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
@@ -84,3 +107,21 @@ def test_asan_ubsan_clean(name, tmp_path):
     rel = compile_and_compare(MODELS[name](), "host", tmp_path, samples=2,
                               options=BuildOptions(extra_cflags="-Werror", sanitize=True))  # fmt: skip
     assert rel <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["conv_k27_odd_pixels", "depthwise_5x4_dilated", "dense_k30_out7",
+                                  "residual_add_fused"])  # fmt: skip
+def test_micro_kernels_asan_ubsan_clean(name, tmp_path):
+    from test_microkernels import CASES
+
+    from edgecomp.passes.quantize import quantize
+
+    model = CASES[name]()
+    qmodel = quantize(model, [random_inputs(model, s) for s in range(8)])
+    path = tmp_path / "q.onnx"
+    onnx.save(qmodel, path)
+    result = build(path, load_target("host"), tmp_path / "o", BuildOptions(extra_cflags="-Werror", sanitize=True),
+                   log=lambda *_: None)  # fmt: skip
+    assert "ec_mk" in (result.outdir / "model_kernels.c").read_text()
+    (run,) = run_samples(result, [random_inputs(model, 0)])  # a sanitizer report fails the run
+    assert run.outputs[0].shape == tuple(result.report["outputs"][0]["shape"])

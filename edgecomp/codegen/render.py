@@ -30,7 +30,7 @@ class CTensor:
     dl_bits: int
     kind: str
     storage: str  # C expression of the data pointer
-    desc_index: int  # index in ec_tensors
+    desc_index: int  # index in ec_tensors, -1 if no TVM kernel takes it
     offset: int = -1  # arena offset (all but consts)
     qscale: str = ""  # integer model I/O: scale as an exact C float literal, and zero point
     qzero_point: int = 0
@@ -81,6 +81,11 @@ def _env() -> jinja2.Environment:
 def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
     used: set[str] = set()
     result: dict[str, CTensor] = {}
+    # TVM's kernels take DLTensor descriptors; micro-kernels take plain pointers.
+    described: list[str] = []
+    for call in model.calls:
+        if call.micro is None:
+            described += [n for n in call.inputs + call.outputs if n not in described]
     # Only tensors the calls use get a descriptor; order: I/O first, then call order.
     order = list(model.inputs) + list(model.outputs)
     for call in model.calls:
@@ -102,7 +107,7 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
             dl_bits=bits,
             kind=t.kind,
             storage=storage,
-            desc_index=len(result),
+            desc_index=described.index(name) if name in described else -1,
             offset=offset,
             rows=tuple(c_literals(t.data)) if t.kind == "const" else (),
             qscale=c_literals(np.array([model.qparams[name][0]], np.float32))[0]
@@ -148,7 +153,7 @@ def generate_project(
         "target": target,
         "inputs": [tensors[n] for n in model.inputs],
         "outputs": [tensors[n] for n in model.outputs],
-        "described": sorted(tensors.values(), key=lambda t: t.desc_index),
+        "described": sorted((t for t in tensors.values() if t.desc_index >= 0), key=lambda t: t.desc_index),
         "consts": [t for t in tensors.values() if t.kind == "const"],
         "steps": steps,
         "kernels": sorted({s.symbol for s in steps if not s.direct}),

@@ -1,0 +1,119 @@
+"""The int8 micro-kernels (templates/kernels/): the shapes their loops split on (odd pixel and
+channel counts, K not a multiple of 4, strides, dilations, padding, batch), bit-exact against
+the integer reference and against TVM's kernels (--kernels tvm), in portable C on the host and
+with SMLAD/SXTB16 on a Cortex-M7."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_model, needs_qemu, random_inputs, weight
+from onnx import helper
+
+from edgecomp.passes import fold_constants
+from edgecomp.passes.quantize import quantize
+from edgecomp.pipeline import BuildOptions, build
+from edgecomp.quant import extract_int_graph
+from edgecomp.quant.reference import run_int_graph
+from edgecomp.runner import run_samples
+from edgecomp.targets import load_target
+
+
+def _conv(cin, cout, hw, k, stride=1, dil=1, pads=(1, 1, 1, 1), group=1, batch=1, relu=True):
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[stride, stride], dilations=[dil, dil],
+                              pads=list(pads), group=group)]  # fmt: skip
+    nodes.append(helper.make_node("Relu" if relu else "Identity", ["c"], ["y"]))
+    kh, kw = k
+    oh = (hw[0] + pads[0] + pads[2] - dil * (kh - 1) - 1) // stride + 1
+    ow = (hw[1] + pads[1] + pads[3] - dil * (kw - 1) - 1) // stride + 1
+    return make_model(nodes, [("x", [batch, cin, *hw])], [("y", [batch, cout, oh, ow])],
+                      [weight("w", [cout, cin // group, kh, kw]), weight("b", [cout])])  # fmt: skip
+
+
+def _dense(k, n_out, batch=1):
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+    return make_model(
+        nodes, [("x", [batch, k])], [("y", [batch, n_out])], [weight("w", [n_out, k]), weight("b", [n_out])]
+    )
+
+
+def _residual(c, hw):
+    """conv0 -> [conv1 -> relu -> conv2] + conv0's output -> relu (ResNet's identity block)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["r0"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["r0", "c2"], ["s"]),  # the conv result is Add's second input
+        helper.make_node("Relu", ["s"], ["y"]),
+    ]
+    inits = [weight(f"{k}{i}", [c, c, 3, 3] if k == "w" else [c]) for i in range(3) for k in "wb"]
+    return make_model(nodes, [("x", [1, c, *hw])], [("y", [1, c, *hw])], inits)
+
+
+CASES = {
+    "conv_k27_odd_pixels": lambda: _conv(3, 5, (5, 7), (3, 3)),  # K=27 (padded to 28), 35 pixels, 5 channels
+    "conv_stride2_asym": lambda: _conv(4, 6, (9, 8), (3, 3), stride=2, pads=(0, 1, 2, 1)),
+    "conv_dilated_nopad": lambda: _conv(8, 4, (9, 9), (3, 3), dil=2, pads=(0, 0, 0, 0)),
+    "conv_1x1_batch2": lambda: _conv(6, 7, (3, 3), (1, 1), pads=(0, 0, 0, 0), batch=2, relu=False),
+    "conv_10x4_kws_like": lambda: _conv(1, 4, (12, 6), (10, 4), stride=2, pads=(5, 1, 4, 2)),
+    "depthwise_3x3": lambda: _conv(6, 6, (7, 5), (3, 3), group=6),  # odd width: the 2-output loop's tail
+    "depthwise_stride2": lambda: _conv(4, 4, (8, 9), (3, 3), stride=2, group=4),
+    "depthwise_5x4_dilated": lambda: _conv(3, 3, (10, 9), (5, 4), dil=2, pads=(4, 3, 4, 3), group=3),
+    "dense_k30_out7": lambda: _dense(30, 7),  # K % 4 and rows % 4 left over
+    "dense_batch3": lambda: _dense(16, 8, batch=3),
+    "residual_add_fused": lambda: _residual(6, (6, 5)),
+}
+
+
+def _build(model, target, tmp_path, kernels="auto", io="float"):
+    qmodel = quantize(onnx.shape_inference.infer_shapes(model), [random_inputs(model, s) for s in range(8)])
+    path = tmp_path / "q.onnx"
+    onnx.save(qmodel, path)
+    options = BuildOptions(extra_cflags="-Werror", kernels=kernels, io=io)
+    return build(path, load_target(target), tmp_path / f"{target}-{kernels}", options, log=lambda *_: None)
+
+
+def _check(name, target, tmp_path):
+    model = CASES[name]()
+    result = _build(model, target, tmp_path)
+    kernels_c = (result.outdir / "model_kernels.c").read_text()
+    assert "ec_mk0_" in kernels_c  # a micro-kernel took the layer, not TVM
+    samples = [random_inputs(model, s) for s in range(3)]
+    graph = extract_int_graph(fold_constants(result.model))
+    got = [r.outputs for r in run_samples(result, samples)]
+    for outs, sample in zip(got, samples, strict=True):
+        for g, want in zip(outs, run_int_graph(graph, sample), strict=True):
+            np.testing.assert_array_equal(g, want)
+    return result, got, samples
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_microkernel_host_bit_exact(name, tmp_path):
+    _check(name, "host", tmp_path)
+
+
+@needs_qemu
+@pytest.mark.parametrize("name", ["conv_k27_odd_pixels", "conv_stride2_asym", "depthwise_3x3", "depthwise_5x4_dilated",
+                                  "dense_k30_out7", "residual_add_fused"])  # fmt: skip
+def test_microkernel_cortex_m7_bit_exact(name, tmp_path):
+    _check(name, "cortex-m7", tmp_path)
+
+
+def test_fused_add_runs_in_place_and_matches_tvm_kernels(tmp_path):
+    """The residual block's Add is fused into the second convolution, whose output takes the
+    residual's arena slot; TVM's kernels (--kernels tvm) give the same bytes with a larger arena."""
+    model = _residual(8, (12, 12))
+    fused = _build(model, "host", tmp_path, io="int8")
+    assert "conv_add_s8" in (fused.outdir / "model_kernels.c").read_text()
+    assert any("in_place_of" in b for b in fused.report["memory_plan"])
+    tvm = _build(model, "host", tmp_path, kernels="tvm", io="int8")
+    assert "ec_mk" not in (tvm.outdir / "model_kernels.c").read_text()
+    rng = np.random.default_rng(0)
+    samples = [[rng.integers(-128, 128, (1, 8, 12, 12)).astype(np.int8)] for _ in range(2)]
+    for a, b in zip(run_samples(fused, samples), run_samples(tvm, samples), strict=True):
+        np.testing.assert_array_equal(a.outputs[0], b.outputs[0])
+    # At most two 8x12x12 tensors live at once (the residual is the output) plus two int16 im2col
+    # columns (K = 8*3*3 = 72); TVM's separate Add needs a third tensor.
+    assert fused.report["arena_bytes"] <= 2 * 1152 + 2 * 72 * 2 < tvm.report["arena_bytes"]
