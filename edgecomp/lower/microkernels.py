@@ -30,6 +30,17 @@ def pack_pairs(w2d: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(rows, k4 // 4, 4)[:, :, [0, 2, 1, 3]].reshape(rows, k4))
 
 
+def pack_conv(w2d: np.ndarray) -> np.ndarray:
+    """pack_pairs, then each pair of output channels interleaved word by word ([c0 k0..3][c1 k0..3]
+    [c0 k4..7]...), so one LDRD fetches both channels' next four weights; an odd last channel
+    stays as it is, after the pairs."""
+    packed = pack_pairs(w2d)
+    rows, k4 = packed.shape
+    even = rows // 2 * 2
+    pairs = packed[:even].reshape(rows // 2, 2, k4 // 4, 4).transpose(0, 2, 1, 3).reshape(-1)
+    return np.ascontiguousarray(np.concatenate([pairs, packed[even:].reshape(-1)]))
+
+
 def _requant_consts(a: dict) -> list[np.ndarray]:
     return [a["bias"].astype(np.int32), a["mult"].astype(np.int32), a["shift"].astype(np.int8)]
 
@@ -99,7 +110,7 @@ def _conv(index: int, p: dict, w: np.ndarray, a: dict):
     mk = MicroKernel(
         f"ec_mk{index}_conv_s8", "kernels/conv_s8.c.j2", tuple(sorted(p.items())), 2 * p["k4"] * 2, macs
     )
-    return mk, [pack_pairs(w.reshape(w.shape[0], -1)), *_requant_consts(a)]
+    return mk, [pack_conv(w.reshape(w.shape[0], -1)), *_requant_consts(a)]
 
 
 def _depthwise(index: int, p: dict, w: np.ndarray, a: dict):

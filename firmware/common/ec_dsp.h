@@ -24,6 +24,14 @@ static inline uint32_t ec_load32(const void *p)
   return v;
 }
 
+/* Two consecutive words from an 8-byte aligned address (the code generator guarantees it). */
+static inline uint64_t ec_load64(const void *p)
+{
+  uint64_t v;
+  memcpy(&v, __builtin_assume_aligned(p, 8), sizeof v);
+  return v;
+}
+
 /* acc + lo(a)*lo(b) + hi(a)*hi(b), the 16-bit halves signed; wraps like SMLAD. */
 static inline int32_t ec_smlad(uint32_t a, uint32_t b, int32_t acc)
 {
