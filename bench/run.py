@@ -122,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated model names")
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
     ap.add_argument("--workdir", type=Path, default=REPO / "build" / "bench")
+    ap.add_argument(
+        "--check",
+        type=Path,
+        metavar="EXPECTED.json",
+        help="fail (exit 1) if a figure regressed beyond the tolerance or an output is not bit-exact",
+    )
+    ap.add_argument("--accept", type=Path, metavar="EXPECTED.json",
+                    help="write these results as the new expected figures (a deliberate change)")  # fmt: skip
     args = ap.parse_args(argv)
     if not args.models.is_dir():
         print(f"bench: model folder {args.models} not found (pass --models)", file=sys.stderr)
@@ -164,13 +172,66 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['arena_bytes']:,}", f"{r['stack_bytes']:,}", f"{r['compile_time_s']:.1f}", check,
                       f"{vs['instructions']:.2f} / {vs['flash']:.2f} / {vs['ram']:.2f}" if vs else "")  # fmt: skip
     console.print(table)
+    if args.accept:
+        args.accept.write_text(json.dumps(expected_figures(rows), indent=2, sort_keys=True) + "\n")
+        console.print(f"bench: wrote the expected figures to {args.accept}")
+    status = 0
+    if args.check:
+        problems, notes = check_figures(rows, json.loads(args.check.read_text()))
+        for line in notes:
+            console.print(f"[green]bench: {line}[/green]")
+        for line in problems:
+            console.print(f"[red]bench: {line}[/red]")
+        if problems:
+            console.print(
+                f"bench: to accept a deliberate change: python bench/run.py ... --accept {args.check}"
+            )
+            status = 1
     text = json.dumps(rows, indent=2)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n")
-    else:
+    elif not args.check:
         print(text)
-    return 0
+    return status
+
+
+# QEMU -icount makes instruction counts exact, so the tolerance only absorbs deliberate noise-free
+# drift such as a different compiler patch release; memory is in bytes.
+TOLERANCE = {"instructions": 0.002, "flash_bytes": 0.01, "ram_bytes": 0.01, "stack_bytes": 0.25}
+
+
+def _key(row: dict) -> str:
+    return f"{row['model']}/{row['target']}/{row['dtype']}"
+
+
+def expected_figures(rows: list[dict]) -> dict:
+    return {_key(r): {k: r[k] for k in TOLERANCE} for r in rows if "error" not in r}
+
+
+def check_figures(rows: list[dict], expected: dict) -> tuple[list[str], list[str]]:
+    """(regressions and failures, improvements worth accepting) against `expected`."""
+    problems, notes = [], []
+    for r in rows:
+        key = _key(r)
+        if "error" in r:
+            problems.append(f"{key}: {r['error']}")
+            continue
+        if r.get("bit_exact_vs_reference") is False:
+            problems.append(f"{key}: output is not bit-exact with the integer reference")
+        want = expected.get(key)
+        if want is None:
+            notes.append(f"{key}: no expected figures yet")
+            continue
+        for k, tol in TOLERANCE.items():
+            got, ref = r[k], want[k]
+            if got is None or ref is None:
+                continue
+            if got > ref * (1 + tol) + (16 if k == "stack_bytes" else 0):
+                problems.append(f"{key}: {k} {got:,} > expected {ref:,} (+{100 * (got / ref - 1):.2f}%)")
+            elif got < ref * (1 - tol):
+                notes.append(f"{key}: {k} {got:,} < expected {ref:,} ({100 * (got / ref - 1):.2f}%)")
+    return problems, notes
 
 
 if __name__ == "__main__":

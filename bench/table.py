@@ -42,4 +42,6 @@ def markdown(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    print(markdown([row for path in sys.argv[1:] for row in json.loads(Path(path).read_text())]))
+    rows = [row for path in sys.argv[1:] for row in json.loads(Path(path).read_text()) if "error" not in row]
+    dtypes = sorted({r["dtype"] for r in rows})
+    print("\n\n".join(markdown([r for r in rows if r["dtype"] == d]) for d in dtypes))
