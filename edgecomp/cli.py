@@ -49,6 +49,12 @@ def _build_parent() -> argparse.ArgumentParser:
     q.add_argument("--io", choices=["float", "int8"], default="float",
                    help="quantized models: float I/O (quantized at the edges) or the integer tensors "
                         "(int16 for int16x8 models) [float]")  # fmt: skip
+    q.add_argument("--prune", metavar="channels=RATIO|channels=RATIOS.json",
+                   help="structured channel pruning before quantization: a global ratio, or per-layer ratios "
+                        "(JSON: Conv/Gemm node name -> ratio)")  # fmt: skip
+    q.add_argument("--prune-importance", choices=["l1", "l2", "activation"], default="l1",
+                   help="which channels go first: smallest weight norm, or smallest mean activation on --calib [l1]")  # fmt: skip
+    q.add_argument("--save-pruned", type=Path, metavar="P.onnx", help="also write the pruned float model")
     q.add_argument(
         "--per-layer",
         action="store_true",
@@ -148,11 +154,13 @@ def _build(args, reuse: bool, log) -> BuildResult:
         io=args.io,
         kernels=args.kernels,
         per_layer=args.per_layer,
+        prune=args.prune,
+        prune_importance=args.prune_importance,
     )
     if args.sanitize and not target.is_host:
         raise UserError("--sanitize builds the host target only (use --target host)")
     result = build(args.model, target, args.output_dir, options, reuse=reuse, log=log, calib=args.calib,
-                   eval_data=args.eval, save_quantized=args.save_quantized)  # fmt: skip
+                   eval_data=args.eval, save_quantized=args.save_quantized, save_pruned=args.save_pruned)  # fmt: skip
     if result.cached:
         log(f"reusing build in {result.outdir}")
     return result

@@ -24,7 +24,7 @@ from edgecomp.errors import DoesNotFitError, UserError
 from edgecomp.frontend import load_model
 from edgecomp.io import load_calibration, load_eval
 from edgecomp.lower import LoweredModel, lower_model
-from edgecomp.passes import fold_constants
+from edgecomp.passes import dead_channel_masks, fold_constants, parse_prune, prune_channels, simplify
 from edgecomp.passes.quantize import quantize
 from edgecomp.quant import extract_int_graph, is_quantized
 from edgecomp.quant.accuracy import evaluate
@@ -45,6 +45,8 @@ class BuildOptions:
     io: str = "float"  # "int8": a quantized model's C API takes and gives its integer tensors
     sanitize: bool = False  # host only: build with ASan + UBSan
     kernels: str = "auto"  # "auto": int8 micro-kernels where they apply; "tvm": TVM's kernels only
+    prune: str | None = None  # "channels=0.5" or "channels=ratios.json": structured pruning first
+    prune_importance: str = "l1"  # "l1", "l2" or "activation" (on the calibration data)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -90,7 +92,7 @@ def build_key(model_bytes: bytes, target: Target, options: BuildOptions, data_fi
 
 def build(model_path: Path, target: Target, outdir: Path | None = None, options: BuildOptions | None = None,
           reuse: bool = False, log=print, calib: Path | None = None, eval_data: Path | None = None,
-          save_quantized: Path | None = None) -> BuildResult:  # fmt: skip
+          save_quantized: Path | None = None, save_pruned: Path | None = None) -> BuildResult:  # fmt: skip
     """Compile `model_path` for `target` into `outdir`; with `reuse`, keep a build with the same key.
 
     With options.quantize, the model is quantized on the samples in `calib` first (and saved as QDQ
@@ -101,16 +103,29 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
     """
     options = options or BuildOptions()
     outdir = Path(outdir or default_outdir(model_path, target))
-    model = float_model = load_model(model_path, options.input_shapes)
+    model = load_model(model_path, options.input_shapes)
     if options.quantize and is_quantized(model):
         raise UserError(f"{model_path} is already quantized (QDQ): build it without --quantize")
     if options.quantize and calib is None:
         raise UserError("--quantize needs calibration data: --calib DATA (.npy, .npz or a folder of .npy)")
+    if options.prune and is_quantized(model):
+        raise UserError(f"{model_path} is quantized (QDQ): prune the float model, then quantize (--quantize)")
     if eval_data is not None and not options.quantize:
         raise UserError("--eval compares a quantized model with its float original: use it with --quantize")
     model_bytes = Path(model_path).read_bytes()
-    key = build_key(model_bytes, target, options, [p for p in (calib, eval_data) if p is not None])
+    prune_spec = parse_prune(options.prune) if options.prune else None
+    ratios_file = (
+        Path(prune_spec["channels"]) if prune_spec and isinstance(prune_spec["channels"], str) else None
+    )
+    key = build_key(
+        model_bytes, target, options, [p for p in (calib, eval_data, ratios_file) if p is not None]
+    )
     t0 = time.monotonic()
+    model, graph_report = _graph_passes(model, options, prune_spec, calib)
+    if save_pruned:
+        Path(save_pruned).parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(save_pruned))
+    float_model = model  # what quantization starts from and is compared with
     if options.quantize:
         inputs = _io_specs(model)
         log(f"quantizing to {options.quantize} ({options.calib_method} calibration)")
@@ -145,6 +160,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         sizes = None if target.is_host else elf_sizes(binary)
         report = _report(model_path, model, target, options, key, lowered, project.plan, sizes, t_gen,
                          time.monotonic() - t0)  # fmt: skip
+        report.update(graph_report)
         if eval_data is not None:
             log(f"evaluating float vs {options.quantize} on {eval_data}")
             samples, labels = load_eval(eval_data, _io_specs(float_model))
@@ -161,6 +177,47 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return BuildResult(outdir, report, target, model, False, float_model if options.quantize else None)
+
+
+def _graph_passes(model: onnx.ModelProto, options: BuildOptions, prune_spec: dict | None,
+                  calib: Path | None) -> tuple[onnx.ModelProto, dict]:  # fmt: skip
+    """Lossless simplification (always), then structured pruning if asked; what each did."""
+    model, stats = simplify(model)
+    model = fold_constants(onnx.shape_inference.infer_shapes(model))
+    masks = dead_channel_masks(model)
+    if masks:
+        model, dead = prune_channels(model, keep_masks=masks)
+        stats["dead_channels_removed"] = sum(layer["channels"] - layer["kept"] for layer in dead.layers)
+    report: dict = {"simplify": stats}
+    if prune_spec is not None:
+        ratio, per_layer = prune_spec["channels"], None
+        if isinstance(ratio, str):
+            per_layer, ratio = _load_ratios(Path(ratio)), 0.0
+        samples = None
+        if options.prune_importance == "activation":
+            if calib is None:
+                raise UserError("--prune-importance activation needs calibration data: --calib DATA")
+            samples = load_calibration(calib, _io_specs(model))
+        params_before = count_params(model)
+        model, pruned = prune_channels(model, ratio, per_layer, options.prune_importance, samples)
+        report["pruning"] = {
+            **pruned.as_dict(),
+            "params_before": params_before,
+            "params_after": count_params(model),
+        }
+    return model, report
+
+
+def _load_ratios(path: Path) -> dict[str, float]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read per-layer pruning ratios from {path}: {exc}") from exc
+    if not isinstance(data, dict) or not all(
+        isinstance(v, int | float) and 0 <= v < 1 for v in data.values()
+    ):
+        raise UserError(f"{path}: expected a JSON object of layer name -> ratio in [0, 1)")
+    return {str(k): float(v) for k, v in data.items()}
 
 
 def _io_specs(model: onnx.ModelProto) -> list[dict]:

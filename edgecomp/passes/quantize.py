@@ -25,6 +25,24 @@ METHODS = ("minmax", "percentile", "entropy")
 MIN_CALIB_SAMPLES = 4
 
 
+QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (their `axis`) need opset 13
+
+
+def _at_least_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
+    """`model` converted to opset `version` if it is older, so the QDQ model is valid ONNX."""
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), version)
+    if current >= version:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, version)
+    except Exception as exc:  # the converter raises several kinds, all meaning "cannot convert"
+        raise UserError(
+            f"cannot convert the model from opset {current} to {version} for quantization: {exc}"
+        ) from exc
+
+
 def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: str = "int8",
              method: str = "minmax") -> onnx.ModelProto:  # fmt: skip
     """Quantize `model` (already checked by the front end) on calibration `samples`."""
@@ -46,6 +64,7 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
             f"calibration needs at least {MIN_CALIB_SAMPLES} samples, got {len(samples)}: "
             "pass more representative inputs with --calib"
         )
+    model = _at_least_opset(model, QDQ_OPSET)
     names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
 
     class Reader(CalibrationDataReader):

@@ -1,0 +1,232 @@
+"""Lossless simplification and structured channel pruning: valid smaller models that onnxruntime
+runs, consistent channel counts across residual Adds, depthwise convolutions, Concat and
+Flatten -> Gemm, and compiled output equal to the pruned model's own reference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import make_model, needs_qemu, random_inputs, weight
+from onnx import helper, numpy_helper
+
+from edgecomp.cli import main
+from edgecomp.errors import UserError
+from edgecomp.passes import dead_channel_masks, fold_constants, parse_prune, prune_channels, simplify
+from edgecomp.pipeline import BuildOptions, build
+from edgecomp.quant import extract_int_graph
+from edgecomp.quant.reference import run_int_graph
+from edgecomp.reference import Reference, compare
+from edgecomp.runner import run_samples
+from edgecomp.targets import load_target
+
+
+def _run(model, sample):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, dict(zip([i.name for i in sess.get_inputs()], sample, strict=True)))
+
+
+def _conv(name, x, y, cin, cout, k=3, group=1, relu=True):
+    nodes = [helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [y + ("_c" if relu else "")], name=name,
+                              pads=[k // 2] * 4, group=group)]  # fmt: skip
+    if relu:
+        nodes.append(helper.make_node("Relu", [y + "_c"], [y]))
+    return nodes, [weight(f"{name}_w", [cout, cin // group, k, k]), weight(f"{name}_b", [cout])]
+
+
+def _net(kind: str) -> onnx.ModelProto:
+    """Small networks with every structure pruning must keep consistent; 10 logits out."""
+    nodes, inits = [], []
+
+    def add(parts):
+        nodes.extend(parts[0])
+        inits.extend(parts[1])
+
+    add(_conv("c0", "x", "r0", 3, 8))
+    if kind == "residual":
+        add(_conv("c1", "r0", "r1", 8, 8))
+        add(_conv("c2", "r1", "c2o", 8, 8, relu=False))
+        nodes += [helper.make_node("Add", ["r0", "c2o"], ["s"]), helper.make_node("Relu", ["s"], ["feat"])]
+        c = 8
+    elif kind == "depthwise":
+        add(_conv("dw", "r0", "d", 8, 8, group=8))
+        add(_conv("pw", "d", "feat", 8, 12, k=1))
+        c = 12
+    elif kind == "concat":
+        add(_conv("a", "r0", "ra", 8, 6))
+        add(_conv("b", "r0", "rb", 8, 4, k=1))
+        nodes.append(helper.make_node("Concat", ["ra", "rb"], ["cat"], axis=1))
+        add(_conv("m", "cat", "feat", 10, 8, k=1))
+        c = 8
+    nodes += [
+        helper.make_node("MaxPool", ["feat"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
+    ]
+    inits += [weight("fc_w", [10, c * 16]), weight("fc_b", [10])]
+    return make_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 10])], inits)
+
+
+def _initializer(model, name):
+    return next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == name)
+
+
+@pytest.mark.parametrize("kind", ["residual", "depthwise", "concat"])
+def test_pruned_model_is_valid_and_smaller(kind):
+    model = _net(kind)
+    pruned, report = prune_channels(model, 0.5)
+    onnx.checker.check_model(pruned, full_check=True)
+    x = random_inputs(model, 0)
+    out = _run(pruned, x)[0]
+    assert out.shape == (1, 10) and np.isfinite(out).all()
+    assert report.layers and all(layer["kept"] < layer["channels"] for layer in report.layers)
+    params = lambda m: sum(i.dims and int(np.prod(i.dims)) for i in m.graph.initializer)  # noqa: E731
+    assert params(pruned) < 0.6 * params(model)
+    if kind == "residual":  # both branches of the Add keep the same channels: one group, 8 -> 4
+        groups = {tuple(layer["producers"]): (layer["channels"], layer["kept"]) for layer in report.layers}
+        assert groups[("c0", "c2")] == (8, 4)
+        assert _initializer(pruned, "c2_w_bnfold" if False else "c2_w").shape == (4, 4, 3, 3)
+        assert _initializer(pruned, "fc_w").shape == (10, 4 * 16)  # Flatten -> Gemm: 16 features a channel
+    if kind == "depthwise":  # the depthwise conv follows its input's channels; group shrinks with them
+        dw = next(n for n in pruned.graph.node if n.name == "dw")
+        assert (
+            next(a.i for a in dw.attribute if a.name == "group") == _initializer(pruned, "dw_w").shape[0] == 4
+        )
+    if kind == "concat":  # each part pruned on its own, the consumer sliced per part
+        assert (
+            _initializer(pruned, "m_w").shape[1]
+            == _initializer(pruned, "a_w").shape[0] + _initializer(pruned, "b_w").shape[0]
+            == 5
+        )
+
+
+def test_pruning_keeps_the_important_channels():
+    model = _net("depthwise")
+    w = _initializer(model, "pw_w").copy()
+    w[[1, 4, 7]] *= 100.0  # three much larger channels must survive a 75% cut
+    model.graph.initializer[[i.name for i in model.graph.initializer].index("pw_w")].CopyFrom(
+        numpy_helper.from_array(w, "pw_w")
+    )
+    for importance in ("l1", "l2"):
+        pruned, report = prune_channels(model, 0.0, per_layer={"pw": 0.75}, importance=importance)
+        np.testing.assert_array_equal(_initializer(pruned, "pw_w"), w[[1, 4, 7]])
+        assert _initializer(pruned, "fc_w").shape == (10, 3 * 16)
+    samples = [random_inputs(model, s) for s in range(4)]
+    pruned, _ = prune_channels(model, 0.5, importance="activation", samples=samples)
+    assert _run(pruned, samples[0])[0].shape == (1, 10)
+
+
+def test_outputs_and_inputs_are_never_pruned():
+    model = _net("residual")
+    pruned, _ = prune_channels(model, 0.9)
+    assert _initializer(pruned, "c0_w").shape[1] == 3  # the image's channels
+    assert _initializer(pruned, "fc_w").shape[0] == 10  # the logits
+    per_layer, report = prune_channels(model, 0.0, per_layer={"c1": 0.5})
+    assert [layer["producers"] for layer in report.layers] == [["c1"]]
+
+
+def test_simplify_is_lossless():
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "g", "beta", "mean", "var"], ["bn"], epsilon=1e-3),
+        helper.make_node("Identity", ["bn"], ["i"]),
+        helper.make_node("Dropout", ["i"], ["d"]),
+        helper.make_node("Relu", ["d"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["t1"], perm=[0, 2, 3, 1]),
+        helper.make_node("Transpose", ["t1"], ["t2"], perm=[0, 3, 1, 2]),  # undoes t1
+        helper.make_node("Reshape", ["t2", "s1"], ["h1"]),
+        helper.make_node("Reshape", ["h1", "s2"], ["y"]),
+        helper.make_node("Sigmoid", ["r"], ["unused"]),  # read by nobody
+    ]
+    rng = np.random.default_rng(1)
+    inits = [weight("w", [4, 3, 3, 3]), weight("b", [4]),
+             numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype(np.float32), "g"), weight("beta", [4]),
+             weight("mean", [4]), numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype(np.float32), "var"),
+             numpy_helper.from_array(np.array([1, 4, 36], np.int64), "s1"),
+             numpy_helper.from_array(np.array([1, 144], np.int64), "s2"), weight("spare", [3])]  # fmt: skip
+    model = make_model(nodes, [("x", [1, 3, 6, 6])], [("y", [1, 144])], inits)
+    simple, stats = simplify(model)
+    assert stats == {"batchnorm_folded": 1, "dead_nodes_removed": 1, "dropout_removed": 1, "identity_removed": 1,
+                     "reshape_merged": 1, "transpose_merged": 1, "transpose_removed": 1,
+                     "unused_initializers_removed": 8}  # fmt: skip
+    assert [n.op_type for n in simple.graph.node] == ["Conv", "Relu", "Reshape"]
+    for seed in range(3):
+        x = random_inputs(model, seed)
+        np.testing.assert_allclose(_run(simple, x)[0], _run(model, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_dead_channels_are_removed_without_changing_outputs():
+    model = _net("depthwise")
+    w, b, dw_b = (_initializer(model, n).copy() for n in ("c0_w", "c0_b", "dw_b"))
+    w[[2, 5]] = b[[2, 5]] = dw_b[[2, 5]] = 0.0  # zero in, zero out through ReLU and the depthwise conv
+    names = [i.name for i in model.graph.initializer]
+    for name, value in (("c0_w", w), ("c0_b", b), ("dw_b", dw_b)):
+        model.graph.initializer[names.index(name)].CopyFrom(numpy_helper.from_array(value, name))
+    masks = dead_channel_masks(model)
+    assert {k: list(np.flatnonzero(~v)) for k, v in masks.items()} == {"c0": [2, 5]}
+    pruned, _ = prune_channels(model, keep_masks=masks)
+    assert _initializer(pruned, "dw_w").shape[0] == 6
+    for seed in range(3):
+        x = random_inputs(model, seed)
+        np.testing.assert_allclose(_run(pruned, x)[0], _run(model, x)[0], rtol=1e-5, atol=1e-5)
+    b[2] = 0.5  # a bias keeps channel 2 alive
+    model.graph.initializer[names.index("c0_b")].CopyFrom(numpy_helper.from_array(b, "c0_b"))
+    assert list(np.flatnonzero(~dead_channel_masks(model)["c0"])) == [5]
+
+
+def test_prune_spec_errors(tmp_path):
+    assert parse_prune("channels=0.25") == {"channels": 0.25}
+    for bad in ("channels=1.5", "sparsity=0.5", "channels="):
+        with pytest.raises(UserError):
+            parse_prune(bad)
+    path = tmp_path / "m.onnx"
+    onnx.save(_net("residual"), path)
+    assert (
+        main(["build", str(path), "--target", "host", "--prune", "channels=2", "-o", str(tmp_path / "o")])
+        == 2
+    )
+    ratios = tmp_path / "r.json"
+    ratios.write_text('{"c1": 3}')
+    assert (
+        main(
+            [
+                "build",
+                str(path),
+                "--target",
+                "host",
+                "--prune",
+                f"channels={ratios}",
+                "-o",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+
+
+@pytest.mark.parametrize("target", ["host", pytest.param("cortex-m7", marks=needs_qemu)])
+def test_pruned_build_matches_its_reference(target, tmp_path):
+    """fp32: the device matches onnxruntime on the pruned model; int8: bit-exact with its reference."""
+    path = tmp_path / "m.onnx"
+    onnx.save(_net("residual"), path)
+    ratios = tmp_path / "ratios.json"
+    ratios.write_text(json.dumps({"c0": 0.5, "c1": 0.25}))
+    t = load_target(target)
+    pruned = tmp_path / "p.onnx"
+    fp = build(path, t, tmp_path / "fp", BuildOptions(prune=f"channels={ratios}"), log=lambda *_: None,
+               save_pruned=pruned)  # fmt: skip
+    assert fp.report["pruning"]["params_after"] < fp.report["pruning"]["params_before"]
+    assert onnx.load(pruned).graph.node  # --save-pruned wrote the model that was compiled
+    samples = [random_inputs(fp.model, s) for s in range(2)]
+    runs = run_samples(fp, samples)
+    assert compare([r.outputs for r in runs], [Reference(fp.model).run(s) for s in samples]).rel_error <= 1e-4
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((8, 1, 3, 8, 8)).astype(np.float32))
+    q = build(path, t, tmp_path / "q", BuildOptions(prune="channels=0.5", quantize="int8"), log=lambda *_: None,
+              calib=calib)  # fmt: skip
+    graph = extract_int_graph(fold_constants(q.model))
+    for run, s in zip(run_samples(q, samples), samples, strict=True):
+        np.testing.assert_array_equal(run.outputs[0], run_int_graph(graph, s)[0])
