@@ -17,7 +17,7 @@ import numpy as np
 from edgecomp import __version__
 from edgecomp.errors import EdgecompError, MismatchError, UserError
 from edgecomp.frontend import parse_input_shapes
-from edgecomp.pipeline import BuildOptions, BuildResult, build
+from edgecomp.pipeline import BuildOptions, BuildResult, build, default_outdir
 from edgecomp.targets import available_targets, load_target
 
 DEFAULT_TOLERANCE = 1e-4
@@ -54,6 +54,11 @@ def _build_parent() -> argparse.ArgumentParser:
                         "(JSON: Conv/Gemm node name -> ratio)")  # fmt: skip
     q.add_argument("--prune-importance", choices=["l1", "l2", "activation"], default="l1",
                    help="which channels go first: smallest weight norm, or smallest mean activation on --calib [l1]")  # fmt: skip
+    q.add_argument("--fit", action="store_true",
+                   help="search pruning ratio and quantization for the least accuracy loss that fits the budget "
+                        "(needs --calib and --eval)")  # fmt: skip
+    q.add_argument("--max-flash", metavar="SIZE", help="--fit budget, e.g. 256K [the target's flash]")
+    q.add_argument("--max-ram", metavar="SIZE", help="--fit budget incl. stack, e.g. 64K [the target's RAM]")
     q.add_argument("--save-pruned", type=Path, metavar="P.onnx", help="also write the pruned float model")
     q.add_argument(
         "--per-layer",
@@ -102,6 +107,24 @@ def make_parser() -> argparse.ArgumentParser:
                           help="build (cached), run one inference and report time and memory")  # fmt: skip
     prof.add_argument("--input", "-i", type=Path, help="input sample (default: seeded random data)")
     prof.add_argument("--json", type=Path, help="write the profile as JSON")
+    prof.add_argument("--plot", type=Path, metavar="LAYERS.png",
+                      help="with --per-layer: a bar chart of each layer's instructions/cycles and MACs")  # fmt: skip
+    an = sub.add_parser(
+        "analyze", help="pruning sensitivity: prune each channel group alone and measure the loss"
+    )
+    an.add_argument("model", type=Path, help="ONNX model file (float)")
+    an.add_argument(
+        "--eval", type=Path, required=True, metavar="DATA.npz", help="x (and labels y) to measure on"
+    )
+    an.add_argument("--calib", type=Path, help="samples for --prune-importance activation")
+    an.add_argument(
+        "--ratios", default="0.25,0.5,0.75", help="pruning ratios to try per group [0.25,0.5,0.75]"
+    )
+    an.add_argument("--prune-importance", choices=["l1", "l2", "activation"], default="l1")
+    an.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
+    an.add_argument("--json", type=Path, help="write the table as JSON")
+    an.add_argument("--plot", type=Path, metavar="SENSITIVITY.png", help="quality vs MACs saved, per group")
+    an.add_argument("-q", "--quiet", action="store_true")
     sub.add_parser("targets", help="list the shipped targets")
     return parser
 
@@ -133,6 +156,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     from edgecomp import report
 
     log = (lambda *_: None) if args.quiet else report.log
+    if args.command == "analyze":
+        return _analyze(args, log)
     result = _build(args, reuse=args.command != "build", log=log)
     if args.command == "build":
         report.print_build(result)
@@ -159,6 +184,23 @@ def _build(args, reuse: bool, log) -> BuildResult:
     )
     if args.sanitize and not target.is_host:
         raise UserError("--sanitize builds the host target only (use --target host)")
+    if args.fit:
+        from edgecomp.fit import fit, parse_size
+
+        if args.calib is None or args.eval is None:
+            raise UserError(
+                "--fit needs --calib (for quantization) and --eval (to measure the accuracy loss)"
+            )
+        outdir = Path(args.output_dir or default_outdir(args.model, target))
+        result, summary = fit(args.model, target, outdir, options, args.calib, args.eval,
+                              parse_size(args.max_flash) if args.max_flash else None,
+                              parse_size(args.max_ram) if args.max_ram else None, log)  # fmt: skip
+        from edgecomp import report
+
+        report.print_fit(summary)
+        return result
+    if args.max_flash or args.max_ram:
+        raise UserError("--max-flash and --max-ram are budgets for --fit")
     result = build(args.model, target, args.output_dir, options, reuse=reuse, log=log, calib=args.calib,
                    eval_data=args.eval, save_quantized=args.save_quantized, save_pruned=args.save_pruned)  # fmt: skip
     if result.cached:
@@ -260,9 +302,47 @@ def _profile(args, result: BuildResult, log) -> int:
                    reuse=True, log=log).report  # fmt: skip
         record["float"] = {k: fb.get(k) for k in ("flash_bytes", "ram_bytes", "arena_bytes", "weights_bytes")}
     report.print_profile(record)
+    if args.plot:
+        from edgecomp.plots import layers_png
+
+        layers_png(record, args.plot)
+        log(f"wrote {args.plot}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+def _analyze(args, log) -> int:
+    from edgecomp import report
+    from edgecomp.analyze import sensitivity
+    from edgecomp.frontend import load_model
+    from edgecomp.io import load_calibration, load_eval
+    from edgecomp.pipeline import BuildOptions, _io_specs, graph_passes
+
+    try:
+        ratios = [float(r) for r in args.ratios.split(",")]
+    except ValueError as exc:
+        raise UserError(f"--ratios takes comma-separated numbers, not '{args.ratios}'") from exc
+    if not ratios or not all(0 < r < 1 for r in ratios):
+        raise UserError("--ratios must be in (0, 1)")
+    model, _ = graph_passes(
+        load_model(args.model, parse_input_shapes(args.input_shape)), BuildOptions(), None, None
+    )
+    samples, labels = load_eval(args.eval, _io_specs(model))
+    calib = load_calibration(args.calib, _io_specs(model)) if args.calib else None
+    if args.prune_importance == "activation" and calib is None:
+        raise UserError("--prune-importance activation needs --calib")
+    result = sensitivity(model, samples, labels, ratios, args.prune_importance, calib, log)
+    report.print_sensitivity(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        from edgecomp.plots import sensitivity_png
+
+        sensitivity_png(result, args.plot)
+        log(f"wrote {args.plot}")
     return 0
 
 

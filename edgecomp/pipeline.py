@@ -121,7 +121,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         model_bytes, target, options, [p for p in (calib, eval_data, ratios_file) if p is not None]
     )
     t0 = time.monotonic()
-    model, graph_report = _graph_passes(model, options, prune_spec, calib)
+    model, graph_report = graph_passes(model, options, prune_spec, calib)
     if save_pruned:
         Path(save_pruned).parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(save_pruned))
@@ -179,7 +179,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
     return BuildResult(outdir, report, target, model, False, float_model if options.quantize else None)
 
 
-def _graph_passes(model: onnx.ModelProto, options: BuildOptions, prune_spec: dict | None,
+def graph_passes(model: onnx.ModelProto, options: BuildOptions, prune_spec: dict | None,
                   calib: Path | None) -> tuple[onnx.ModelProto, dict]:  # fmt: skip
     """Lossless simplification (always), then structured pruning if asked; what each did."""
     model, stats = simplify(model)

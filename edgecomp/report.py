@@ -121,3 +121,32 @@ def print_profile(record: dict) -> None:
 def print_lines(lines: list[str]) -> None:
     for line in lines:
         console.print(line)
+
+
+def print_sensitivity(result: dict) -> None:
+    labels = "top1" in result["unpruned"]
+    cols = ["group", "ratio", "channels", "MACs saved", "params saved", "SQNR dB", "argmax agree"]
+    table = Table(*cols, *(["top-1"] if labels else []),
+                  title=f"pruning sensitivity ({result['macs']:,} MACs, {result['params']:,} params unpruned"
+                  + (f", top-1 {100 * result['unpruned']['top1']:.1f}%)" if labels else ")"))  # fmt: skip
+    for r in result["rows"]:
+        row = [r["group"][-40:], f"{r['ratio']:.2f}", f"{r['channels']} -> {r['kept']}",
+               f"{100 * r['macs_saved'] / max(result['macs'], 1):.1f}%", f"{r['params_saved']:,}",
+               f"{r['sqnr_db']:.1f}", f"{100 * r['argmax_agreement']:.1f}%"]  # fmt: skip
+        if labels:
+            row.append(f"{100 * r['top1']:.1f}%")
+        table.add_row(*row)
+    console.print(table)
+
+
+def print_fit(summary: dict) -> None:
+    key = summary["metric"]
+    table = Table("config", "MACs", "flash B", "RAM B (incl. stack)", "fits", key,
+                  title=f"--fit: budget {summary['flash_budget']:,} B flash, {summary['ram_budget']:,} B RAM")  # fmt: skip
+    for r in summary["candidates"]:
+        quality = r.get(key)
+        shown = "" if quality is None else (f"{100 * quality:.1f}%" if key == "top1" else f"{quality:.1f} dB")
+        mark = " (chosen)" if r["config"] == summary.get("chosen") else ""
+        table.add_row(r["config"] + mark, f"{r['macs']:,}", f"{r['flash_bytes']:,}", f"{r['ram_bytes']:,}",
+                      "yes" if r["fits"] else "no", shown)  # fmt: skip
+    console.print(table)

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import make_model, needs_qemu, random_inputs, weight
+from conftest import HAVE_ARM, make_model, needs_qemu, random_inputs, weight
 from onnx import helper, numpy_helper
 
 from edgecomp.cli import main
@@ -230,3 +230,62 @@ def test_pruned_build_matches_its_reference(target, tmp_path):
     graph = extract_int_graph(fold_constants(q.model))
     for run, s in zip(run_samples(q, samples), samples, strict=True):
         np.testing.assert_array_equal(run.outputs[0], run_int_graph(graph, s)[0])
+
+
+def test_analyze_writes_table_json_and_png(tmp_path):
+    path, data = tmp_path / "m.onnx", tmp_path / "eval.npz"
+    onnx.save(_net("residual"), path)
+    np.savez(data, x=np.random.default_rng(0).standard_normal((6, 1, 3, 8, 8)).astype(np.float32))
+    out, png = tmp_path / "a.json", tmp_path / "a.png"
+    args = [
+        "analyze",
+        str(path),
+        "--eval",
+        str(data),
+        "--ratios",
+        "0.25,0.5",
+        "--json",
+        str(out),
+        "--plot",
+        str(png),
+    ]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert {(r["group"], r["ratio"]) for r in result["rows"]} == {
+        (g, r) for g in ("c0", "c1") for r in (0.25, 0.5)
+    }
+    assert all(0 < r["macs_saved"] < result["macs"] and r["kept"] < r["channels"] for r in result["rows"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["analyze", str(path), "--eval", str(data), "--ratios", "1.5"]) == 2
+
+
+@pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc")
+def test_fit_picks_the_best_configuration_within_budget(tmp_path, capsys):
+    model = _net("residual")
+    path, calib, data = tmp_path / "m.onnx", tmp_path / "calib.npy", tmp_path / "eval.npz"
+    onnx.save(model, path)
+    rng = np.random.default_rng(0)
+    np.save(calib, rng.standard_normal((8, 1, 3, 8, 8)).astype(np.float32))
+    x = rng.standard_normal((16, 1, 3, 8, 8)).astype(np.float32)
+    labels = np.array([_run(model, [s])[0].argmax() for s in x])  # the float model is 100% right
+    np.savez(data, x=x, y=labels)
+    common = [
+        "build",
+        str(path),
+        "--target",
+        "cortex-m7",
+        "--fit",
+        "--calib",
+        str(calib),
+        "--eval",
+        str(data),
+    ]
+    assert main([*common, "--max-flash", "12K", "-o", str(tmp_path / "f")]) == 0
+    summary = json.loads((tmp_path / "f" / "report.json").read_text())["fit"]
+    fitting = [c for c in summary["candidates"] if c["fits"]]
+    chosen = next(c for c in summary["candidates"] if c["config"] == summary["chosen"])
+    assert chosen["flash_bytes"] <= 12 * 1024 and chosen["top1"] == max(c["top1"] for c in fitting)
+    assert any(not c["fits"] for c in summary["candidates"])  # the budget did bind
+    capsys.readouterr()
+    assert main([*common, "--max-flash", "1K", "-o", str(tmp_path / "g")]) == 2
+    assert "the closest is" in capsys.readouterr().err

@@ -1,7 +1,15 @@
 """Graph passes on the ONNX model: each is a pure function ModelProto -> ModelProto."""
 
 from edgecomp.passes.fold_constants import fold_constants
-from edgecomp.passes.prune import dead_channel_masks, parse_prune, prune_channels
+from edgecomp.passes.prune import count_macs, dead_channel_masks, parse_prune, prunable_groups, prune_channels
 from edgecomp.passes.simplify import simplify
 
-__all__ = ["dead_channel_masks", "fold_constants", "parse_prune", "prune_channels", "simplify"]
+__all__ = [
+    "count_macs",
+    "dead_channel_masks",
+    "fold_constants",
+    "parse_prune",
+    "prunable_groups",
+    "prune_channels",
+    "simplify",
+]

@@ -349,6 +349,39 @@ def _analyse(model: onnx.ModelProto):
     return leaves, consumers
 
 
+def prunable_groups(model: onnx.ModelProto) -> list[dict]:
+    """The channel groups `prune_channels` may prune: {"name": first producer (the key for
+    per-layer ratios), "producers": [...], "channels": n}, in graph order."""
+    spaces, _ = _analyse(onnx.shape_inference.infer_shapes(model))
+    return [
+        {"name": s.producers[0][0].name or s.producers[0][0].output[0],
+         "producers": [n.name or n.output[0] for n, _ in s.producers], "channels": s.size}
+        for s in spaces if s.parent is None and not s.frozen and s.producers
+    ]  # fmt: skip
+
+
+def count_macs(model: onnx.ModelProto) -> int:
+    """Multiply-accumulates of the Conv, Gemm and MatMul nodes of a float model with static shapes."""
+    model = onnx.shape_inference.infer_shapes(model)
+    inits = {i.name: i for i in model.graph.initializer}
+    total = 0
+    for node in model.graph.node:
+        if (
+            node.op_type not in ("Conv", "Gemm", "MatMul")
+            or len(node.input) < 2
+            or node.input[1] not in inits
+        ):
+            continue
+        w = list(inits[node.input[1]].dims)
+        out = _shape(model, node.output[0]) or []
+        if node.op_type == "Conv":
+            per_output = int(np.prod(w[1:]))
+        else:
+            per_output = w[1] if node.op_type == "Gemm" and _attr(node, "transB", 0) else w[0]
+        total += int(np.prod(out)) * per_output
+    return total
+
+
 def dead_channel_masks(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Keep-masks (producer name -> bool per channel) that drop only provably dead channels:
     all-zero weights and zero bias in every producer of the group, and nothing downstream that
