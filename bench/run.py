@@ -16,6 +16,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,9 @@ def tflm_baseline() -> dict:
     return rows
 
 
-def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: Path) -> dict:
+def bench_one(
+    model: Path, sample: Path, target_name: str, dtype: str, workdir: Path, prune: str | None = None
+) -> dict:
     target = load_target(target_name)
     shape = None
     x_all = np.load(sample).astype(np.float32)
@@ -83,8 +86,11 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         np.save(calib, augmented(x_all.reshape((-1, *shape)), flip=len(shape) == 4 and shape[1] == 3))
         # Integer I/O, as TFLite Micro's int8 models take and give int8 tensors.
         options = BuildOptions(quantize="int8", io="int8")
+    if prune:
+        options = replace(options, prune=prune)
     t0 = time.monotonic()
-    result = build(model, target, workdir / f"{model.stem}-{target_name}-{dtype}", options, log=lambda *_: None,
+    tag = f"-{prune.replace('=', '')}" if prune else ""
+    result = build(model, target, workdir / f"{model.stem}-{target_name}-{dtype}{tag}", options, log=lambda *_: None,
                    calib=calib)  # fmt: skip
     compile_s = time.monotonic() - t0
     spec = result.report["inputs"][0]
@@ -94,7 +100,8 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
     rec = profile_record(result, runs[0], on_board=False)
     floats = [Reference(result.float_model or result.model).run(s) for s in float_samples[: len(runs)]]
     row = {
-        "model": model.stem, "target": target_name, "dtype": dtype, "macs": rec["macs"],
+        "model": model.stem + (f" ({prune})" if prune else ""), "target": target_name, "dtype": dtype,
+        "macs": rec["macs"],
         "instructions": rec["instructions"], "instructions_per_mac": rec.get("instructions_per_mac"),
         "flash_bytes": rec["flash_bytes"], "weights_bytes": rec["weights_bytes"], "ram_bytes": rec["ram_bytes"],
         "arena_bytes": rec["arena_bytes"], "stack_bytes": rec["stack_bytes"], "compile_time_s": round(compile_s, 2),
@@ -114,12 +121,24 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
     return row
 
 
+def _with_baseline(row: dict, name: str, baseline: dict) -> dict:
+    """The row with its ratio to TFLite Micro + CMSIS-NN (int8, cortex-m7, unpruned)."""
+    if row["dtype"] == "int8" and row["target"] == "cortex-m7" and row["model"] == name and name in baseline:
+        b = baseline[name]
+        ram = row["ram_bytes"] + (row["stack_bytes"] or 0)
+        row["vs_tflm"] = {"instructions": round(row["instructions"] / b["instructions"], 3),
+                          "flash": round(row["flash_bytes"] / b["flash_bytes"], 3),
+                          "ram": round(ram / b["ram_bytes"], 3)}  # fmt: skip
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=Path, default=DEFAULT_MODELS)
     ap.add_argument("--targets", default="cortex-m7")
     ap.add_argument("--dtypes", default="fp32,int8")
     ap.add_argument("--only", help="comma-separated model names")
+    ap.add_argument("--prune", help="also build every model with this --prune (e.g. channels=0.5)")
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
     ap.add_argument("--workdir", type=Path, default=REPO / "build" / "bench")
     ap.add_argument(
@@ -142,20 +161,15 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in args.dtypes.split(","):
             for name in names:
                 console.print(f"[dim]bench: {name} {dtype} on {target}[/dim]")
-                try:
-                    row = bench_one(args.models / f"{name}.onnx", args.models / f"{MODELS[name]}.npy", target,
-                                    dtype, args.workdir)  # fmt: skip
-                except EdgecompError as exc:
-                    console.print(f"[red]bench: {name} on {target}: {exc}[/red]")
-                    rows.append({"model": name, "target": target, "dtype": dtype, "error": str(exc)})
-                    continue
-                if dtype == "int8" and target == "cortex-m7" and name in baseline:
-                    b = baseline[name]
-                    ram = row["ram_bytes"] + (row["stack_bytes"] or 0)
-                    row["vs_tflm"] = {"instructions": round(row["instructions"] / b["instructions"], 3),
-                                      "flash": round(row["flash_bytes"] / b["flash_bytes"], 3),
-                                      "ram": round(ram / b["ram_bytes"], 3)}  # fmt: skip
-                rows.append(row)
+                for prune in [None, args.prune] if args.prune else [None]:
+                    try:
+                        row = bench_one(args.models / f"{name}.onnx", args.models / f"{MODELS[name]}.npy", target,
+                                        dtype, args.workdir, prune)  # fmt: skip
+                    except EdgecompError as exc:
+                        console.print(f"[red]bench: {name} on {target}: {exc}[/red]")
+                        rows.append({"model": name, "target": target, "dtype": dtype, "error": str(exc)})
+                        continue
+                    rows.append(_with_baseline(row, name, baseline))
     table = Table(title="edgecomp on QEMU -icount shift=0 (instructions exact)")
     for col in ("model", "target", "dtype", "MACs", "instructions", "instr/MAC", "flash B", "RAM B", "arena B",
                 "stack B", "compile s", "check", "x TFLM instr/flash/RAM"):  # fmt: skip
