@@ -118,6 +118,13 @@ def bench_one(
         deq = [(r.outputs[0].astype(np.float64) - out["zero_point"]) * out["scale"] for r in runs]
         row["sqnr_db_vs_float"] = round(sqnr_db(np.stack([f[0] for f in floats]), np.stack(deq)), 2)
         row["samples"] = len(runs)
+    if prune:  # how far pruning moved the outputs from the unpruned float model
+        from edgecomp.frontend import load_model
+
+        original = Reference(load_model(model, {}))
+        got = np.stack([f[0] for f in floats]) if dtype == "fp32" else np.stack(deq)
+        want = np.stack([original.run(s)[0] for s in float_samples[: len(runs)]])
+        row["sqnr_db_vs_unpruned_float"] = round(sqnr_db(want, got), 2)
     return row
 
 

@@ -25,9 +25,14 @@ def markdown(rows: list[dict]) -> str:
     cols = ["model", "target", "dtype", "macs", "instructions", "instructions_per_mac", "flash_bytes", "ram_bytes",
             "arena_bytes", "stack_bytes", "compile_time_s"]  # fmt: skip
     cols += ["bit_exact_vs_reference", "sqnr_db_vs_float"] if quant else ["rel_error_vs_onnxruntime"]
+    pruned = any("sqnr_db_vs_unpruned_float" in r for r in rows)
+    if pruned:
+        cols.append("sqnr_db_vs_unpruned_float")
     head = ["model", "target", "dtype", "MACs", "instructions", "instr/MAC", "flash B", "RAM B", "arena B",
             "stack B", "compile s"]  # fmt: skip
     head += ["bit-exact", "SQNR dB"] if quant else ["rel. error vs ORT"]
+    if pruned:
+        head.append("SQNR dB vs unpruned float")
     with_tflm = any("vs_tflm" in r for r in rows)
     if with_tflm:
         head.append("x TFLM instr / flash / RAM")

@@ -24,7 +24,14 @@ from edgecomp.errors import DoesNotFitError, UserError
 from edgecomp.frontend import load_model
 from edgecomp.io import load_calibration, load_eval
 from edgecomp.lower import LoweredModel, lower_model
-from edgecomp.passes import dead_channel_masks, fold_constants, parse_prune, prune_channels, simplify
+from edgecomp.passes import (
+    dead_channel_masks,
+    fold_constants,
+    magnitude_prune,
+    parse_prune,
+    prune_channels,
+    simplify,
+)
 from edgecomp.passes.quantize import quantize
 from edgecomp.quant import extract_int_graph, is_quantized
 from edgecomp.quant.accuracy import evaluate
@@ -115,7 +122,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
     model_bytes = Path(model_path).read_bytes()
     prune_spec = parse_prune(options.prune) if options.prune else None
     ratios_file = (
-        Path(prune_spec["channels"]) if prune_spec and isinstance(prune_spec["channels"], str) else None
+        Path(prune_spec["channels"]) if prune_spec and isinstance(prune_spec.get("channels"), str) else None
     )
     key = build_key(
         model_bytes, target, options, [p for p in (calib, eval_data, ratios_file) if p is not None]
@@ -189,7 +196,7 @@ def graph_passes(model: onnx.ModelProto, options: BuildOptions, prune_spec: dict
         model, dead = prune_channels(model, keep_masks=masks)
         stats["dead_channels_removed"] = sum(layer["channels"] - layer["kept"] for layer in dead.layers)
     report: dict = {"simplify": stats}
-    if prune_spec is not None:
+    if prune_spec is not None and "channels" in prune_spec:
         ratio, per_layer = prune_spec["channels"], None
         if isinstance(ratio, str):
             per_layer, ratio = _load_ratios(Path(ratio)), 0.0
@@ -205,6 +212,9 @@ def graph_passes(model: onnx.ModelProto, options: BuildOptions, prune_spec: dict
             "params_before": params_before,
             "params_after": count_params(model),
         }
+    if prune_spec is not None and "sparsity" in prune_spec:
+        model, sparse = magnitude_prune(model, prune_spec["sparsity"])
+        report.setdefault("pruning", {})["magnitude"] = sparse
     return model, report
 
 

@@ -289,3 +289,38 @@ def test_fit_picks_the_best_configuration_within_budget(tmp_path, capsys):
     capsys.readouterr()
     assert main([*common, "--max-flash", "1K", "-o", str(tmp_path / "g")]) == 2
     assert "the closest is" in capsys.readouterr().err
+
+
+def test_magnitude_pruning_zeroes_blocks_and_the_sparse_kernel_stores_only_the_rest(tmp_path):
+    """sparsity=0.6 zeroes 60% of each layer's blocks of four weights; the int8 dense micro-kernel
+    then keeps a bitmask and the nonzero blocks (less flash) and stays bit-exact on host and M7."""
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]  # fmt: skip
+    model = make_model(nodes, [("x", [1, 64])], [("y", [1, 24])], [weight("w1", [40, 64]), weight("b1", [40]),
+                                                                   weight("w2", [40, 24])])  # fmt: skip
+    from edgecomp.passes import magnitude_prune
+
+    sparse, report = magnitude_prune(model, 0.6)
+    w1 = _initializer(sparse, "w1").reshape(40, 16, 4)
+    assert np.mean(np.all(w1 == 0, axis=2)) == pytest.approx(0.6, abs=0.01)
+    assert np.mean(np.all(_initializer(sparse, "w2").T.reshape(24, 10, 4) == 0, axis=2)) == pytest.approx(
+        0.6, abs=0.01
+    )
+    assert [layer["node"] for layer in report["layers"]] == ["fc1", "fc2"]
+    path, calib = tmp_path / "m.onnx", tmp_path / "calib.npy"
+    onnx.save(model, path)
+    np.save(calib, np.random.default_rng(0).standard_normal((8, 1, 64)).astype(np.float32))
+    targets = ["host"] + (["cortex-m7"] if HAVE_ARM else [])
+    for target in targets:
+        dense = build(path, load_target(target), tmp_path / f"d-{target}", BuildOptions(quantize="int8"),
+                      log=lambda *_: None, calib=calib)  # fmt: skip
+        result = build(path, load_target(target), tmp_path / f"s-{target}",
+                       BuildOptions(quantize="int8", prune="sparsity=0.6"), log=lambda *_: None, calib=calib)  # fmt: skip
+        assert (result.outdir / "model_kernels.c").read_text().count("_dense_sparse_s8(") >= 2
+        assert result.report["weights_bytes"] < 0.6 * dense.report["weights_bytes"]
+        graph = extract_int_graph(fold_constants(result.model))
+        samples = [random_inputs(model, s) for s in range(3)]
+        for run, s in zip(run_samples(result, samples), samples, strict=True):
+            np.testing.assert_array_equal(run.outputs[0], run_int_graph(graph, s)[0])
+    assert parse_prune("channels=0.25,sparsity=0.5") == {"channels": 0.25, "sparsity": 0.5}

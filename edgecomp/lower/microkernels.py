@@ -41,6 +41,28 @@ def pack_conv(w2d: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([pairs, packed[even:].reshape(-1)]))
 
 
+# Block-sparse storage costs a bitmask per row and a slower inner loop (find the next block, then
+# the same SMLADs): it pays in flash from about half the blocks zero, and is used from there on.
+SPARSE_MAX_DENSITY = 0.55
+
+
+def _block_density(w: np.ndarray) -> float:
+    return float(np.mean(np.any(w.reshape(w.shape[0], -1, 4) != 0, axis=2)))
+
+
+def pack_sparse(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[rows, K] int8 (K % 4 == 0) -> (bitmask uint32 [rows, ceil(K/128)]: bit b of word j set when
+    block j*32+b of four weights holds a nonzero; the nonzero blocks, row after row, as int8)."""
+    rows, k = w.shape
+    nz = np.any(w.reshape(rows, k // 4, 4) != 0, axis=2)
+    words = -(-(k // 4) // 32)
+    bits = np.zeros((rows, words * 32), bool)
+    bits[:, : k // 4] = nz
+    masks = (bits.reshape(rows, words, 32).astype(np.uint64) << np.arange(32, dtype=np.uint64)).sum(axis=2)
+    blocks = w.reshape(rows, k // 4, 4)[nz].reshape(-1)
+    return masks.astype(np.uint32), np.ascontiguousarray(blocks.astype(np.int8))
+
+
 def _requant_consts(a: dict) -> list[np.ndarray]:
     return [a["bias"].astype(np.int32), a["mult"].astype(np.int32), a["shift"].astype(np.int8)]
 
@@ -83,6 +105,12 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
     if op.kind == "dense":
         (n, k), cout = x.shape, w.shape[0]
         p = {"n": n, "k": k, "cout": cout, **clamp}
+        if k % 4 == 0 and 0 < _block_density(w) <= SPARSE_MAX_DENSITY:
+            masks, blocks = pack_sparse(w)
+            p.update(mask_words=masks.shape[1], nnz=blocks.size // 4)
+            mk = MicroKernel(f"ec_mk{index}_dense_sparse_s8", "kernels/dense_sparse_s8.c.j2", tuple(sorted(p.items())),
+                             0, n * (blocks.size // 4) * 4)  # fmt: skip
+            return mk, [masks, blocks, *_requant_consts(a)]
         mk = MicroKernel(
             f"ec_mk{index}_dense_s8", "kernels/dense_s8.c.j2", tuple(sorted(p.items())), 0, n * cout * k
         )

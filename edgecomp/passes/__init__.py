@@ -1,13 +1,21 @@
 """Graph passes on the ONNX model: each is a pure function ModelProto -> ModelProto."""
 
 from edgecomp.passes.fold_constants import fold_constants
-from edgecomp.passes.prune import count_macs, dead_channel_masks, parse_prune, prunable_groups, prune_channels
+from edgecomp.passes.prune import (
+    count_macs,
+    dead_channel_masks,
+    magnitude_prune,
+    parse_prune,
+    prunable_groups,
+    prune_channels,
+)
 from edgecomp.passes.simplify import simplify
 
 __all__ = [
     "count_macs",
     "dead_channel_masks",
     "fold_constants",
+    "magnitude_prune",
     "parse_prune",
     "prunable_groups",
     "prune_channels",
