@@ -10,7 +10,7 @@ from edgecomp.errors import UserError
 from edgecomp.resources import data_dir
 
 KINDS = ("mcu", "host")
-UART_DRIVERS = ("cmsdk",)
+UART_DRIVERS = ("cmsdk", "stm32")
 TIMERS = ("systick",)
 
 

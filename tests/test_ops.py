@@ -159,6 +159,6 @@ def test_cortex_m7_matches_onnxruntime(name, tmp_path):
 
 
 @needs_qemu
-@pytest.mark.parametrize("target", ["cortex-m3", "cortex-m4", "cortex-m55"])
+@pytest.mark.parametrize("target", ["cortex-m3", "cortex-m4", "cortex-m55", "netduinoplus2"])
 def test_other_cores_match_onnxruntime(target, tmp_path):
     assert compile_and_compare(_model_residual_block(), target, tmp_path) <= TOL

@@ -74,7 +74,7 @@ def test_int8_cortex_m7_bit_exact(name, tmp_path):
 
 
 @needs_qemu
-@pytest.mark.parametrize("target", ["cortex-m3", "cortex-m4", "cortex-m55"])
+@pytest.mark.parametrize("target", ["cortex-m3", "cortex-m4", "cortex-m55", "netduinoplus2"])
 def test_int8_other_cores_bit_exact(target, tmp_path):
     float_model, qmodel = _quantized("residual_block")
     _check(qmodel, float_model, target, tmp_path)

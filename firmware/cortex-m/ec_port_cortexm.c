@@ -1,5 +1,6 @@
 /*
- * ec_port_cortexm.c - the harness port for Cortex-M: CMSDK UART, SysTick timer, stack painting,
+ * ec_port_cortexm.c - the harness port for Cortex-M: UART (CMSDK or STM32 USART, chosen by the
+ * target's uart.driver), SysTick timer, stack painting,
  * semihosting exit and fault reporting.
  *
  * Timing: SysTick counts core clock ticks (24-bit, wraps counted in its interrupt). Under
@@ -14,11 +15,66 @@
 
 #define REG(addr) (*(volatile uint32_t *)(addr))
 
-/* CMSDK APB UART */
+#if defined(EC_UART_STM32)
+/* STM32 USART (F1/F2/F4 register layout): SR, DR, BRR, CR1. */
+#define USART_SR REG(EC_UART_BASE + 0x00u)
+#define USART_DR REG(EC_UART_BASE + 0x04u)
+#define USART_BRR REG(EC_UART_BASE + 0x08u)
+#define USART_CR1 REG(EC_UART_BASE + 0x0Cu)
+#define USART_SR_RXNE (1u << 5)
+#define USART_SR_TXE (1u << 7)
+#define USART_SR_ORE (1u << 3)
+#define USART_CR1_UE (1u << 13)
+#define USART_CR1_TE (1u << 3)
+#define USART_CR1_RE (1u << 2)
+
+static void ec_uart_init(void)
+{
+  USART_BRR = (EC_UART_CLOCK_HZ + EC_UART_BAUD / 2u) / EC_UART_BAUD; /* 16x oversampling */
+  USART_CR1 = USART_CR1_UE | USART_CR1_TE | USART_CR1_RE;
+}
+
+static int ec_uart_getc(void)
+{
+  uint32_t sr;
+  while (((sr = USART_SR) & (USART_SR_RXNE | USART_SR_ORE)) == 0u) {
+  }
+  return (int)(USART_DR & 0xFFu); /* reading DR also clears an overrun: the protocol resyncs */
+}
+
+static void ec_uart_putc(uint8_t c)
+{
+  while ((USART_SR & USART_SR_TXE) == 0u) {
+  }
+  USART_DR = c;
+}
+#else
+/* CMSDK APB UART (Arm MPS2/MPS3 boards) */
 #define UART_DATA REG(EC_UART_BASE + 0x00u)
 #define UART_STATE REG(EC_UART_BASE + 0x04u)
 #define UART_CTRL REG(EC_UART_BASE + 0x08u)
 #define UART_BAUDDIV REG(EC_UART_BASE + 0x10u)
+
+static void ec_uart_init(void)
+{
+  UART_BAUDDIV = EC_UART_CLOCK_HZ / EC_UART_BAUD;
+  UART_CTRL = 3u; /* TX and RX enable */
+}
+
+static int ec_uart_getc(void)
+{
+  while ((UART_STATE & 2u) == 0u) {
+  }
+  return (int)(UART_DATA & 0xFFu);
+}
+
+static void ec_uart_putc(uint8_t c)
+{
+  while (UART_STATE & 1u) {
+  }
+  UART_DATA = c;
+}
+#endif
 
 /* SysTick */
 #define SYST_CSR REG(0xE000E010u)
@@ -35,26 +91,18 @@ void SysTick_Handler(void) { ec_systick_wraps++; }
 
 void ec_port_init(void)
 {
-  UART_BAUDDIV = EC_CLOCK_HZ / EC_UART_BAUD;
-  UART_CTRL = 3u; /* TX and RX enable */
+  ec_uart_init();
   SYST_RVR = SYST_RELOAD;
   SYST_CVR = 0u;
   SYST_CSR = 7u; /* processor clock, interrupt, enable */
 }
 
-int ec_port_getc(void)
-{
-  while ((UART_STATE & 2u) == 0u) {
-  }
-  return (int)(UART_DATA & 0xFFu);
-}
+int ec_port_getc(void) { return ec_uart_getc(); }
 
 void ec_port_write(const uint8_t *data, uint32_t len)
 {
   for (uint32_t i = 0; i < len; ++i) {
-    while (UART_STATE & 1u) {
-    }
-    UART_DATA = data[i];
+    ec_uart_putc(data[i]);
   }
 }
 
