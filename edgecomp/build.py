@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -38,6 +39,16 @@ class ElfSizes:
 
 def compiler_for(target: Target) -> str:
     return "gcc" if target.is_host else "arm-none-eabi-gcc"
+
+
+@functools.lru_cache(maxsize=4)
+def compiler_version(compiler: str) -> str:
+    """First line of `compiler --version` (recorded with every result), or "" if it will not say."""
+    try:
+        proc = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return proc.stdout.splitlines()[0].strip() if proc.stdout else ""
 
 
 def check_toolchain(target: Target) -> None:

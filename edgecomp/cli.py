@@ -292,8 +292,10 @@ def _profile(args, result: BuildResult, log) -> int:
         rng = np.random.default_rng(0)
         samples = [[_random_input(rng, i) for i in result.report["inputs"]]]
     log(f"profiling on {_where(args, result)}")
-    (run,) = run_samples(result, samples, args.port, args.baud, args.timeout)
-    record = profile_record(result, run, on_board=bool(args.port))
+    # The same input twice: the first inference after start-up (cold caches and branch predictors
+    # on a board) and the second (warm); the profile reports the warm one and both figures.
+    cold, warm = run_samples(result, samples * 2, args.port, args.baud, args.timeout)
+    record = profile_record(result, warm, on_board=bool(args.port), cold=cold)
     if result.float_model is not None:
         # The same model unquantized, built (or reused) beside it, for the flash/RAM comparison.
         options = BuildOptions(input_shapes=parse_input_shapes(args.input_shape), fit_check=False,

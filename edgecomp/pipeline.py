@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from edgecomp import __version__
-from edgecomp.build import ElfSizes, elf_sizes, run_make
+from edgecomp.build import ElfSizes, compiler_for, compiler_version, elf_sizes, run_make
 from edgecomp.codegen import generate_project
 from edgecomp.errors import DoesNotFitError, UserError
 from edgecomp.frontend import load_model
@@ -300,6 +300,13 @@ def _report(
         "memory_plan": plan.as_dict()["buffers"],
         "compile_time_s": round(t_total, 3),
         "codegen_time_s": round(t_gen, 3),
+        "toolchain": {  # what produced the figures, recorded with them
+            "compiler": compiler_for(target),
+            "version": compiler_version(compiler_for(target)),
+            "cflags": " ".join([*target.arch_flags, "-std=c99", "-O2", *options.extra_cflags.split()]),
+        },
+        "core_clock_hz": target.clock_hz,
+        "caches": target.caches,
     }
     if sizes is not None:
         report.update(

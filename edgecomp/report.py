@@ -92,6 +92,12 @@ def print_profile(record: dict) -> None:
                        ("host_ns", "host wall time (ns)"), ("instructions_per_mac", "instructions / MAC")):  # fmt: skip
         if record.get(key) is not None:
             table.add_row(label, f"{record[key]:,}")
+    if record.get("latency_ms") is not None:
+        table.add_row("latency", f"{record['latency_ms']:.3f} ms at {record['clock_hz'] / 1e6:g} MHz")
+    cold = record.get("cold") or {}
+    for key in ("instructions", "cycles"):
+        if cold.get(key) is not None:
+            table.add_row(f"first inference ({key})", f"{cold[key]:,} (cold; the figure above is warm)")
     table.add_row("MACs", f"{record['macs']:,}")
     table.add_row("params", f"{record['params']:,}")
     flt = record.get("float", {})

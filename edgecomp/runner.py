@@ -20,8 +20,10 @@ def run_samples(result: BuildResult, samples: list[list[np.ndarray]], port: str 
         ]
 
 
-def profile_record(result: BuildResult, run: InferenceResult, on_board: bool) -> dict:
-    """The `profile` JSON: measured figures from the device plus the build's static figures."""
+def profile_record(result: BuildResult, run: InferenceResult, on_board: bool,
+                   cold: InferenceResult | None = None) -> dict:  # fmt: skip
+    """The `profile` JSON: measured figures from the device (`run`, and the first inference after
+    start-up `cold` if given) plus the build's static figures and provenance."""
     rep = result.report
     record = {
         "model": rep["model"],
@@ -48,6 +50,14 @@ def profile_record(result: BuildResult, run: InferenceResult, on_board: bool) ->
              "cycles": t if on_board else None}
             for layer, t in zip(rep["layers"], run.step_ticks, strict=True)
         ]  # fmt: skip
+    if on_board and record["cycles"] and run.clock_hz:
+        record["latency_ms"] = round(1000 * record["cycles"] / run.clock_hz, 4)
+    if cold is not None:
+        record["cold"] = {"instructions": cold.instructions if not on_board else None,
+                          "cycles": cold.ticks if on_board and cold.timer in ("systick", "dwt") else None}  # fmt: skip
+    record["toolchain"] = rep.get("toolchain")
+    record["core_clock_hz"] = rep.get("core_clock_hz")
+    record["caches"] = rep.get("caches")
     if record["instructions"] and rep["macs"]:
         record["instructions_per_mac"] = round(record["instructions"] / rep["macs"], 3)
     return record

@@ -27,6 +27,7 @@ class Target:
     dsp: bool
     clock_hz: int
     source: Path
+    caches: bool = False  # I/D caches enabled at start-up (Cortex-M7 boards)
     part: str = ""
     flash_budget: int = 0
     ram_budget: int = 0
@@ -104,6 +105,7 @@ def _parse(raw: dict, path: Path) -> Target:
         dsp=bool(cpu.get("dsp", False)),
         clock_hz=int(cpu.get("clock_hz", 0)),
         source=path,
+        caches=bool(cpu.get("caches", False)),
         part=raw.get("budget", {}).get("part", ""),
         flash_budget=int(raw.get("budget", {}).get("flash_bytes", 0)),
         ram_budget=int(raw.get("budget", {}).get("ram_bytes", 0)),

@@ -14,6 +14,8 @@ import pytest
 from conftest import make_model, needs_qemu, weight
 from onnx import TensorProto, helper
 
+from edgecomp.cli import main
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "tiny_cnn.onnx"
 EXAMPLE_INPUT = REPO / "examples" / "tiny_cnn_input.npy"
@@ -244,6 +246,23 @@ def test_profile_json_contract(tmp_path):
     assert rec["ram_bytes"] >= rec["arena_bytes"]
     assert sum(layer["macs"] for layer in rec["layers"]) == rec["macs"]
     assert (tmp_path / "o" / "report.json").exists()
+    # Provenance and the cold (first) inference; QEMU has no caches, so cold == warm there.
+    assert rec["cold"]["instructions"] == rec["instructions"]
+    assert (
+        rec["toolchain"]["compiler"] == "arm-none-eabi-gcc"
+        and "-mcpu=cortex-m7" in rec["toolchain"]["cflags"]
+    )
+    assert rec["toolchain"]["version"] and rec["core_clock_hz"] == 25_000_000 and rec["caches"] is False
+
+
+def test_profile_per_layer_plot(tmp_path):
+    import json
+
+    png, js = tmp_path / "layers.png", tmp_path / "p.json"
+    assert main(["profile", str(EXAMPLE), "-t", "host", "-o", str(tmp_path / "o"), "--per-layer", "--plot", str(png),
+                 "--json", str(js)]) == 0  # fmt: skip
+    rec = json.loads(js.read_text())
+    assert all(layer["ticks"] >= 0 for layer in rec["layers"]) and png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_weights_used_by_unknown_op_are_not_needed(tmp_path):
