@@ -125,6 +125,12 @@ def make_parser() -> argparse.ArgumentParser:
     an.add_argument("--json", type=Path, help="write the table as JSON")
     an.add_argument("--plot", type=Path, metavar="SENSITIVITY.png", help="quality vs MACs saved, per group")
     an.add_argument("-q", "--quiet", action="store_true")
+    fl = sub.add_parser("flash", help="program a built firmware into a board through its debug probe")
+    fl.add_argument("firmware", type=Path, help="a build folder (its firmware.elf) or an ELF file")
+    fl.add_argument("--target", "-t", required=True, help="the board's target name or .toml file")
+    fl.add_argument("--probe", choices=["pyocd", "openocd"], default="pyocd", help="programmer [pyocd]")
+    fl.add_argument("--probe-id", help="unique id of the probe to use when several are attached")
+    fl.add_argument("-q", "--quiet", action="store_true")
     sub.add_parser("targets", help="list the shipped targets")
     return parser
 
@@ -158,6 +164,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     log = (lambda *_: None) if args.quiet else report.log
     if args.command == "analyze":
         return _analyze(args, log)
+    if args.command == "flash":
+        from edgecomp.flash import flash
+
+        flash(args.firmware, load_target(args.target), args.probe, args.probe_id, log)
+        log("flashed and reset: run or profile it with --port /dev/ttyACM0")
+        return 0
     result = _build(args, reuse=args.command != "build", log=log)
     if args.command == "build":
         report.print_build(result)

@@ -10,8 +10,8 @@ from edgecomp.errors import UserError
 from edgecomp.resources import data_dir
 
 KINDS = ("mcu", "host")
-UART_DRIVERS = ("cmsdk", "stm32")
-TIMERS = ("systick",)
+UART_DRIVERS = ("cmsdk", "stm32", "stm32v2", "pl011")
+TIMERS = ("systick", "dwt")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class Target:
     clock_hz: int
     source: Path
     caches: bool = False  # I/D caches enabled at start-up (Cortex-M7 boards)
+    init: tuple = ()  # board start-up register operations (InitOp), run before the UART is set up
+    flash: dict = field(default_factory=dict)  # how to program a board: pyocd_target, openocd_scripts
     part: str = ""
     flash_budget: int = 0
     ram_budget: int = 0
@@ -57,6 +59,41 @@ class Target:
             "ram_budget": self.ram_budget,
             "qemu_machine": self.qemu.get("machine"),
         }
+
+
+@dataclass(frozen=True)
+class InitOp:
+    """One start-up register operation: code 0 write, 1 read-modify-write, 2 bounded wait."""
+
+    code: int
+    addr: int
+    mask: int
+    value: int
+    comment: str
+
+
+def _init_op(op: dict, index: int, path: Path) -> InitOp:
+    """[[init]] entry -> InitOp. op: write (value), set / clear (bits), modify (mask, value), wait
+    (mask, value: until the masked register equals value)."""
+    kind = op.get("op")
+    try:
+        addr, value, mask = int(op["addr"]), int(op.get("value", 0)), int(op.get("mask", 0))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"target file {path}: init[{index}] needs an integer addr (and value/mask)") from exc
+    comment = str(op.get("comment", "")).replace("*/", "")
+    if kind == "write":
+        return InitOp(0, addr, 0, value, comment)
+    if kind == "set":
+        return InitOp(1, addr, value, value, comment)
+    if kind == "clear":
+        return InitOp(1, addr, value, 0, comment)
+    if kind == "modify":
+        return InitOp(1, addr, mask, value & mask, comment)
+    if kind == "wait":
+        return InitOp(2, addr, mask, value & mask, comment)
+    raise UserError(
+        f"target file {path}: init[{index}].op must be write, set, clear, modify or wait, not {kind!r}"
+    )
 
 
 def available_targets() -> list[str]:
@@ -106,6 +143,8 @@ def _parse(raw: dict, path: Path) -> Target:
         clock_hz=int(cpu.get("clock_hz", 0)),
         source=path,
         caches=bool(cpu.get("caches", False)),
+        init=tuple(_init_op(op, i, path) for i, op in enumerate(raw.get("init", []))),
+        flash=raw.get("flash", {}),
         part=raw.get("budget", {}).get("part", ""),
         flash_budget=int(raw.get("budget", {}).get("flash_bytes", 0)),
         ram_budget=int(raw.get("budget", {}).get("ram_bytes", 0)),

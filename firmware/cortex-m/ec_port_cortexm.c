@@ -48,6 +48,75 @@ static void ec_uart_putc(uint8_t c)
   }
   USART_DR = c;
 }
+#elif defined(EC_UART_STM32V2)
+/* STM32 USART/LPUART, F7/H7/L4/U5 register layout: CR1, BRR, ISR, ICR, RDR, TDR. */
+#define USART_CR1 REG(EC_UART_BASE + 0x00u)
+#define USART_BRR REG(EC_UART_BASE + 0x0Cu)
+#define USART_ISR REG(EC_UART_BASE + 0x1Cu)
+#define USART_ICR REG(EC_UART_BASE + 0x20u)
+#define USART_RDR REG(EC_UART_BASE + 0x24u)
+#define USART_TDR REG(EC_UART_BASE + 0x28u)
+#define USART_ISR_ORE (1u << 3)
+#define USART_ISR_RXNE (1u << 5)
+#define USART_ISR_TXE (1u << 7)
+
+static void ec_uart_init(void)
+{
+  /* USART: BRR = f / baud (16x oversampling); LPUART: 256 f / baud (EC_UART_BRR_SCALE). */
+  USART_BRR = (uint32_t)(((uint64_t)EC_UART_BRR_SCALE * EC_UART_CLOCK_HZ + EC_UART_BAUD / 2u) / EC_UART_BAUD);
+  USART_CR1 = (1u << 0) | (1u << 2) | (1u << 3); /* UE, RE, TE */
+}
+
+static int ec_uart_getc(void)
+{
+  for (;;) {
+    uint32_t isr = USART_ISR;
+    if (isr & USART_ISR_RXNE) {
+      return (int)(USART_RDR & 0xFFu);
+    }
+    if (isr & USART_ISR_ORE) {
+      USART_ICR = USART_ISR_ORE; /* a lost byte: the protocol's CRC and retries recover */
+    }
+  }
+}
+
+static void ec_uart_putc(uint8_t c)
+{
+  while ((USART_ISR & USART_ISR_TXE) == 0u) {
+  }
+  USART_TDR = c;
+}
+#elif defined(EC_UART_PL011)
+/* Arm PL011 (RP2040 UART0/1): DR, FR, IBRD, FBRD, LCR_H, CR. */
+#define PL011_DR REG(EC_UART_BASE + 0x00u)
+#define PL011_FR REG(EC_UART_BASE + 0x18u)
+#define PL011_IBRD REG(EC_UART_BASE + 0x24u)
+#define PL011_FBRD REG(EC_UART_BASE + 0x28u)
+#define PL011_LCRH REG(EC_UART_BASE + 0x2Cu)
+#define PL011_CR REG(EC_UART_BASE + 0x30u)
+
+static void ec_uart_init(void)
+{
+  const uint32_t div64 = (uint32_t)((4ull * EC_UART_CLOCK_HZ + EC_UART_BAUD / 2u) / EC_UART_BAUD); /* 64 x f/(16 baud) */
+  PL011_IBRD = div64 >> 6;
+  PL011_FBRD = div64 & 0x3Fu;
+  PL011_LCRH = 0x70u; /* 8 bits, FIFOs on (also latches the divisors) */
+  PL011_CR = 0x301u;  /* UARTEN, TXE, RXE */
+}
+
+static int ec_uart_getc(void)
+{
+  while (PL011_FR & (1u << 4)) { /* RXFE */
+  }
+  return (int)(PL011_DR & 0xFFu);
+}
+
+static void ec_uart_putc(uint8_t c)
+{
+  while (PL011_FR & (1u << 5)) { /* TXFF */
+  }
+  PL011_DR = c;
+}
 #else
 /* CMSDK APB UART (Arm MPS2/MPS3 boards) */
 #define UART_DATA REG(EC_UART_BASE + 0x00u)
@@ -87,10 +156,76 @@ extern uint32_t _stack_bottom, _stack_top;
 
 static volatile uint32_t ec_systick_wraps;
 
-void SysTick_Handler(void) { ec_systick_wraps++; }
+static void ec_dwt_poll(void);
+
+void SysTick_Handler(void)
+{
+  ec_systick_wraps++;
+  ec_dwt_poll();
+}
+
+/* Board start-up as data: the target file's [[init]] register operations (clocks to full speed,
+ * flash wait states, peripheral clocks and pins of the console UART), run in order. */
+#if EC_INIT_OPS
+static const ec_reg_op ec_init_ops[EC_INIT_OPS] = EC_INIT_TABLE;
+
+static void ec_board_init(void)
+{
+  for (uint32_t i = 0; i < EC_INIT_OPS; ++i) {
+    const ec_reg_op *op = &ec_init_ops[i];
+    volatile uint32_t *reg = (volatile uint32_t *)op->addr;
+    switch (op->kind) {
+    case EC_OP_WRITE:
+      *reg = op->value;
+      break;
+    case EC_OP_MODIFY:
+      *reg = (*reg & ~op->mask) | op->value;
+      break;
+    default: /* EC_OP_WAIT: bounded, so a missing clock shows as a silent UART, never a hang here */
+      for (uint32_t n = 0; n < EC_INIT_WAIT_LIMIT && (*reg & op->mask) != op->value; ++n) {
+      }
+      break;
+    }
+  }
+}
+#endif
+
+#if EC_CACHES
+/* Cortex-M7 instruction and data caches on, invalidated first (Arm's CMSIS sequence). */
+static void ec_enable_caches(void)
+{
+  __asm volatile("dsb 0xF\n isb 0xF" ::: "memory");
+  REG(0xE000EF50u) = 0u; /* ICIALLU */
+  __asm volatile("dsb 0xF\n isb 0xF" ::: "memory");
+  REG(0xE000ED14u) |= 1u << 17; /* CCR.IC */
+  REG(0xE000ED84u) = 0u;        /* CSSELR: level 1 data cache */
+  __asm volatile("dsb 0xF" ::: "memory");
+  const uint32_t ccsidr = REG(0xE000ED80u);
+  for (uint32_t set = (ccsidr >> 13) & 0x7FFFu;; --set) {
+    for (uint32_t way = (ccsidr >> 3) & 0x3FFu;; --way) {
+      REG(0xE000EF60u) = ((set << 5) & 0x3FE0u) | (way << 30); /* DCISW */
+      if (way == 0u) {
+        break;
+      }
+    }
+    if (set == 0u) {
+      break;
+    }
+  }
+  __asm volatile("dsb 0xF" ::: "memory");
+  REG(0xE000ED14u) |= 1u << 16; /* CCR.DC */
+  __asm volatile("dsb 0xF\n isb 0xF" ::: "memory");
+}
+#endif
 
 void ec_port_init(void)
 {
+#if EC_INIT_OPS
+  ec_board_init();
+#endif
+#if EC_CACHES
+  ec_enable_caches();
+#endif
   ec_uart_init();
   SYST_RVR = SYST_RELOAD;
   SYST_CVR = 0u;
@@ -105,6 +240,52 @@ void ec_port_write(const uint8_t *data, uint32_t len)
     ec_uart_putc(data[i]);
   }
 }
+
+#if EC_TIMER_KIND == EC_TIMER_DWT
+/* DWT CYCCNT: exact core cycles on a board; 32 bits, extended to 64 by noticing each wrap in the
+ * SysTick interrupt (which fires every 2^24 cycles, far more often than CYCCNT wraps). */
+#define DEMCR REG(0xE000EDFCu)
+#define DWT_CTRL REG(0xE0001000u)
+#define DWT_CYCCNT REG(0xE0001004u)
+#define DWT_LAR REG(0xE0001FB0u)
+static volatile uint32_t ec_dwt_high, ec_dwt_last;
+
+static void ec_dwt_poll(void)
+{
+  const uint32_t now = DWT_CYCCNT;
+  if (now < ec_dwt_last) {
+    ec_dwt_high++;
+  }
+  ec_dwt_last = now;
+}
+
+void ec_port_timer_start(void)
+{
+  DEMCR |= 1u << 24;   /* TRCENA */
+  DWT_LAR = 0xC5ACCE55u; /* unlock (Cortex-M7) */
+  DWT_CTRL &= ~1u;
+  DWT_CYCCNT = 0u;
+  ec_dwt_high = 0u;
+  ec_dwt_last = 0u;
+  DWT_CTRL |= 1u; /* CYCCNTENA */
+}
+
+uint64_t ec_port_ticks(void)
+{
+  uint32_t high, low;
+  do {
+    high = ec_dwt_high;
+    low = DWT_CYCCNT;
+  } while (high != ec_dwt_high);
+  if (low < ec_dwt_last) { /* wrapped since the last poll */
+    high++;
+  }
+  return ((uint64_t)high << 32) | low;
+}
+
+uint32_t ec_port_timer_kind(void) { return EC_TIMER_DWT; }
+#else
+static void ec_dwt_poll(void) {}
 
 void ec_port_timer_start(void)
 {
@@ -127,6 +308,7 @@ uint64_t ec_port_ticks(void)
 }
 
 uint32_t ec_port_timer_kind(void) { return EC_TIMER_SYSTICK; }
+#endif
 
 uint32_t ec_port_clock_hz(void) { return EC_CLOCK_HZ; }
 
@@ -184,10 +366,17 @@ void ec_fault_report(const uint32_t *frame, uint32_t exc_return)
   for (int i = 0; i < 8; ++i) {
     ec_put_u32(p + 4 + 4 * i, frame[i]);
   }
+#if defined(__ARM_ARCH_6M__)
+  /* ARMv6-M has no fault status registers (reading their addresses would fault again). */
+  for (int i = 36; i < 52; i += 4) {
+    ec_put_u32(p + i, 0u);
+  }
+#else
   ec_put_u32(p + 36, REG(0xE000ED28u)); /* CFSR */
   ec_put_u32(p + 40, REG(0xE000ED2Cu)); /* HFSR */
   ec_put_u32(p + 44, REG(0xE000ED34u)); /* MMFAR */
   ec_put_u32(p + 48, REG(0xE000ED38u)); /* BFAR */
+#endif
   (void)exc_return;
   ec_send_frame(EC_FAULT, 0, p, sizeof p);
   ec_port_exit(0x80 | (int)(ipsr & 0x7Fu));
@@ -196,6 +385,18 @@ void ec_fault_report(const uint32_t *frame, uint32_t exc_return)
 /* Pick the stack the fault frame was pushed on, then report from C. */
 __attribute__((naked)) void ec_fault_entry(void)
 {
+#if defined(__ARM_ARCH_6M__)
+  /* ARMv6-M (Cortex-M0/M0+): no IT blocks and no tst with an immediate. */
+  __asm volatile("movs r0, #4\n"
+                 "mov r1, lr\n"
+                 "tst r0, r1\n"
+                 "beq 1f\n"
+                 "mrs r0, psp\n"
+                 "b 2f\n"
+                 "1: mrs r0, msp\n"
+                 "2: ldr r2, =ec_fault_report\n"
+                 "bx r2\n");
+#else
   __asm volatile("tst lr, #4\n"
                  "ite eq\n"
                  "mrseq r0, msp\n"
@@ -203,4 +404,5 @@ __attribute__((naked)) void ec_fault_entry(void)
                  "mov r1, lr\n"
                  "ldr r2, =ec_fault_report\n"
                  "bx r2\n");
+#endif
 }
