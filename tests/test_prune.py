@@ -179,7 +179,7 @@ def test_dead_channels_are_removed_without_changing_outputs():
 
 def test_prune_spec_errors(tmp_path):
     assert parse_prune("channels=0.25") == {"channels": 0.25}
-    for bad in ("channels=1.5", "sparsity=0.5", "channels="):
+    for bad in ("channels=1.5", "sparsity=x", "depth=0.5", "channels=", "channels=0.1,channels=0.2"):
         with pytest.raises(UserError):
             parse_prune(bad)
     path = tmp_path / "m.onnx"
