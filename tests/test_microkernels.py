@@ -52,6 +52,17 @@ def _residual(c, hw):
     return make_model(nodes, [("x", [1, c, *hw])], [("y", [1, c, *hw])], inits)
 
 
+def _add_of_pools():
+    """Add of two pooled tensors: no convolution to fuse it into, so the standalone add kernel."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["c"], ["m"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("AveragePool", ["c"], ["a"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["m", "a"], ["y"])]  # fmt: skip
+    return make_model(
+        nodes, [("x", [1, 3, 6, 6])], [("y", [1, 4, 6, 6])], [weight("w", [4, 3, 3, 3]), weight("b", [4])]
+    )
+
+
 CASES = {
     "conv_k27_odd_pixels": lambda: _conv(3, 5, (5, 7), (3, 3)),  # K=27 (padded to 28), 35 pixels, 5 channels
     "conv_stride2_asym": lambda: _conv(4, 6, (9, 8), (3, 3), stride=2, pads=(0, 1, 2, 1)),
@@ -64,6 +75,7 @@ CASES = {
     "dense_k30_out7": lambda: _dense(30, 7),  # K % 4 and rows % 4 left over
     "dense_batch3": lambda: _dense(16, 8, batch=3),
     "residual_add_fused": lambda: _residual(6, (6, 5)),
+    "add_standalone": _add_of_pools,
 }
 
 
@@ -96,7 +108,7 @@ def test_microkernel_host_bit_exact(name, tmp_path):
 
 @needs_qemu
 @pytest.mark.parametrize("name", ["conv_k27_odd_pixels", "conv_stride2_asym", "depthwise_3x3", "depthwise_5x4_dilated",
-                                  "dense_k30_out7", "residual_add_fused"])  # fmt: skip
+                                  "dense_k30_out7", "residual_add_fused", "add_standalone"])  # fmt: skip
 def test_microkernel_cortex_m7_bit_exact(name, tmp_path):
     _check(name, "cortex-m7", tmp_path)
 

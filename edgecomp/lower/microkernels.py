@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgecomp.lower.model import MicroKernel
+from edgecomp.quant.fixedpoint import requant
 from edgecomp.quant.graph import IntGraph, QOp
 
 
@@ -83,13 +84,14 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
         ):
             return None
         mk, consts = chosen
-        add_p = dict(select(then_add, graph, 0)[0].params)
-        del add_p["size"]
-        params = {**dict(mk.params), **{f"add_{k}": v for k, v in add_p.items()},
-                  "add_conv_is_a": int(then_add.inputs[0] == op.output), "fuse_add": 1}  # fmt: skip
+        add_mk, (ta, tb) = select(then_add, graph, 0)
+        add_p = {k: v for k, v in add_mk.params if k in ("mult", "shift", "out_zp", "lo", "hi")}
+        conv_is_a = then_add.inputs[0] == op.output
+        params = {**dict(mk.params), **{f"add_{k}": v for k, v in add_p.items()}, "fuse_add": 1}
+        # Inputs: x, weights, bias, mult, shift, the conv result's and the residual's tables, residual.
         fused = MicroKernel(f"ec_mk{index}_conv_add_s8", mk.template, tuple(sorted(params.items())),
-                            mk.scratch_bytes, mk.macs, (5,))  # fmt: skip
-        return fused, consts
+                            mk.scratch_bytes, mk.macs, (7,))  # fmt: skip
+        return fused, [*consts, *((ta, tb) if conv_is_a else (tb, ta))]
     a = op.attrs
     x = graph.tensors[op.inputs[0]]
     y = graph.tensors[op.output]
@@ -155,14 +157,19 @@ def _depthwise(index: int, p: dict, w: np.ndarray, a: dict):
     return mk, [weights, *_requant_consts(a)]
 
 
+def add_tables(a: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Each addend's rescaled value for all 256 int8 inputs — requant((q - zp) << left_shift, M, n),
+    the first half of the integer Add (quant/reference.py) — so the kernel looks them up."""
+    q = np.arange(-128, 128, dtype=np.int64)
+    tables = [requant((q - a[f"{s}_zp"]) << a["left_shift"], a[f"{s}_mult"], a[f"{s}_shift"]) for s in "ab"]
+    return tables[0].astype(np.int32), tables[1].astype(np.int32)
+
+
 def _add(index: int, a: dict, size: int):
-    keys = ("a_zp", "b_zp", "a_mult", "a_shift", "b_mult", "b_shift", "mult", "shift", "left_shift", "out_zp",
-            "lo", "hi")  # fmt: skip
-    p = {"size": size, **{k: int(a[k]) for k in keys}}
-    if max(p["a_mult"] / 2.0 ** p["a_shift"], p["b_mult"] / 2.0 ** p["b_shift"]) > 0.5:
-        return (
-            None  # the kernel's int32 intermediates rely on input multipliers <= 1/2 (as graph.py makes them)
-        )
+    ta, tb = add_tables(a)
+    if max(np.abs(ta).max(), np.abs(tb).max()) >= 1 << 30:
+        return None  # the kernel sums the two table values in int32
+    p = {"size": size, **{k: int(a[k]) for k in ("mult", "shift", "out_zp", "lo", "hi")}}
     return MicroKernel(
         f"ec_mk{index}_add_s8", "kernels/add_s8.c.j2", tuple(sorted(p.items())), 0, 0, (0, 1)
-    ), []
+    ), [ta, tb]

@@ -108,6 +108,15 @@ static inline int8_t ec_clamp_s8(int32_t v, int32_t lo, int32_t hi)
   return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
 }
 
+/* The integer Add of quant/reference.py for int8 addends a and b, their rescaled values looked
+ * up in 256-entry tables (microkernels.add_tables), then requantized to the output. */
+static inline int8_t ec_add_s8(int32_t a, int32_t b, const int32_t *ta, const int32_t *tb, int32_t mult,
+                               int32_t shift, int32_t zp, int32_t lo, int32_t hi)
+{
+  const int64_t v = ec_rescale(ta[a + 128] + tb[b + 128], mult, shift) + zp;
+  return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+}
+
 /* The requantization of quant/fixedpoint.py: (acc * mult + 2^(shift-1)) >> shift, in int64 with
  * an arithmetic shift (one rounding, half towards +infinity), then + zero point, clamped. */
 static inline int8_t ec_requant_s8(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t lo,
