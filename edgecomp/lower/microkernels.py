@@ -76,15 +76,10 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
     takes the other addend as its last input; its output may overwrite that addend in place.
     """
     if then_add is not None:
-        chosen = select(op, graph, index)
-        if (
-            chosen is None
-            or chosen[0].template != "kernels/conv_s8.c.j2"
-            or select(then_add, graph, 0) is None
-        ):
+        conv, add = select(op, graph, index), select(then_add, graph, 0)
+        if conv is None or add is None or conv[0].template != "kernels/conv_s8.c.j2":
             return None
-        mk, consts = chosen
-        add_mk, (ta, tb) = select(then_add, graph, 0)
+        (mk, consts), (add_mk, (ta, tb)) = conv, add
         add_p = {k: v for k, v in add_mk.params if k in ("mult", "shift", "out_zp", "lo", "hi")}
         conv_is_a = then_add.inputs[0] == op.output
         params = {**dict(mk.params), **{f"add_{k}": v for k, v in add_p.items()}, "fuse_add": 1}
@@ -118,7 +113,7 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
         )
         return mk, [np.ascontiguousarray(w.astype(np.int8)), *_requant_consts(a)]
     n, cin, h, wd = x.shape
-    _, oc, oh, ow = y.shape
+    oh, ow = y.shape[2:]
     cout, cin_g, kh, kw = w.shape
     t, left, _, _ = a["pads"]
     params = {"n": n, "cin": cin, "h": h, "w": wd, "cout": cout, "oh": oh, "ow": ow, "kh": kh, "kw": kw,
