@@ -74,6 +74,7 @@ CASES = {
     "depthwise_5x4_dilated": lambda: _conv(3, 3, (10, 9), (5, 4), dil=2, pads=(4, 3, 4, 3), group=3),
     "dense_k30_out7": lambda: _dense(30, 7),  # K % 4 and rows % 4 left over
     "dense_batch3": lambda: _dense(16, 8, batch=3),
+    "dense_interleaved_out6": lambda: _dense(32, 6),  # rows interleaved by four, two left over
     "residual_add_fused": lambda: _residual(6, (6, 5)),
     "add_standalone": _add_of_pools,
 }
@@ -108,7 +109,8 @@ def test_microkernel_host_bit_exact(name, tmp_path):
 
 @needs_qemu
 @pytest.mark.parametrize("name", ["conv_k27_odd_pixels", "conv_stride2_asym", "depthwise_3x3", "depthwise_5x4_dilated",
-                                  "dense_k30_out7", "residual_add_fused", "add_standalone"])  # fmt: skip
+                                  "dense_k30_out7", "dense_interleaved_out6", "residual_add_fused",
+                                  "add_standalone"])  # fmt: skip
 def test_microkernel_cortex_m7_bit_exact(name, tmp_path):
     _check(name, "cortex-m7", tmp_path)
 

@@ -64,6 +64,15 @@ def pack_sparse(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return masks.astype(np.uint32), np.ascontiguousarray(blocks.astype(np.int8))
 
 
+def pack_dense(w: np.ndarray) -> np.ndarray:
+    """[rows, K] int8 (K % 4 == 0) -> each group of four rows interleaved word by word ([r0 k0..3]
+    [r1 k0..3][r2 k0..3][r3 k0..3][r0 k4..7]...); leftover rows after, as they are."""
+    rows, k = w.shape
+    full = rows // 4 * 4
+    quads = w[:full].reshape(rows // 4, 4, k // 4, 4).transpose(0, 2, 1, 3).reshape(-1)
+    return np.ascontiguousarray(np.concatenate([quads, w[full:].reshape(-1)]).astype(np.int8))
+
+
 def _requant_consts(a: dict) -> list[np.ndarray]:
     return [a["bias"].astype(np.int32), a["mult"].astype(np.int32), a["shift"].astype(np.int8)]
 
@@ -108,10 +117,12 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
             mk = MicroKernel(f"ec_mk{index}_dense_sparse_s8", "kernels/dense_sparse_s8.c.j2", tuple(sorted(p.items())),
                              0, n * (blocks.size // 4) * 4)  # fmt: skip
             return mk, [masks, blocks, *_requant_consts(a)]
+        p["interleaved"] = int(k % 4 == 0)
+        weights = pack_dense(w) if p["interleaved"] else np.ascontiguousarray(w.astype(np.int8))
         mk = MicroKernel(
             f"ec_mk{index}_dense_s8", "kernels/dense_s8.c.j2", tuple(sorted(p.items())), 0, n * cout * k
         )
-        return mk, [np.ascontiguousarray(w.astype(np.int8)), *_requant_consts(a)]
+        return mk, [weights, *_requant_consts(a)]
     n, cin, h, wd = x.shape
     oh, ow = y.shape[2:]
     cout, cin_g, kh, kw = w.shape
