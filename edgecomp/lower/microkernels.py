@@ -73,8 +73,52 @@ def pack_dense(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([quads, w[full:].reshape(-1)]).astype(np.int8))
 
 
-def _requant_consts(a: dict) -> list[np.ndarray]:
-    return [a["bias"].astype(np.int32), a["mult"].astype(np.int32), a["shift"].astype(np.int8)]
+def _constant_output(
+    lo_acc: int, hi_acc: int, mult: int, shift: int, zp: int, lo: int, hi: int
+) -> int | None:
+    """The channel's output when it is the same for every accumulator in [lo_acc, hi_acc] (a dead
+    channel: tiny multiplier, or a bias that pins it to the clamp), else None. requant is monotonic."""
+    ends = [min(max(((v * mult + (1 << (shift - 1))) >> shift) + zp, lo), hi) for v in (lo_acc, hi_acc)]
+    return ends[0] if ends[0] == ends[1] else None
+
+
+def smmla_form(
+    mult: np.ndarray, shift: np.ndarray, zp: int, lo: int, hi: int, acc_range: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(M, addend, sh) such that clamp(((v * M + 2**(n-1)) >> n) + zp) == clamp((addend + ((v * M) >> 32))
+    >> sh) for every v in acc_range — the requantization as one SMMLA and one shift (ec_dsp.h
+    ec_requant_s8) — or None when a channel's n <= 32 or its addend could overflow int32 (the
+    caller keeps TVM's kernel). A channel whose output is constant over acc_range becomes M = 0,
+    addend = that output, sh = 0."""
+    mult, shift = np.atleast_1d(np.asarray(mult, np.int64)), np.atleast_1d(np.asarray(shift, np.int64))
+    acc_lo, acc_hi = (np.broadcast_to(np.asarray(r, np.int64), mult.shape) for r in acc_range)
+    const = [_constant_output(int(a), int(b), int(m), int(n), zp, lo, hi)
+             for a, b, m, n in zip(acc_lo, acc_hi, mult, shift, strict=True)]  # fmt: skip
+    is_const = np.array([c is not None for c in const])
+    if not np.all(is_const | (shift > 32)):
+        return None
+    n = np.where(is_const, 33, shift)
+    addend = (np.int64(1) << (n - 33)) + (np.int64(zp) << (n - 32))
+    addend = np.where(is_const, [0 if c is None else c for c in const], addend)
+    # |(v * M) >> 32| < 2**30 for int32 v and M < 2**31, so the sum stays inside int32.
+    if np.any(np.abs(addend) >= 1 << 30):
+        return None
+    return np.where(is_const, 0, mult), addend, np.where(is_const, 0, n - 32)
+
+
+def _requant_consts(a: dict, weight: np.ndarray) -> list[np.ndarray] | None:
+    """bias, the (M, addend) pairs and the shifts of a layer's requantization in smmla_form; the
+    accumulator of channel c lies within bias[c] +- 128 * sum |weight[c]|."""
+    bias = np.asarray(a["bias"], np.int64)
+    reach = 128 * np.abs(weight.reshape(weight.shape[0], -1).astype(np.int64)).sum(axis=1)
+    form = smmla_form(
+        a["mult"], a["shift"], int(a["out_zp"]), int(a["lo"]), int(a["hi"]), (bias - reach, bias + reach)
+    )
+    if form is None:
+        return None
+    mult, addend, sh = form
+    pairs = np.stack([mult, addend], axis=1).reshape(-1)
+    return [bias.astype(np.int32), pairs.astype(np.int32), sh.astype(np.int8)]
 
 
 def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
@@ -89,10 +133,10 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
         if conv is None or add is None or conv[0].template != "kernels/conv_s8.c.j2":
             return None
         (mk, consts), (add_mk, (ta, tb)) = conv, add
-        add_p = {k: v for k, v in add_mk.params if k in ("mult", "shift", "out_zp", "lo", "hi")}
+        add_p = {k: v for k, v in add_mk.params if k in ("mult", "addend", "sh", "lo", "hi")}
         conv_is_a = then_add.inputs[0] == op.output
         params = {**dict(mk.params), **{f"add_{k}": v for k, v in add_p.items()}, "fuse_add": 1}
-        # Inputs: x, weights, bias, mult, shift, the conv result's and the residual's tables, residual.
+        # Inputs: x, weights, bias, (M, addend) pairs, shifts, the conv result's and the residual's tables, residual.
         fused = MicroKernel(f"ec_mk{index}_conv_add_s8", mk.template, tuple(sorted(params.items())),
                             mk.scratch_bytes, mk.macs, (7,))  # fmt: skip
         return fused, [*consts, *((ta, tb) if conv_is_a else (tb, ta))]
@@ -105,8 +149,10 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
         return _add(index, a, int(np.prod(y.shape)))
     if op.kind not in ("conv", "dense"):
         return None
-    clamp = {"out_zp": int(a["out_zp"]), "lo": int(a["lo"]), "hi": int(a["hi"]),
-             "shift_hi": int(bool(np.all(a["shift"] > 32)))}  # the cheaper requantization applies  # fmt: skip
+    rq = _requant_consts(a, a["weight"])
+    if rq is None:
+        return None
+    clamp = {"lo": int(a["lo"]), "hi": int(a["hi"])}
     w = a["weight"]
     if op.kind == "dense":
         (n, k), cout = x.shape, w.shape[0]
@@ -116,13 +162,13 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
             p.update(mask_words=masks.shape[1], nnz=blocks.size // 4)
             mk = MicroKernel(f"ec_mk{index}_dense_sparse_s8", "kernels/dense_sparse_s8.c.j2", tuple(sorted(p.items())),
                              0, n * (blocks.size // 4) * 4)  # fmt: skip
-            return mk, [masks, blocks, *_requant_consts(a)]
+            return mk, [masks, blocks, *rq]
         p["interleaved"] = int(k % 4 == 0)
         weights = pack_dense(w) if p["interleaved"] else np.ascontiguousarray(w.astype(np.int8))
         mk = MicroKernel(
             f"ec_mk{index}_dense_s8", "kernels/dense_s8.c.j2", tuple(sorted(p.items())), 0, n * cout * k
         )
-        return mk, [weights, *_requant_consts(a)]
+        return mk, [weights, *rq]
     n, cin, h, wd = x.shape
     oh, ow = y.shape[2:]
     cout, cin_g, kh, kw = w.shape
@@ -132,13 +178,13 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
               "pt": t, "pl": left, "pad_value": int(a["pad_value"]), **clamp}  # fmt: skip
     groups = a["groups"]
     if groups == 1:
-        return _conv(index, {**params, "fuse_add": 0}, w, a)
+        return _conv(index, {**params, "fuse_add": 0}, w, rq)
     if groups == cin == cout and cin_g == 1:
-        return _depthwise(index, params, w, a)
+        return _depthwise(index, params, w, a, rq)
     return None  # grouped convolutions stay with TVM
 
 
-def _conv(index: int, p: dict, w: np.ndarray, a: dict):
+def _conv(index: int, p: dict, w: np.ndarray, rq: list[np.ndarray]):
     k = p["cin"] * p["kh"] * p["kw"]
     p["k"], p["k4"] = k, -(-k // 4) * 4
     # Two int16 im2col columns (one output pixel each), word aligned.
@@ -146,10 +192,10 @@ def _conv(index: int, p: dict, w: np.ndarray, a: dict):
     mk = MicroKernel(
         f"ec_mk{index}_conv_s8", "kernels/conv_s8.c.j2", tuple(sorted(p.items())), 2 * p["k4"] * 2, macs
     )
-    return mk, [pack_conv(w.reshape(w.shape[0], -1)), *_requant_consts(a)]
+    return mk, [pack_conv(w.reshape(w.shape[0], -1)), *rq]
 
 
-def _depthwise(index: int, p: dict, w: np.ndarray, a: dict):
+def _depthwise(index: int, p: dict, w: np.ndarray, a: dict, rq: list[np.ndarray]):
     # One channel's plane, padded and widened to int16; its right edge rounded up so that the
     # kernel may read one value past the last window (its product is discarded).
     hp = p["pt"] + p["h"] + int(a["pads"][2])
@@ -160,7 +206,7 @@ def _depthwise(index: int, p: dict, w: np.ndarray, a: dict):
         f"ec_mk{index}_dwconv_s8", "kernels/dwconv_s8.c.j2", tuple(sorted(p.items())), hp * wp * 2, macs
     )
     weights = w.reshape(w.shape[0], -1).astype(np.int16)
-    return mk, [weights, *_requant_consts(a)]
+    return mk, [weights, *rq]
 
 
 def add_tables(a: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -175,7 +221,12 @@ def _add(index: int, a: dict, size: int):
     ta, tb = add_tables(a)
     if max(np.abs(ta).max(), np.abs(tb).max()) >= 1 << 30:
         return None  # the kernel sums the two table values in int32
-    p = {"size": size, **{k: int(a[k]) for k in ("mult", "shift", "out_zp", "lo", "hi")}}
+    reach = int(np.abs(ta).max() + np.abs(tb).max())
+    form = smmla_form(a["mult"], a["shift"], int(a["out_zp"]), int(a["lo"]), int(a["hi"]), (-reach, reach))
+    if form is None:
+        return None
+    p = {"size": size, "mult": int(form[0][0]), "addend": int(form[1][0]), "sh": int(form[2][0]),
+         "lo": int(a["lo"]), "hi": int(a["hi"])}  # fmt: skip
     return MicroKernel(
         f"ec_mk{index}_add_s8", "kernels/add_s8.c.j2", tuple(sorted(p.items())), 0, 0, (0, 1)
     ), [ta, tb]

@@ -91,10 +91,16 @@ static inline uint32_t ec_pack16(int32_t lo, int32_t hi)
   return (uint32_t)(uint16_t)lo | ((uint32_t)(uint16_t)hi << 16);
 }
 
-/* (v * mult + 2^(shift-1)) >> shift in int64, arithmetic shift (quant/fixedpoint.py requant). */
-static inline int64_t ec_rescale(int32_t v, int32_t mult, int32_t shift)
+/* The top word of addend * 2^32 + a * b: one SMMLA on cores with the DSP extension. */
+static inline int32_t ec_smmla(int32_t a, int32_t b, int32_t addend)
 {
-  return ((int64_t)v * mult + ((int64_t)1 << (shift - 1))) >> shift;
+#if EC_HAVE_DSP
+  int32_t r;
+  __asm__("smmla %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(addend));
+  return r;
+#else
+  return (int32_t)(((int64_t)a * b + (int64_t)addend * ((int64_t)1 << 32)) >> 32);
+#endif
 }
 
 /* Clamp to [lo, hi] within int8's range; with constant bounds at int8's top this is one SSAT. */
@@ -108,32 +114,21 @@ static inline int8_t ec_clamp_s8(int32_t v, int32_t lo, int32_t hi)
   return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
 }
 
-/* The integer Add of quant/reference.py for int8 addends a and b, their rescaled values looked
- * up in 256-entry tables (microkernels.add_tables), then requantized to the output. */
+/* The requantization of quant/fixedpoint.py, ((acc * M + 2^(n-1)) >> n) + zp clamped, for n > 32:
+ * the rounding term and the zero point are multiples of 2^32 apart from acc * M, so it equals
+ * (addend + ((acc * M) >> 32)) >> (n - 32) with the per-channel constant
+ * addend = 2^(n-33) + zp * 2^(n-32) (microkernels.smmla_form): one SMMLA and one ASR. */
+static inline int8_t ec_requant_s8(int32_t acc, int32_t mult, int32_t addend, int32_t sh, int32_t lo, int32_t hi)
+{
+  return ec_clamp_s8(ec_smmla(acc, mult, addend) >> sh, lo, hi);
+}
+
+/* The integer Add of quant/reference.py for int8 addends a and b: their rescaled values looked
+ * up in 256-entry tables (microkernels.add_tables), summed, then requantized as above. */
 static inline int8_t ec_add_s8(int32_t a, int32_t b, const int32_t *ta, const int32_t *tb, int32_t mult,
-                               int32_t shift, int32_t zp, int32_t lo, int32_t hi)
+                               int32_t addend, int32_t sh, int32_t lo, int32_t hi)
 {
-  const int64_t v = ec_rescale(ta[a + 128] + tb[b + 128], mult, shift) + zp;
-  return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
-}
-
-/* The requantization of quant/fixedpoint.py: (acc * mult + 2^(shift-1)) >> shift, in int64 with
- * an arithmetic shift (one rounding, half towards +infinity), then + zero point, clamped. */
-static inline int8_t ec_requant_s8(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t lo,
-                                   int32_t hi)
-{
-  const int64_t v = (((int64_t)acc * mult + ((int64_t)1 << (shift - 1))) >> shift) + zp;
-  return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
-}
-
-/* The same for shift > 32 (multipliers below 1/2, the usual case; the code generator checks):
- * the rounding term's low word is zero and (x >> shift) == ((x >> 32) >> (shift - 32)), so it
- * is one SMLAL and one ASR. */
-static inline int8_t ec_requant_s8_hi(int32_t acc, int32_t mult, int32_t shift, int32_t zp, int32_t lo,
-                                      int32_t hi)
-{
-  const int64_t sum = (int64_t)acc * mult + (int64_t)((uint64_t)(1u << (shift - 33)) << 32);
-  return ec_clamp_s8(((int32_t)(sum >> 32) >> (shift - 32)) + zp, lo, hi);
+  return ec_requant_s8(ta[a + 128] + tb[b + 128], mult, addend, sh, lo, hi);
 }
 
 #endif /* EC_DSP_H */
