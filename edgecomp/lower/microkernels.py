@@ -187,6 +187,9 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
 def _conv(index: int, p: dict, w: np.ndarray, rq: list[np.ndarray]):
     k = p["cin"] * p["kh"] * p["kw"]
     p["k"], p["k4"] = k, -(-k // 4) * 4
+    # The inner loop unrolled by the largest multiple of 4 up to 64 that divides K4 (all of K4 when
+    # it is at most 64), so the loop's own instructions cost a few percent at most.
+    p["unroll"] = max(u for u in range(4, 65, 4) if p["k4"] % u == 0)
     # Two int16 im2col columns (one output pixel each), word aligned.
     macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * k
     mk = MicroKernel(
