@@ -76,6 +76,9 @@ CASES = {
     "dense_batch3": lambda: _dense(16, 8, batch=3),
     "dense_interleaved_out6": lambda: _dense(32, 6),  # rows interleaved by four, two left over
     "residual_add_fused": lambda: _residual(6, (6, 5)),
+    # >= WIDE_MIN_PIXELS output pixels: int16 weights, odd pixel and channel counts, border windows
+    "conv_wide_weights": lambda: _conv(3, 5, (23, 23), (3, 3)),
+    "residual_add_fused_wide": lambda: _residual(4, (24, 22)),
     "add_standalone": _add_of_pools,
 }
 
@@ -109,7 +112,7 @@ def test_microkernel_host_bit_exact(name, tmp_path):
 
 @needs_qemu
 @pytest.mark.parametrize("name", ["conv_k27_odd_pixels", "conv_stride2_asym", "depthwise_3x3", "depthwise_5x4_dilated",
-                                  "dense_k30_out7", "dense_interleaved_out6", "residual_add_fused",
+                                  "dense_k30_out7", "dense_interleaved_out6", "residual_add_fused", "conv_wide_weights",
                                   "add_standalone"])  # fmt: skip
 def test_microkernel_cortex_m7_bit_exact(name, tmp_path):
     _check(name, "cortex-m7", tmp_path)

@@ -24,6 +24,12 @@ static inline uint32_t ec_load32(const void *p)
   return v;
 }
 
+/* Store a 32-bit word at any address (a single STR on cores with unaligned access). */
+static inline void ec_store32(void *p, uint32_t v)
+{
+  memcpy(p, &v, sizeof v);
+}
+
 /* Two consecutive words from an 8-byte aligned address (the code generator guarantees it). */
 static inline uint64_t ec_load64(const void *p)
 {
@@ -103,32 +109,34 @@ static inline int32_t ec_smmla(int32_t a, int32_t b, int32_t addend)
 #endif
 }
 
-/* Clamp to [lo, hi] within int8's range; with constant bounds at int8's top this is one SSAT. */
-static inline int8_t ec_clamp_s8(int32_t v, int32_t lo, int32_t hi)
+/* Clamp to [lo, hi] within int8's range; with constant bounds at int8's top this is one SSAT.
+ * The result is an int32 (an int8 value): used as a table index it needs no sign extension. */
+static inline int32_t ec_clamp_s8(int32_t v, int32_t lo, int32_t hi)
 {
 #if EC_HAVE_DSP
   if (hi == 127) {
-    return (int8_t)__ssat((lo > -128 && v < lo) ? lo : v, 8);
+    return __ssat((lo > -128 && v < lo) ? lo : v, 8);
   }
 #endif
-  return (int8_t)(v < lo ? lo : (v > hi ? hi : v));
+  return v < lo ? lo : (v > hi ? hi : v);
 }
 
 /* The requantization of quant/fixedpoint.py, ((acc * M + 2^(n-1)) >> n) + zp clamped, for n > 32:
  * the rounding term and the zero point are multiples of 2^32 apart from acc * M, so it equals
  * (addend + ((acc * M) >> 32)) >> (n - 32) with the per-channel constant
  * addend = 2^(n-33) + zp * 2^(n-32) (microkernels.smmla_form): one SMMLA and one ASR. */
-static inline int8_t ec_requant_s8(int32_t acc, int32_t mult, int32_t addend, int32_t sh, int32_t lo, int32_t hi)
+static inline int32_t ec_requant_s8(int32_t acc, int32_t mult, int32_t addend, int32_t sh, int32_t lo, int32_t hi)
 {
   return ec_clamp_s8(ec_smmla(acc, mult, addend) >> sh, lo, hi);
 }
 
 /* The integer Add of quant/reference.py for int8 addends a and b: their rescaled values looked
- * up in 256-entry tables (microkernels.add_tables), summed, then requantized as above. */
-static inline int8_t ec_add_s8(int32_t a, int32_t b, const int32_t *ta, const int32_t *tb, int32_t mult,
-                               int32_t addend, int32_t sh, int32_t lo, int32_t hi)
+ * up in 256-entry tables (microkernels.add_tables; ta and tb point at the entries for 0), summed,
+ * then requantized as above. */
+static inline int32_t ec_add_s8(int32_t a, int32_t b, const int32_t *ta, const int32_t *tb, int32_t mult,
+                                int32_t addend, int32_t sh, int32_t lo, int32_t hi)
 {
-  return ec_requant_s8(ta[a + 128] + tb[b + 128], mult, addend, sh, lo, hi);
+  return ec_requant_s8(ta[a] + tb[b], mult, addend, sh, lo, hi);
 }
 
 #endif /* EC_DSP_H */
