@@ -110,7 +110,7 @@ def test_asan_ubsan_clean(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["conv_k27_odd_pixels", "depthwise_5x4_dilated", "dense_k30_out7",
-                                  "residual_add_fused", "conv_wide_weights", "conv_dilated_nopad"])  # fmt: skip
+                                  "residual_add_fused", "conv_wide_weights", "conv_dilated_nopad", "dense_batch3"])  # fmt: skip
 def test_micro_kernels_asan_ubsan_clean(name, tmp_path):
     from test_microkernels import CASES
 

@@ -112,7 +112,7 @@ def test_microkernel_host_bit_exact(name, tmp_path):
 
 @needs_qemu
 @pytest.mark.parametrize("name", ["conv_k27_odd_pixels", "conv_stride2_asym", "depthwise_3x3", "depthwise_5x4_dilated",
-                                  "dense_k30_out7", "dense_interleaved_out6", "residual_add_fused", "conv_wide_weights",
+                                  "dense_k30_out7", "dense_interleaved_out6", "dense_batch3", "residual_add_fused", "conv_wide_weights",
                                   "add_standalone"])  # fmt: skip
 def test_microkernel_cortex_m7_bit_exact(name, tmp_path):
     _check(name, "cortex-m7", tmp_path)

@@ -183,10 +183,12 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
                              0, n * (blocks.size // 4) * 4)  # fmt: skip
             return mk, [masks, blocks, *rq]
         p["interleaved"] = int(k % 4 == 0)
+        # Widening the input once (2K bytes of scratch) pays from a few rows of four on.
+        p["widen_x"] = int(p["interleaved"] and cout >= 8)
+        p["unroll"] = next(u for u in (16, 8, 4) if k % u == 0) if p["interleaved"] else 4
         weights = pack_dense(w) if p["interleaved"] else np.ascontiguousarray(w.astype(np.int8))
-        mk = MicroKernel(
-            f"ec_mk{index}_dense_s8", "kernels/dense_s8.c.j2", tuple(sorted(p.items())), 0, n * cout * k
-        )
+        mk = MicroKernel(f"ec_mk{index}_dense_s8", "kernels/dense_s8.c.j2", tuple(sorted(p.items())),
+                         2 * k * p["widen_x"], n * cout * k)  # fmt: skip
         return mk, [weights, *rq]
     n, cin, h, wd = x.shape
     oh, ow = y.shape[2:]

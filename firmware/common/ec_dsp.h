@@ -16,6 +16,9 @@
 #define EC_HAVE_DSP 0
 #endif
 
+/* Keeps a hot loop in a function of its own (GCC and Clang). */
+#define EC_NOINLINE __attribute__((noinline))
+
 /* A 32-bit word from any address (a single LDR on cores with unaligned access). */
 static inline uint32_t ec_load32(const void *p)
 {
