@@ -134,3 +134,26 @@ def test_fused_add_runs_in_place_and_matches_tvm_kernels(tmp_path):
     # At most two 8x12x12 tensors live at once (the residual is the output) plus two int16 im2col
     # columns (K = 8*3*3 = 72); TVM's separate Add needs a third tensor.
     assert fused.report["arena_bytes"] <= 2 * 1152 + 2 * 72 * 2 < tvm.report["arena_bytes"]
+
+
+def test_smmla_form_equals_the_requantization():
+    """The kernels' SMMLA form of the requantization (addend and shift per channel, constants for
+    dead channels) gives the reference's result for accumulators across the whole reachable range."""
+    from edgecomp.lower.microkernels import smmla_form
+    from edgecomp.quant.fixedpoint import quantize_multipliers, requant
+
+    rng = np.random.default_rng(0)
+    reals = np.concatenate([10.0 ** rng.uniform(-9, -0.7, 200), [0.0, 1e-12]])
+    mult, shift = quantize_multipliers(reals)
+    bias = rng.integers(-(2**20), 2**20, reals.size)
+    bias[:5] = -(2**31) + 1000  # pinned to the clamp's bottom: dead after ReLU
+    reach = np.full(reals.size, 2**22)
+    for zp, lo, hi in [(-128, -128, 127), (3, -128, 127), (-128, -128, 30)]:
+        m, addend, sh = smmla_form(mult, shift, zp, lo, hi, (bias - reach, bias + reach))
+        assert np.all(m[:5] == 0) and np.all(m[-2:] == 0)  # the dead and zero channels are constants
+        acc = np.clip(bias[:, None] + rng.integers(-(2**22), 2**22, (reals.size, 64)), -(2**31), 2**31 - 1)
+        want = np.clip(requant(acc, mult[:, None], shift[:, None]) + zp, lo, hi)
+        top = (addend[:, None] * 2**32 + acc * m[:, None]) >> 32  # SMMLA: the top word, exact in int64
+        got = np.clip(top >> sh[:, None], lo, hi)
+        np.testing.assert_array_equal(got, want)
+    assert smmla_form(np.array([2**30]), np.array([31]), 0, -128, 127, (-(2**20), 2**20)) is None  # n <= 32
