@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from edgecomp import __version__
 from edgecomp.errors import EdgecompError, MismatchError, UserError
@@ -125,6 +126,24 @@ def make_parser() -> argparse.ArgumentParser:
     an.add_argument("--json", type=Path, help="write the table as JSON")
     an.add_argument("--plot", type=Path, metavar="SENSITIVITY.png", help="quality vs MACs saved, per group")
     an.add_argument("-q", "--quiet", action="store_true")
+    ft = sub.add_parser("finetune", help="recover a pruned model's accuracy: distillation from the unpruned "
+                        "model on user data (needs PyTorch: pip install 'edgecomp[train]')")  # fmt: skip
+    ft.add_argument("model", type=Path, help="the pruned ONNX model (e.g. from build --save-pruned)")
+    ft.add_argument("--teacher", type=Path, required=True, help="the unpruned ONNX model to distil from")
+    ft.add_argument("--data", type=Path, required=True, metavar="TRAIN.npz",
+                    help="training inputs x and optional labels y")  # fmt: skip
+    ft.add_argument(
+        "-o", "--output", type=Path, required=True, help="where to write the fine-tuned ONNX model"
+    )
+    ft.add_argument("--eval", type=Path, metavar="DATA.npz", help="x (and y) to score before and after")
+    ft.add_argument("--epochs", type=int, default=10)
+    ft.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate [1e-3]")
+    ft.add_argument("--batch-size", type=int, default=32)
+    ft.add_argument("--temperature", type=float, default=4.0, help="distillation temperature [4]")
+    ft.add_argument("--alpha", type=float, default=0.5, help="weight of the labels' cross-entropy [0.5]")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
+    ft.add_argument("-q", "--quiet", action="store_true")
     fl = sub.add_parser("flash", help="program a built firmware into a board through its debug probe")
     fl.add_argument("firmware", type=Path, help="a build folder (its firmware.elf) or an ELF file")
     fl.add_argument("--target", "-t", required=True, help="the board's target name or .toml file")
@@ -164,6 +183,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     log = (lambda *_: None) if args.quiet else report.log
     if args.command == "analyze":
         return _analyze(args, log)
+    if args.command == "finetune":
+        return _finetune(args, log)
     if args.command == "flash":
         from edgecomp.flash import flash
 
@@ -324,6 +345,46 @@ def _profile(args, result: BuildResult, log) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+def _finetune(args, log) -> int:
+    from edgecomp import report
+    from edgecomp.analyze import baseline_outputs, score
+    from edgecomp.finetune import FinetuneConfig, finetune
+    from edgecomp.frontend import load_model
+    from edgecomp.io import load_eval
+    from edgecomp.pipeline import BuildOptions, _io_specs, graph_passes
+
+    if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0 or not 0 <= args.alpha <= 1:
+        raise UserError("--epochs and --batch-size must be >= 1, --lr > 0 and --alpha in [0, 1]")
+    shapes = parse_input_shapes(args.input_shape)
+    student, _ = graph_passes(load_model(args.model, shapes), BuildOptions(), None, None)
+    teacher, _ = graph_passes(load_model(args.teacher, shapes), BuildOptions(), None, None)
+    samples, labels = load_eval(args.data, _io_specs(student))
+    x = np.concatenate([s[0] for s in samples])
+    config = FinetuneConfig(args.epochs, args.lr, args.batch_size, args.temperature, args.alpha, args.seed)
+    evals = load_eval(args.eval, _io_specs(student)) if args.eval else None
+    before = None
+    if evals:
+        base = baseline_outputs(teacher, evals[0])
+        before = score(student, evals[0], base, evals[1])
+    log(f"fine-tuning {args.model} on {len(x)} samples, {args.epochs} epochs")
+    tuned, rep = finetune(student, teacher, x, labels, config, log)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_name(args.output.name + ".tmp")
+    onnx.save(tuned, str(tmp))
+    tmp.replace(args.output)  # never a half-written model
+    lines = [f"objective: {rep.objective}", f"trained {len(rep.trained)} weight tensors",
+             f"loss: {rep.losses[0]:.4f} (epoch 1) -> {rep.losses[-1]:.4f} (epoch {len(rep.losses)})"]  # fmt: skip
+    if evals:
+        after = score(tuned, evals[0], base, evals[1])
+        for key, name in (("top1", "top-1"), ("argmax_agreement", "argmax agreement with the teacher")):
+            if key in after:
+                lines.append(f"{name}: {before[key]:.1%} -> {after[key]:.1%}")
+        lines.append(f"SQNR vs the teacher: {before['sqnr_db']:.1f} -> {after['sqnr_db']:.1f} dB")
+    lines.append(f"wrote {args.output}")
+    report.print_lines(lines)
     return 0
 
 
