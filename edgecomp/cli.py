@@ -55,6 +55,9 @@ def _build_parent() -> argparse.ArgumentParser:
                         "(JSON: Conv/Gemm node name -> ratio)")  # fmt: skip
     q.add_argument("--prune-importance", choices=["l1", "l2", "activation"], default="l1",
                    help="which channels go first: smallest weight norm, or smallest mean activation on --calib [l1]")  # fmt: skip
+    q.add_argument("--keep-dead-channels", action="store_true",
+                   help="keep Conv/Gemm channels that are zero after their ReLU on every --calib sample "
+                        "(removed by default; all-zero-weight channels are always removed)")  # fmt: skip
     q.add_argument("--fit", action="store_true",
                    help="search pruning ratio and quantization for the least accuracy loss that fits the budget "
                         "(needs --calib and --eval)")  # fmt: skip
@@ -214,6 +217,7 @@ def _build(args, reuse: bool, log) -> BuildResult:
         per_layer=args.per_layer,
         prune=args.prune,
         prune_importance=args.prune_importance,
+        keep_dead_channels=args.keep_dead_channels,
     )
     if args.sanitize and not target.is_host:
         raise UserError("--sanitize builds the host target only (use --target host)")

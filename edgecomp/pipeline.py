@@ -31,6 +31,7 @@ from edgecomp.passes import (
     parse_prune,
     prune_channels,
     simplify,
+    zero_channels_dead_on,
 )
 from edgecomp.passes.quantize import quantize
 from edgecomp.quant import extract_int_graph, is_quantized
@@ -54,6 +55,7 @@ class BuildOptions:
     kernels: str = "auto"  # "auto": int8 micro-kernels where they apply; "tvm": TVM's kernels only
     prune: str | None = None  # "channels=0.5" or "channels=ratios.json": structured pruning first
     prune_importance: str = "l1"  # "l1", "l2" or "activation" (on the calibration data)
+    keep_dead_channels: bool = False  # keep channels that are zero after ReLU on all calibration data
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -191,6 +193,12 @@ def graph_passes(model: onnx.ModelProto, options: BuildOptions, prune_spec: dict
     """Lossless simplification (always), then structured pruning if asked; what each did."""
     model, stats = simplify(model)
     model = fold_constants(onnx.shape_inference.infer_shapes(model))
+    if calib is not None and not options.keep_dead_channels:
+        # Channels that are zero after their ReLU for every calibration sample: zeroed, then
+        # removed with the all-zero ones below (exact on the calibration data, not a proof).
+        model, stats["channels_dead_on_calibration"] = zero_channels_dead_on(
+            model, load_calibration(calib, _io_specs(model))
+        )
     masks = dead_channel_masks(model)
     if masks:
         model, dead = prune_channels(model, keep_masks=masks)

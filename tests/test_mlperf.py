@@ -63,5 +63,7 @@ def test_mlperf_int8_bit_exact_on_cortex_m7(model, tmp_path):
     (run,) = run_samples(result, [[x[0]]])
     graph = extract_int_graph(fold_constants(result.model))
     np.testing.assert_array_equal(run.outputs[0], run_int_graph(graph, [x[0]])[0])
-    # int8 weights, int32 biases and per-channel int32 multipliers + int8 shifts: ~3-4x less than fp32
-    assert result.report["weights_bytes"] * 2.8 < float_build.report["weights_bytes"]
+    # int8 weights (int16 in layers of >= 512 pixels), and per channel an int32 bias, multiplier and
+    # rounding addend and an int8 shift: 2.7-3.7x less than fp32 (DS-CNN, with 64 channels of only
+    # 64-640 weights each, is the 2.7)
+    assert result.report["weights_bytes"] * 2.6 < float_build.report["weights_bytes"]

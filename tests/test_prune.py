@@ -327,3 +327,39 @@ def test_magnitude_pruning_zeroes_blocks_and_the_sparse_kernel_stores_only_the_r
         for run, s in zip(run_samples(result, samples), samples, strict=True):
             np.testing.assert_array_equal(run.outputs[0], run_int_graph(graph, s)[0])
     assert parse_prune("channels=0.25,sparsity=0.5") == {"channels": 0.25, "sparsity": 0.5}
+
+
+def test_channels_dead_on_calibration_data_are_removed(tmp_path):
+    """A channel whose bias keeps it below zero is 0 after its ReLU for every calibration sample:
+    with --calib it is removed (reported), the outputs on those samples do not change, and
+    --keep-dead-channels keeps it."""
+    nodes, inits = _conv("c0", "x", "r0", 3, 6)
+    nodes2, inits2 = _conv("c1", "r0", "r1", 6, 4)
+    nodes += nodes2 + [helper.make_node("GlobalAveragePool", ["r1"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+                       helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1)]  # fmt: skip
+    inits += inits2 + [weight("fc_w", [10, 4]), weight("fc_b", [10])]
+    bias = numpy_helper.to_array(inits[1]).copy()
+    bias[2] = -100.0  # channel 2 of c0: never above zero for inputs of this size
+    inits[1] = numpy_helper.from_array(bias, "c0_b")
+    model = make_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 10])], inits)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    calib = np.concatenate([random_inputs(model, s)[0] for s in range(8)])
+    np.save(tmp_path / "calib.npy", calib)
+    built = {}
+    for keep in (False, True):
+        built[keep] = build(path, load_target("host"), tmp_path / f"o{keep}", BuildOptions(keep_dead_channels=keep),
+                            log=lambda *_: None, calib=tmp_path / "calib.npy")  # fmt: skip
+    stats = built[False].report["simplify"]
+    assert stats["channels_dead_on_calibration"] == 1 and stats["dead_channels_removed"] == 1
+    assert (
+        _initializer(built[False].model, "c0_w").shape[0] == 5
+        and _initializer(built[True].model, "c0_w").shape[0] == 6
+    )
+    assert "channels_dead_on_calibration" not in built[True].report["simplify"]
+    samples = [[c[None]] for c in calib]
+    for s in samples:
+        np.testing.assert_allclose(_run(built[False].model, s)[0], _run(model, s)[0], rtol=1e-5, atol=1e-5)
+    runs = run_samples(built[False], samples[:2])
+    for r, s in zip(runs, samples, strict=False):
+        np.testing.assert_allclose(r.outputs[0], _run(model, s)[0], rtol=1e-4, atol=1e-4)

@@ -8,6 +8,7 @@ from edgecomp.passes.prune import (
     parse_prune,
     prunable_groups,
     prune_channels,
+    zero_channels_dead_on,
 )
 from edgecomp.passes.simplify import simplify
 
@@ -20,4 +21,5 @@ __all__ = [
     "prunable_groups",
     "prune_channels",
     "simplify",
+    "zero_channels_dead_on",
 ]
