@@ -68,9 +68,8 @@ def tflm_baseline() -> dict:
     return rows
 
 
-def bench_one(
-    model: Path, sample: Path, target_name: str, dtype: str, workdir: Path, prune: str | None = None
-) -> dict:
+def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: Path, prune: str | None = None,
+              dead_channels: str = "none") -> dict:  # fmt: skip
     target = load_target(target_name)
     shape = None
     x_all = np.load(sample).astype(np.float32)
@@ -84,12 +83,15 @@ def bench_one(
         calib = workdir / f"{model.stem}-calib.npy"
         calib.parent.mkdir(parents=True, exist_ok=True)
         np.save(calib, augmented(x_all.reshape((-1, *shape)), flip=len(shape) == 4 and shape[1] == 3))
-        # Integer I/O, as TFLite Micro's int8 models take and give int8 tensors.
-        options = BuildOptions(quantize="int8", io="int8")
+        # Integer I/O, as TFLite Micro's int8 models take and give int8 tensors; by default the whole
+        # network, as TFLite Micro runs it (`--dead-channels proven` is edgecomp build's default).
+        options = BuildOptions(quantize="int8", io="int8", dead_channels=dead_channels)
     if prune:
         options = replace(options, prune=prune)
     t0 = time.monotonic()
-    tag = f"-{prune.replace('=', '')}" if prune else ""
+    tag = (f"-{prune.replace('=', '')}" if prune else "") + (
+        f"-dead{dead_channels}" if dead_channels != "none" else ""
+    )
     result = build(model, target, workdir / f"{model.stem}-{target_name}-{dtype}{tag}", options, log=lambda *_: None,
                    calib=calib)  # fmt: skip
     compile_s = time.monotonic() - t0
@@ -100,7 +102,9 @@ def bench_one(
     rec = profile_record(result, runs[0], on_board=False)
     floats = [Reference(result.float_model or result.model).run(s) for s in float_samples[: len(runs)]]
     row = {
-        "model": model.stem + (f" ({prune})" if prune else ""), "target": target_name, "dtype": dtype,
+        "model": model.stem + (f" ({prune})" if prune else "")
+        + (f" (dead channels {dead_channels})" if dtype == "int8" and dead_channels != "none" else ""),
+        "target": target_name, "dtype": dtype,
         "macs": rec["macs"],
         "instructions": rec["instructions"], "instructions_per_mac": rec.get("instructions_per_mac"),
         "flash_bytes": rec["flash_bytes"], "weights_bytes": rec["weights_bytes"], "ram_bytes": rec["ram_bytes"],
@@ -146,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtypes", default="fp32,int8")
     ap.add_argument("--only", help="comma-separated model names")
     ap.add_argument("--prune", help="also build every model with this --prune (e.g. channels=0.5)")
+    ap.add_argument("--dead-channels", choices=["proven", "calib", "none"], default="none",
+                    help="int8: remove dead channels as edgecomp build --dead-channels does [none: the whole "
+                         "network, as TFLite Micro runs it]")  # fmt: skip
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
     ap.add_argument("--workdir", type=Path, default=REPO / "build" / "bench")
     ap.add_argument(
@@ -171,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 for prune in [None, args.prune] if args.prune else [None]:
                     try:
                         row = bench_one(args.models / f"{name}.onnx", args.models / f"{MODELS[name]}.npy", target,
-                                        dtype, args.workdir, prune)  # fmt: skip
+                                        dtype, args.workdir, prune, args.dead_channels)  # fmt: skip
                     except EdgecompError as exc:
                         console.print(f"[red]bench: {name} on {target}: {exc}[/red]")
                         rows.append({"model": name, "target": target, "dtype": dtype, "error": str(exc)})

@@ -55,9 +55,10 @@ def _build_parent() -> argparse.ArgumentParser:
                         "(JSON: Conv/Gemm node name -> ratio)")  # fmt: skip
     q.add_argument("--prune-importance", choices=["l1", "l2", "activation"], default="l1",
                    help="which channels go first: smallest weight norm, or smallest mean activation on --calib [l1]")  # fmt: skip
-    q.add_argument("--keep-dead-channels", action="store_true",
-                   help="keep Conv/Gemm channels that are zero after their ReLU on every --calib sample "
-                        "(removed by default; all-zero-weight channels are always removed)")  # fmt: skip
+    q.add_argument("--dead-channels", choices=["proven", "calib", "none"], default="proven",
+                   help="quantized builds: remove Conv/Gemm channels that are zero after their ReLU for every "
+                        "input in the calibrated input range (proven by interval arithmetic), also those zero on "
+                        "every --calib sample (calib: not a proof), or neither [proven]")  # fmt: skip
     q.add_argument("--fit", action="store_true",
                    help="search pruning ratio and quantization for the least accuracy loss that fits the budget "
                         "(needs --calib and --eval)")  # fmt: skip
@@ -217,7 +218,7 @@ def _build(args, reuse: bool, log) -> BuildResult:
         per_layer=args.per_layer,
         prune=args.prune,
         prune_importance=args.prune_importance,
-        keep_dead_channels=args.keep_dead_channels,
+        dead_channels=args.dead_channels,
     )
     if args.sanitize and not target.is_host:
         raise UserError("--sanitize builds the host target only (use --target host)")

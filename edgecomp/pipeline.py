@@ -27,11 +27,13 @@ from edgecomp.lower import LoweredModel, lower_model
 from edgecomp.passes import (
     dead_channel_masks,
     fold_constants,
+    interval_upper_bounds,
     magnitude_prune,
+    observed_upper_bounds,
     parse_prune,
     prune_channels,
     simplify,
-    zero_channels_dead_on,
+    zero_dead_channels,
 )
 from edgecomp.passes.quantize import quantize
 from edgecomp.quant import extract_int_graph, is_quantized
@@ -55,7 +57,9 @@ class BuildOptions:
     kernels: str = "auto"  # "auto": int8 micro-kernels where they apply; "tvm": TVM's kernels only
     prune: str | None = None  # "channels=0.5" or "channels=ratios.json": structured pruning first
     prune_importance: str = "l1"  # "l1", "l2" or "activation" (on the calibration data)
-    keep_dead_channels: bool = False  # keep channels that are zero after ReLU on all calibration data
+    # Channels zero after their ReLU: "proven" for every input the quantized model accepts (interval
+    # arithmetic over its input range), "calib" also those zero on all calibration samples, "none".
+    dead_channels: str = "proven"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -193,12 +197,17 @@ def graph_passes(model: onnx.ModelProto, options: BuildOptions, prune_spec: dict
     """Lossless simplification (always), then structured pruning if asked; what each did."""
     model, stats = simplify(model)
     model = fold_constants(onnx.shape_inference.infer_shapes(model))
-    if calib is not None and not options.keep_dead_channels:
-        # Channels that are zero after their ReLU for every calibration sample: zeroed, then
-        # removed with the all-zero ones below (exact on the calibration data, not a proof).
-        model, stats["channels_dead_on_calibration"] = zero_channels_dead_on(
-            model, load_calibration(calib, _io_specs(model))
-        )
+    if calib is not None and options.quantize and options.dead_channels != "none":
+        samples = load_calibration(calib, _io_specs(model))
+        if options.dead_channels == "calib":
+            upper, key = observed_upper_bounds(model, samples), "channels_dead_on_calibration"
+        else:
+            # The quantized model clamps its input to the calibrated range (within one step).
+            xs = np.concatenate([s[0].reshape(-1) for s in samples])
+            lo, hi = min(float(xs.min()), 0.0), max(float(xs.max()), 0.0)
+            step = (hi - lo) / 255
+            upper, key = interval_upper_bounds(model, lo - step, hi + step), "channels_dead_proven"
+        model, stats[key] = zero_dead_channels(model, upper)
     masks = dead_channel_masks(model)
     if masks:
         model, dead = prune_channels(model, keep_masks=masks)

@@ -17,7 +17,7 @@ from edgecomp.cli import main
 from edgecomp.errors import UserError
 from edgecomp.passes import dead_channel_masks, fold_constants, parse_prune, prune_channels, simplify
 from edgecomp.pipeline import BuildOptions, build
-from edgecomp.quant import extract_int_graph
+from edgecomp.quant import extract_int_graph, int_graph_for
 from edgecomp.quant.reference import run_int_graph
 from edgecomp.reference import Reference, compare
 from edgecomp.runner import run_samples
@@ -329,37 +329,59 @@ def test_magnitude_pruning_zeroes_blocks_and_the_sparse_kernel_stores_only_the_r
     assert parse_prune("channels=0.25,sparsity=0.5") == {"channels": 0.25, "sparsity": 0.5}
 
 
-def test_channels_dead_on_calibration_data_are_removed(tmp_path):
-    """A channel whose bias keeps it below zero is 0 after its ReLU for every calibration sample:
-    with --calib it is removed (reported), the outputs on those samples do not change, and
-    --keep-dead-channels keeps it."""
+def test_dead_channels_proven_or_observed_on_calibration_are_removed(tmp_path):
+    """Channel 2 of c0 has a bias no input in the calibrated range can overcome: interval
+    arithmetic proves it dead and every quantized build drops it. Channel 3 stays below zero on
+    the calibration samples only: --dead-channels calib drops it too, none keeps both. The float
+    outputs on the calibration samples do not change; the int8 device output is bit-exact."""
     nodes, inits = _conv("c0", "x", "r0", 3, 6)
     nodes2, inits2 = _conv("c1", "r0", "r1", 6, 4)
     nodes += nodes2 + [helper.make_node("GlobalAveragePool", ["r1"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
                        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], transB=1)]  # fmt: skip
     inits += inits2 + [weight("fc_w", [10, 4]), weight("fc_b", [10])]
-    bias = numpy_helper.to_array(inits[1]).copy()
-    bias[2] = -100.0  # channel 2 of c0: never above zero for inputs of this size
-    inits[1] = numpy_helper.from_array(bias, "c0_b")
+    w, bias = numpy_helper.to_array(inits[0]).copy(), numpy_helper.to_array(inits[1]).copy()
+    bias[2] = -1000.0
+    w[3], bias[3] = 0.0, -0.01  # x[0] - x[1] - 0.01 at the centre tap: below 0 where the two planes
+    w[3, 0, 1, 1], w[3, 1, 1, 1] = 1.0, -1.0  # are equal, as in the calibration samples; not in general
+    inits[0], inits[1] = numpy_helper.from_array(w, "c0_w"), numpy_helper.from_array(bias, "c0_b")
     model = make_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 10])], inits)
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     calib = np.concatenate([random_inputs(model, s)[0] for s in range(8)])
+    calib[:, 1] = calib[:, 0]
     np.save(tmp_path / "calib.npy", calib)
-    built = {}
-    for keep in (False, True):
-        built[keep] = build(path, load_target("host"), tmp_path / f"o{keep}", BuildOptions(keep_dead_channels=keep),
-                            log=lambda *_: None, calib=tmp_path / "calib.npy")  # fmt: skip
-    stats = built[False].report["simplify"]
-    assert stats["channels_dead_on_calibration"] == 1 and stats["dead_channels_removed"] == 1
-    assert (
-        _initializer(built[False].model, "c0_w").shape[0] == 5
-        and _initializer(built[True].model, "c0_w").shape[0] == 6
-    )
-    assert "channels_dead_on_calibration" not in built[True].report["simplify"]
     samples = [[c[None]] for c in calib]
-    for s in samples:
-        np.testing.assert_allclose(_run(built[False].model, s)[0], _run(model, s)[0], rtol=1e-5, atol=1e-5)
-    runs = run_samples(built[False], samples[:2])
-    for r, s in zip(runs, samples, strict=False):
-        np.testing.assert_allclose(r.outputs[0], _run(model, s)[0], rtol=1e-4, atol=1e-4)
+    kept = {}
+    for mode, key, dead in (("proven", "channels_dead_proven", 1), ("calib", "channels_dead_on_calibration", 2),
+                            ("none", None, 0)):  # fmt: skip
+        result = build(path, load_target("host"), tmp_path / mode, BuildOptions(quantize="int8", dead_channels=mode),
+                       log=lambda *_: None, calib=tmp_path / "calib.npy")  # fmt: skip
+        stats = result.report["simplify"]
+        if key:
+            assert stats[key] == dead and stats["dead_channels_removed"] == dead, stats
+        kept[mode] = _initializer(result.float_model, "c0_w").shape[0]
+        for s in samples:
+            np.testing.assert_allclose(
+                _run(result.float_model, s)[0], _run(model, s)[0], rtol=1e-5, atol=1e-5
+            )
+        graph = int_graph_for(fold_constants(result.model))
+        for r, s in zip(run_samples(result, samples[:2]), samples, strict=False):
+            np.testing.assert_array_equal(r.outputs[0], run_int_graph(graph, s)[0])
+    assert kept == {"proven": 5, "calib": 4, "none": 6}
+
+
+@pytest.mark.parametrize("kind", ["residual", "depthwise", "concat"])
+def test_interval_bounds_hold_for_inputs_in_range(kind):
+    """Soundness of the proof: no input in [lo, hi] drives a channel above its interval bound,
+    and the bounds are not vacuous (finite)."""
+    from edgecomp.passes import interval_upper_bounds, observed_upper_bounds
+
+    model = _net(kind)
+    rng = np.random.default_rng(0)
+    samples = [[rng.uniform(-2, 3, (1, 3, 8, 8)).astype(np.float32)] for _ in range(16)]
+    samples += [[np.full((1, 3, 8, 8), v, np.float32)] for v in (-2, 3)]  # the corners
+    bound = interval_upper_bounds(model, -2.0, 3.0)
+    seen = observed_upper_bounds(model, samples)
+    assert bound and bound.keys() == seen.keys()
+    for name, b in bound.items():
+        assert np.all(np.isfinite(b)) and np.all(seen[name] <= b + 1e-5), name

@@ -1,5 +1,6 @@
 """Graph passes on the ONNX model: each is a pure function ModelProto -> ModelProto."""
 
+from edgecomp.passes.dead_channels import interval_upper_bounds, observed_upper_bounds, zero_dead_channels
 from edgecomp.passes.fold_constants import fold_constants
 from edgecomp.passes.prune import (
     count_macs,
@@ -8,7 +9,6 @@ from edgecomp.passes.prune import (
     parse_prune,
     prunable_groups,
     prune_channels,
-    zero_channels_dead_on,
 )
 from edgecomp.passes.simplify import simplify
 
@@ -21,5 +21,7 @@ __all__ = [
     "prunable_groups",
     "prune_channels",
     "simplify",
-    "zero_channels_dead_on",
+    "interval_upper_bounds",
+    "observed_upper_bounds",
+    "zero_dead_channels",
 ]

@@ -468,69 +468,6 @@ def dead_channel_masks(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return masks
 
 
-def zero_channels_dead_on(
-    model: onnx.ModelProto, samples: list[list[np.ndarray]]
-) -> tuple[onnx.ModelProto, int]:
-    """Zeroes the weights and bias of every Conv/Gemm output channel that feeds only a Relu and is
-    <= 0 at every position for every sample: after the ReLU it is 0 on that data, as it would be
-    with zero weights, so that dead_channel_masks then removes it. Preserves the outputs on
-    `samples` exactly (not a proof for other inputs). Returns the model and the channels zeroed."""
-    import onnxruntime as ort
-
-    graph = model.graph
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
-    cands = []
-    for node in graph.node:
-        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        if node.output[0] in outputs or [r.op_type for r in readers.get(node.output[0], [])] != ["Relu"]:
-            continue
-        w = inits[node.input[1]]
-        axis = 1 if node.op_type == "Gemm" and not _attr(node, "transB", 0) else 0
-        bias = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if w.ndim < 2 or (bias is not None and bias.shape != (w.shape[axis],)):
-            continue
-        cands.append((node, axis))
-    if not cands or not samples:
-        return model, 0
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    probe.graph.output.extend(helper.make_empty_tensor_value_info(n.output[0]) for n, _ in cands)
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [n.output[0] for n, _ in cands]
-    inputs = [i.name for i in sess.get_inputs()]
-    top: dict[str, np.ndarray] = {}
-    for sample in samples:
-        for name, value in zip(names, sess.run(names, dict(zip(inputs, sample, strict=True))), strict=True):
-            m = np.moveaxis(value, 1, 0).reshape(value.shape[1], -1).max(axis=1)
-            top[name] = np.maximum(top[name], m) if name in top else m
-    out = onnx.ModelProto.FromString(model.SerializeToString())
-    new_values: dict[str, np.ndarray] = {}
-    zeroed = 0
-    for node, axis in cands:
-        dead = top[node.output[0]] <= 0
-        if not dead.any():
-            continue
-        w = new_values.get(node.input[1], inits[node.input[1]]).copy()
-        np.moveaxis(w, axis, 0)[dead] = 0
-        new_values[node.input[1]] = w
-        if len(node.input) > 2 and node.input[2]:
-            b = new_values.get(node.input[2], inits[node.input[2]]).copy()
-            b[dead] = 0
-            new_values[node.input[2]] = b
-        zeroed += int(dead.sum())
-    for t in out.graph.initializer:
-        if t.name in new_values:
-            t.CopyFrom(
-                numpy_helper.from_array(new_values[t.name].astype(numpy_helper.to_array(t).dtype), t.name)
-            )
-    return out, zeroed
-
-
 def _frozen(new, size: int) -> Space:
     s = new(size)
     s.frozen = True
