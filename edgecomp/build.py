@@ -115,3 +115,40 @@ def elf_sizes(path: Path) -> ElfSizes:
                 if sym.name.startswith("ec_") and sym["st_info"]["type"] == "STT_OBJECT":
                     symbols[sym.name] = sym["st_size"]
     return ElfSizes(text=text, data=data, bss=bss, stack=stack, symbols=symbols)
+
+
+BOOT2_BYTES = 256  # RP2040: the boot ROM loads 256 bytes, the last four a CRC32 of the rest
+
+
+def crc32_mpeg2(data: bytes) -> int:
+    """CRC-32/MPEG-2 (polynomial 0x04C11DB7, init 0xFFFFFFFF, not reflected, no final XOR): the
+    checksum the RP2040 boot ROM expects after its second-stage loader."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if crc & 0x80000000 else (crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+def boot2_image(target: Target, workdir: Path) -> bytes | None:
+    """The target's second-stage boot loader ([boot2] source, assembled with its compiler), padded
+    to 252 bytes with its CRC32 appended; None for targets without one."""
+    source = target.boot2.get("source")
+    if not source:
+        return None
+    from edgecomp.resources import data_dir
+
+    src = data_dir("firmware") / source
+    obj, binary = workdir / "boot2.o", workdir / "boot2.bin"
+    cc = compiler_for(target)
+    for cmd in ([cc, *target.arch_flags, "-c", "-o", str(obj), str(src)],
+                ["arm-none-eabi-objcopy", "-O", "binary", str(obj), str(binary)]):  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise ToolError(f"assembling the boot loader {src.name} failed:\n{proc.stderr.strip()[-2000:]}")
+    code = binary.read_bytes()
+    if len(code) > BOOT2_BYTES - 4:
+        raise ToolError(f"boot loader {src.name} is {len(code)} bytes, more than {BOOT2_BYTES - 4}")
+    code = code.ljust(BOOT2_BYTES - 4, b"\0")
+    return code + crc32_mpeg2(code).to_bytes(4, "little")

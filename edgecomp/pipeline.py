@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from edgecomp import __version__
-from edgecomp.build import ElfSizes, compiler_for, compiler_version, elf_sizes, run_make
+from edgecomp.build import ElfSizes, boot2_image, compiler_for, compiler_version, elf_sizes, run_make
 from edgecomp.codegen import generate_project
 from edgecomp.errors import DoesNotFitError, UserError
 from edgecomp.frontend import load_model
@@ -97,7 +97,7 @@ def build_key(model_bytes: bytes, target: Target, options: BuildOptions, data_fi
     package = Path(__file__).resolve().parent
     for folder in (data_dir("templates"), data_dir("firmware"), package):
         for p in sorted(folder.rglob("*")):
-            if p.is_file() and p.suffix in (".py", ".j2", ".c", ".h"):
+            if p.is_file() and p.suffix in (".py", ".j2", ".c", ".h", ".S"):
                 h.update(p.relative_to(folder).as_posix().encode())
                 h.update(p.read_bytes())
     return h.hexdigest()
@@ -159,7 +159,9 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "options": json.dumps(options.as_dict(), sort_keys=True),
     }
-    project = generate_project(lowered, target, model_path.name, provenance, per_layer=options.per_layer)
+    with tempfile.TemporaryDirectory() as scratch:
+        boot2 = boot2_image(target, Path(scratch))
+    project = generate_project(lowered, target, model_path.name, provenance, options.per_layer, boot2)
     t_gen = time.monotonic() - t0
 
     outdir.parent.mkdir(parents=True, exist_ok=True)

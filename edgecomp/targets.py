@@ -37,6 +37,7 @@ class Target:
     uart: dict = field(default_factory=dict)
     timer: dict = field(default_factory=dict)
     qemu: dict = field(default_factory=dict)
+    boot2: dict = field(default_factory=dict)  # second-stage boot loader (RP2040): source, origin
 
     @property
     def is_host(self) -> bool:
@@ -63,7 +64,7 @@ class Target:
 
 @dataclass(frozen=True)
 class InitOp:
-    """One start-up register operation: code 0 write, 1 read-modify-write, 2 bounded wait."""
+    """One start-up register operation: code 0 write, 1 read-modify-write, 2 bounded wait, 3 delay."""
 
     code: int
     addr: int
@@ -74,8 +75,14 @@ class InitOp:
 
 def _init_op(op: dict, index: int, path: Path) -> InitOp:
     """[[init]] entry -> InitOp. op: write (value), set / clear (bits), modify (mask, value), wait
-    (mask, value: until the masked register equals value)."""
+    (mask, value: until the masked register equals value), delay (loops: a busy loop, for settling
+    times such as a clock switch's)."""
     kind = op.get("op")
+    if kind == "delay":
+        loops = op.get("loops")
+        if not isinstance(loops, int) or not 0 < loops < 1 << 24:
+            raise UserError(f"target file {path}: init[{index}] (delay) needs loops, an integer in [1, 2^24)")
+        return InitOp(3, 0, 0, loops, str(op.get("comment", "")).replace("*/", ""))
     try:
         addr, value, mask = int(op["addr"]), int(op.get("value", 0)), int(op.get("mask", 0))
     except (KeyError, TypeError, ValueError) as exc:
@@ -92,7 +99,7 @@ def _init_op(op: dict, index: int, path: Path) -> InitOp:
     if kind == "wait":
         return InitOp(2, addr, mask, value & mask, comment)
     raise UserError(
-        f"target file {path}: init[{index}].op must be write, set, clear, modify or wait, not {kind!r}"
+        f"target file {path}: init[{index}].op must be write, set, clear, modify, wait or delay, not {kind!r}"
     )
 
 
@@ -152,6 +159,7 @@ def _parse(raw: dict, path: Path) -> Target:
         uart=raw.get("uart", {}),
         timer=raw.get("timer", {}),
         qemu=raw.get("qemu", {}),
+        boot2=raw.get("boot2", {}),
     )
     if target.kind == "mcu":
         for key in ("flash_origin", "flash_length", "ram_origin", "ram_length", "stack_bytes"):

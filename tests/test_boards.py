@@ -42,8 +42,8 @@ def test_board_firmware_builds_and_fits(board, tmp_path):
             elf = ELFFile(f)
             assert elf.header.e_entry & ~1 >= target.memory["flash_origin"]
             vectors = next(
-                s for s in elf.iter_sections() if s["sh_flags"] & 2 and s["sh_size"]
-            )  # first loaded
+                s for s in elf.iter_sections() if s["sh_flags"] & 2 and s["sh_size"] and s.name != ".boot2"
+            )  # first loaded after the boot loader
             assert vectors["sh_addr"] == target.memory["flash_origin"]  # the vector table heads the image
         assert rep["toolchain"]["cflags"].startswith(" ".join(target.arch_flags))
 
@@ -55,12 +55,34 @@ def test_cortex_m7_boards_time_with_dwt_and_enable_caches(tmp_path):
     assert result.report["caches"] is True and result.report["core_clock_hz"] == 216_000_000
 
 
+def test_rp2040_image_starts_with_a_valid_second_stage_boot_loader(tmp_path):
+    """The boot ROM runs the 256 bytes at 0x10000000 only if their last word is the CRC-32/MPEG-2
+    of the first 252; the loader then enters the image at 0x10000100."""
+    from edgecomp.build import crc32_mpeg2
+
+    assert crc32_mpeg2(b"123456789") == 0x0376E6E7  # the CRC's published check value
+    result = build(EXAMPLE, load_target("pico"), tmp_path / "o", log=lambda *_: None)
+    with open(result.outdir / "firmware.elf", "rb") as f:
+        boot2 = ELFFile(f).get_section_by_name(".boot2")
+        assert boot2["sh_addr"] == 0x10000000 and boot2["sh_size"] == 256
+        data = boot2.data()
+    assert int.from_bytes(data[252:], "little") == crc32_mpeg2(data[:252])
+    assert data[:2] == bytes.fromhex("00b5")  # push {lr}: ec_boot2.S, not padding
+    assert (0x10000100).to_bytes(4, "little") in data[:252]  # its jump target: the vector table
+    assert result.report["core_clock_hz"] == 125_000_000
+
+
 def test_init_ops_are_checked(tmp_path):
     text = (Path(__file__).resolve().parents[1] / "targets" / "nucleo-f746zg.toml").read_text()
     bad = tmp_path / "bad.toml"
     bad.write_text(text.replace('op = "wait"', 'op = "poke"', 1))
     with pytest.raises(UserError, match="init"):
         load_target(str(bad))
+    bad.write_text(text.replace('op = "wait"', 'op = "delay"', 1))  # a delay needs loops
+    with pytest.raises(UserError, match="loops"):
+        load_target(str(bad))
+    l4 = load_target("nucleo-l4r5zi")  # the boost-mode switch waits >= 1 us with a delay op
+    assert any(op.code == 3 and op.value > 0 for op in l4.init) and l4.clock_hz == 120_000_000
 
 
 def test_flash_errors_are_clear(tmp_path, capsys):

@@ -118,10 +118,10 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
     return result
 
 
-def generate_project(
-    model: LoweredModel, target: Target, model_name: str, provenance: dict, per_layer: bool = False
-) -> GeneratedProject:
-    """Plan the arena and render every source file for `target`."""
+def generate_project(model: LoweredModel, target: Target, model_name: str, provenance: dict,
+                     per_layer: bool = False, boot2: bytes | None = None) -> GeneratedProject:  # fmt: skip
+    """Plan the arena and render every source file for `target` (with `boot2`, the second-stage
+    boot loader image placed at the start of flash)."""
     env = _env()
     plan = plan_model(model)
     tensors = _c_tensors(model, plan)
@@ -185,4 +185,7 @@ def generate_project(
         files["Makefile"] = env.get_template("Makefile.mcu.j2").render(ctx)
         files["linker.ld"] = env.get_template("linker.ld.j2").render(ctx)
         files["ec/ec_target.h"] = env.get_template("ec_target.h.j2").render(ctx)
+        if boot2:
+            rows = [", ".join(f"0x{b:02X}" for b in boot2[i : i + 16]) for i in range(0, len(boot2), 16)]
+            files["ec/ec_boot2.c"] = env.get_template("ec_boot2.c.j2").render(ctx, rows=rows, size=len(boot2))
     return GeneratedProject(files=files, plan=plan, copied=copied)

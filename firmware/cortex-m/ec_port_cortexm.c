@@ -181,6 +181,10 @@ static void ec_board_init(void)
     case EC_OP_MODIFY:
       *reg = (*reg & ~op->mask) | op->value;
       break;
+    case EC_OP_DELAY:
+      for (volatile uint32_t n = 0; n < op->value; ++n) {
+      }
+      break;
     default: /* EC_OP_WAIT: bounded, so a missing clock shows as a silent UART, never a hang here */
       for (uint32_t n = 0; n < EC_INIT_WAIT_LIMIT && (*reg & op->mask) != op->value; ++n) {
       }
