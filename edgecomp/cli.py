@@ -356,7 +356,7 @@ def _profile(args, result: BuildResult, log) -> int:
 def _finetune(args, log) -> int:
     from edgecomp import report
     from edgecomp.analyze import baseline_outputs, score
-    from edgecomp.finetune import FinetuneConfig, finetune
+    from edgecomp.finetune import FinetuneConfig, check_compatible, finetune
     from edgecomp.frontend import load_model
     from edgecomp.io import load_eval
     from edgecomp.pipeline import BuildOptions, _io_specs, graph_passes
@@ -366,6 +366,7 @@ def _finetune(args, log) -> int:
     shapes = parse_input_shapes(args.input_shape)
     student, _ = graph_passes(load_model(args.model, shapes), BuildOptions(), None, None)
     teacher, _ = graph_passes(load_model(args.teacher, shapes), BuildOptions(), None, None)
+    check_compatible(student, teacher)
     samples, labels = load_eval(args.data, _io_specs(student))
     x = np.concatenate([s[0] for s in samples])
     config = FinetuneConfig(args.epochs, args.lr, args.batch_size, args.temperature, args.alpha, args.seed)

@@ -122,6 +122,7 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, 
     if not list(s_mod.parameters()):
         raise UserError("finetune: the model has no float Conv/Gemm/MatMul weights to train")
     s_out, t_out = _logits_name(student), _logits_name(teacher)
+    check_compatible(student, teacher)
     classify = s_out[1] and t_out[1]
     report = FinetuneReport(trained=sorted(s_mod.keys), objective="distillation (softmax logits)"
                             if classify else "distillation (mean squared error)")  # fmt: skip
@@ -164,6 +165,15 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, 
             value = s_mod.weights[s_mod.keys[t.name]].detach().numpy().astype(np.float32)
             t.CopyFrom(numpy_helper.from_array(value, t.name))
     return tuned, report
+
+
+def check_compatible(student: onnx.ModelProto, teacher: onnx.ModelProto) -> None:
+    """A UserError unless both models take and give tensors of the same shapes."""
+    for what in ("input", "output"):
+        shapes = [[[d.dim_value for d in v.type.tensor_type.shape.dim] for v in getattr(m.graph, what)
+                   if v.name not in {t.name for t in m.graph.initializer}] for m in (student, teacher)]  # fmt: skip
+        if shapes[0] != shapes[1]:
+            raise UserError(f"finetune: the model's {what}s {shapes[0]} and the teacher's {shapes[1]} differ")
 
 
 def _logits_name(model: onnx.ModelProto) -> tuple[str, bool]:

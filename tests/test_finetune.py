@@ -108,3 +108,8 @@ def test_finetune_cli(digits_cnn, tmp_path, capsys):
     assert Reference(onnx.load(tmp_path / "out" / "ft.onnx")).run([xv[:1]])[0].shape == (1, 10)
     assert not list((tmp_path / "out").glob("*.tmp"))
     assert main([*args[:-1], str(tmp_path / "x.onnx"), "--lr", "0"]) == 2
+    onnx.save(_ops_model(), tmp_path / "other.onnx")  # a teacher with another output: a clear error
+    bad = [*args[:-1], str(tmp_path / "x.onnx")]
+    bad[bad.index("--teacher") + 1] = str(tmp_path / "other.onnx")
+    assert main(bad) == 2
+    assert "differ" in capsys.readouterr().err
