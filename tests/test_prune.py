@@ -295,25 +295,33 @@ def test_fit_picks_the_best_configuration_within_budget(tmp_path, capsys):
 
 
 def test_magnitude_pruning_zeroes_blocks_and_the_sparse_kernel_stores_only_the_rest(tmp_path):
-    """sparsity=0.6 zeroes 60% of each layer's blocks of four weights; the int8 dense micro-kernel
-    then keeps a bitmask and the nonzero blocks (less flash) and stays bit-exact on host and M7."""
+    """sparsity=0.6 zeroes 60% of each dense layer's 4x4 tiles (four rows, four weights; a left-over
+    row's blocks of four one by one); the int8 dense micro-kernel then keeps a bitmask and the
+    nonzero tiles (less flash, fewer MACs) and stays bit-exact on host and M7."""
     nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
              helper.make_node("Relu", ["h"], ["r"]),
              helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]  # fmt: skip
-    model = make_model(nodes, [("x", [1, 64])], [("y", [1, 24])], [weight("w1", [40, 64]), weight("b1", [40]),
-                                                                   weight("w2", [40, 24])])  # fmt: skip
+    model = make_model(nodes, [("x", [1, 64])], [("y", [1, 26])], [weight("w1", [40, 64]), weight("b1", [40]),
+                                                                   weight("w2", [40, 26])])  # fmt: skip
     from edgecomp.passes import magnitude_prune
 
     sparse, report = magnitude_prune(model, 0.6)
-    w1 = _initializer(sparse, "w1").reshape(40, 16, 4)
-    assert np.mean(np.all(w1 == 0, axis=2)) == pytest.approx(0.6, abs=0.01)
-    assert np.mean(np.all(_initializer(sparse, "w2").T.reshape(24, 10, 4) == 0, axis=2)) == pytest.approx(
-        0.6, abs=0.01
-    )
+    tiles = _initializer(sparse, "w1").reshape(10, 4, 16, 4)
+    assert np.mean(np.all(tiles == 0, axis=(1, 3))) == pytest.approx(0.6, abs=0.01)
+    assert np.array_equal(
+        np.all(tiles == 0, axis=(1, 3)), np.any(tiles == 0, axis=(1, 3))
+    )  # never partly zero
+    w2 = _initializer(sparse, "w2").T  # 26 rows: six groups of four, two rows left over
+    units = np.concatenate([np.all(w2[:24].reshape(6, 4, 10, 4) == 0, axis=(1, 3)).reshape(-1),
+                            np.all(w2[24:].reshape(2, 10, 4) == 0, axis=2).reshape(-1)])  # fmt: skip
+    assert np.mean(units) == pytest.approx(0.6, abs=0.01)
     assert [layer["node"] for layer in report["layers"]] == ["fc1", "fc2"]
     path, calib = tmp_path / "m.onnx", tmp_path / "calib.npy"
     onnx.save(model, path)
     np.save(calib, np.random.default_rng(0).standard_normal((8, 1, 64)).astype(np.float32))
+    clean = build(path, load_target("host"), tmp_path / "asan", BuildOptions(quantize="int8", prune="sparsity=0.6",
+                  sanitize=True), log=lambda *_: None, calib=calib)  # fmt: skip
+    run_samples(clean, [random_inputs(model, 0)])  # a sanitizer report fails the run
     targets = ["host"] + (["cortex-m7"] if HAVE_ARM else [])
     for target in targets:
         dense = build(path, load_target(target), tmp_path / f"d-{target}", BuildOptions(quantize="int8"),

@@ -61,26 +61,37 @@ def pack_conv_wide(w2d: np.ndarray) -> np.ndarray:
 # below it the flash is better spent elsewhere (ResNet-8's 32x32 layers: +5 KB, -1 M instructions).
 WIDE_MIN_PIXELS = 512
 
-# Block-sparse storage costs a bitmask per row and a slower inner loop (find the next block, then
-# the same SMLADs): it pays in flash from about half the blocks zero, and is used from there on.
+# Tile-sparse storage (a bitmask per group of four rows, then the nonzero 4x4 tiles) skips a zero
+# tile outright but costs a bitmask walk per stored tile: it is used from about half the tiles zero.
 SPARSE_MAX_DENSITY = 0.55
 
 
-def _block_density(w: np.ndarray) -> float:
-    return float(np.mean(np.any(w.reshape(w.shape[0], -1, 4) != 0, axis=2)))
-
-
-def pack_sparse(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[rows, K] int8 (K % 4 == 0) -> (bitmask uint32 [rows, ceil(K/128)]: bit b of word j set when
-    block j*32+b of four weights holds a nonzero; the nonzero blocks, row after row, as int8)."""
+def _tile_density(w: np.ndarray) -> float:
+    """Fraction of the 4x4 tiles (four rows, four weights) of w's first rows // 4 * 4 rows that hold
+    a nonzero; 1.0 when there is no full group of four rows."""
     rows, k = w.shape
-    nz = np.any(w.reshape(rows, k // 4, 4) != 0, axis=2)
+    full = rows // 4 * 4
+    if full == 0 or k % 4:
+        return 1.0
+    return float(np.mean(np.any(w[:full].reshape(full // 4, 4, k // 4, 4) != 0, axis=(1, 3))))
+
+
+def pack_tiles(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[rows, K] int8 (K % 4 == 0) -> (bitmask uint32 [rows // 4, ceil(K/128)]: bit b of word j set
+    when tile j*32+b of the group of four rows holds a nonzero; the nonzero tiles group after group,
+    each as pack_dense lays out four rows' next four weights; the rows left over, as they are)."""
+    rows, k = w.shape
+    full = rows // 4 * 4
+    tiles = w[:full].reshape(full // 4, 4, k // 4, 4).transpose(0, 2, 1, 3)  # [group, tile, row, 4]
+    nz = np.any(tiles != 0, axis=(2, 3))
     words = -(-(k // 4) // 32)
-    bits = np.zeros((rows, words * 32), bool)
+    bits = np.zeros((full // 4, words * 32), bool)
     bits[:, : k // 4] = nz
-    masks = (bits.reshape(rows, words, 32).astype(np.uint64) << np.arange(32, dtype=np.uint64)).sum(axis=2)
-    blocks = w.reshape(rows, k // 4, 4)[nz].reshape(-1)
-    return masks.astype(np.uint32), np.ascontiguousarray(blocks.astype(np.int8))
+    masks = (bits.reshape(full // 4, words, 32).astype(np.uint64) << np.arange(32, dtype=np.uint64)).sum(
+        axis=2
+    )
+    return (masks.astype(np.uint32), np.ascontiguousarray(tiles[nz].reshape(-1).astype(np.int8)),
+            np.ascontiguousarray(w[full:].astype(np.int8)))  # fmt: skip
 
 
 def pack_dense(w: np.ndarray) -> np.ndarray:
@@ -176,12 +187,13 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
     if op.kind == "dense":
         (n, k), cout = x.shape, w.shape[0]
         p = {"n": n, "k": k, "cout": cout, **clamp}
-        if k % 4 == 0 and 0 < _block_density(w) <= SPARSE_MAX_DENSITY:
-            masks, blocks = pack_sparse(w)
-            p.update(mask_words=masks.shape[1], nnz=blocks.size // 4)
+        if 0 < _tile_density(w) <= SPARSE_MAX_DENSITY:
+            masks, tiles, rest = pack_tiles(w)
+            p.update(mask_words=masks.shape[1], tiles=tiles.size // 16, groups=cout // 4)
+            macs = n * (tiles.size + rest.size)
             mk = MicroKernel(f"ec_mk{index}_dense_sparse_s8", "kernels/dense_sparse_s8.c.j2", tuple(sorted(p.items())),
-                             0, n * (blocks.size // 4) * 4)  # fmt: skip
-            return mk, [masks, blocks, *rq]
+                             2 * k, macs)  # fmt: skip
+            return mk, [masks, tiles, rest if rest.size else np.zeros(1, np.int8), *rq]
         p["interleaved"] = int(k % 4 == 0)
         # Widening the input once (2K bytes of scratch) pays from a few rows of four on.
         p["widen_x"] = int(p["interleaved"] and cout >= 8)

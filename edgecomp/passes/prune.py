@@ -157,15 +157,19 @@ def parse_prune(spec: str) -> dict:
 
 
 SPARSE_BLOCK = 4  # weights zeroed four at a time along the reduction axis: one SMLAD pair each
+SPARSE_TILE_ROWS = 4  # dense layers: blocks of four output rows together (the kernel's row group)
 
 
 def magnitude_prune(model: onnx.ModelProto, sparsity: float) -> tuple[onnx.ModelProto, dict]:
-    """Zero the `sparsity` fraction of each Conv/Gemm/MatMul weight's blocks of SPARSE_BLOCK
-    consecutive weights along the reduction axis, smallest L2 norm first.
+    """Zero the `sparsity` fraction of each Conv/Gemm/MatMul weight's blocks, smallest RMS first.
+    A block is SPARSE_BLOCK consecutive weights along the reduction axis; in Gemm/MatMul weights,
+    the same block of SPARSE_TILE_ROWS consecutive output rows together (a 4x4 tile: the dense
+    micro-kernel multiplies four rows at a time, so a zero tile is skipped outright), rows left
+    over after the last group of four one by one.
 
     Preserves the graph and every shape; changes the function. The zeros only save flash where a
-    kernel stores the weights compressed: the int8 dense micro-kernel does (a block bitmask plus the
-    nonzero blocks) when at most microkernels.SPARSE_MAX_DENSITY of a layer's blocks are left.
+    kernel stores the weights compressed: the int8 dense micro-kernel does (a tile bitmask plus the
+    nonzero tiles) when at most microkernels.SPARSE_MAX_DENSITY of a layer's tiles are left.
     """
     model = onnx.ModelProto.FromString(model.SerializeToString())
     inits = {i.name: i for i in model.graph.initializer}
@@ -184,18 +188,30 @@ def magnitude_prune(model: onnx.ModelProto, sparsity: float) -> tuple[onnx.Model
             rows = w
         else:
             rows = w.T  # [K, N] -> rows of K
-        k = rows.shape[1]
+        n_rows, k = rows.shape
         if k % SPARSE_BLOCK or rows.size < 64:
             continue
-        blocks = rows.reshape(rows.shape[0], k // SPARSE_BLOCK, SPARSE_BLOCK)
-        norms = np.sqrt((blocks.astype(np.float64) ** 2).sum(axis=2))
-        n_zero = int(round(norms.size * sparsity))
+        tile = SPARSE_TILE_ROWS if node.op_type != "Conv" else 1
+        grouped = n_rows // tile * tile
+        # One unit per tile (rows grouped by `tile`) and per block of a left-over row; RMS ranks both.
+        units = [rows[:grouped].reshape(grouped // tile, tile, k // SPARSE_BLOCK, SPARSE_BLOCK).transpose(0, 2, 1, 3),
+                 rows[grouped:].reshape(n_rows - grouped, k // SPARSE_BLOCK, 1, SPARSE_BLOCK)]  # fmt: skip
+        rms = np.concatenate(
+            [np.sqrt((u.astype(np.float64) ** 2).mean(axis=(2, 3))).reshape(-1) for u in units]
+        )
+        n_zero = int(round(rms.size * sparsity))
         if n_zero == 0:
             continue
-        cut = np.argsort(norms, axis=None, kind="stable")[:n_zero]
-        mask = np.ones(norms.size, bool)
-        mask[cut] = False
-        pruned = (blocks * mask.reshape(norms.shape)[..., None]).reshape(rows.shape)
+        keep = np.ones(rms.size, bool)
+        keep[np.argsort(rms, kind="stable")[:n_zero]] = False
+        split = units[0].shape[0] * units[0].shape[1]
+        parts = [
+            (u * m.reshape(u.shape[:2])[..., None, None])
+            for u, m in zip(units, (keep[:split], keep[split:]), strict=True)
+        ]
+        pruned = np.concatenate(
+            [parts[0].transpose(0, 2, 1, 3).reshape(grouped, k), parts[1].reshape(n_rows - grouped, k)]
+        )
         if node.op_type == "Conv":
             new = pruned.reshape(w.shape)
         elif node.op_type == "Gemm" and _attr(node, "transB", 0):
@@ -203,8 +219,14 @@ def magnitude_prune(model: onnx.ModelProto, sparsity: float) -> tuple[onnx.Model
         else:
             new = pruned.T
         inits[node.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(new), node.input[1]))
-        layers.append({"node": node.name or node.output[0], "blocks": int(norms.size), "zeroed": n_zero})
-    return model, {"sparsity": sparsity, "block": SPARSE_BLOCK, "layers": layers}
+        layers.append({"node": node.name or node.output[0], "blocks": int(rms.size), "zeroed": n_zero,
+                       "block_shape": [tile, SPARSE_BLOCK]})  # fmt: skip
+    return model, {
+        "sparsity": sparsity,
+        "block": SPARSE_BLOCK,
+        "tile_rows": SPARSE_TILE_ROWS,
+        "layers": layers,
+    }
 
 
 def prune_channels(model: onnx.ModelProto, ratio: float = 0.0, per_layer: dict[str, float] | None = None,
