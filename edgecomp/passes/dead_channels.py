@@ -95,6 +95,8 @@ def _propagate(node: onnx.NodeProto, ins: list[Bounds | None], inits: dict) -> B
             lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)  # padding reads zeros
         w = inits[node.input[1]].astype(np.float64)
         groups, (cout, cin_g) = _attr(node, "group", 1), w.shape[:2]
+        if lo.size != groups * cin_g or cout % groups:
+            return None
         bias = inits[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(cout)
         g = np.arange(cout) // (cout // groups)
         idx = g[:, None] * cin_g + np.arange(cin_g)[None, :]  # input channels of each output channel
@@ -107,7 +109,10 @@ def _propagate(node: onnx.NodeProto, ins: list[Bounds | None], inits: dict) -> B
         w = w if _attr(node, "transB", 0) else w.T  # [out, in]
         if w.shape[1] != lo.size:
             return None
-        bias = inits.get(node.input[2], 0.0) if len(node.input) > 2 else 0.0
+        bias = np.asarray(inits.get(node.input[2], 0.0) if len(node.input) > 2 else 0.0, np.float64)
+        if bias.size not in (1, w.shape[0]):
+            return None
+        bias = bias.reshape(-1) if bias.size > 1 else bias.reshape(())
         wp, wn = np.maximum(w, 0), np.minimum(w, 0)
         alpha, beta = _attr(node, "alpha", 1.0), _attr(node, "beta", 1.0)
         return (alpha * (wp @ lo + wn @ hi) + beta * bias, alpha * (wp @ hi + wn @ lo) + beta * bias)
