@@ -114,7 +114,8 @@ def graph_module(model: onnx.ModelProto):
 def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, labels: np.ndarray | None,
              config: FinetuneConfig | None = None, log=lambda *_: None) -> tuple[onnx.ModelProto, FinetuneReport]:  # fmt: skip
     """`student` with its float weights trained on `x` (one sample per row) to match `teacher`
-    (and `labels` when given). Preserves the graph: nodes, shapes and every other initializer."""
+    (and `labels` when given). Preserves the graph (nodes, shapes, every other initializer) and
+    the zeros of the trained weights (magnitude pruning's sparsity)."""
     torch = _torch()
     cfg = config or FinetuneConfig()
     torch.manual_seed(cfg.seed)
@@ -133,6 +134,8 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, 
         targets = torch.cat([t_mod(xs[i : i + 256])[t_out[0]] for i in range(0, len(xs), 256)])
     ys = None if labels is None else torch.from_numpy(np.asarray(labels).reshape(-1).astype(np.int64))
     opt = torch.optim.Adam(s_mod.parameters(), lr=cfg.lr)
+    # Weights that are exactly zero stay zero: magnitude-pruned tiles keep their sparsity.
+    nonzero = {k: (w != 0).to(w.dtype) for k, w in s_mod.weights.items()}
     gen = torch.Generator().manual_seed(cfg.seed)
     temp = cfg.temperature
     for epoch in range(cfg.epochs):
@@ -153,6 +156,9 @@ def finetune(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, 
             opt.zero_grad()
             loss.backward()
             opt.step()
+            with torch.no_grad():
+                for k, w in s_mod.weights.items():
+                    w.mul_(nonzero[k])
             total += float(loss.detach()) * len(idx)
         report.losses.append(total / len(xs))
         if not math.isfinite(report.losses[-1]):

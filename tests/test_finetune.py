@@ -113,3 +113,17 @@ def test_finetune_cli(digits_cnn, tmp_path, capsys):
     bad[bad.index("--teacher") + 1] = str(tmp_path / "other.onnx")
     assert main(bad) == 2
     assert "differ" in capsys.readouterr().err
+
+
+def test_finetune_keeps_magnitude_pruned_zeros(digits_cnn):
+    from edgecomp.passes import magnitude_prune
+
+    model, (xt, yt), _ = digits_cnn
+    sparse, _ = magnitude_prune(model, 0.5)
+    tuned, report = finetune(sparse, model, xt[:256], yt[:256], FinetuneConfig(epochs=1))
+    before = {t.name: numpy_helper.to_array(t) for t in sparse.graph.initializer}
+    for t in tuned.graph.initializer:
+        if t.name in report.trained:
+            after = numpy_helper.to_array(t)
+            assert np.array_equal(after == 0, before[t.name] == 0), t.name  # same zeros, nothing else zeroed
+    assert any(np.any(before[n] == 0) for n in report.trained)

@@ -393,3 +393,53 @@ def test_interval_bounds_hold_for_inputs_in_range(kind):
     assert bound and bound.keys() == seen.keys()
     for name, b in bound.items():
         assert np.all(np.isfinite(b)) and np.all(seen[name] <= b + 1e-5), name
+
+
+def _dead_after(model, lo, hi):
+    from edgecomp.passes import interval_upper_bounds, zero_dead_channels
+
+    return zero_dead_channels(model, interval_upper_bounds(model, lo, hi))
+
+
+def test_dead_channel_proof_holds_in_corner_cases():
+    """Cases where a careless proof zeroes live channels: weights shared by two Convs, a Gemm with
+    negative alpha, an AveragePool that averages SAME padding in; and a (1, N) Gemm bias must not
+    crash it. Each pruned model must equal the original on inputs across the range."""
+    from onnx import numpy_helper as nh
+
+    f32 = lambda a, n: nh.from_array(np.asarray(a, np.float32), n)  # noqa: E731
+    shared = make_model(
+        [helper.make_node("Conv", ["x", "W", "B"], ["a"]), helper.make_node("Relu", ["a"], ["ra"]),
+         helper.make_node("Conv", ["x", "N", ""], ["nx"]), helper.make_node("Conv", ["nx", "W", "B"], ["b"]),
+         helper.make_node("Relu", ["b"], ["rb"]), helper.make_node("Add", ["ra", "rb"], ["y"])],
+        [("x", [1, 1, 2, 2])], [("y", [1, 2, 2, 2])],
+        [f32([[[[1.0]]], [[[-1.0]]]], "W"), f32([-0.1, -0.1], "B"), f32([[[[-1.0]]]], "N")])  # fmt: skip
+    neg_alpha = make_model(
+        [helper.make_node("Gemm", ["x", "W", "b"], ["g"], transB=1, alpha=-1.0), helper.make_node("Relu", ["g"], ["y"])],
+        [("x", [1, 1])], [("y", [1, 2])], [f32([[1.0], [-1.0]], "W"), f32([0.0, -0.5], "b")])  # fmt: skip
+    same_pool = make_model(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["c"]),
+         helper.make_node("AveragePool", ["c"], ["p"], kernel_shape=[3, 3], auto_pad="SAME_UPPER", count_include_pad=1),
+         helper.make_node("Conv", ["p", "w2", "b2"], ["d"]), helper.make_node("Relu", ["d"], ["y"])],
+        [("x", [1, 1, 4, 4])], [("y", [1, 1, 4, 4])],
+        [f32([[[[1.0]]]], "w1"), f32([-2.0], "b1"), f32([[[[1.0]]]], "w2"), f32([0.7], "b2")])  # fmt: skip
+    row_bias = make_model(
+        [helper.make_node("Gemm", ["x", "W", "b"], ["g"], transB=1), helper.make_node("Relu", ["g"], ["r"]),
+         helper.make_node("Gemm", ["r", "W2", "b2"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["y"])],
+        [("x", [1, 2])], [("y", [1, 2])],
+        [f32([[1, 0], [0, 1]], "W"), f32([[0.0, -5.0]], "b"), f32([[1, 1], [1, -1]], "W2"), f32([0.0, -9.0], "b2")])  # fmt: skip
+    for model, lo, hi in (
+        (shared, 0.0, 1.0),
+        (neg_alpha, 0.0, 1.0),
+        (same_pool, 0.0, 1.0),
+        (row_bias, 0.0, 1.0),
+    ):
+        pruned, _ = _dead_after(model, lo, hi)
+        for v in np.linspace(lo, hi, 5):
+            x = [
+                np.full([d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim], v, np.float32)
+            ]
+            np.testing.assert_allclose(_run(pruned, x)[0], _run(model, x)[0], atol=1e-6)
+    assert (
+        _dead_after(row_bias, 0.0, 1.0)[1] == 1
+    )  # W2's second row: x0 - x1 - 9 < 0, provable through (1, N)

@@ -44,8 +44,11 @@ def _candidates(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int]]:
             continue
         w = inits[node.input[1]]
         axis = 1 if node.op_type == "Gemm" and not _attr(node, "transB", 0) else 0
-        bias = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if w.ndim < 2 or (bias is not None and bias.shape != (w.shape[axis],)):
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        if has_bias and (node.input[2] not in inits or inits[node.input[2]].shape != (w.shape[axis],)):
+            continue  # a computed or broadcast bias: leave the channel alone
+        # Weights or bias another node also reads (a module called twice): zeroing would reach it.
+        if any(len(readers[name]) > 1 for name in node.input[1:] if name) or w.ndim < 2:
             continue
         found.append((node, axis))
     return found
@@ -69,16 +72,28 @@ def interval_upper_bounds(model: onnx.ModelProto, lo: float, hi: float) -> dict[
     graph = model.graph
     first = next(i for i in graph.input if i.name not in inits)
     dims = first.type.tensor_type.shape.dim
-    if len(dims) < 2:
+    if len(dims) < 2 or dims[1].dim_value <= 0:
         return {}
     bounds: dict[str, Bounds] = {first.name: (np.full(dims[1].dim_value, lo), np.full(dims[1].dim_value, hi))}
     for node in graph.node:
         b = _propagate(node, [bounds.get(i) for i in node.input], inits)
         if b is not None:
             bounds[node.output[0]] = b
-    # Rounding margin: float32 execution may land a hair above a bound that is a hair below 0.
-    return {n.output[0]: bounds[n.output[0]][1] + 1e-6 * (np.abs(bounds[n.output[0]][0]) + np.abs(bounds[n.output[0]][1]))
-            for n, _ in _candidates(model) if n.output[0] in bounds}  # fmt: skip
+    # A margin of 1 % of each channel's interval: the proof is over the float model, and the int8
+    # model's rounding of weights and inputs must not lift a channel that is only just below 0.
+    upper = {}
+    for n, _ in _candidates(model):
+        if n.output[0] in bounds:
+            lo_b, hi_b = bounds[n.output[0]]
+            upper[n.output[0]] = hi_b + 0.01 * (hi_b - lo_b) + 1e-6 * (np.abs(lo_b) + np.abs(hi_b))
+    return upper
+
+
+def _pads_zeros(node: onnx.NodeProto) -> bool:
+    """Whether a Conv/AveragePool window may cover padding (explicit pads or auto_pad SAME_*)."""
+    auto = _attr(node, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    return any(_attr(node, "pads", [0])) or auto not in ("NOTSET", "VALID")
 
 
 def _propagate(node: onnx.NodeProto, ins: list[Bounds | None], inits: dict) -> Bounds | None:
@@ -87,15 +102,13 @@ def _propagate(node: onnx.NodeProto, ins: list[Bounds | None], inits: dict) -> B
         return None
     lo, hi = x
     if op == "Conv" and node.input[1] in inits:
-        if any(_attr(node, "pads", [0])) or _attr(node, "auto_pad", b"NOTSET") not in (
-            b"NOTSET",
-            "NOTSET",
-            b"VALID",
-        ):
+        if _pads_zeros(node):
             lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)  # padding reads zeros
         w = inits[node.input[1]].astype(np.float64)
         groups, (cout, cin_g) = _attr(node, "group", 1), w.shape[:2]
         if lo.size != groups * cin_g or cout % groups:
+            return None
+        if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
             return None
         bias = inits[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(cout)
         g = np.arange(cout) // (cout // groups)
@@ -109,31 +122,30 @@ def _propagate(node: onnx.NodeProto, ins: list[Bounds | None], inits: dict) -> B
         w = w if _attr(node, "transB", 0) else w.T  # [out, in]
         if w.shape[1] != lo.size:
             return None
-        bias = np.asarray(inits.get(node.input[2], 0.0) if len(node.input) > 2 else 0.0, np.float64)
+        if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
+            return None
+        bias = np.asarray(inits[node.input[2]] if len(node.input) > 2 and node.input[2] else 0.0, np.float64)
         if bias.size not in (1, w.shape[0]):
             return None
         bias = bias.reshape(-1) if bias.size > 1 else bias.reshape(())
         wp, wn = np.maximum(w, 0), np.minimum(w, 0)
         alpha, beta = _attr(node, "alpha", 1.0), _attr(node, "beta", 1.0)
-        return (alpha * (wp @ lo + wn @ hi) + beta * bias, alpha * (wp @ hi + wn @ lo) + beta * bias)
+        low, high = alpha * (wp @ lo + wn @ hi), alpha * (wp @ hi + wn @ lo)
+        if alpha < 0:
+            low, high = high, low
+        return low + beta * bias, high + beta * bias
     if op == "Relu":
         return np.maximum(lo, 0), np.maximum(hi, 0)
     if op == "Clip":
-        mn = (
-            inits.get(node.input[1], -np.inf)
-            if len(node.input) > 1 and node.input[1]
-            else _attr(node, "min", -np.inf)
-        )
-        mx = (
-            inits.get(node.input[2], np.inf)
-            if len(node.input) > 2 and node.input[2]
-            else _attr(node, "max", np.inf)
-        )
+        if any(name and name not in inits for name in node.input[1:]):
+            return None  # a computed bound
+        mn = inits[node.input[1]] if len(node.input) > 1 and node.input[1] else _attr(node, "min", -np.inf)
+        mx = inits[node.input[2]] if len(node.input) > 2 and node.input[2] else _attr(node, "max", np.inf)
         return np.clip(lo, mn, mx), np.clip(hi, mn, mx)
     if op in ("MaxPool", "GlobalMaxPool", "GlobalAveragePool", "Identity", "Dropout"):
         return lo, hi
     if op == "AveragePool":
-        if any(_attr(node, "pads", [0])) and _attr(node, "count_include_pad", 0):
+        if _pads_zeros(node) and _attr(node, "count_include_pad", 0):
             return np.minimum(lo, 0), np.maximum(hi, 0)
         return lo, hi
     if op == "Add" and len(ins) == 2 and ins[1] is not None and ins[1][0].shape == lo.shape:
