@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import make_model, needs_qemu, random_inputs, weight
+from conftest import HAVE_ARM, make_model, needs_qemu, random_inputs, weight
 from onnx import helper
 
 from edgecomp.passes import fold_constants
@@ -134,6 +134,32 @@ def test_fused_add_runs_in_place_and_matches_tvm_kernels(tmp_path):
     # At most two 8x12x12 tensors live at once (the residual is the output) plus two int16 im2col
     # columns (K = 8*3*3 = 72); TVM's separate Add needs a third tensor.
     assert fused.report["arena_bytes"] <= 2 * 1152 + 2 * 72 * 2 < tvm.report["arena_bytes"]
+
+
+def _large_multiplier():
+    """x and a copy of x into a 1x1 conv whose channels nearly cancel them: the output range is a
+    few percent of the input's, so the requantization multiplier is above 1/4 (n <= 32)."""
+    nodes = [helper.make_node("Concat", ["x", "x"], ["xx"], axis=1),
+             helper.make_node("Conv", ["xx", "w", "b"], ["y"])]  # fmt: skip
+    w = np.array([[1.0, -0.97], [-1.0, 0.98], [0.5, -0.47]], np.float32).reshape(3, 2, 1, 1)
+    inits = [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(np.zeros(3, np.float32), "b")]
+    return make_model(nodes, [("x", [1, 1, 6, 5])], [("y", [1, 3, 6, 5])], inits)
+
+
+@pytest.mark.parametrize("target", ["host", "cortex-m7"])
+def test_requantization_with_a_large_multiplier_keeps_the_micro_kernel(target, tmp_path):
+    if target != "host" and not HAVE_ARM:
+        pytest.skip("needs arm-none-eabi-gcc and qemu-system-arm")
+    model = _large_multiplier()
+    result = _build(model, target, tmp_path)
+    graph = extract_int_graph(fold_constants(result.model))
+    conv = next(op for op in graph.ops if op.kind == "conv")
+    assert np.any((conv.attrs["shift"] <= 32) & (conv.attrs["mult"] != 0))
+    text = (result.outdir / "model_kernels.c").read_text()
+    assert "ec_mk0_conv_s8" in text and "ec_requant_s8_int64(" in text
+    samples = [random_inputs(model, s) for s in range(3)]
+    for run, sample in zip(run_samples(result, samples), samples, strict=True):
+        np.testing.assert_array_equal(run.outputs[0], run_int_graph(graph, sample)[0])
 
 
 def test_smmla_form_equals_the_requantization():

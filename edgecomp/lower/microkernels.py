@@ -136,19 +136,23 @@ def smmla_form(
     return np.where(is_const, 0, mult), addend, np.where(is_const, 0, n - 32)
 
 
-def _requant_consts(a: dict, weight: np.ndarray) -> list[np.ndarray] | None:
-    """bias, the (M, addend) pairs and the shifts of a layer's requantization in smmla_form; the
-    accumulator of channel c lies within bias[c] +- 128 * sum |weight[c]|."""
+def _requant_consts(a: dict, weight: np.ndarray) -> tuple[list[np.ndarray], str]:
+    """(bias, per-channel pairs, per-channel shifts) of a layer's requantization and the C function
+    that applies them: ec_requant_s8 with (M, addend) pairs in smmla_form where it applies (the
+    accumulator of channel c lies within bias[c] +- 128 * sum |weight[c]|), else
+    ec_requant_s8_int64 with (M, zero point) pairs and the shifts n (the definition, in int64)."""
     bias = np.asarray(a["bias"], np.int64)
     reach = 128 * np.abs(weight.reshape(weight.shape[0], -1).astype(np.int64)).sum(axis=1)
-    form = smmla_form(
-        a["mult"], a["shift"], int(a["out_zp"]), int(a["lo"]), int(a["hi"]), (bias - reach, bias + reach)
-    )
+    zp = int(a["out_zp"])
+    form = smmla_form(a["mult"], a["shift"], zp, int(a["lo"]), int(a["hi"]), (bias - reach, bias + reach))
     if form is None:
-        return None
-    mult, addend, sh = form
-    pairs = np.stack([mult, addend], axis=1).reshape(-1)
-    return [bias.astype(np.int32), pairs.astype(np.int32), sh.astype(np.int8)]
+        mult, shift = np.asarray(a["mult"], np.int64), np.asarray(a["shift"], np.int64)
+        form, fn = (mult, np.full(mult.shape, zp, np.int64), shift), "ec_requant_s8_int64"
+    else:
+        fn = "ec_requant_s8"
+    mult, second, sh = form
+    pairs = np.stack([mult, second], axis=1).reshape(-1)
+    return [bias.astype(np.int32), pairs.astype(np.int32), sh.astype(np.int8)], fn
 
 
 def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
@@ -179,10 +183,8 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
         return _add(index, a, int(np.prod(y.shape)))
     if op.kind not in ("conv", "dense"):
         return None
-    rq = _requant_consts(a, a["weight"])
-    if rq is None:
-        return None
-    clamp = {"lo": int(a["lo"]), "hi": int(a["hi"])}
+    rq, rq_fn = _requant_consts(a, a["weight"])
+    clamp = {"lo": int(a["lo"]), "hi": int(a["hi"]), "rq": rq_fn}
     w = a["weight"]
     if op.kind == "dense":
         (n, k), cout = x.shape, w.shape[0]

@@ -133,6 +133,14 @@ static inline int32_t ec_requant_s8(int32_t acc, int32_t mult, int32_t addend, i
   return ec_clamp_s8(ec_smmla(acc, mult, addend) >> sh, lo, hi);
 }
 
+/* The definition itself, for layers outside ec_requant_s8's form (a multiplier of 1/4 or more,
+ * n <= 32): ((acc * M + 2^(n-1)) >> n) in int64, + the zero point, clamped. */
+static inline int32_t ec_requant_s8_int64(int32_t acc, int32_t mult, int32_t zp, int32_t n, int32_t lo, int32_t hi)
+{
+  const int64_t v = (((int64_t)acc * mult + ((int64_t)1 << (n - 1))) >> n) + zp;
+  return v < lo ? lo : (v > hi ? hi : (int32_t)v);
+}
+
 /* The integer Add of quant/reference.py for int8 addends a and b: their rescaled values looked
  * up in 256-entry tables (microkernels.add_tables; ta and tb point at the entries for 0), summed,
  * then requantized as above. */
