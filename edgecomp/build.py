@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def crc32_mpeg2(data: bytes) -> int:
     return crc
 
 
-def boot2_image(target: Target, workdir: Path) -> bytes | None:
+def boot2_image(target: Target) -> bytes | None:
     """The target's second-stage boot loader ([boot2] source, assembled with its compiler), padded
     to 252 bytes with its CRC32 appended; None for targets without one."""
     source = target.boot2.get("source")
@@ -140,14 +141,16 @@ def boot2_image(target: Target, workdir: Path) -> bytes | None:
     from edgecomp.resources import data_dir
 
     src = data_dir("firmware") / source
-    obj, binary = workdir / "boot2.o", workdir / "boot2.bin"
-    cc = compiler_for(target)
-    for cmd in ([cc, *target.arch_flags, "-c", "-o", str(obj), str(src)],
-                ["arm-none-eabi-objcopy", "-O", "binary", str(obj), str(binary)]):  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if proc.returncode != 0:
-            raise ToolError(f"assembling the boot loader {src.name} failed:\n{proc.stderr.strip()[-2000:]}")
-    code = binary.read_bytes()
+    with tempfile.TemporaryDirectory() as work:
+        obj, binary = Path(work) / "boot2.o", Path(work) / "boot2.bin"
+        for cmd in ([compiler_for(target), *target.arch_flags, "-c", "-o", str(obj), str(src)],
+                    ["arm-none-eabi-objcopy", "-O", "binary", str(obj), str(binary)]):  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            if proc.returncode != 0:
+                raise ToolError(
+                    f"assembling the boot loader {src.name} failed:\n{proc.stderr.strip()[-2000:]}"
+                )
+        code = binary.read_bytes()
     if len(code) > BOOT2_BYTES - 4:
         raise ToolError(f"boot loader {src.name} is {len(code)} bytes, more than {BOOT2_BYTES - 4}")
     code = code.ljust(BOOT2_BYTES - 4, b"\0")

@@ -77,7 +77,12 @@ def graph_module(model: onnx.ModelProto):
             self.weights = nn.ParameterDict(
                 {k: nn.Parameter(torch.from_numpy(inits[n].copy())) for n, k in self.keys.items()}
             )
-            self.constants = {n: v for n, v in inits.items() if n not in trainable}
+            # Once, not per step: float constants as tensors, every node's attributes parsed.
+            self.constants = {n: torch.from_numpy(v.copy()) if v.dtype.kind == "f" else v
+                              for n, v in inits.items() if n not in trainable}  # fmt: skip
+            self.attrs = [
+                {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in graph.node
+            ]
             self.input_names = [i.name for i in graph.input if i.name not in inits]
             first = next(i for i in graph.input if i.name not in inits)
             self.batch = (
@@ -96,10 +101,8 @@ def graph_module(model: onnx.ModelProto):
             env = dict(zip(self.input_names, xs, strict=True))
             for name, key in self.keys.items():
                 env[name] = self.weights[key]
-            for name, value in self.constants.items():
-                env[name] = torch.from_numpy(value.copy()) if value.dtype.kind == "f" else value
-            for node in graph.node:
-                attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            env.update(self.constants)
+            for node, attrs in zip(graph.node, self.attrs, strict=True):
                 args = [env[i] if i else None for i in node.input]
                 if node.op_type == "Reshape":
                     args[1] = self._batched(args[0], args[1])

@@ -134,16 +134,16 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         model_bytes, target, options, [p for p in (calib, eval_data, ratios_file) if p is not None]
     )
     t0 = time.monotonic()
-    model, graph_report = graph_passes(model, options, prune_spec, calib)
+    calib_samples = load_calibration(calib, _io_specs(model)) if calib is not None else None
+    model, graph_report = graph_passes(model, options, prune_spec, calib_samples)
     if save_pruned:
         Path(save_pruned).parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(save_pruned))
     float_model = model  # what quantization starts from and is compared with
     if options.quantize:
-        inputs = _io_specs(model)
         log(f"quantizing to {options.quantize} ({options.calib_method} calibration)")
         model = onnx.shape_inference.infer_shapes(
-            quantize(model, load_calibration(calib, inputs), options.quantize, options.calib_method)
+            quantize(model, calib_samples, options.quantize, options.calib_method)
         )
         if save_quantized:
             Path(save_quantized).parent.mkdir(parents=True, exist_ok=True)
@@ -159,9 +159,9 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "options": json.dumps(options.as_dict(), sort_keys=True),
     }
-    with tempfile.TemporaryDirectory() as scratch:
-        boot2 = boot2_image(target, Path(scratch))
-    project = generate_project(lowered, target, model_path.name, provenance, options.per_layer, boot2)
+    project = generate_project(
+        lowered, target, model_path.name, provenance, options.per_layer, boot2_image(target)
+    )
     t_gen = time.monotonic() - t0
 
     outdir.parent.mkdir(parents=True, exist_ok=True)
@@ -195,17 +195,17 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
 
 
 def graph_passes(model: onnx.ModelProto, options: BuildOptions, prune_spec: dict | None,
-                  calib: Path | None) -> tuple[onnx.ModelProto, dict]:  # fmt: skip
-    """Lossless simplification (always), then structured pruning if asked; what each did."""
+                  calib: list[list[np.ndarray]] | None) -> tuple[onnx.ModelProto, dict]:  # fmt: skip
+    """Lossless simplification (always), then structured pruning if asked; what each did.
+    `calib`: the calibration samples, for dead channels and activation importance."""
     model, stats = simplify(model)
     model = fold_constants(onnx.shape_inference.infer_shapes(model))
     if calib is not None and options.quantize and options.dead_channels != "none":
-        samples = load_calibration(calib, _io_specs(model))
         if options.dead_channels == "calib":
-            upper, key = observed_upper_bounds(model, samples), "channels_dead_on_calibration"
+            upper, key = observed_upper_bounds(model, calib), "channels_dead_on_calibration"
         else:
             # The quantized model clamps its input to the calibrated range (within one step).
-            xs = np.concatenate([s[0].reshape(-1) for s in samples])
+            xs = np.concatenate([s[0].reshape(-1) for s in calib])
             lo, hi = min(float(xs.min()), 0.0), max(float(xs.max()), 0.0)
             step = (hi - lo) / 255
             upper, key = interval_upper_bounds(model, lo - step, hi + step), "channels_dead_proven"
@@ -219,13 +219,10 @@ def graph_passes(model: onnx.ModelProto, options: BuildOptions, prune_spec: dict
         ratio, per_layer = prune_spec["channels"], None
         if isinstance(ratio, str):
             per_layer, ratio = _load_ratios(Path(ratio)), 0.0
-        samples = None
-        if options.prune_importance == "activation":
-            if calib is None:
-                raise UserError("--prune-importance activation needs calibration data: --calib DATA")
-            samples = load_calibration(calib, _io_specs(model))
+        if options.prune_importance == "activation" and calib is None:
+            raise UserError("--prune-importance activation needs calibration data: --calib DATA")
         params_before = count_params(model)
-        model, pruned = prune_channels(model, ratio, per_layer, options.prune_importance, samples)
+        model, pruned = prune_channels(model, ratio, per_layer, options.prune_importance, calib)
         report["pruning"] = {
             **pruned.as_dict(),
             "params_before": params_before,

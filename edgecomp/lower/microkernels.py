@@ -107,7 +107,8 @@ def _constant_output(
     lo_acc: int, hi_acc: int, mult: int, shift: int, zp: int, lo: int, hi: int
 ) -> int | None:
     """The channel's output when it is the same for every accumulator in [lo_acc, hi_acc] (a dead
-    channel: tiny multiplier, or a bias that pins it to the clamp), else None. requant is monotonic."""
+    channel: tiny multiplier, or a bias that pins it to the clamp), else None. requant is monotonic.
+    (fixedpoint.requant in Python ints: acc here may exceed int32, and acc * M overflow int64.)"""
     ends = [min(max(((v * mult + (1 << (shift - 1))) >> shift) + zp, lo), hi) for v in (lo_acc, hi_acc)]
     return ends[0] if ends[0] == ends[1] else None
 
@@ -118,8 +119,8 @@ def smmla_form(
     """(M, addend, sh) such that clamp(((v * M + 2**(n-1)) >> n) + zp) == clamp((addend + ((v * M) >> 32))
     >> sh) for every v in acc_range — the requantization as one SMMLA and one shift (ec_dsp.h
     ec_requant_s8) — or None when a channel's n <= 32 or its addend could overflow int32 (the
-    caller keeps TVM's kernel). A channel whose output is constant over acc_range becomes M = 0,
-    addend = that output, sh = 0."""
+    caller then uses the int64 definition, or for an Add keeps TVM's kernel). A channel whose
+    output is constant over acc_range becomes M = 0, addend = that output, sh = 0."""
     mult, shift = np.atleast_1d(np.asarray(mult, np.int64)), np.atleast_1d(np.asarray(shift, np.int64))
     acc_lo, acc_hi = (np.broadcast_to(np.asarray(r, np.int64), mult.shape) for r in acc_range)
     const = [_constant_output(int(a), int(b), int(m), int(n), zp, lo, hi)

@@ -13,23 +13,17 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgecomp.passes.prune import _attr
+
 Bounds = tuple[np.ndarray, np.ndarray]  # per-channel (lowest, highest) value of a tensor
-
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    return default
 
 
 def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
-def _candidates(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, int]]:
+def _candidates(model: onnx.ModelProto, inits: dict[str, np.ndarray]) -> list[tuple[onnx.NodeProto, int]]:
     """(Conv/Gemm node, output-channel axis of its weight) whose output feeds only a ReLU-like op."""
-    inits = _inits(model)
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -82,7 +76,7 @@ def interval_upper_bounds(model: onnx.ModelProto, lo: float, hi: float) -> dict[
     # A margin of 1 % of each channel's interval: the proof is over the float model, and the int8
     # model's rounding of weights and inputs must not lift a channel that is only just below 0.
     upper = {}
-    for n, _ in _candidates(model):
+    for n, _ in _candidates(model, inits):
         if n.output[0] in bounds:
             lo_b, hi_b = bounds[n.output[0]]
             upper[n.output[0]] = hi_b + 0.01 * (hi_b - lo_b) + 1e-6 * (np.abs(lo_b) + np.abs(hi_b))
@@ -159,7 +153,7 @@ def observed_upper_bounds(model: onnx.ModelProto, samples: list[list[np.ndarray]
     """For each candidate's output: the per-channel maximum over `samples` (onnxruntime)."""
     import onnxruntime as ort
 
-    names = [n.output[0] for n, _ in _candidates(model)]
+    names = [n.output[0] for n, _ in _candidates(model, _inits(model))]
     if not names or not samples:
         return {}
     probe = onnx.ModelProto.FromString(model.SerializeToString())
@@ -180,7 +174,7 @@ def zero_dead_channels(model: onnx.ModelProto, upper: dict[str, np.ndarray]) -> 
     inits = _inits(model)
     new_values: dict[str, np.ndarray] = {}
     zeroed = 0
-    for node, axis in _candidates(model):
+    for node, axis in _candidates(model, inits):
         if node.output[0] not in upper:
             continue
         dead = upper[node.output[0]] <= 0

@@ -94,6 +94,17 @@ static inline uint32_t ec_sxtb16_ror8(uint32_t v)
 #endif
 }
 
+/* k int8 values (k a multiple of 4) widened to int16, each group of four as (x0, x2), (x1, x3):
+ * SXTB16's lanes, so they pair with weights widened by SXTB16 / SXTB16 ROR 8. */
+static inline void ec_widen_pairs(const int8_t *x, int16_t *xw, int32_t k)
+{
+  for (int32_t i = 0; i < k; i += 4) {
+    const uint32_t v = ec_load32(x + i);
+    ec_store32(xw + i, ec_sxtb16(v));
+    ec_store32(xw + i + 2, ec_sxtb16_ror8(v));
+  }
+}
+
 /* Two int16 values as one word (lo, hi). */
 static inline uint32_t ec_pack16(int32_t lo, int32_t hi)
 {
