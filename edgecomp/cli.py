@@ -367,7 +367,7 @@ def _finetune(args, log) -> int:
     student, _ = graph_passes(load_model(args.model, shapes), BuildOptions(), None, None)
     teacher, _ = graph_passes(load_model(args.teacher, shapes), BuildOptions(), None, None)
     check_compatible(student, teacher)
-    samples, labels = load_eval(args.data, _io_specs(student))
+    samples, labels = load_eval(args.data, _io_specs(student), "--data")
     x = np.concatenate([s[0] for s in samples])
     config = FinetuneConfig(args.epochs, args.lr, args.batch_size, args.temperature, args.alpha, args.seed)
     evals = load_eval(args.eval, _io_specs(student)) if args.eval else None

@@ -114,12 +114,15 @@ def _split_all(arr: np.ndarray, spec: dict) -> list[list[np.ndarray]]:
     return [[s] for s in _split(arr, tuple(spec["shape"]), spec["name"], np.dtype(spec["dtype"]))]
 
 
-def load_eval(path: Path, inputs: list[dict]) -> tuple[list[list[np.ndarray]], np.ndarray | None]:
-    """Evaluation data: a .npz with `x` (samples) and optional labels `y` (one per sample)."""
+def load_eval(
+    path: Path, inputs: list[dict], option: str = "--eval"
+) -> tuple[list[list[np.ndarray]], np.ndarray | None]:
+    """Evaluation (or training) data: a .npz with `x` (samples) and optional labels `y` (one per
+    sample); `option` names the command-line option in errors."""
     path = Path(path)
     if path.suffix != ".npz" or not path.is_file():
         raise UserError(
-            f"--eval needs an existing .npz file with arrays x (inputs) and optional y (labels): {path}"
+            f"{option} needs an existing .npz file with arrays x (inputs) and optional y (labels): {path}"
         )
     samples = load_calibration(path, inputs)
     with np.load(path, allow_pickle=False) as z:

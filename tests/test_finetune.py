@@ -113,6 +113,10 @@ def test_finetune_cli(digits_cnn, tmp_path, capsys):
     bad[bad.index("--teacher") + 1] = str(tmp_path / "other.onnx")
     assert main(bad) == 2
     assert "differ" in capsys.readouterr().err
+    missing = [*args[:-1], str(tmp_path / "x.onnx")]
+    missing[missing.index("--data") + 1] = str(tmp_path / "none.npz")
+    assert main(missing) == 2
+    assert "--data needs an existing .npz" in capsys.readouterr().err
 
 
 def test_finetune_keeps_magnitude_pruned_zeros(digits_cnn):
