@@ -429,9 +429,11 @@ def _analyze(args, log) -> int:
 
 def _random_input(rng: np.random.Generator, entry: dict) -> np.ndarray:
     dtype = np.dtype(entry["dtype"])
-    if dtype.kind == "i":
+    if dtype == np.bool_:
+        return rng.integers(0, 2, entry["shape"]).astype(dtype)
+    if dtype.kind in "iu":
         info = np.iinfo(dtype)
-        return rng.integers(info.min, info.max + 1, entry["shape"]).astype(dtype)
+        return rng.integers(info.min, info.max, entry["shape"], dtype=dtype, endpoint=True)
     return rng.standard_normal(entry["shape"]).astype(dtype)
 
 

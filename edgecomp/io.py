@@ -48,15 +48,19 @@ def load_samples(path: Path, inputs: list[dict]) -> list[list[np.ndarray]]:
 
 
 def to_model_dtype(arr: np.ndarray, spec: dict) -> np.ndarray:
-    """Float data for an integer (quantized) input is quantized as the model's QuantizeLinear would."""
+    """Integer data for an integer input is range-checked; float data for a quantized input (one
+    with a scale) is quantized as the model's QuantizeLinear would."""
     dtype = np.dtype(spec["dtype"])
-    if dtype.kind != "i":
+    if dtype.kind not in "iub":
         return arr
-    if np.issubdtype(arr.dtype, np.integer):
-        info = np.iinfo(dtype)
-        if arr.size and (arr.min() < info.min or arr.max() > info.max):
-            raise UserError(f"input '{spec['name']}' holds values outside {dtype} [{info.min}, {info.max}]")
+    if np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            if arr.size and (arr.min() < info.min or arr.max() > info.max):
+                raise UserError(f"input '{spec['name']}' holds values outside {dtype} [{info.min}, {info.max}]")
         return arr
+    if "scale" not in spec:
+        raise UserError(f"input '{spec['name']}' is {dtype}; the data holds {arr.dtype}")
     info = np.iinfo(dtype)
     q = np.rint(arr.astype(np.float32) / np.float32(spec["scale"])) + spec["zero_point"]
     return np.clip(q, info.min, info.max).astype(dtype)

@@ -247,10 +247,14 @@ def _load_ratios(path: Path) -> dict[str, float]:
 
 
 def _io_specs(model: onnx.ModelProto) -> list[dict]:
-    from edgecomp.frontend.load import graph_inputs
+    from edgecomp.frontend.load import SUPPORTED_IO_DTYPES, graph_inputs
 
     return [
-        {"name": i.name, "shape": [d.dim_value for d in i.type.tensor_type.shape.dim], "dtype": "float32"}
+        {
+            "name": i.name,
+            "shape": [d.dim_value for d in i.type.tensor_type.shape.dim],
+            "dtype": SUPPORTED_IO_DTYPES[i.type.tensor_type.elem_type],
+        }
         for i in graph_inputs(model)
     ]
 

@@ -14,7 +14,13 @@ from edgecomp.frontend.ops import check_ops
 # onnx itself knows is accepted as is.
 MIN_OPSET = 11
 CONVERT_TO_OPSET = 13
-SUPPORTED_IO_DTYPES = {TensorProto.FLOAT: "float32"}
+# Model inputs and outputs: the element types that have a C99 type (codegen/cnames.py C_TYPES).
+SUPPORTED_IO_DTYPES = {
+    TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64", TensorProto.BOOL: "bool",
+    TensorProto.INT8: "int8", TensorProto.UINT8: "uint8", TensorProto.INT16: "int16",
+    TensorProto.UINT16: "uint16", TensorProto.INT32: "int32", TensorProto.UINT32: "uint32",
+    TensorProto.INT64: "int64", TensorProto.UINT64: "uint64",
+}  # fmt: skip
 
 
 def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
@@ -120,7 +126,8 @@ def _check_io(model: onnx.ModelProto) -> None:
             if tt.elem_type not in SUPPORTED_IO_DTYPES:
                 dtype = TensorProto.DataType.Name(tt.elem_type)
                 raise UnsupportedModelError(
-                    f"model {kind} '{v.name}' has element type {dtype}; edgecomp compiles float32 model I/O"
+                    f"model {kind} '{v.name}' has element type {dtype}; edgecomp's model I/O takes "
+                    "float32/64, bool and 8- to 64-bit integers"
                 )
             if not tt.HasField("shape"):
                 raise UnsupportedModelError(

@@ -11,7 +11,7 @@ from tvm import relax
 from tvm.ir.expr import GenericConst as _CONST
 
 from edgecomp.errors import ToolError, UnsupportedModelError, UserError
-from edgecomp.lower.model import Call, LoweredModel, Tensor
+from edgecomp.lower.model import Call, LoweredModel, MicroKernel, Tensor
 from edgecomp.lower.relax_import import import_and_fuse
 from edgecomp.lower.schedule import count_macs, schedule_for_mcu
 from edgecomp.quant import int_graph_for, is_quantized
@@ -26,7 +26,7 @@ _FUNC_DEF = re.compile(
 )
 # The packed preamble unpacks shape pointers and the device id whether or not the scheduled body
 # uses them; mark them used so the generated C is warning-free under -Wall -Wextra.
-_UNPACKED_FIELD = re.compile(r"^(\s+)(?:int64_t\* (\w+_(?:shape|strides))|int32_t (dev_id)) = .*;$", re.M)
+_UNPACKED_FIELD = re.compile(r"^(\s+)(?:int64_t\* (\w+_(?:shape|strides)(?:_\d+)?)|int32_t (dev_id)) = .*;$", re.M)
 _WS_ALLOC = re.compile(r"TVMBackendAllocWorkspace\(\d+, \w+, \(uint64_t\)(\d+)ULL")
 
 
@@ -41,7 +41,8 @@ def lower_model(model: onnx.ModelProto, io: str = "float", kernels: str = "auto"
         raise UserError("--io int8 needs a quantized model (--quantize, or a QDQ model)")
     micro: dict = {}
     mod = import_and_fuse(model, io, micro if kernels == "auto" else None)
-    tensors, all_calls, inputs, outputs = _walk_main(mod, model)
+    tensors, all_calls, inputs, outputs, copies = _walk_main(mod, model)
+    micro.update(copies)
     micro_calls = {i: micro[c.kernel] for i, c in enumerate(all_calls) if c.kernel in micro}
     calls = [c for c in all_calls if c.kernel not in micro]
     kernels = sorted({c.kernel for c in calls})
@@ -130,6 +131,7 @@ def _walk_main(mod: tvm.IRModule, model: onnx.ModelProto):
             f"TVM's import has {len(main.params)} inputs but the model has {len(onnx_inputs)}"
         )
     inputs = []
+    copies: dict[str, MicroKernel] = {}
     for param, name in zip(main.params, onnx_inputs, strict=True):
         ((shape, dtype),) = _sinfo_tensors(param.ty)
         tensors[name] = Tensor(name, shape, dtype, "input")
@@ -193,14 +195,18 @@ def _walk_main(mod: tvm.IRModule, model: onnx.ModelProto):
         raise UnsupportedModelError(
             f"TVM's import has {len(out_names)} outputs but the model has {len(onnx_outputs)}"
         )
-    # Rename the tensors that are model outputs to the ONNX output names.
+    # Rename the tensors that are model outputs to the ONNX output names. An output that is an
+    # input, a constant or another output (an identity op, folded away) gets a copy kernel.
     rename = {}
     for internal, name in zip(out_names, onnx_outputs, strict=True):
         t = tensors[internal]
         if t.kind != "intermediate" or internal in rename:
-            raise UnsupportedModelError(
-                f"model output '{name}' is a {t.kind} tensor, not computed by the model; cannot compile it"
-            )
+            kernel = f"{SYMBOL_PREFIX}copy_{len(copies)}"
+            copies[kernel] = MicroKernel(kernel, "kernels/copy.c.j2", (("bytes", t.nbytes),), 0, 0)
+            copy = f"t{len([t for t in tensors.values() if t.kind == 'intermediate'])}"
+            tensors[copy] = Tensor(copy, t.shape, t.dtype, "intermediate")
+            calls.append(Call(kernel, "", (internal,), (copy,), 0, 0))
+            internal = copy
         rename[internal] = name
     tensors = {
         rename.get(k, k): (Tensor(rename[k], t.shape, t.dtype, "output") if k in rename else t)
@@ -217,4 +223,4 @@ def _walk_main(mod: tvm.IRModule, model: onnx.ModelProto):
         )
         for c in calls
     ]
-    return tensors, calls, tuple(inputs), tuple(onnx_outputs)
+    return tensors, calls, tuple(inputs), tuple(onnx_outputs), copies

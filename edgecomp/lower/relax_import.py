@@ -8,6 +8,7 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
 from edgecomp.errors import UnsupportedModelError
+from edgecomp.lower.legalize import legalize
 from edgecomp.quant import int_graph_for, is_quantized
 
 
@@ -31,6 +32,7 @@ def import_and_fuse(model: onnx.ModelProto, io: str = "float", micro: dict | Non
 
         return _fuse(int_graph_to_relax(int_graph_for(model, io), micro))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    model = legalize(model)
     try:
         mod = from_onnx(model, opset=opset, keep_params_in_input=False)
     except Exception as exc:  # the importer raises many kinds; the message names the op

@@ -60,7 +60,14 @@ class IntGraph:
 
 
 def is_quantized(model: onnx.ModelProto) -> bool:
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+    """A QDQ model, compiled on the integer path: float I/O, quantized by QuantizeLinear /
+    DequantizeLinear pairs. A model whose own inputs or outputs are integers (a lone QuantizeLinear,
+    QLinearConv...) is an integer program, compiled as TVM imports it."""
+    inits = {i.name for i in model.graph.initializer}
+    io = [v for v in model.graph.input if v.name not in inits] + list(model.graph.output)
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node) and all(
+        v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in io
+    )
 
 
 def extract_int_graph(model: onnx.ModelProto) -> IntGraph:
