@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
-from onnx import TensorProto, shape_inference, version_converter
+import numpy as np
+from onnx import TensorProto, helper, shape_inference, version_converter
 
 from edgecomp.errors import UnsupportedModelError, UserError
 from edgecomp.frontend.ops import check_ops
@@ -59,12 +60,72 @@ def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = Non
         raise UserError(f"{path} is not a valid ONNX model: {_first_line(exc)}") from exc
     model = _pin_input_shapes(model, input_shapes or {})
     model = _normalise_opset(model)
+    model = widen_subbyte(model)
     try:
         model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:
         raise UserError(f"shape inference failed on {path}: {_first_line(exc)}") from exc
     check_ops(model)
     _check_io(model)
+    return model
+
+
+# 4- and 2-bit integers are held one per byte on the device, as the 8-bit type of the same sign.
+SUBBYTE = {
+    TensorProto.INT4: (TensorProto.INT8, -8, 7), TensorProto.UINT4: (TensorProto.UINT8, 0, 15),
+    TensorProto.INT2: (TensorProto.INT8, -2, 1), TensorProto.UINT2: (TensorProto.UINT8, 0, 3),
+}  # fmt: skip
+
+
+def widen_subbyte(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Hold int4/uint4/int2/uint2 tensors as int8/uint8, one value per byte.
+
+    Preserves every value: inputs and constants widen exactly, and each QuantizeLinear to a
+    sub-byte type becomes a QuantizeLinear to the 8-bit type followed by a Clip to the narrow
+    range (saturating to 8 bits, then to 4 or 2, is saturating to 4 or 2)."""
+    from onnx import numpy_helper
+
+    def narrow(elem: int) -> bool:
+        return elem in SUBBYTE
+
+    g = model.graph
+    values = [*g.input, *g.output, *g.value_info]
+    if not any(narrow(v.type.tensor_type.elem_type) for v in values) and not any(
+        narrow(t.data_type) for t in g.initializer
+    ) and not any(a.name == "output_dtype" and narrow(a.i) for n in g.node for a in n.attribute):
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    for v in [*g.input, *g.output, *g.value_info]:
+        if narrow(v.type.tensor_type.elem_type):
+            v.type.tensor_type.elem_type = SUBBYTE[v.type.tensor_type.elem_type][0]
+    ranges = {}
+    for i, t in enumerate(g.initializer):
+        if narrow(t.data_type):
+            wide, lo, hi = SUBBYTE[t.data_type]
+            ranges[t.name] = (wide, lo, hi)
+            arr = numpy_helper.to_array(t).astype(helper.tensor_dtype_to_np_dtype(wide))
+            g.initializer[i].CopyFrom(numpy_helper.from_array(arr, t.name))
+    nodes = []
+    for node in g.node:
+        nodes.append(node)
+        if node.op_type != "QuantizeLinear":
+            continue
+        rng = ranges.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        for a in node.attribute:
+            if a.name == "output_dtype" and narrow(a.i):
+                rng, a.i = SUBBYTE[a.i], SUBBYTE[a.i][0]
+        if rng is None:
+            continue
+        wide, lo, hi = rng
+        dtype = helper.tensor_dtype_to_np_dtype(wide)
+        out = node.output[0]
+        node.output[0] = f"{out}__8bit"
+        bounds = [f"{out}__lo", f"{out}__hi"]
+        g.initializer.extend(numpy_helper.from_array(np.array(v, dtype), n) for v, n in zip((lo, hi), bounds))
+        nodes.append(helper.make_node("Clip", [node.output[0], *bounds], [out], f"{node.name}__range"))
+    del g.node[:]
+    g.node.extend(nodes)
     return model
 
 
@@ -134,7 +195,7 @@ def _check_io(model: onnx.ModelProto) -> None:
                     f"model {kind} '{v.name}' has no known shape; pin it with --input-shape NAME=D0,D1,..."
                 )
             dynamic = [d.dim_param or "?" for d in tt.shape.dim if not d.HasField("dim_value")]
-            if dynamic or any(d.dim_value <= 0 for d in tt.shape.dim):
+            if dynamic or any(d.dim_value < 0 for d in tt.shape.dim):
                 shape = [
                     d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim
                 ]

@@ -23,7 +23,9 @@ def supported_ops() -> frozenset[str]:
     """ONNX (ai.onnx domain) op types that the TVM importer converts and that are static."""
     from edgecomp.lower.relax_import import importer_ops
 
-    return frozenset(importer_ops()) - DATA_DEPENDENT_OPS
+    from edgecomp.lower.legalize import REWRITTEN_OPS
+
+    return (frozenset(importer_ops()) | REWRITTEN_OPS) - DATA_DEPENDENT_OPS
 
 
 def check_ops(model: onnx.ModelProto) -> None:

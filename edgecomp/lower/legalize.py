@@ -22,7 +22,9 @@ def legalize(model: onnx.ModelProto) -> onnx.ModelProto:
     new_nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
         rewrite = _REWRITES.get(node.op_type)
-        replaced = rewrite(g, node) if rewrite is not None else None
+        replaced = _empty(g, node)
+        if replaced is None and rewrite is not None:
+            replaced = rewrite(g, node)
         new_nodes.extend(replaced if replaced is not None else [node])
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
@@ -58,6 +60,17 @@ class _Graph:
         if i >= len(node.input) or not node.input[i]:
             return np.zeros(0)
         return self.consts.get(node.input[i])
+
+
+def _empty(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """A node whose outputs are all empty tensors computes nothing: empty constants instead."""
+    outs = [g.types.get(o) for o in node.output if o]
+    if not outs or any(t is None or 0 not in t[1] for t in outs):
+        return None
+    return [
+        helper.make_node("Identity", [g.const("empty", np.zeros(t[1], helper.tensor_dtype_to_np_dtype(t[0])))], [o])
+        for o, t in zip([o for o in node.output if o], outs, strict=True)
+    ]
 
 
 def _resize(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
@@ -115,4 +128,221 @@ def _resize(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
     return nodes
 
 
-_REWRITES = {"Resize": _resize}
+def _conv_transpose(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """ConvTranspose with output_shape -> the explicit pads (and output_padding) it implies."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if "output_shape" not in attrs:
+        return None
+    _, xshape = g.types[node.input[0]]
+    _, wshape = g.types[node.input[1]]
+    spatial = len(xshape) - 2
+    out = list(attrs["output_shape"])[-spatial:]
+    strides = list(attrs.get("strides", [1] * spatial))
+    dil = list(attrs.get("dilations", [1] * spatial))
+    opad = list(attrs.get("output_padding", [0] * spatial))
+    upper = attrs.get("auto_pad", b"NOTSET") == b"SAME_UPPER"
+    begin, end = [], []
+    for i in range(spatial):
+        total = strides[i] * (xshape[2 + i] - 1) + opad[i] + (wshape[2 + i] - 1) * dil[i] + 1 - out[i]
+        if total < 0:  # the output is larger than the kernel reaches: extra rows at the end
+            opad[i] -= total
+            total = 0
+        small, large = total // 2, total - total // 2
+        begin.append(small if upper else large)
+        end.append(large if upper else small)
+    keep = [a for a in node.attribute if a.name not in ("output_shape", "auto_pad", "pads", "output_padding")]
+    new = helper.make_node("ConvTranspose", list(node.input), list(node.output), node.name)
+    new.attribute.extend(keep)
+    new.attribute.extend([helper.make_attribute("pads", begin + end), helper.make_attribute("output_padding", opad)])
+    return [new]
+
+
+def _centred(g: _Graph, nodes: list, x: str, zp: str | None, per_channel_rank: int = 0) -> str:
+    """int32(x) - int32(zero point); a per-channel zero point reshaped to broadcast over axis 0."""
+    wide = g.name("i32")
+    nodes.append(helper.make_node("Cast", [x], [wide], to=TensorProto.INT32))
+    if not zp:
+        return wide
+    z = g.consts.get(zp)
+    if z is None:
+        raise UnsupportedModelError(f"zero point '{zp}' must be a constant")
+    z = z.astype(np.int32)
+    if z.size > 1 and per_channel_rank:
+        z = z.reshape((-1,) + (1,) * (per_channel_rank - 1))
+    centred = g.name("centred")
+    nodes.append(helper.make_node("Sub", [wide, g.const("zp", z)], [centred]))
+    return centred
+
+
+def _conv_integer(g: _Graph, node: onnx.NodeProto, x_zp: str, w: str, w_zp: str, out: str) -> list:
+    """int32 Conv of zero-point-centred operands (padding then adds zeros, as ONNX specifies)."""
+    nodes: list[onnx.NodeProto] = []
+    rank = len(g.types[w][1])
+    xc = _centred(g, nodes, node.input[0], x_zp)
+    wc = _centred(g, nodes, w, w_zp, rank)
+    conv = helper.make_node("Conv", [xc, wc], [out], node.name)
+    conv.attribute.extend(node.attribute)
+    nodes.append(conv)
+    return nodes
+
+
+def _conv_integer_node(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """ConvInteger -> int32 Conv of centred operands."""
+    inp = list(node.input) + [""] * (4 - len(node.input))
+    return _conv_integer(g, node, inp[2], inp[1], inp[3], node.output[0])
+
+
+def _requantize(g: _Graph, nodes: list, acc: str, multiplier: np.ndarray, y_zp: str, out: str,
+                channel_rank: int = 0) -> None:  # fmt: skip
+    """out = saturate(round(float(acc) * multiplier) + y_zp): QLinear*'s output rounding."""
+    m = multiplier.astype(np.float32)
+    if m.size > 1 and channel_rank:
+        m = m.reshape((-1,) + (1,) * (channel_rank - 2))
+    real, scaled = g.name("acc_f"), g.name("scaled")
+    nodes.append(helper.make_node("Cast", [acc], [real], to=TensorProto.FLOAT))
+    nodes.append(helper.make_node("Mul", [real, g.const("requant", m)], [scaled]))
+    nodes.append(helper.make_node("QuantizeLinear", [scaled, g.const("one", np.float32(1.0)), y_zp], [out]))
+
+
+def _qlinear_conv(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """QLinearConv -> int32 Conv (+ int32 bias), requantized (scales folded at compile time)."""
+    x, xs, xzp, w, ws, wzp, ys, yzp, *bias = node.input
+    scales = [g.consts.get(n) for n in (xs, ws, ys)]
+    if any(s is None for s in scales):
+        raise UnsupportedModelError(f"QLinearConv node '{node.name}': scales must be constants")
+    acc = g.name("acc")
+    nodes = _conv_integer(g, node, xzp, w, wzp, acc)
+    rank = len(g.types[x][1])
+    if bias and bias[0]:
+        b = g.consts[bias[0]].astype(np.int32).reshape((-1,) + (1,) * (rank - 2))
+        biased = g.name("acc_b")
+        nodes.append(helper.make_node("Add", [acc, g.const("bias", b)], [biased]))
+        acc = biased
+    _requantize(g, nodes, acc, scales[0] * scales[1] / scales[2], yzp, node.output[0], rank)
+    return nodes
+
+
+def _qlinear_matmul(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """QLinearMatMul -> MatMulInteger, requantized (scales folded at compile time)."""
+    a, a_s, azp, b, b_s, bzp, ys, yzp = node.input
+    scales = [g.consts.get(n) for n in (a_s, b_s, ys)]
+    if any(s is None for s in scales):
+        raise UnsupportedModelError(f"QLinearMatMul node '{node.name}': scales must be constants")
+    acc = g.name("acc")
+    nodes = [helper.make_node("MatMulInteger", [a, b, azp, bzp], [acc])]
+    # As the ONNX reference: the scale product in the scales' own type, the product with the
+    # accumulator in float.
+    _requantize(g, nodes, acc, np.asarray(scales[0] * scales[1] / scales[2]), yzp, node.output[0])
+    return nodes
+
+
+def _blocked(g: _Graph, node: onnx.NodeProto, kind: str) -> tuple[int, np.ndarray, np.ndarray | None] | None:
+    """For blocked quantization (block_size > 0): the axis and the scale and zero point repeated
+    to the input's full shape, so the op becomes elementwise."""
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    block = attrs.get("block_size", 0)
+    if not block:
+        return None
+    _, shape = g.types[node.input[0]]
+    axis = attrs.get("axis", 1) % len(shape)
+    scale, zp = g.consts.get(node.input[1]), g.constant_input(node, 2)
+    if scale is None or zp is None:
+        raise UnsupportedModelError(f"{kind} node '{node.name}': scale and zero point must be constants")
+
+    def full(a: np.ndarray) -> np.ndarray:
+        return np.take(np.repeat(a, block, axis=axis), np.arange(shape[axis]), axis=axis)
+
+    return axis, full(scale), full(zp) if zp.size else None
+
+
+def _quantize_blocked(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """Blocked QuantizeLinear -> saturate(round(x / scale) + zero point), elementwise."""
+    blocked = _blocked(g, node, "QuantizeLinear")
+    if blocked is None:
+        return None
+    _, scale, zp = blocked
+    out_type = g.types[node.output[0]][0]
+    info = np.iinfo(helper.tensor_dtype_to_np_dtype(out_type))
+    nodes, q, r, shifted, clipped = [], g.name("q"), g.name("r"), g.name("z"), g.name("c")
+    nodes.append(helper.make_node("Div", [node.input[0], g.const("scale", scale.astype(np.float32))], [q]))
+    nodes.append(helper.make_node("Round", [q], [r]))
+    zf = np.zeros(1, np.float32) if zp is None else zp.astype(np.float32)
+    nodes.append(helper.make_node("Add", [r, g.const("zp", zf)], [shifted]))
+    bounds = [g.const("lo", np.float32(info.min)), g.const("hi", np.float32(info.max))]
+    nodes.append(helper.make_node("Clip", [shifted, *bounds], [clipped]))
+    nodes.append(helper.make_node("Cast", [clipped], [node.output[0]], to=out_type))
+    return nodes
+
+
+def _dequantize_blocked(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """Blocked DequantizeLinear -> (x - zero point) * scale, elementwise."""
+    blocked = _blocked(g, node, "DequantizeLinear")
+    if blocked is None:
+        return None
+    _, scale, zp = blocked
+    out_type = g.types[node.output[0]][0]
+    dtype = helper.tensor_dtype_to_np_dtype(out_type)
+    nodes, xf, centred = [], g.name("xf"), g.name("xc")
+    nodes.append(helper.make_node("Cast", [node.input[0]], [xf], to=out_type))
+    zf = np.zeros(1, dtype) if zp is None else zp.astype(dtype)
+    nodes.append(helper.make_node("Sub", [xf, g.const("zp", zf)], [centred]))
+    nodes.append(helper.make_node("Mul", [centred, g.const("scale", scale.astype(dtype))], [node.output[0]]))
+    return nodes
+
+
+def _reduce_extreme(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """ReduceMax/ReduceMin of an empty tensor -> its identity (-inf / +inf, or the integer
+    type's limit), as ONNX defines; of bool -> the same reduction over uint8 0/1 (TVM's has no
+    bool identity element), cast back."""
+    elem, shape = g.types.get(node.input[0], (0, ()))
+    if 0 in shape:
+        out_elem, out_shape = g.types[node.output[0]]
+        dtype = helper.tensor_dtype_to_np_dtype(out_elem)
+        if dtype == np.bool_:
+            lowest, highest = False, True
+        elif dtype.kind == "f":
+            lowest, highest = -np.inf, np.inf
+        else:
+            lowest, highest = np.iinfo(dtype).min, np.iinfo(dtype).max
+        value = np.full(out_shape, lowest if node.op_type == "ReduceMax" else highest, dtype)
+        return [helper.make_node("Identity", [g.const("identity", value)], [node.output[0]])]
+    if elem != TensorProto.BOOL:
+        return None
+    wide, reduced = g.name("u8"), g.name("red")
+    red = helper.make_node(node.op_type, [wide, *node.input[1:]], [reduced], node.name)
+    red.attribute.extend(node.attribute)
+    return [
+        helper.make_node("Cast", [node.input[0]], [wide], to=TensorProto.UINT8),
+        red,
+        helper.make_node("Cast", [reduced], [node.output[0]], to=TensorProto.BOOL),
+    ]
+
+
+def _split_empty(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """Split with an empty part -> one Slice per part (TVM's split needs increasing indices)."""
+    _, shape = g.types[node.input[0]]
+    sizes = [g.types[o][1] for o in node.output]
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 0) % len(shape)
+    if all(s[axis] for s in sizes):
+        return None
+    nodes, start = [], 0
+    for out, s in zip(node.output, sizes, strict=True):
+        bounds = [g.const("start", np.array([start])), g.const("end", np.array([start + s[axis]]))]
+        nodes.append(helper.make_node("Slice", [node.input[0], *bounds, g.const("axis", np.array([axis]))], [out]))
+        start += s[axis]
+    return nodes
+
+
+_REWRITES = {
+    "Split": _split_empty,
+    "ReduceMax": _reduce_extreme,
+    "ReduceMin": _reduce_extreme,
+    "QuantizeLinear": _quantize_blocked,
+    "DequantizeLinear": _dequantize_blocked,
+    "Resize": _resize,
+    "ConvTranspose": _conv_transpose,
+    "ConvInteger": _conv_integer_node,
+    "QLinearConv": _qlinear_conv,
+    "QLinearMatMul": _qlinear_matmul,
+}
+REWRITTEN_OPS = frozenset(_REWRITES)

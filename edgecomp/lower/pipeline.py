@@ -7,7 +7,7 @@ import re
 import numpy as np
 import onnx
 import tvm
-from tvm import relax
+from tvm import relax, tirx
 from tvm.ir.expr import GenericConst as _CONST
 
 from edgecomp.errors import ToolError, UnsupportedModelError, UserError
@@ -24,10 +24,22 @@ _FUNC_DEF = re.compile(
     r"^TVM_DLL int32_t __tvm_ffi_(\w+)\(void\* self_handle, void\* args, int32_t num_args, void\* result\) \{$",
     re.M,
 )
-# The packed preamble unpacks shape pointers and the device id whether or not the scheduled body
-# uses them; mark them used so the generated C is warning-free under -Wall -Wextra.
-_UNPACKED_FIELD = re.compile(r"^(\s+)(?:int64_t\* (\w+_(?:shape|strides)(?:_\d+)?)|int32_t (dev_id)) = .*;$", re.M)
+# The packed preamble unpacks every tensor's data, shape and strides pointers and the device id
+# whether or not the scheduled body uses them (a kernel reading an empty tensor uses none); mark
+# them used so the generated C is warning-free under -Wall -Wextra.
+_UNPACKED_FIELD = re.compile(
+    r"^(\s+)[\w ]+\*? (\w+) = .*\(\(DLTensor\*\)\w+\)\[0\]\.(?:data|shape|strides|device\.device_id)\)+;$", re.M
+)
 _WS_ALLOC = re.compile(r"TVMBackendAllocWorkspace\(\d+, \w+, \(uint64_t\)(\d+)ULL")
+
+
+def _lower_fabs(call):
+    """T.fabs (TVM's float->int Cast emits it in its finiteness test) as C's fabsf/fabs: TVM's C
+    back end has no lowering rule for it."""
+    return tirx.call_pure_extern(str(call.ty), "fabsf" if str(call.ty) == "float32" else "fabs", call.args[0])
+
+
+tirx.register_intrin_lowering("tirx.fabs", target="c", f=_lower_fabs, level=99)
 
 
 def lower_model(model: onnx.ModelProto, io: str = "float", kernels: str = "auto") -> LoweredModel:
@@ -43,6 +55,8 @@ def lower_model(model: onnx.ModelProto, io: str = "float", kernels: str = "auto"
     mod = import_and_fuse(model, io, micro if kernels == "auto" else None)
     tensors, all_calls, inputs, outputs, copies = _walk_main(mod, model)
     micro.update(copies)
+    # A call whose outputs are all empty (a zero-size Slice...) has nothing to do.
+    all_calls = [c for c in all_calls if any(tensors[o].size for o in c.outputs)]
     micro_calls = {i: micro[c.kernel] for i, c in enumerate(all_calls) if c.kernel in micro}
     calls = [c for c in all_calls if c.kernel not in micro]
     kernels = sorted({c.kernel for c in calls})
@@ -84,7 +98,7 @@ def _emit_c(mod: tvm.IRModule) -> str:
     except Exception as exc:
         raise ToolError(f"TVM failed to generate C: {str(exc).strip().splitlines()[-1][:300]}") from exc
     source = _TVM_PREAMBLE.sub("", lib.inspect_source())
-    source = _UNPACKED_FIELD.sub(lambda m: f"{m.group(0)} (void){m.group(2) or m.group(3)};", source)
+    source = _UNPACKED_FIELD.sub(lambda m: f"{m.group(0)} (void){m.group(2)};", source)
     # The packed signature's bookkeeping parameters are unused in kernels that need no workspace.
     return _FUNC_DEF.sub(
         lambda m: m.group(0) + "\n  (void)self_handle; (void)args; (void)num_args; (void)result;", source

@@ -34,7 +34,14 @@ def import_and_fuse(model: onnx.ModelProto, io: str = "float", micro: dict | Non
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     model = legalize(model)
     try:
-        mod = from_onnx(model, opset=opset, keep_params_in_input=False)
+        # Shapes given explicitly: the importer reads a 0 dimension (an empty tensor) as unknown.
+        inits = {i.name for i in model.graph.initializer}
+        shapes = {
+            i.name: [d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in model.graph.input
+            if i.name not in inits
+        }
+        mod = from_onnx(model, shape_dict=shapes, opset=opset, keep_params_in_input=False)
     except Exception as exc:  # the importer raises many kinds; the message names the op
         raise UnsupportedModelError(f"TVM could not import the model: {_tvm_message(exc)}") from exc
     return _fuse(mod)

@@ -12,6 +12,10 @@
 
 #include <stdint.h>
 #include <stddef.h>
+#include <math.h>
+
+/* TVM's C printer writes a float32 infinity as `inff` (float->int casts test for it). */
+#define inff INFINITY
 
 #define TVM_DLL
 
