@@ -57,7 +57,9 @@ def to_model_dtype(arr: np.ndarray, spec: dict) -> np.ndarray:
         if dtype.kind in "iu":
             info = np.iinfo(dtype)
             if arr.size and (arr.min() < info.min or arr.max() > info.max):
-                raise UserError(f"input '{spec['name']}' holds values outside {dtype} [{info.min}, {info.max}]")
+                raise UserError(
+                    f"input '{spec['name']}' holds values outside {dtype} [{info.min}, {info.max}]"
+                )
         return arr
     if "scale" not in spec:
         raise UserError(f"input '{spec['name']}' is {dtype}; the data holds {arr.dtype}")

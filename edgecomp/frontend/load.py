@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, shape_inference, version_converter
 
 from edgecomp.errors import UnsupportedModelError, UserError
@@ -90,9 +90,11 @@ def widen_subbyte(model: onnx.ModelProto) -> onnx.ModelProto:
 
     g = model.graph
     values = [*g.input, *g.output, *g.value_info]
-    if not any(narrow(v.type.tensor_type.elem_type) for v in values) and not any(
-        narrow(t.data_type) for t in g.initializer
-    ) and not any(a.name == "output_dtype" and narrow(a.i) for n in g.node for a in n.attribute):
+    if (
+        not any(narrow(v.type.tensor_type.elem_type) for v in values)
+        and not any(narrow(t.data_type) for t in g.initializer)
+        and not any(a.name == "output_dtype" and narrow(a.i) for n in g.node for a in n.attribute)
+    ):
         return model
     model = onnx.ModelProto.FromString(model.SerializeToString())
     g = model.graph
@@ -122,7 +124,9 @@ def widen_subbyte(model: onnx.ModelProto) -> onnx.ModelProto:
         out = node.output[0]
         node.output[0] = f"{out}__8bit"
         bounds = [f"{out}__lo", f"{out}__hi"]
-        g.initializer.extend(numpy_helper.from_array(np.array(v, dtype), n) for v, n in zip((lo, hi), bounds))
+        g.initializer.extend(
+            numpy_helper.from_array(np.array(v, dtype), n) for v, n in zip((lo, hi), bounds, strict=True)
+        )
         nodes.append(helper.make_node("Clip", [node.output[0], *bounds], [out], f"{node.name}__range"))
     del g.node[:]
     g.node.extend(nodes)

@@ -21,9 +21,8 @@ DATA_DEPENDENT_OPS = frozenset(
 
 def supported_ops() -> frozenset[str]:
     """ONNX (ai.onnx domain) op types that the TVM importer converts and that are static."""
-    from edgecomp.lower.relax_import import importer_ops
-
     from edgecomp.lower.legalize import REWRITTEN_OPS
+    from edgecomp.lower.relax_import import importer_ops
 
     return (frozenset(importer_ops()) | REWRITTEN_OPS) - DATA_DEPENDENT_OPS
 

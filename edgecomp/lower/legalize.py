@@ -68,7 +68,9 @@ def _empty(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
     if not outs or any(t is None or 0 not in t[1] for t in outs):
         return None
     return [
-        helper.make_node("Identity", [g.const("empty", np.zeros(t[1], helper.tensor_dtype_to_np_dtype(t[0])))], [o])
+        helper.make_node(
+            "Identity", [g.const("empty", np.zeros(t[1], helper.tensor_dtype_to_np_dtype(t[0])))], [o]
+        )
         for o, t in zip([o for o in node.output if o], outs, strict=True)
     ]
 
@@ -101,7 +103,9 @@ def _resize(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
         terms = []
         for k in range(t.index.shape[0]):
             gathered = g.name("resize_g")
-            nodes.append(helper.make_node("Gather", [x, g.const("resize_idx", t.index[k])], [gathered], axis=t.axis))
+            nodes.append(
+                helper.make_node("Gather", [x, g.const("resize_idx", t.index[k])], [gathered], axis=t.axis)
+            )
             if t.is_selection:
                 terms.append(gathered)
                 continue
@@ -153,7 +157,9 @@ def _conv_transpose(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | N
     keep = [a for a in node.attribute if a.name not in ("output_shape", "auto_pad", "pads", "output_padding")]
     new = helper.make_node("ConvTranspose", list(node.input), list(node.output), node.name)
     new.attribute.extend(keep)
-    new.attribute.extend([helper.make_attribute("pads", begin + end), helper.make_attribute("output_padding", opad)])
+    new.attribute.extend(
+        [helper.make_attribute("pads", begin + end), helper.make_attribute("output_padding", opad)]
+    )
     return [new]
 
 
@@ -328,7 +334,9 @@ def _split_empty(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None
     nodes, start = [], 0
     for out, s in zip(node.output, sizes, strict=True):
         bounds = [g.const("start", np.array([start])), g.const("end", np.array([start + s[axis]]))]
-        nodes.append(helper.make_node("Slice", [node.input[0], *bounds, g.const("axis", np.array([axis]))], [out]))
+        nodes.append(
+            helper.make_node("Slice", [node.input[0], *bounds, g.const("axis", np.array([axis]))], [out])
+        )
         start += s[axis]
     return nodes
 

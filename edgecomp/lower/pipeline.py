@@ -28,7 +28,8 @@ _FUNC_DEF = re.compile(
 # whether or not the scheduled body uses them (a kernel reading an empty tensor uses none); mark
 # them used so the generated C is warning-free under -Wall -Wextra.
 _UNPACKED_FIELD = re.compile(
-    r"^(\s+)[\w ]+\*? (\w+) = .*\(\(DLTensor\*\)\w+\)\[0\]\.(?:data|shape|strides|device\.device_id)\)+;$", re.M
+    r"^(\s+)[\w ]+\*? (\w+) = .*\(\(DLTensor\*\)\w+\)\[0\]\.(?:data|shape|strides|device\.device_id)\)+;$",
+    re.M,
 )
 _WS_ALLOC = re.compile(r"TVMBackendAllocWorkspace\(\d+, \w+, \(uint64_t\)(\d+)ULL")
 

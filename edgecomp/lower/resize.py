@@ -92,7 +92,11 @@ def _axis_taps(axis: int, n_in: int, n_out: int, scale: float, attrs: dict,
         x = y / scale
     elif ctm == "tf_crop_and_resize":
         lo, hi = roi if roi is not None else (0.0, 1.0)
-        x = np.full(n_out, (hi - lo) * (n_in - 1) / 2) if out_w == 1 else y * (hi - lo) * (n_in - 1) / (out_w - 1)
+        x = (
+            np.full(n_out, (hi - lo) * (n_in - 1) / 2)
+            if out_w == 1
+            else y * (hi - lo) * (n_in - 1) / (out_w - 1)
+        )
         x = x + lo * (n_in - 1)
         extrapolated = (x < 0) | (x > n_in - 1)
     elif ctm == "pytorch_half_pixel":
@@ -132,7 +136,9 @@ def _axis_taps(axis: int, n_in: int, n_out: int, scale: float, attrs: dict,
     for i in range(n_out):
         cols = np.flatnonzero(dense[i])
         index[: len(cols), i], weights[: len(cols), i] = cols, dense[i, cols]
-    return AxisTaps(axis, index, weights, extrapolated if extrapolated is not None and extrapolated.any() else None)
+    return AxisTaps(
+        axis, index, weights, extrapolated if extrapolated is not None and extrapolated.any() else None
+    )
 
 
 def _coeffs(mode: str, ratio: float, scale: float, attrs: dict) -> np.ndarray:
