@@ -155,6 +155,11 @@ def make_parser() -> argparse.ArgumentParser:
     fl.add_argument("--probe-id", help="unique id of the probe to use when several are attached")
     fl.add_argument("-q", "--quiet", action="store_true")
     sub.add_parser("targets", help="list the shipped targets")
+    ops = sub.add_parser(
+        "ops", help="list the ONNX operators edgecomp compiles, with element types and limits"
+    )
+    ops.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ops.add_argument("--markdown", action="store_true", help="print the docs/operators.md page")
     return parser
 
 
@@ -177,6 +182,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "ops":
+        from edgecomp.frontend.ops import ops_markdown, ops_table
+        from edgecomp.report import print_ops
+
+        if args.json:
+            print(json.dumps(ops_table(), indent=2))
+        elif args.markdown:
+            print(ops_markdown(), end="")
+        else:
+            print_ops(ops_table())
+        return 0
     if args.command == "targets":
         from edgecomp.report import print_targets
 

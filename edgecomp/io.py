@@ -18,25 +18,22 @@ def load_samples(path: Path, inputs: list[dict]) -> list[list[np.ndarray]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"input file not found: {path}")
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            if len(inputs) == 1 and len(arrays) == 1:
-                arrays = {inputs[0]["name"]: next(iter(arrays.values()))}
-            missing = [i["name"] for i in inputs if i["name"] not in arrays]
-            if missing:
-                raise UserError(f"{path} has no array for input(s) {missing}; it holds {sorted(arrays)}")
-            per_input = [arrays[i["name"]] for i in inputs]
-        else:
-            if len(inputs) != 1:
-                names = [i["name"] for i in inputs]
-                raise UserError(
-                    f"the model has {len(inputs)} inputs {names}: pass a .npz with one array per name"
-                )
-            per_input = [np.load(path, allow_pickle=False)]
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path} as a NumPy .npy/.npz file: {exc}") from exc
+    loaded = _read(path)
+    if isinstance(loaded, dict):
+        arrays = loaded
+        if len(inputs) == 1 and len(arrays) == 1:
+            arrays = {inputs[0]["name"]: next(iter(arrays.values()))}
+        missing = [i["name"] for i in inputs if i["name"] not in arrays]
+        if missing:
+            raise UserError(f"{path} has no array for input(s) {missing}; it holds {sorted(arrays)}")
+        per_input = [arrays[i["name"]] for i in inputs]
+    else:
+        if len(inputs) != 1:
+            names = [i["name"] for i in inputs]
+            raise UserError(
+                f"the model has {len(inputs)} inputs {names}: pass a .npz with one array per name"
+            )
+        per_input = [loaded]
 
     per_input = [to_model_dtype(arr, spec) for arr, spec in zip(per_input, inputs, strict=True)]
     split = [_split(arr, tuple(spec["shape"]), spec["name"], np.dtype(spec["dtype"]))
@@ -44,6 +41,8 @@ def load_samples(path: Path, inputs: list[dict]) -> list[list[np.ndarray]]:
     counts = {len(s) for s in split}
     if len(counts) != 1:
         raise UserError(f"inputs hold different numbers of samples: {[len(s) for s in split]}")
+    if counts == {0}:
+        raise UserError(f"{path} holds no samples")
     return [list(sample) for sample in zip(*split, strict=True)]
 
 
@@ -66,6 +65,27 @@ def to_model_dtype(arr: np.ndarray, spec: dict) -> np.ndarray:
     info = np.iinfo(dtype)
     q = np.rint(arr.astype(np.float32) / np.float32(spec["scale"])) + spec["zero_point"]
     return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def _read(path: Path) -> np.ndarray | dict[str, np.ndarray]:
+    """The array of a .npy, or every array of a .npz; a one-line UserError for anything else
+    (truncated, not NumPy, pickled objects, a zip that is not an .npz...)."""
+    kind = "npz" if path.suffix == ".npz" else "npy"
+    try:
+        if kind == "npz":
+            with np.load(path, allow_pickle=False) as z:
+                if not hasattr(z, "files"):
+                    raise ValueError("not a zip of arrays")
+                return {k: z[k] for k in z.files}
+        arr = np.load(path, allow_pickle=False)
+        if not isinstance(arr, np.ndarray):
+            raise ValueError("not a single array")
+        return arr
+    except UserError:
+        raise
+    except Exception as exc:  # numpy and zipfile raise many kinds for malformed files
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"cannot read {path} as a NumPy .{kind} file: {reason}") from exc
 
 
 def _split(arr: np.ndarray, shape: tuple[int, ...], name: str, dtype: np.dtype) -> list[np.ndarray]:
@@ -107,12 +127,9 @@ def load_calibration(path: Path, inputs: list[dict]) -> list[list[np.ndarray]]:
             raise UserError(f"calibration folder {path} holds no .npy files")
         return [s for f in files for s in load_samples(f, inputs)]
     if path.suffix == ".npz" and len(inputs) == 1 and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if "x" in z.files:
-                    return _split_all(z["x"], inputs[0])
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read {path} as a NumPy .npz file: {exc}") from exc
+        arrays = _read(path)
+        if "x" in arrays:
+            return _split_all(arrays["x"], inputs[0])
     return load_samples(path, inputs)
 
 
@@ -131,8 +148,7 @@ def load_eval(
             f"{option} needs an existing .npz file with arrays x (inputs) and optional y (labels): {path}"
         )
     samples = load_calibration(path, inputs)
-    with np.load(path, allow_pickle=False) as z:
-        labels = z["y"] if "y" in z.files else None
+    labels = _read(path).get("y")
     if labels is not None and len(labels) != len(samples):
         raise UserError(f"{path}: {len(labels)} labels for {len(samples)} samples")
     return samples, labels

@@ -31,6 +31,13 @@ def print_targets() -> None:
     console.print(table)
 
 
+def print_ops(rows: list[dict]) -> None:
+    table = Table("op", "tested", "element types", "limits", title="ONNX operators edgecomp compiles")
+    for r in rows:
+        table.add_row(r["op"], "yes" if r["conformance_tested"] else "", r["dtypes"], r["limits"])
+    console.print(table)
+
+
 def print_build(result: BuildResult) -> None:
     r = result.report
     table = Table(title=f"{r['model']} -> {r['target']['name']}", show_header=False)

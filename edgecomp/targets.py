@@ -122,7 +122,10 @@ def load_target(name_or_path: str) -> Target:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"cannot read target file {path}: {exc}") from exc
-    return _parse(raw, path)
+    try:
+        return _parse(raw, path)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a section or value of the wrong kind
+        raise UserError(f"target file {path}: a section or value has the wrong type ({exc})") from exc
 
 
 def _require(table: dict, key: str, where: str, path: Path, kind: type = object):
@@ -164,8 +167,8 @@ def _parse(raw: dict, path: Path) -> Target:
     if target.kind == "mcu":
         for key in ("flash_origin", "flash_length", "ram_origin", "ram_length", "stack_bytes"):
             _require(target.memory, key, "memory.", path, int)
-        for key in ("driver", "base", "baud"):
-            _require(target.uart, key, "uart.", path)
+        for key, kind in (("driver", str), ("base", int), ("baud", int)):
+            _require(target.uart, key, "uart.", path, kind)
         if target.uart["driver"] not in UART_DRIVERS:
             raise UserError(f"target file {path}: uart.driver must be one of {UART_DRIVERS}")
         if target.timer.get("kind", "systick") not in TIMERS:

@@ -55,7 +55,8 @@ def compile_and_compare(model: onnx.ModelProto, target: str, tmp_path: Path, sam
     """Build `model` for `target`, run `samples` random inputs on it, return the relative error."""
     path = tmp_path / "model.onnx"
     onnx.save(model, path)
-    options = options or BuildOptions(extra_cflags="-Werror")
+    # Every host build of a test model is -Werror and runs under AddressSanitizer + UBSan.
+    options = options or BuildOptions(extra_cflags="-Werror", sanitize=target == "host")
     result = build(path, load_target(target), tmp_path / f"out-{target}", options, log=lambda *_: None)
     data = [random_inputs(result.model, seed) for seed in range(samples)]
     runs = run_samples(result, data)

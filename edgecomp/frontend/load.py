@@ -54,6 +54,8 @@ def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = Non
         raise UserError(f"{path} is not a readable ONNX model: {_first_line(exc)}") from exc
     if not model.graph.node and not model.graph.output:
         raise UserError(f"{path} is not a readable ONNX model: it has no graph")
+    if not model.graph.output:
+        raise UserError(f"{path}: the model's graph has no outputs")
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:

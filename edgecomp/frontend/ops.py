@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnx
 
 from edgecomp.errors import UnsupportedModelError
@@ -19,6 +21,63 @@ DATA_DEPENDENT_OPS = frozenset(
 )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class OpSupport:
+    """What edgecomp compiles of one op: element types and the attribute/input limits."""
+
+    dtypes: str
+    limits: str = ""
+
+
+_F = "float32"
+_ALL = "float32, 8-64-bit ints"
+_Q8 = "; int8/int16 on the QDQ path"
+# The ops measured against the ONNX conformance suite (bench/conformance.py, docs/conformance.md).
+# Limits that are checked name the check; others state what is compiled.
+SUPPORT: dict[str, OpSupport] = {
+    "Conv": OpSupport(_F + _Q8, "1-D/2-D; group (depthwise, grouped), pads, strides, dilations, auto_pad; constant weights on the QDQ path"),
+    "ConvTranspose": OpSupport(_F, "2-D; pads, strides, dilations, group, output_padding, output_shape, auto_pad"),
+    "Gemm": OpSupport(_F + _Q8, "alpha, beta, transA, transB; bias broadcast"),
+    "MatMul": OpSupport(_F + _Q8, "N-D with broadcast batch dimensions"),
+    "Relu": OpSupport(_F + _Q8, "on the QDQ path fused into the producer's clamp"),
+    "LeakyRelu": OpSupport(_F + _Q8, "int8: 256-entry table"),
+    "PRelu": OpSupport(_F, "slope broadcast"),
+    "Clip": OpSupport(_ALL + _Q8, "min/max constant on the QDQ path"),
+    "Sigmoid": OpSupport(_F + _Q8, "int8: 256-entry table"),
+    "HardSigmoid": OpSupport(_F + _Q8, "int8: 256-entry table"),
+    "HardSwish": OpSupport(_F + _Q8, "int8: 256-entry table"),
+    "Tanh": OpSupport(_F + _Q8, "int8: 256-entry table"),
+    "Softmax": OpSupport(_F + _Q8, "any axis (opset 13 semantics; older opsets converted)"),
+    "MaxPool": OpSupport(_F + ", uint8, int8" + _Q8, "pads, strides, dilations, ceil_mode, auto_pad; not the Indices output (checked)"),
+    "AveragePool": OpSupport(_F + _Q8, "pads, strides, dilations, ceil_mode, count_include_pad, auto_pad"),
+    "GlobalAveragePool": OpSupport(_F + _Q8),
+    "GlobalMaxPool": OpSupport(_F + _Q8),
+    "Add": OpSupport(_ALL + _Q8, "multidirectional broadcast"),
+    "Sub": OpSupport(_ALL, "multidirectional broadcast"),
+    "Mul": OpSupport(_ALL + _Q8, "multidirectional broadcast"),
+    "Div": OpSupport(_ALL, "multidirectional broadcast; integer division truncates, as ONNX"),
+    "Concat": OpSupport(_ALL + _Q8, "any axis"),
+    "Split": OpSupport(_ALL, "split sizes constant (input or attribute), num_outputs, empty parts"),
+    "Slice": OpSupport(_ALL, "starts/ends/axes/steps constant; negative steps; empty results"),
+    "Pad": OpSupport(_ALL, "constant, reflect, edge, wrap; pads constant; axes"),
+    "Reshape": OpSupport(_ALL + _Q8, "shape constant; allowzero"),
+    "Flatten": OpSupport(_ALL + _Q8),
+    "Transpose": OpSupport(_ALL + _Q8),
+    "Squeeze": OpSupport(_ALL + _Q8, "axes constant"),
+    "Unsqueeze": OpSupport(_ALL + _Q8, "axes constant"),
+    "ReduceMean": OpSupport(_F, "axes constant; keepdims, noop_with_empty_axes"),
+    "ReduceMax": OpSupport(_ALL + ", bool", "axes constant; keepdims; empty reductions give -inf / the type's minimum"),
+    "Resize": OpSupport(_F + "; nearest for ints", "every mode, coordinate_transformation_mode, nearest_mode, axes, keep_aspect_ratio_policy, exclude_outside, antialias, extrapolation; roi/scales/sizes constant (checked)"),
+    "BatchNormalization": OpSupport(_F, "inference mode; folded into the preceding Conv when it has one; not training_mode=1 (checked)"),
+    "QuantizeLinear": OpSupport("float32 -> int8, uint8, int16, uint16, int4, uint4, int2, uint2", "per-tensor, per-axis, blocked; 4- and 2-bit values held one per byte; not float8/float4 (checked)"),
+    "DequantizeLinear": OpSupport("int8, uint8, int16, uint16, int32, int4, uint4, int2, uint2 -> float32", "per-tensor, per-axis, blocked; not float8/float4 (checked)"),
+    "QLinearConv": OpSupport("int8, uint8", "scales and zero points constant (per-tensor or per-channel); int32 bias; float requantization"),
+    "QLinearMatMul": OpSupport("int8, uint8", "scales and zero points constant; float16 or float32 scales"),
+    "ConvInteger": OpSupport("int8, uint8 -> int32", "zero points constant"),
+    "MatMulInteger": OpSupport("int8, uint8 -> int32", "zero points constant"),
+}  # fmt: skip
+
+
 def supported_ops() -> frozenset[str]:
     """ONNX (ai.onnx domain) op types that the TVM importer converts and that are static."""
     from edgecomp.lower.legalize import REWRITTEN_OPS
@@ -27,17 +86,79 @@ def supported_ops() -> frozenset[str]:
     return (frozenset(importer_ops()) | REWRITTEN_OPS) - DATA_DEPENDENT_OPS
 
 
+def _limit(node: onnx.NodeProto, types: dict[str, int]) -> str | None:
+    """Why `node` is outside what its op's compiler supports, if it is."""
+    attrs = {a.name: a for a in node.attribute}
+    if node.op_type == "BatchNormalization" and "training_mode" in attrs and attrs["training_mode"].i:
+        return "training_mode=1 (batch statistics): export the model in inference mode"
+    if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
+        return "its Indices output (argmax) is not compiled"
+    if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        tensors = [node.output[0] if node.op_type == "QuantizeLinear" else node.input[0]]
+        for name in tensors:
+            if types.get(name) in _SMALL_FLOATS:
+                return f"{onnx.TensorProto.DataType.Name(types[name])} (8- and 4-bit floats) is not compiled"
+    return None
+
+
+_SMALL_FLOATS = {
+    onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ, onnx.TensorProto.FLOAT8E5M2,
+    onnx.TensorProto.FLOAT8E5M2FNUZ, onnx.TensorProto.FLOAT4E2M1,
+    getattr(onnx.TensorProto, "FLOAT8E8M0", -1),
+}  # fmt: skip
+
+
 def check_ops(model: onnx.ModelProto) -> None:
     """Raise UnsupportedModelError listing every node whose op edgecomp cannot compile."""
     ok = supported_ops()
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.output, *g.value_info]}
+    types.update({t.name: t.data_type for t in g.initializer})
     bad: list[str] = []
-    for i, node in enumerate(model.graph.node):
+    for i, node in enumerate(g.node):
         name = node.name or f"#{i}"
         if node.domain not in ("", "ai.onnx"):
             bad.append(f"{node.domain}.{node.op_type} (node '{name}')")
         elif node.op_type not in ok:
             reason = " (output shape depends on data)" if node.op_type in DATA_DEPENDENT_OPS else ""
             bad.append(f"{node.op_type}{reason} (node '{name}')")
+        elif (why := _limit(node, types)) is not None:
+            bad.append(f"{node.op_type} (node '{name}'): {why}")
     if bad:
         shown = "; ".join(bad[:8]) + (f"; and {len(bad) - 8} more" if len(bad) > 8 else "")
         raise UnsupportedModelError(f"unsupported operator: {shown}")
+
+
+def ops_table() -> list[dict]:
+    """Every op edgecomp compiles, with its element types and limits: the conformance-measured
+    ops with what SUPPORT states, the rest as TVM's importer converts them (float32)."""
+    rows = []
+    for op in sorted(supported_ops()):
+        s = SUPPORT.get(op)
+        rows.append({
+            "op": op,
+            "conformance_tested": s is not None,
+            "dtypes": s.dtypes if s else "as TVM's importer converts it",
+            "limits": s.limits if s else "",
+        })  # fmt: skip
+    return rows
+
+
+def ops_markdown() -> str:
+    """docs/operators.md: the table of ops_table()."""
+    rows = ops_table()
+    lines = [
+        "# Supported ONNX operators",
+        "",
+        "Generated by `edgecomp ops --markdown` from edgecomp/frontend/ops.py. Ops marked *tested* are",
+        "measured against the ONNX node conformance tests (docs/conformance.md); the others compile",
+        "through TVM's ONNX importer in float32 and are covered only by the models that use them.",
+        "Ops whose output shape depends on the data (NonZero, TopK, Loop...) are refused by name.",
+        "",
+        "| op | tested | element types | limits |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        tested = "tested" if r["conformance_tested"] else ""
+        lines.append(f"| {r['op']} | {tested} | {r['dtypes']} | {r['limits']} |")
+    return "\n".join(lines) + "\n"

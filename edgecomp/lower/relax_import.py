@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import sys
+import tempfile
+
 import onnx
 import tvm
 from tvm import relax
@@ -41,10 +47,30 @@ def import_and_fuse(model: onnx.ModelProto, io: str = "float", micro: dict | Non
             for i in model.graph.input
             if i.name not in inits
         }
-        mod = from_onnx(model, shape_dict=shapes, opset=opset, keep_params_in_input=False)
+        with _quiet():
+            mod = from_onnx(model, shape_dict=shapes, opset=opset, keep_params_in_input=False)
     except Exception as exc:  # the importer raises many kinds; the message names the op
         raise UnsupportedModelError(f"TVM could not import the model: {_tvm_message(exc)}") from exc
     return _fuse(mod)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Swallow what TVM prints while importing: the importer print()s the failing node before
+    raising (our error names it in one line) and its C++ side logs warnings to stderr that are
+    about TVM's internals (e.g. Gather's bounds note for indices we generated in bounds)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink, contextlib.redirect_stdout(io.StringIO()):
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def _fuse(mod: tvm.IRModule) -> tvm.IRModule:
@@ -60,7 +86,7 @@ def _fuse(mod: tvm.IRModule) -> tvm.IRModule:
         ]
     )
     try:
-        with tvm.transform.PassContext(opt_level=3):
+        with tvm.transform.PassContext(opt_level=3), _quiet():
             return passes(mod)
     except Exception as exc:
         raise UnsupportedModelError(f"TVM could not legalize the model: {_tvm_message(exc)}") from exc
