@@ -33,50 +33,13 @@ ONNX_WITH_DATA = "1.22.0"
 CACHE = REPO / ".cache" / f"onnx-{ONNX_WITH_DATA}-node-tests"
 
 # The ops issue 7 asks for (float32 and, where ONNX defines them, quantized forms).
-OPS = tuple(
-    [
-        "Conv",
-        "ConvTranspose",
-        "Gemm",
-        "MatMul",
-        "Relu",
-        "LeakyRelu",
-        "PRelu",
-        "Clip",
-        "Sigmoid",
-        "HardSigmoid",
-        "HardSwish",
-        "Tanh",
-        "Softmax",
-        "MaxPool",
-        "AveragePool",
-        "GlobalAveragePool",
-        "GlobalMaxPool",
-        "Add",
-        "Sub",
-        "Mul",
-        "Div",
-        "Concat",
-        "Split",
-        "Slice",
-        "Pad",
-        "Reshape",
-        "Flatten",
-        "Transpose",
-        "Squeeze",
-        "Unsqueeze",
-        "ReduceMean",
-        "ReduceMax",
-        "Resize",
-        "BatchNormalization",
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "QLinearConv",
-        "QLinearMatMul",
-        "ConvInteger",
-        "MatMulInteger",
-    ]
-)
+OPS = (
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid",
+    "HardSigmoid", "HardSwish", "Tanh", "Softmax", "MaxPool", "AveragePool", "GlobalAveragePool",
+    "GlobalMaxPool", "Add", "Sub", "Mul", "Div", "Concat", "Split", "Slice", "Pad", "Reshape", "Flatten",
+    "Transpose", "Squeeze", "Unsqueeze", "ReduceMean", "ReduceMax", "Resize", "BatchNormalization",
+    "QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+)  # fmt: skip
 ALL_DATA_INPUTS = {"Add", "Sub", "Mul", "Div", "Concat", "MatMul"}
 DATA_INPUTS = {"QLinearMatMul": (0, 3), "MatMulInteger": (0, 1)}
 RTOL, ATOL = 1e-3, 1e-7

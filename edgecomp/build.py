@@ -39,7 +39,7 @@ class ElfSizes:
 
 
 def compiler_for(target: Target) -> str:
-    return "gcc" if target.is_host else "arm-none-eabi-gcc"
+    return target.cc
 
 
 @functools.lru_cache(maxsize=4)
@@ -54,13 +54,12 @@ def compiler_version(compiler: str) -> str:
 
 def check_toolchain(target: Target) -> None:
     """Raise ToolError naming the package to install if the compiler or make is missing."""
+    default = "gcc make" if target.is_host else "gcc-arm-none-eabi libnewlib-arm-none-eabi"
     for tool, package in (
-        (compiler_for(target), "gcc-arm-none-eabi libnewlib-arm-none-eabi"),
+        (compiler_for(target), target.toolchain.get("package", default)),
         ("make", "make"),
     ):
         if shutil.which(tool) is None:
-            if target.is_host:
-                package = "gcc make"
             raise ToolError(f"'{tool}' not found: install it (Debian/Ubuntu: apt-get install {package})")
 
 
@@ -80,7 +79,7 @@ def run_make(project: Path, target: Target, extra_cflags: str = "", make_args: t
         ]
         detail = "\n".join(errors[:10]) or proc.stderr[-2000:]
         raise ToolError(f"compiling the generated code failed ({compiler_for(target)}):\n{detail}")
-    return project / ("harness" if target.is_host else "firmware.elf")
+    return project / ("harness" if target.is_process else "firmware.elf")
 
 
 def compiler_warnings(project: Path, target: Target) -> list[str]:

@@ -169,10 +169,10 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
     try:
         project.write(tmp)
         log(
-            f"compiling {'host harness' if target.is_host else 'firmware'} ({len(project.files)} generated files)"
+            f"compiling {'the harness executable' if target.is_process else 'firmware'} ({len(project.files)} generated files)"
         )
         binary = run_make(tmp, target, options.extra_cflags, ("SANITIZE=1",) if options.sanitize else ())
-        sizes = None if target.is_host else elf_sizes(binary)
+        sizes = None if target.is_process else elf_sizes(binary)
         report = _report(model_path, model, target, options, key, lowered, project.plan, sizes, t_gen,
                          time.monotonic() - t0)  # fmt: skip
         report.update(graph_report)
@@ -264,7 +264,7 @@ def _cached_report(outdir: Path, key: str, target: Target) -> dict | None:
         report = json.loads((outdir / "report.json").read_text())
     except (OSError, ValueError):
         return None
-    binary = outdir / ("harness" if target.is_host else "firmware.elf")
+    binary = outdir / ("harness" if target.is_process else "firmware.elf")
     return report if report.get("build_key") == key and binary.exists() else None
 
 

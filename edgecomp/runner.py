@@ -28,7 +28,9 @@ def profile_record(result: BuildResult, run: InferenceResult, on_board: bool,
     record = {
         "model": rep["model"],
         "target": rep["target"]["name"],
-        "device": "board" if on_board else ("host" if rep["target"]["kind"] == "host" else "qemu"),
+        "device": "board"
+        if on_board
+        else {"host": "host", "linux": "linux"}.get(rep["target"]["kind"], "qemu"),
         "instructions": run.instructions if not on_board else None,
         "cycles": run.ticks if on_board and run.timer in ("systick", "dwt") else None,
         "host_ns": run.ticks if run.timer == "none" else None,

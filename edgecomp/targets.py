@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,9 +10,10 @@ from pathlib import Path
 from edgecomp.errors import UserError
 from edgecomp.resources import data_dir
 
-KINDS = ("mcu", "host")
+KINDS = ("mcu", "host", "linux")
 UART_DRIVERS = ("cmsdk", "stm32", "stm32v2", "pl011")
 TIMERS = ("systick", "dwt")
+PORTS = ("cortex-m", "aarch64")
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,31 @@ class Target:
     timer: dict = field(default_factory=dict)
     qemu: dict = field(default_factory=dict)
     boot2: dict = field(default_factory=dict)  # second-stage boot loader (RP2040): source, origin
+    # Process targets (host, linux): cc, the apt package that has it, the machine it runs on
+    # natively (uname -m) and the emulator that runs it elsewhere (qemu-aarch64 user mode...).
+    toolchain: dict = field(default_factory=dict)
+    port: str = "cortex-m"  # firmware/<port>: the start-up and harness port of an mcu target
 
     @property
     def is_host(self) -> bool:
         return self.kind == "host"
+
+    @property
+    def is_process(self) -> bool:
+        """Built as an executable that speaks the harness protocol on stdin/stdout (no firmware)."""
+        return self.kind in ("host", "linux")
+
+    @property
+    def cc(self) -> str:
+        return self.toolchain.get("cc") or ("gcc" if self.is_process else "arm-none-eabi-gcc")
+
+    def process_command(self, binary: Path) -> list[str]:
+        """How to start a process target's executable here: directly on its own machine, else
+        under its emulator."""
+        machine = self.toolchain.get("machine")
+        if machine is None or machine == platform.machine():
+            return [str(binary)]
+        return [*self.toolchain.get("emulator", []), str(binary)]
 
     @property
     def has_qemu(self) -> bool:
@@ -163,7 +186,15 @@ def _parse(raw: dict, path: Path) -> Target:
         timer=raw.get("timer", {}),
         qemu=raw.get("qemu", {}),
         boot2=raw.get("boot2", {}),
+        toolchain=raw.get("toolchain", {}),
+        port=raw.get("firmware", {}).get("port", "cortex-m"),
     )
+    if target.port not in PORTS:
+        raise UserError(f"target file {path}: firmware.port must be one of {PORTS}")
+    if target.kind == "linux":
+        _require(target.toolchain, "cc", "toolchain.", path, str)
+        _require(target.toolchain, "machine", "toolchain.", path, str)
+        _require(target.toolchain, "emulator", "toolchain.", path, list)
     if target.kind == "mcu":
         for key in ("flash_origin", "flash_length", "ram_origin", "ram_length", "stack_bytes"):
             _require(target.memory, key, "memory.", path, int)

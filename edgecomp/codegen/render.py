@@ -173,17 +173,20 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
     }
     fw = data_dir("firmware")
     copied = {f"ec/{p.name}": p for p in sorted((fw / "common").iterdir()) if p.suffix in (".c", ".h")}
-    if target.is_host:
+    if target.is_process:
         copied.update(
             {f"ec/{p.name}": p for p in sorted((fw / "host").iterdir()) if p.suffix in (".c", ".h")}
         )
         files["Makefile"] = env.get_template("Makefile.host.j2").render(ctx)
     else:
         copied.update(
-            {f"ec/{p.name}": p for p in sorted((fw / "cortex-m").iterdir()) if p.suffix in (".c", ".h")}
+            {f"ec/{p.name}": p for p in sorted((fw / target.port).iterdir()) if p.suffix in (".c", ".h")}
         )
-        files["Makefile"] = env.get_template("Makefile.mcu.j2").render(ctx)
-        files["linker.ld"] = env.get_template("linker.ld.j2").render(ctx)
+        if target.port == "aarch64":  # picolibc's start-up and linker script, the target's memory map
+            files["Makefile"] = env.get_template("Makefile.a64.j2").render(ctx)
+        else:
+            files["Makefile"] = env.get_template("Makefile.mcu.j2").render(ctx)
+            files["linker.ld"] = env.get_template("linker.ld.j2").render(ctx)
         files["ec/ec_target.h"] = env.get_template("ec_target.h.j2").render(ctx)
         if boot2:
             rows = [", ".join(f"0x{b:02X}" for b in boot2[i : i + 16]) for i in range(0, len(boot2), 16)]

@@ -1,4 +1,4 @@
-"""Launch a firmware in qemu-system-arm with its UART on a local TCP port; always clean up."""
+"""Launch a firmware in qemu-system-arm (or -aarch64) with its UART on a local TCP port; always clean up."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _free_port() -> int:
 def qemu_command(target: Target, elf: Path, port: int) -> list[str]:
     """The QEMU command line: deterministic instruction counting, UART 0 on a TCP socket."""
     return [
-        "qemu-system-arm",
+        target.qemu.get("system", "qemu-system-arm"),
         "-M", target.qemu["machine"],
         "-cpu", target.qemu.get("cpu", target.core),
         "-kernel", str(elf),
@@ -31,6 +31,7 @@ def qemu_command(target: Target, elf: Path, port: int) -> list[str]:
         "-serial", "chardev:s0",
         "-semihosting-config", "enable=on,target=native",
         "-no-reboot",
+        *target.qemu.get("args", []),
     ]  # fmt: skip
 
 
@@ -38,10 +39,10 @@ class QemuProcess:
     """A running QEMU; `url` is its UART. Use as a context manager so it is always killed."""
 
     def __init__(self, target: Target, elf: Path) -> None:
-        if shutil.which("qemu-system-arm") is None:
-            raise ToolError(
-                "'qemu-system-arm' not found: install it (Debian/Ubuntu: apt-get install qemu-system-arm)"
-            )
+        system = target.qemu.get("system", "qemu-system-arm")
+        if shutil.which(system) is None:
+            package = "qemu-system-arm" if "arm" in system or "aarch64" in system else system
+            raise ToolError(f"'{system}' not found: install it (Debian/Ubuntu: apt-get install {package})")
         if not target.has_qemu:
             raise ToolError(f"target {target.name} has no QEMU machine; run it on a board with --port")
         self.port = _free_port()

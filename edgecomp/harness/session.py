@@ -183,8 +183,8 @@ class Session:
 def open_session(target: Target, build_dir: Path, port: str | None = None, baud: int = 115200,
                  timeout: float = 5.0) -> Iterator[Session]:  # fmt: skip
     """A Session to the build in `build_dir`: the host executable, QEMU, or a board on `port`."""
-    if target.is_host:
-        link = PipeLink([str(build_dir / "harness")])
+    if target.is_process:
+        link = PipeLink(target.process_command(build_dir / "harness"))
         try:
             yield Session(link, timeout=timeout)
         finally:
@@ -212,6 +212,12 @@ def _describe_fault(payload: bytes) -> str:
         return "the firmware reported a fault (truncated report)"
     kind, *regs = struct.unpack_from("<13I", payload)
     values = dict(zip(FAULT_REGS, regs, strict=True))
+    if kind & 0x100:  # AArch64 (firmware/aarch64): exception class, ESR/FAR in the CFSR/MMFAR/BFAR slots
+        far = values["mmfar"] | values["bfar"] << 32
+        return (
+            f"firmware fault: AArch64 exception class 0x{kind & 0x3F:02x} at pc=0x{values['pc']:08x} "
+            f"(esr=0x{values['cfsr']:08x}, far=0x{far:x}, lr=0x{values['lr']:08x})"
+        )
     name = FAULT_NAMES.get(kind, f"exception {kind}")
     return (
         f"firmware fault: {name} at pc=0x{values['pc']:08x} (lr=0x{values['lr']:08x}, "
