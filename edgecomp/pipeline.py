@@ -154,7 +154,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
             return BuildResult(outdir, cached, target, model, True, float_model if options.quantize else None)
 
     log(f"lowering {model_path.name} through TVM for {target.name}")
-    lowered = lower_model(fold_constants(model), options.io, options.kernels)
+    lowered = lower_model(fold_constants(model), options.io, options.kernels, target.simd)
     provenance = {
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "options": json.dumps(options.as_dict(), sort_keys=True),

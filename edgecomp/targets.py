@@ -43,6 +43,7 @@ class Target:
     # Process targets (host, linux): cc, the apt package that has it, the machine it runs on
     # natively (uname -m) and the emulator that runs it elsewhere (qemu-aarch64 user mode...).
     toolchain: dict = field(default_factory=dict)
+    simd: str = "none"  # "neon": AArch64 Advanced SIMD micro-kernels (cpu.simd)
     port: str = "cortex-m"  # firmware/<port>: the start-up and harness port of an mcu target
 
     @property
@@ -188,7 +189,10 @@ def _parse(raw: dict, path: Path) -> Target:
         boot2=raw.get("boot2", {}),
         toolchain=raw.get("toolchain", {}),
         port=raw.get("firmware", {}).get("port", "cortex-m"),
+        simd=cpu.get("simd", "none"),
     )
+    if target.simd not in ("none", "neon"):
+        raise UserError(f"target file {path}: cpu.simd must be 'none' or 'neon'")
     if target.port not in PORTS:
         raise UserError(f"target file {path}: firmware.port must be one of {PORTS}")
     if target.kind == "linux":

@@ -156,7 +156,11 @@ def _requant_consts(a: dict, weight: np.ndarray) -> tuple[list[np.ndarray], str]
     return [bias.astype(np.int32), pairs.astype(np.int32), sh.astype(np.int8)], fn
 
 
-def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
+# Convolution kernels whose epilogue can apply a following residual Add (p.fuse_add).
+FUSABLE = ("kernels/conv_s8.c.j2", "kernels/pw_s8.c.j2")
+
+
+def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None, simd: str = "none"):
     """(the micro-kernel for `op`, its constant arguments), or None to keep TVM's kernel.
 
     With `then_add` (an Add of op's output and a tensor computed earlier), the kernel applies that
@@ -164,8 +168,8 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
     takes the other addend as its last input; its output may overwrite that addend in place.
     """
     if then_add is not None:
-        conv, add = select(op, graph, index), select(then_add, graph, 0)
-        if conv is None or add is None or conv[0].template != "kernels/conv_s8.c.j2":
+        conv, add = select(op, graph, index, simd=simd), select(then_add, graph, 0)
+        if conv is None or add is None or conv[0].template not in FUSABLE:
             return None
         (mk, consts), (add_mk, (ta, tb)) = conv, add
         add_p = {k: v for k, v in add_mk.params if k in ("mult", "addend", "sh", "lo", "hi")}
@@ -214,6 +218,9 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None):
               "pt": t, "pl": left, "pad_value": int(a["pad_value"]), **clamp}  # fmt: skip
     groups = a["groups"]
     if groups == 1:
+        pointwise = kh == kw == 1 and params["sh"] == params["sw"] == 1 and not any(a["pads"])
+        if simd == "neon" and pointwise and (oh, ow) == (h, wd):
+            return _pointwise(index, {**params, "fuse_add": 0}, w, rq)
         return _conv(index, {**params, "fuse_add": 0}, w, rq)
     if groups == cin == cout and cin_g == 1:
         return _depthwise(index, params, w, a, rq)
@@ -234,6 +241,22 @@ def _conv(index: int, p: dict, w: np.ndarray, rq: list[np.ndarray]):
     )
     w2d = w.reshape(w.shape[0], -1)
     return mk, [pack_conv_wide(w2d) if p["wide"] else pack_conv(w2d), *rq]
+
+
+def pack_pointwise(w2d: np.ndarray) -> np.ndarray:
+    """[cout, cin] int8 -> [ceil(cout/4)][cin][4]: for each input channel, the weights of four
+    output channels side by side (one lane each in pw_s8.c.j2); missing channels zero."""
+    cout, cin = w2d.shape
+    c4 = -(-cout // 4) * 4
+    padded = np.zeros((c4, cin), np.int8)
+    padded[:cout] = w2d
+    return np.ascontiguousarray(padded.reshape(c4 // 4, 4, cin).transpose(0, 2, 1).reshape(-1))
+
+
+def _pointwise(index: int, p: dict, w: np.ndarray, rq: list[np.ndarray]):
+    macs = p["n"] * p["cout"] * p["h"] * p["w"] * p["cin"]
+    mk = MicroKernel(f"ec_mk{index}_pw_s8", "kernels/pw_s8.c.j2", tuple(sorted(p.items())), 0, macs)
+    return mk, [pack_pointwise(w.reshape(w.shape[0], -1)), *rq]
 
 
 def _depthwise(index: int, p: dict, w: np.ndarray, a: dict, rq: list[np.ndarray]):

@@ -43,17 +43,18 @@ def _lower_fabs(call):
 tirx.register_intrin_lowering("tirx.fabs", target="c", f=_lower_fabs, level=99)
 
 
-def lower_model(model: onnx.ModelProto, io: str = "float", kernels: str = "auto") -> LoweredModel:
+def lower_model(model: onnx.ModelProto, io: str = "float", kernels: str = "auto", simd: str = "none") -> LoweredModel:
     """Lower a checked, static-shape ONNX model to C kernels plus a call sequence.
 
     io="int8" (quantized models only) makes the model's inputs and outputs its integer tensors.
     kernels="auto" lets micro-kernels (microkernels.py) take the int8 convolutions and dense
-    layers; "tvm" keeps TVM's kernels for every op.
+    layers; "tvm" keeps TVM's kernels for every op. simd="neon" (AArch64 targets) lets NEON
+    micro-kernels take the layers they cover.
     """
     if io != "float" and not is_quantized(model):
         raise UserError("--io int8 needs a quantized model (--quantize, or a QDQ model)")
     micro: dict = {}
-    mod = import_and_fuse(model, io, micro if kernels == "auto" else None)
+    mod = import_and_fuse(model, io, micro if kernels == "auto" else None, simd)
     tensors, all_calls, inputs, outputs, copies = _walk_main(mod, model)
     micro.update(copies)
     # A call whose outputs are all empty (a zero-size Slice...) has nothing to do.

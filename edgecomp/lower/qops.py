@@ -313,10 +313,10 @@ def _emit(bb: relax.BlockBuilder, op: QOp, env: dict, graph: IntGraph):
 
 
 def _emit_micro(bb: relax.BlockBuilder, op: QOp, env: dict, graph: IntGraph, micro: dict,
-                then_add: QOp | None = None) -> relax.Expr | None:  # fmt: skip
+                then_add: QOp | None = None, simd: str = "none") -> relax.Expr | None:  # fmt: skip
     """A call_dps_packed to a templated micro-kernel, if one handles `op` (else None); with
     `then_add`, one that also computes that Add of op's result and the Add's other input."""
-    chosen = microkernels.select(op, graph, len(micro), then_add)
+    chosen = microkernels.select(op, graph, len(micro), then_add, simd)
     if chosen is None:
         return None
     mk, consts = chosen
@@ -344,12 +344,12 @@ def _residual_add(op: QOp, graph: IntGraph, consumers: dict, env: dict) -> QOp |
     return add if len(others) == 1 and others[0] in env else None
 
 
-def int_graph_to_relax(graph: IntGraph, micro: dict | None = None) -> tvm.IRModule:
+def int_graph_to_relax(graph: IntGraph, micro: dict | None = None, simd: str = "none") -> tvm.IRModule:
     """A Relax module whose main runs `graph` with one emit_te call per integer op.
 
     With a `micro` dict, ops that a micro-kernel handles become call_dps_packed to it instead (a
     convolution together with the residual Add that follows it), and `micro` collects the
-    MicroKernels by symbol.
+    MicroKernels by symbol. `simd` ("none" or "neon": the target's vector unit) picks among them.
     """
     bb = relax.BlockBuilder()
     params = [
@@ -369,12 +369,12 @@ def int_graph_to_relax(graph: IntGraph, micro: dict | None = None) -> tvm.IRModu
                 call = None
                 if micro is not None:
                     add = _residual_add(op, graph, consumers, env)
-                    call = _emit_micro(bb, op, env, graph, micro, add) if add else None
+                    call = _emit_micro(bb, op, env, graph, micro, add, simd) if add else None
                     if call is not None:
                         env[add.output] = call
                         fused.add(add.output)
                         continue
-                    call = _emit_micro(bb, op, env, graph, micro)
+                    call = _emit_micro(bb, op, env, graph, micro, simd=simd)
                 env[op.output] = call if call is not None else _emit(bb, op, env, graph)
             outs = [env[o] for o in graph.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))

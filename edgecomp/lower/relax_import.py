@@ -25,7 +25,8 @@ def importer_ops() -> list[str]:
     return sorted(onnx_frontend._get_convert_map())
 
 
-def import_and_fuse(model: onnx.ModelProto, io: str = "float", micro: dict | None = None) -> tvm.IRModule:
+def import_and_fuse(model: onnx.ModelProto, io: str = "float", micro: dict | None = None,
+                    simd: str = "none") -> tvm.IRModule:  # fmt: skip
     """Import `model` into Relax with weights as constants, legalize and fuse.
 
     The result has a Relax `main` made of R.call_tir bindings, one TIR PrimFunc per fused group
@@ -36,7 +37,7 @@ def import_and_fuse(model: onnx.ModelProto, io: str = "float", micro: dict | Non
     if is_quantized(model):
         from edgecomp.lower.qops import int_graph_to_relax
 
-        return _fuse(int_graph_to_relax(int_graph_for(model, io), micro))
+        return _fuse(int_graph_to_relax(int_graph_for(model, io), micro, simd))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     model = legalize(model)
     try:
