@@ -37,7 +37,9 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(value.astype(np.float32), name))
         return name
 
-    def conv(self, x: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1, pad: int | None = None) -> str:
+    def conv(
+        self, x: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1, pad: int | None = None
+    ) -> str:
         fan_in = cin // group * k * k
         w = self.rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2.0 / fan_in)
         b = self.rng.standard_normal(cout) * 0.05
@@ -79,7 +81,9 @@ class _Builder:
         return model
 
 
-def mobilenet_v2(width: float = 1.0, resolution: int = 224, classes: int = 1000, seed: int = 0) -> onnx.ModelProto:
+def mobilenet_v2(
+    width: float = 1.0, resolution: int = 224, classes: int = 1000, seed: int = 0
+) -> onnx.ModelProto:
     """MobileNetV2 (inverted residuals, linear bottlenecks, ReLU6)."""
 
     def ch(c: float) -> int:  # round to a multiple of 8, as the reference implementation
@@ -154,7 +158,11 @@ def write_large_models(out: Path) -> dict[str, tuple[Path, Path]]:
 
 
 if __name__ == "__main__":
-    for name, (path, _) in write_large_models(Path(sys.argv[1] if len(sys.argv) > 1 else "build/models")).items():
+    for name, (path, _) in write_large_models(
+        Path(sys.argv[1] if len(sys.argv) > 1 else "build/models")
+    ).items():
         m = onnx.load(str(path))
-        params = sum(int(np.prod(t.dims)) for t in m.graph.initializer if len(t.dims) > 1 or t.name.startswith("b"))
+        params = sum(
+            int(np.prod(t.dims)) for t in m.graph.initializer if len(t.dims) > 1 or t.name.startswith("b")
+        )
         print(f"{name}: {path} ({path.stat().st_size:,} bytes)")

@@ -153,11 +153,21 @@ def _requant_consts(a: dict, weight: np.ndarray) -> tuple[list[np.ndarray], str]
         fn = "ec_requant_s8"
     mult, second, sh = form
     pairs = np.stack([mult, second], axis=1).reshape(-1)
+    if fn == "ec_requant_s8" and q31_form_fits(bias - reach, bias + reach, mult, second):
+        fn = "ec_requant_s8_q31"  # same results; the NEON kernels' three-instruction form (ec_neon.h)
     return [bias.astype(np.int32), pairs.astype(np.int32), sh.astype(np.int8)], fn
 
 
+def q31_form_fits(acc_lo: np.ndarray, acc_hi: np.ndarray, mult: np.ndarray, addend: np.ndarray) -> bool:
+    """Whether ((acc * M) >> 31) + 2 * addend stays inside int32 for every accumulator in range:
+    then ec_neon.h's SQDMULH form of ec_requant_s8 is exact."""
+    ends = [(np.asarray(a, np.int64) * np.asarray(mult, np.int64)) >> 31 for a in (acc_lo, acc_hi)]
+    worst = np.maximum(np.abs(ends[0]), np.abs(ends[1])) + 2 * np.abs(np.asarray(addend, np.int64))
+    return bool(np.all(worst < 2**31))
+
+
 # Convolution kernels whose epilogue can apply a following residual Add (p.fuse_add).
-FUSABLE = ("kernels/conv_s8.c.j2", "kernels/pw_s8.c.j2")
+FUSABLE = ("kernels/conv_s8.c.j2", "kernels/conv_neon_s8.c.j2")
 
 
 def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None, simd: str = "none"):
@@ -194,6 +204,10 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None, si
     if op.kind == "dense":
         (n, k), cout = x.shape, w.shape[0]
         p = {"n": n, "k": k, "cout": cout, **clamp}
+        if simd == "neon" and _tile_density(w) > SPARSE_MAX_DENSITY:
+            mk = MicroKernel(f"ec_mk{index}_dense_neon_s8", "kernels/dense_neon_s8.c.j2", tuple(sorted(p.items())),
+                             0, n * cout * k)  # fmt: skip
+            return mk, [np.ascontiguousarray(w.astype(np.int8)), *rq]
         if 0 < _tile_density(w) <= SPARSE_MAX_DENSITY:
             masks, tiles, rest = pack_tiles(w)
             p.update(mask_words=masks.shape[1], tiles=tiles.size // 16, groups=cout // 4)
@@ -218,12 +232,12 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None, si
               "pt": t, "pl": left, "pad_value": int(a["pad_value"]), **clamp}  # fmt: skip
     groups = a["groups"]
     if groups == 1:
-        pointwise = kh == kw == 1 and params["sh"] == params["sw"] == 1 and not any(a["pads"])
-        if simd == "neon" and pointwise and (oh, ow) == (h, wd):
-            return _pointwise(index, {**params, "fuse_add": 0}, w, rq)
+        if simd == "neon":
+            pointwise = kh == kw == 1 and params["sh"] == params["sw"] == 1 and (oh, ow) == (h, wd)
+            return _conv_neon(index, {**params, "fuse_add": 0, "direct": int(pointwise)}, w, rq)
         return _conv(index, {**params, "fuse_add": 0}, w, rq)
     if groups == cin == cout and cin_g == 1:
-        return _depthwise(index, params, w, a, rq)
+        return _depthwise(index, params, w, a, rq, simd == "neon" and params["sw"] in (1, 2))
     return None  # grouped convolutions stay with TVM
 
 
@@ -244,8 +258,8 @@ def _conv(index: int, p: dict, w: np.ndarray, rq: list[np.ndarray]):
 
 
 def pack_pointwise(w2d: np.ndarray) -> np.ndarray:
-    """[cout, cin] int8 -> [ceil(cout/4)][cin][4]: for each input channel, the weights of four
-    output channels side by side (one lane each in pw_s8.c.j2); missing channels zero."""
+    """[cout, K] int8 -> [ceil(cout/4)][K][4]: for each row k of the matrix product, the weights of
+    four output channels side by side (one lane each in conv_neon_s8.c.j2); missing channels zero."""
     cout, cin = w2d.shape
     c4 = -(-cout // 4) * 4
     padded = np.zeros((c4, cin), np.int8)
@@ -253,24 +267,35 @@ def pack_pointwise(w2d: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(c4 // 4, 4, cin).transpose(0, 2, 1).reshape(-1))
 
 
-def _pointwise(index: int, p: dict, w: np.ndarray, rq: list[np.ndarray]):
-    macs = p["n"] * p["cout"] * p["h"] * p["w"] * p["cin"]
-    mk = MicroKernel(f"ec_mk{index}_pw_s8", "kernels/pw_s8.c.j2", tuple(sorted(p.items())), 0, macs)
+def _conv_neon(index: int, p: dict, w: np.ndarray, rq: list[np.ndarray]):
+    k = p["cin"] * p["kh"] * p["kw"]
+    macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * k
+    # Scratch: sixteen pixels' im2col columns, [K][16] int8.
+    mk = MicroKernel(
+        f"ec_mk{index}_conv_neon_s8", "kernels/conv_neon_s8.c.j2", tuple(sorted(p.items())), 16 * k, macs
+    )
     return mk, [pack_pointwise(w.reshape(w.shape[0], -1)), *rq]
 
 
-def _depthwise(index: int, p: dict, w: np.ndarray, a: dict, rq: list[np.ndarray]):
+def _depthwise(index: int, p: dict, w: np.ndarray, a: dict, rq: list[np.ndarray], neon: bool = False):
     # One channel's plane, padded and widened to int16; its right edge rounded up so that the
-    # kernel may read one value past the last window (its product is discarded).
+    # kernel may read one value past the last window (its product is discarded). The NEON path
+    # loads up to 24 values from a window's start (stride 2: VLD2 of 16, then the next 8 for the
+    # third tap): 48 bytes of slack after the last row.
     hp = p["pt"] + p["h"] + int(a["pads"][2])
     wp = p["pl"] + p["w"] + int(a["pads"][3]) + 2
-    p["hp"], p["wp"] = hp, wp
-    macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * p["kh"] * p["kw"]
+    taps = p["kh"] * p["kw"]
+    p["hp"], p["wp"], p["neon"], p["taps8"] = hp, wp, int(neon), -(-taps // 8) * 8
+    macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * taps
     mk = MicroKernel(
-        f"ec_mk{index}_dwconv_s8", "kernels/dwconv_s8.c.j2", tuple(sorted(p.items())), hp * wp * 2, macs
+        f"ec_mk{index}_dwconv_s8", "kernels/dwconv_s8.c.j2", tuple(sorted(p.items())), hp * wp * 2 + 48, macs
     )
     weights = w.reshape(w.shape[0], -1).astype(np.int16)
-    return mk, [weights, *rq]
+    if not neon:
+        return mk, [weights, *rq]
+    lanes = np.zeros((weights.shape[0], p["taps8"]), np.int16)
+    lanes[:, :taps] = weights
+    return mk, [weights, *rq, lanes]
 
 
 def add_tables(a: dict) -> tuple[np.ndarray, np.ndarray]:

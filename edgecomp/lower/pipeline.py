@@ -43,7 +43,9 @@ def _lower_fabs(call):
 tirx.register_intrin_lowering("tirx.fabs", target="c", f=_lower_fabs, level=99)
 
 
-def lower_model(model: onnx.ModelProto, io: str = "float", kernels: str = "auto", simd: str = "none") -> LoweredModel:
+def lower_model(
+    model: onnx.ModelProto, io: str = "float", kernels: str = "auto", simd: str = "none"
+) -> LoweredModel:
     """Lower a checked, static-shape ONNX model to C kernels plus a call sequence.
 
     io="int8" (quantized models only) makes the model's inputs and outputs its integer tensors.

@@ -144,6 +144,12 @@ static inline int32_t ec_requant_s8(int32_t acc, int32_t mult, int32_t addend, i
   return ec_clamp_s8(ec_smmla(acc, mult, addend) >> sh, lo, hi);
 }
 
+/* ec_requant_s8 for layers whose NEON kernels use ec_neon.h's SQDMULH form: the same function. */
+static inline int32_t ec_requant_s8_q31(int32_t acc, int32_t mult, int32_t addend, int32_t sh, int32_t lo, int32_t hi)
+{
+  return ec_requant_s8(acc, mult, addend, sh, lo, hi);
+}
+
 /* The definition itself, for layers outside ec_requant_s8's form (a multiplier of 1/4 or more,
  * n <= 32): ((acc * M + 2^(n-1)) >> n) in int64, + the zero point, clamped. */
 static inline int32_t ec_requant_s8_int64(int32_t acc, int32_t mult, int32_t zp, int32_t n, int32_t lo, int32_t hi)
