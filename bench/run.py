@@ -2,8 +2,14 @@
 for the MLPerf Tiny models, float and int8, as a table and JSON. Not a test: it reports numbers.
 
     python bench/run.py [--targets cortex-m7,cortex-m4] [--dtypes fp32,int8] [--json bench/results/x.json]
+    python bench/run.py --targets cortex-a53-virt,cortex-a53 --large   # A-class rows, million-parameter models
 
-Models default to ../shared/models/mlperf-tiny (the float ONNX files and their *_sample.npy).
+Models default to ../shared/models/mlperf-tiny (the float ONNX files and their *_sample.npy);
+--large adds MobileNetV2 and MobileFaceNet (bench/models.py: published architectures, random
+weights). A Linux target (cortex-a53: qemu-aarch64 user mode) checks correctness only: user mode
+has no instruction counter; cortex-a53-virt (bare metal) gives the instructions. compile s and
+compiler MB are the compiler's own wall time and peak resident memory (a fresh build in a child).
+
 Every fp32 run is checked against onnxruntime (relative error); every int8 run bit for bit against
 the integer reference, with its SQNR against the float model on the real sample inputs. int8 rows
 show the ratio to TFLite Micro + CMSIS-NN from ../shared/baselines when that file is there.
@@ -13,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import re
+import resource
 import sys
 import time
 from dataclasses import replace
@@ -88,13 +96,14 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         options = BuildOptions(quantize="int8", io="int8", dead_channels=dead_channels)
     if prune:
         options = replace(options, prune=prune)
-    t0 = time.monotonic()
     tag = (f"-{prune.replace('=', '')}" if prune else "") + (
         f"-dead{dead_channels}" if dead_channels != "none" else ""
     )
-    result = build(model, target, workdir / f"{model.stem}-{target_name}-{dtype}{tag}", options, log=lambda *_: None,
-                   calib=calib)  # fmt: skip
-    compile_s = time.monotonic() - t0
+    outdir = workdir / f"{model.stem}-{target_name}-{dtype}{tag}"
+    # The compiler's own time and peak memory, measured in a child process that builds and exits;
+    # the build is then reused from its cache here.
+    compile_s, peak_rss = _measured_build(model, target, outdir, options, calib)
+    result = build(model, target, outdir, options, log=lambda *_: None, calib=calib, reuse=True)
     spec = result.report["inputs"][0]
     float_samples = [[s] for s in x_all.reshape((-1, *spec["shape"]))]
     samples = [[to_model_dtype(s[0], spec)] for s in float_samples]
@@ -109,6 +118,7 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         "instructions": rec["instructions"], "instructions_per_mac": rec.get("instructions_per_mac"),
         "flash_bytes": rec["flash_bytes"], "weights_bytes": rec["weights_bytes"], "ram_bytes": rec["ram_bytes"],
         "arena_bytes": rec["arena_bytes"], "stack_bytes": rec["stack_bytes"], "compile_time_s": round(compile_s, 2),
+        "compiler_peak_rss_mb": round(peak_rss / 2**20, 1), "device": rec["device"],
     }  # fmt: skip
     if dtype == "fp32":
         row["rel_error_vs_onnxruntime"] = compare([r.outputs for r in runs], floats).rel_error
@@ -132,6 +142,32 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
     return row
 
 
+def _measured_build(model: Path, target, outdir: Path, options: BuildOptions, calib: Path | None) -> tuple[float, int]:
+    """(seconds, peak resident bytes) of a fresh build in a forked child: the Python process
+    (TVM included) or the C compiler it ran, whichever peaked higher."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+
+    def work() -> None:
+        t0 = time.monotonic()
+        try:
+            build(model, target, outdir, options, log=lambda *_: None, calib=calib)
+        except EdgecompError as exc:
+            child.send(("error", str(exc)))
+            return
+        rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # fmt: skip
+        child.send(("ok", (time.monotonic() - t0, rss * 1024)))
+
+    proc = ctx.Process(target=work)
+    proc.start()
+    kind, value = parent.recv()
+    proc.join()
+    if kind == "error":
+        raise EdgecompError(value)
+    return value
+
+
 def _with_baseline(row: dict, name: str, baseline: dict) -> dict:
     """The row with its ratio to TFLite Micro + CMSIS-NN (int8, cortex-m7, unpruned)."""
     if row["dtype"] == "int8" and row["target"] == "cortex-m7" and row["model"] == name and name in baseline:
@@ -149,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default="cortex-m7")
     ap.add_argument("--dtypes", default="fp32,int8")
     ap.add_argument("--only", help="comma-separated model names")
+    ap.add_argument("--large", action="store_true",
+                    help="also the million-parameter models of bench/models.py (MobileNetV2, MobileFaceNet)")  # fmt: skip
     ap.add_argument("--prune", help="also build every model with this --prune (e.g. channels=0.5)")
     ap.add_argument("--dead-channels", choices=["proven", "calib", "none"], default="none",
                     help="int8: remove dead channels as edgecomp build --dead-channels does [none: the whole "
@@ -164,10 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--accept", type=Path, metavar="EXPECTED.json",
                     help="write these results as the new expected figures (a deliberate change)")  # fmt: skip
     args = ap.parse_args(argv)
-    if not args.models.is_dir():
+    if not args.models.is_dir() and not (args.large and args.only):
         print(f"bench: model folder {args.models} not found (pass --models)", file=sys.stderr)
         return 2
     names = args.only.split(",") if args.only else list(MODELS)
+    paths = {n: (args.models / f"{n}.onnx", args.models / f"{MODELS[n]}.npy") for n in MODELS}
+    if args.large:
+        from models import write_large_models
+
+        large = write_large_models(args.workdir / "models")
+        paths.update(large)
+        names += [n for n in large if not args.only and n not in names]
     rows = []
     console = Console(width=160)
     baseline = tflm_baseline()
@@ -177,16 +222,15 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"[dim]bench: {name} {dtype} on {target}[/dim]")
                 for prune in [None, args.prune] if args.prune else [None]:
                     try:
-                        row = bench_one(args.models / f"{name}.onnx", args.models / f"{MODELS[name]}.npy", target,
-                                        dtype, args.workdir, prune, args.dead_channels)  # fmt: skip
+                        row = bench_one(*paths[name], target, dtype, args.workdir, prune, args.dead_channels)
                     except EdgecompError as exc:
                         console.print(f"[red]bench: {name} on {target}: {exc}[/red]")
                         rows.append({"model": name, "target": target, "dtype": dtype, "error": str(exc)})
                         continue
                     rows.append(_with_baseline(row, name, baseline))
     table = Table(title="edgecomp on QEMU -icount shift=0 (instructions exact)")
-    for col in ("model", "target", "dtype", "MACs", "instructions", "instr/MAC", "flash B", "RAM B", "arena B",
-                "stack B", "compile s", "check", "x TFLM instr/flash/RAM"):  # fmt: skip
+    for col in ("model", "target", "dtype", "MACs", "instructions", "instr/MAC", "flash B", "weights B", "RAM B",
+                "arena B", "stack B", "compile s", "compiler MB", "check", "x TFLM instr/flash/RAM"):  # fmt: skip
         table.add_column(col, justify="left" if col in ("model", "target") else "right")
     for r in rows:
         if "error" in r:
@@ -195,9 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         check = (f"rel err {r['rel_error_vs_onnxruntime']:.1e}" if r["dtype"] == "fp32" else
                  f"{'bit-exact' if r['bit_exact_vs_reference'] else 'MISMATCH'}, {r['sqnr_db_vs_float']:.1f} dB")  # fmt: skip
         vs = r.get("vs_tflm")
-        table.add_row(r["model"], r["target"], r["dtype"], f"{r['macs']:,}", f"{r['instructions']:,}",
-                      f"{r['instructions_per_mac']:.2f}", f"{r['flash_bytes']:,}", f"{r['ram_bytes']:,}",
-                      f"{r['arena_bytes']:,}", f"{r['stack_bytes']:,}", f"{r['compile_time_s']:.1f}", check,
+        def n(v, fmt="{:,}"):
+            return "-" if v is None else fmt.format(v)
+
+        table.add_row(r["model"], r["target"], r["dtype"], n(r["macs"]), n(r["instructions"]),
+                      n(r["instructions_per_mac"], "{:.3f}"), n(r["flash_bytes"]), n(r["weights_bytes"]),
+                      n(r["ram_bytes"]), n(r["arena_bytes"]), n(r["stack_bytes"]), f"{r['compile_time_s']:.1f}",
+                      f"{r['compiler_peak_rss_mb']:.0f}", check,
                       f"{vs['instructions']:.2f} / {vs['flash']:.2f} / {vs['ram']:.2f}" if vs else "")  # fmt: skip
     console.print(table)
     if args.accept:

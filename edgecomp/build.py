@@ -27,6 +27,8 @@ class ElfSizes:
     bss: int  # zero-initialised RAM, incl. the arena
     stack: int  # reserved stack
     symbols: dict[str, int]
+    external_flash: int = 0  # .ext_rodata: weights in the board's external (QSPI) flash
+    external_ram: int = 0  # .ext_bss: the arena in the board's external RAM (SDRAM)
 
     @property
     def flash_bytes(self) -> int:
@@ -92,7 +94,7 @@ def compiler_warnings(project: Path, target: Target) -> list[str]:
 
 def elf_sizes(path: Path) -> ElfSizes:
     """Flash/RAM figures of an ELF from its allocated sections (pyelftools)."""
-    text = data = bss = stack = 0
+    text = data = bss = stack = ext_flash = ext_ram = 0
     symbols: dict[str, int] = {}
     with path.open("rb") as f:
         elf = ELFFile(f)
@@ -101,7 +103,11 @@ def elf_sizes(path: Path) -> ElfSizes:
             if not flags & SH_FLAGS.SHF_ALLOC or sec["sh_size"] == 0:
                 continue
             size = sec["sh_size"]
-            if sec.name == ".stack":
+            if sec.name == ".ext_rodata":
+                ext_flash += size
+            elif sec.name == ".ext_bss":
+                ext_ram += size
+            elif sec.name == ".stack":
                 stack += size
             elif sec["sh_type"] == "SHT_NOBITS":
                 bss += size
@@ -114,7 +120,8 @@ def elf_sizes(path: Path) -> ElfSizes:
             for sym in symtab.iter_symbols():
                 if sym.name.startswith("ec_") and sym["st_info"]["type"] == "STT_OBJECT":
                     symbols[sym.name] = sym["st_size"]
-    return ElfSizes(text=text, data=data, bss=bss, stack=stack, symbols=symbols)
+    return ElfSizes(text=text, data=data, bss=bss, stack=stack, symbols=symbols, external_flash=ext_flash,
+                    external_ram=ext_ram)  # fmt: skip
 
 
 BOOT2_BYTES = 256  # RP2040: the boot ROM loads 256 bytes, the last four a CRC32 of the rest

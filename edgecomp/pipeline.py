@@ -279,6 +279,13 @@ def _check_fit(target: Target, sizes: ElfSizes) -> None:
         problems.append(
             f"RAM {ram:,} B (static {sizes.ram_bytes:,} + stack {sizes.stack:,}) > {target.ram_budget:,} B by {over:,} B"
         )
+    ext = target.external
+    if ext and sizes.external_flash > ext["flash_length"]:
+        over = sizes.external_flash - ext["flash_length"]
+        problems.append(f"external flash {sizes.external_flash:,} B > {ext['flash_length']:,} B by {over:,} B")
+    if ext and sizes.external_ram > ext["ram_length"]:
+        over = sizes.external_ram - ext["ram_length"]
+        problems.append(f"external RAM {sizes.external_ram:,} B > {ext['ram_length']:,} B by {over:,} B")
     if problems:
         raise DoesNotFitError(
             f"the model does not fit {target.name} ({target.part}): {'; '.join(problems)}. "
@@ -329,6 +336,11 @@ def _report(
         "caches": target.caches,
     }
     if sizes is not None:
+        if target.external:
+            report["external"] = {
+                "flash_bytes": sizes.external_flash, "flash_budget": target.external["flash_length"],
+                "ram_bytes": sizes.external_ram, "ram_budget": target.external["ram_length"],
+            }  # fmt: skip
         report.update(
             {
                 "flash_bytes": sizes.flash_bytes,

@@ -43,6 +43,10 @@ class Target:
     # Process targets (host, linux): cc, the apt package that has it, the machine it runs on
     # natively (uname -m) and the emulator that runs it elsewhere (qemu-aarch64 user mode...).
     toolchain: dict = field(default_factory=dict)
+    # Memory outside the chip the board maps (QSPI flash, SDRAM): flash_origin/length, ram_origin/length.
+    # Weights that do not fit the internal flash, and an arena that does not fit the internal RAM,
+    # are placed there (codegen/memory.py place_external).
+    external: dict = field(default_factory=dict)
     simd: str = "none"  # "neon": AArch64 Advanced SIMD micro-kernels (cpu.simd)
     port: str = "cortex-m"  # firmware/<port>: the start-up and harness port of an mcu target
 
@@ -190,7 +194,10 @@ def _parse(raw: dict, path: Path) -> Target:
         toolchain=raw.get("toolchain", {}),
         port=raw.get("firmware", {}).get("port", "cortex-m"),
         simd=cpu.get("simd", "none"),
+        external=raw.get("external", {}),
     )
+    for key in ("flash_origin", "flash_length", "ram_origin", "ram_length") if target.external else ():
+        _require(target.external, key, "external.", path, int)
     if target.simd not in ("none", "neon"):
         raise UserError(f"target file {path}: cpu.simd must be 'none' or 'neon'")
     if target.port not in PORTS:

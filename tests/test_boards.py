@@ -94,3 +94,52 @@ def test_flash_errors_are_clear(tmp_path, capsys):
     assert main(["flash", str(result.outdir), "--target", "pico"]) == 3
     err = capsys.readouterr().err
     assert "no debug probe" in err or "pip install 'edgecomp[board]'" in err
+
+
+def _small_budget_target(tmp_path: Path) -> Path:
+    """cortex-m7-h743-ext with a 300 KiB flash and 40 KiB RAM budget: weights over 44 KiB and an
+    arena over ~8 KiB go to the external memories."""
+    from edgecomp.resources import data_dir
+
+    text = (data_dir("targets") / "cortex-m7-h743-ext.toml").read_text()
+    text = text.replace("flash_bytes = 2_097_152", "flash_bytes = 307_200").replace(
+        "ram_bytes = 524_288", "ram_bytes = 40_960"
+    )
+    path = tmp_path / "small-ext.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None, reason="needs qemu-system-arm")
+def test_weights_and_arena_beyond_the_chip_go_to_external_memory_and_run(tmp_path):
+    import onnx
+    from conftest import make_model, random_inputs, weight
+    from onnx import helper
+
+    from edgecomp.reference import Reference, compare
+    from edgecomp.runner import run_samples
+
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], "fc1", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], "relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], "fc2", transB=1)]  # fmt: skip
+    model = make_model(nodes, [("x", [1, 3000])], [("y", [1, 10])],
+                       [weight("w1", [30, 3000]), weight("b1", [30]), weight("w2", [10, 30]), weight("b2", [10])])  # fmt: skip
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    target = load_target(str(_small_budget_target(tmp_path)))
+    result = build(path, target, tmp_path / "o", BuildOptions(extra_cflags="-Werror"), log=lambda *_: None)
+    ext = result.report["external"]
+    assert ext["flash_bytes"] >= 30 * 3000 * 4 and ext["ram_bytes"] >= 12_000  # weights and arena outside
+    assert result.report["flash_bytes"] < 307_200 - 200_000  # the chip keeps the code only
+    data = [random_inputs(result.model, s) for s in range(2)]
+    runs = run_samples(result, data)
+    ref = Reference(result.model)
+    assert compare([r.outputs for r in runs], [ref.run(d) for d in data]).rel_error <= 1e-4
+    # Without external memory the same model is refused, saying by how much.
+    from edgecomp.errors import DoesNotFitError
+
+    text = (tmp_path / "small-ext.toml").read_text()
+    head, _, tail = text.partition("[external]")
+    (tmp_path / "small.toml").write_text(head + "[uart]" + tail.partition("[uart]")[2])
+    with pytest.raises(DoesNotFitError, match=r"flash [\d,]+ B > 307,200 B by [\d,]+ B"):
+        build(path, load_target(str(tmp_path / "small.toml")), tmp_path / "p", log=lambda *_: None)

@@ -134,3 +134,21 @@ def plan_arena(buffers: list[Buffer], alias: dict[str, str] | None = None) -> Ar
         offsets[out] = offsets[root]
     arena = max((end for _, end, _ in placed), default=0)
     return ArenaPlan(offsets, tuple(buffers), arena, sum(_align(b.size) for b in buffers), dict(alias or {}))
+
+
+# Internal flash kept for code, vectors and small constants when weights go to external flash;
+# internal RAM kept for .data/.bss other than the arena when the arena goes to external RAM.
+CODE_RESERVE_BYTES = 256 * 1024
+RAM_RESERVE_BYTES = 16 * 1024
+
+
+def place_external(external: dict, flash_budget: int, ram_budget: int, stack_bytes: int, weights_bytes: int,
+                   arena_bytes: int) -> tuple[bool, bool]:  # fmt: skip
+    """(weights in external flash, arena in external RAM) for a target that declares external
+    memory: each only when it would not fit the chip (its budget less a reserve), so a model that
+    fits keeps the faster internal memories."""
+    if not external:
+        return False, False
+    weights_out = bool(flash_budget) and weights_bytes > flash_budget - CODE_RESERVE_BYTES
+    arena_out = bool(ram_budget) and arena_bytes + stack_bytes > ram_budget - RAM_RESERVE_BYTES
+    return weights_out, arena_out

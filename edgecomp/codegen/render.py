@@ -12,7 +12,7 @@ import numpy as np
 
 from edgecomp import __version__
 from edgecomp.codegen.cnames import c_identifier, c_literals, c_type, dl_type
-from edgecomp.codegen.memory import ArenaPlan, plan_model, workspace_name
+from edgecomp.codegen.memory import ArenaPlan, plan_model, workspace_name, place_external
 from edgecomp.lower.model import LoweredModel
 from edgecomp.resources import data_dir
 from edgecomp.targets import Target
@@ -146,7 +146,13 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
         for c in model.calls
         if c.micro is not None
     ]
+    weights_out, arena_out = place_external(
+        target.external, target.flash_budget, target.ram_budget, target.memory.get("stack_bytes", 0),
+        sum(t.nbytes for t in model.tensors.values() if t.kind == "const"), plan.arena_bytes,
+    )  # fmt: skip
     ctx = {
+        "weights_section": ".ext_rodata" if weights_out else None,
+        "arena_section": ".ext_bss" if arena_out else None,
         "version": __version__,
         "model_name": model_name,
         "provenance": provenance,
