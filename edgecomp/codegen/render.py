@@ -12,7 +12,7 @@ import numpy as np
 
 from edgecomp import __version__
 from edgecomp.codegen.cnames import c_identifier, c_literals, c_type, dl_type
-from edgecomp.codegen.memory import ArenaPlan, plan_model, workspace_name, place_external
+from edgecomp.codegen.memory import ArenaPlan, place_external, plan_model, workspace_name
 from edgecomp.lower.model import LoweredModel
 from edgecomp.resources import data_dir
 from edgecomp.targets import Target
