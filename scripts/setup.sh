@@ -13,6 +13,10 @@ command -v make >/dev/null || need+=(make)
 command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v arm-linux-gnueabihf-gcc >/dev/null || need+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
 command -v qemu-aarch64 >/dev/null || need+=(qemu-user)
+# Bare-metal AArch64 (cortex-a53-virt): picolibc for the cross compiler; qemu-system-aarch64
+# comes with Debian's qemu-system-arm.
+[ -e /usr/lib/picolibc/aarch64-linux-gnu/picolibc.specs ] || need+=(picolibc-aarch64-linux-gnu)
+command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 python3 -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

@@ -122,6 +122,19 @@ def _mul(x, y, *, a, dtype):
     return te.compute(x.shape, f, name="qmul")
 
 
+def _prelu(x, neg_mult, neg_shift, *, a, dtype):
+    """quant/reference.py _prelu: one multiplier above the zero point, the channel's below."""
+
+    def f(*idx):
+        v = x[idx].astype(I64) - _c(a["in_zp"])
+        c = idx[1] if len(idx) > 1 else idx[0]
+        pos = _requant(v, _c(a["mult"]), _c(a["shift"]))
+        neg = _requant(v, neg_mult[c], neg_shift[c])
+        return _clamp(tirx.Select(v >= _c(0), pos, neg) + _c(a["out_zp"]), a["lo"], a["hi"], dtype)
+
+    return te.compute(x.shape, f, name="qprelu")
+
+
 def _pool(x, *tables, a, dtype, kind):
     n, c, h, w = (int(d) for d in x.shape)
     kh, kw = a["kernel"]
@@ -295,6 +308,9 @@ def _emit(bb: relax.BlockBuilder, op: QOp, env: dict, graph: IntGraph):
         fn = partial(_transpose, a=a, dtype=dtype)
     elif k == "concat":
         fn = partial(_concat, a=a, dtype=dtype)
+    elif k == "prelu":
+        fn = partial(_prelu, a=a, dtype=dtype)
+        xs += [_const(a["neg_mult"], I64), _const(a["neg_shift"], I64)]
     elif k == "lut":
         fn = partial(_lut, dtype=dtype)
         xs.append(_const(a["table"], dtype))

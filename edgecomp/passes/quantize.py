@@ -96,9 +96,17 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
         try:
             quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=calib_method,
-                            extra_options=extra)  # fmt: skip
+                            op_types_to_quantize=_op_types(), extra_options=extra)  # fmt: skip
         except Exception as exc:
             raise ToolError(
                 f"quantization failed in onnxruntime: {str(exc).strip().splitlines()[-1][:300]}"
             ) from exc
         return onnx.load(str(dst))
+
+
+def _op_types() -> list[str]:
+    """onnxruntime's default set of ops to quantize, plus PRelu (edgecomp has an integer PRelu;
+    onnxruntime's registries lack it, so its output would stay float)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted({*QLinearOpsRegistry, *QDQRegistry, "PRelu"})

@@ -133,6 +133,20 @@ class _Extractor:
             )
         return t
 
+    def _real_const(self, name: str, node: onnx.NodeProto) -> np.ndarray:
+        """A float constant, or the real values of a quantized one (through its DequantizeLinear)."""
+        if name in self.consts:
+            return self.consts[name].astype(np.float64)
+        dq = self.producer.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in self.consts:
+            raise UnsupportedModelError(f"node '{node.name}' ({node.op_type}): '{name}' must be a constant")
+        q = self.consts[dq.input[0]].astype(np.float64)
+        scale, zp, axis = self._qparams(dq)
+        shape = [1] * q.ndim
+        if scale.size > 1:
+            shape[axis % q.ndim] = -1
+        return (q - zp.astype(np.float64).reshape(shape)) * scale.reshape(shape)
+
     def _weight(self, name: str, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray, int]:
         """(int values, per-channel scale, axis) of a constant that goes through DequantizeLinear."""
         dq = self.producer.get(name)
@@ -405,6 +419,23 @@ class _Extractor:
         self._emit("add", [a_t.name, b_t.name], out, node, a_zp=a_t.zero_point, b_zp=b_t.zero_point,
                    a_mult=ma, a_shift=sa, b_mult=mb, b_shift=sb, mult=mo, shift=so, left_shift=left_shift,
                    out_zp=out.zero_point, lo=lo, hi=hi)  # fmt: skip
+
+    def _op_PRelu(self, node: onnx.NodeProto) -> None:
+        """PRelu: the input rescaled to the output's scale with one multiplier where it is >= its
+        zero point, with the channel's slope folded into a second (signed) multiplier below it."""
+        x = self._act_in(node.input[0], node)
+        out, (lo, hi) = self._out(node)
+        slope = self._real_const(node.input[1], node)
+        channels = x.shape[1] if len(x.shape) > 1 else 1
+        if slope.size not in (1, channels) or (slope.size > 1 and slope.reshape(-1).shape[0] != channels):
+            raise UnsupportedModelError(f"node '{node.name}': integer PRelu needs a per-channel or scalar slope")
+        slope = np.broadcast_to(slope.reshape(-1), (channels,))
+        mult, shift = quantize_multiplier(x.scale / out.scale)
+        neg = [quantize_multiplier(abs(float(s)) * x.scale / out.scale) for s in slope]
+        neg_mult = np.array([int(np.sign(s)) * m for s, (m, _) in zip(slope, neg, strict=True)], np.int64)
+        neg_shift = np.array([n for _, n in neg], np.int64)
+        self._emit("prelu", [x.name], out, node, in_zp=x.zero_point, out_zp=out.zero_point, mult=mult,
+                   shift=shift, neg_mult=neg_mult, neg_shift=neg_shift, lo=lo, hi=hi)  # fmt: skip
 
     def _op_Mul(self, node: onnx.NodeProto) -> None:
         a_t, b_t = (self._act_in(i, node) for i in node.input[:2])

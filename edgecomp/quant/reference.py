@@ -95,6 +95,15 @@ def _mul(op: QOp, x, dtype):
     return _clamp(requant(p, a["mult"], a["shift"]) + a["out_zp"], a["lo"], a["hi"], dtype)
 
 
+def _prelu(op: QOp, x, dtype):
+    a = op.attrs
+    v = x[0].astype(np.int64) - a["in_zp"]
+    per_channel = (1, -1) + (1,) * (v.ndim - 2) if v.ndim > 1 else (-1,)
+    neg = requant(v, a["neg_mult"].reshape(per_channel), a["neg_shift"].reshape(per_channel))
+    y = np.where(v >= 0, requant(v, a["mult"], a["shift"]), neg) + a["out_zp"]
+    return _clamp(y, a["lo"], a["hi"], dtype)
+
+
 def _rescale(v, a):
     return requant(v.astype(np.int64) - a["in_zp"], a["mult"], a["shift"]) + a["out_zp"]
 
@@ -153,5 +162,5 @@ def _softmax(op: QOp, x, dtype):
 _OPS = {
     "quantize": _quantize, "dequantize": _dequantize, "conv": _conv, "dense": _dense, "add": _add, "mul": _mul,
     "maxpool": _maxpool, "avgpool": _avgpool, "reshape": _reshape, "transpose": _transpose, "concat": _concat,
-    "lut": _lut, "lut16": _lut16, "softmax": _softmax,
+    "lut": _lut, "lut16": _lut16, "softmax": _softmax, "prelu": _prelu,
 }  # fmt: skip
