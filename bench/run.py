@@ -142,7 +142,9 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
     return row
 
 
-def _measured_build(model: Path, target, outdir: Path, options: BuildOptions, calib: Path | None) -> tuple[float, int]:
+def _measured_build(
+    model: Path, target, outdir: Path, options: BuildOptions, calib: Path | None
+) -> tuple[float, int]:
     """(seconds, peak resident bytes) of a fresh build in a forked child: the Python process
     (TVM included) or the C compiler it ran, whichever peaked higher."""
     ctx = multiprocessing.get_context("fork")
@@ -239,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         check = (f"rel err {r['rel_error_vs_onnxruntime']:.1e}" if r["dtype"] == "fp32" else
                  f"{'bit-exact' if r['bit_exact_vs_reference'] else 'MISMATCH'}, {r['sqnr_db_vs_float']:.1f} dB")  # fmt: skip
         vs = r.get("vs_tflm")
+
         def n(v, fmt="{:,}"):
             return "-" if v is None else fmt.format(v)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import subprocess
 import tempfile
@@ -12,7 +13,7 @@ from pathlib import Path
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from edgecomp.errors import ToolError
+from edgecomp.errors import DoesNotFitError, ToolError
 from edgecomp.targets import Target
 
 MAKE_TIMEOUT_S = 900
@@ -74,6 +75,14 @@ def run_make(project: Path, target: Target, extra_cflags: str = "", make_args: t
     except subprocess.TimeoutExpired as exc:
         raise ToolError(f"compiling {project} took longer than {MAKE_TIMEOUT_S} s") from exc
     if proc.returncode != 0:
+        # The linker refuses what overflows a memory region of the target's map: say so, by how much.
+        overflows = re.findall(r"region [`'](\w+)' overflowed by (\d+) bytes", proc.stderr)
+        if overflows:
+            what = "; ".join(f"{region} by {int(n):,} B" for region, n in overflows)
+            raise DoesNotFitError(
+                f"the model does not fit {target.name} ({target.part or target.description}): its memory map "
+                f"overflows: {what}. Quantize or prune it, pick a bigger target, or one with external memory"
+            )
         errors = [
             ln
             for ln in proc.stderr.splitlines()

@@ -282,7 +282,9 @@ def _check_fit(target: Target, sizes: ElfSizes) -> None:
     ext = target.external
     if ext and sizes.external_flash > ext["flash_length"]:
         over = sizes.external_flash - ext["flash_length"]
-        problems.append(f"external flash {sizes.external_flash:,} B > {ext['flash_length']:,} B by {over:,} B")
+        problems.append(
+            f"external flash {sizes.external_flash:,} B > {ext['flash_length']:,} B by {over:,} B"
+        )
     if ext and sizes.external_ram > ext["ram_length"]:
         over = sizes.external_ram - ext["ram_length"]
         problems.append(f"external RAM {sizes.external_ram:,} B > {ext['ram_length']:,} B by {over:,} B")
@@ -330,7 +332,9 @@ def _report(
         "toolchain": {  # what produced the figures, recorded with them
             "compiler": compiler_for(target),
             "version": compiler_version(compiler_for(target)),
-            "cflags": " ".join([*target.arch_flags, "-std=c99", "-O2", *options.extra_cflags.split()]),
+            "cflags": " ".join(
+                [*target.arch_flags, "-std=c99", *target.opt_flags, *options.extra_cflags.split()]
+            ),
         },
         "core_clock_hz": target.clock_hz,
         "caches": target.caches,

@@ -47,6 +47,7 @@ class Target:
     # Weights that do not fit the internal flash, and an arena that does not fit the internal RAM,
     # are placed there (codegen/memory.py place_external).
     external: dict = field(default_factory=dict)
+    opt_flags: tuple[str, ...] = ("-O2",)  # cpu.opt_flags: optimisation flags for the generated C
     simd: str = "none"  # "neon": AArch64 Advanced SIMD micro-kernels (cpu.simd)
     port: str = "cortex-m"  # firmware/<port>: the start-up and harness port of an mcu target
 
@@ -194,6 +195,7 @@ def _parse(raw: dict, path: Path) -> Target:
         toolchain=raw.get("toolchain", {}),
         port=raw.get("firmware", {}).get("port", "cortex-m"),
         simd=cpu.get("simd", "none"),
+        opt_flags=tuple(cpu.get("opt_flags", ["-O2"])),
         external=raw.get("external", {}),
     )
     for key in ("flash_origin", "flash_length", "ram_origin", "ram_length") if target.external else ():

@@ -143,3 +143,21 @@ def test_weights_and_arena_beyond_the_chip_go_to_external_memory_and_run(tmp_pat
     (tmp_path / "small.toml").write_text(head + "[uart]" + tail.partition("[uart]")[2])
     with pytest.raises(DoesNotFitError, match=r"flash [\d,]+ B > 307,200 B by [\d,]+ B"):
         build(path, load_target(str(tmp_path / "small.toml")), tmp_path / "p", log=lambda *_: None)
+
+
+def test_a_model_that_overflows_the_memory_map_is_refused_by_how_much(tmp_path):
+    """The linker's overflow (here a 16 KiB flash region) is a fit error with the overshoot, not a
+    compiler failure, and leaves no output folder."""
+    from edgecomp.errors import DoesNotFitError
+    from edgecomp.resources import data_dir
+
+    text = (
+        (data_dir("targets") / "cortex-m7.toml")
+        .read_text()
+        .replace("flash_length = 0x00400000", "flash_length = 0x00004000")
+    )
+    path = tmp_path / "tiny-flash.toml"
+    path.write_text(text)
+    with pytest.raises(DoesNotFitError, match=r"FLASH by [\d,]+ B"):
+        build(EXAMPLE, load_target(str(path)), tmp_path / "o", log=lambda *_: None)
+    assert not (tmp_path / "o").exists()

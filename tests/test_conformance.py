@@ -83,3 +83,13 @@ def test_rewritten_ops_build_deterministically(name, tmp_path):
     outs = [build(path, load_target("host"), tmp_path / d, log=lambda *_: None).outdir for d in ("a", "b")]
     for f in ("model.c", "model_kernels.c", "model_weights.c", "model.h"):
         assert (outs[0] / f).read_bytes() == (outs[1] / f).read_bytes(), f
+
+
+def test_operators_page_is_generated_from_the_code():
+    """docs/operators.md is `edgecomp ops --markdown`; every conformance op is listed as tested."""
+    from edgecomp.frontend.ops import ops_markdown, ops_table
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "operators.md"
+    assert page.read_text() == ops_markdown(), "regenerate: edgecomp ops --markdown > docs/operators.md"
+    tested = {r["op"] for r in ops_table() if r["conformance_tested"]}
+    assert tested == set(conformance.OPS)

@@ -129,6 +129,14 @@ def _model_residual_block():
     return make_model(nodes, [X], [("y", [1, 4, 8, 8])], [w1, b1, w2, b2])
 
 
+def _model_conv_prelu():
+    node, inits = _conv("conv", 4, 6, 3, pads=[1, 1, 1, 1])
+    node.output[0] = "c"
+    slope = numpy_helper.from_array(np.linspace(-0.3, 0.6, 6, dtype=np.float32).reshape(6, 1, 1), "slope")
+    prelu = helper.make_node("PRelu", ["c", "slope"], ["y"], "prelu")
+    return make_model([node, prelu], [X], [("y", [1, 6, 8, 8])], [*inits, slope])
+
+
 MODELS = {
     "conv": _model_conv,
     "conv_stride_asym_pad": _model_conv_stride,
@@ -144,6 +152,7 @@ MODELS = {
     "concat": _model_concat,
     "two_outputs": _model_two_outputs,
     "residual_block": _model_residual_block,
+    "conv_prelu": _model_conv_prelu,
 }
 
 

@@ -22,7 +22,7 @@ from edgecomp.targets import load_target
 
 QUANT_MODELS = ["conv", "conv_stride_asym_pad", "depthwise", "grouped", "gemm", "matmul", "pools",
                 "relu_clip_sigmoid", "softmax", "transpose_reshape_flatten", "concat", "residual_block",
-                "two_outputs", "add_mul_broadcast"]  # fmt: skip
+                "two_outputs", "add_mul_broadcast", "conv_prelu"]  # fmt: skip
 
 
 def _calib(model, n=16):

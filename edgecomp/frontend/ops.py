@@ -41,7 +41,7 @@ SUPPORT: dict[str, OpSupport] = {
     "MatMul": OpSupport(_F + _Q8, "N-D with broadcast batch dimensions"),
     "Relu": OpSupport(_F + _Q8, "on the QDQ path fused into the producer's clamp"),
     "LeakyRelu": OpSupport(_F + _Q8, "int8: 256-entry table"),
-    "PRelu": OpSupport(_F, "slope broadcast"),
+    "PRelu": OpSupport(_F + _Q8, "slope broadcast; integer: per-channel or scalar slope"),
     "Clip": OpSupport(_ALL + _Q8, "min/max constant on the QDQ path"),
     "Sigmoid": OpSupport(_F + _Q8, "int8: 256-entry table"),
     "HardSigmoid": OpSupport(_F + _Q8, "int8: 256-entry table"),

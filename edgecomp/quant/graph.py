@@ -428,7 +428,9 @@ class _Extractor:
         slope = self._real_const(node.input[1], node)
         channels = x.shape[1] if len(x.shape) > 1 else 1
         if slope.size not in (1, channels) or (slope.size > 1 and slope.reshape(-1).shape[0] != channels):
-            raise UnsupportedModelError(f"node '{node.name}': integer PRelu needs a per-channel or scalar slope")
+            raise UnsupportedModelError(
+                f"node '{node.name}': integer PRelu needs a per-channel or scalar slope"
+            )
         slope = np.broadcast_to(slope.reshape(-1), (channels,))
         mult, shift = quantize_multiplier(x.scale / out.scale)
         neg = [quantize_multiplier(abs(float(s)) * x.scale / out.scale) for s in slope]
