@@ -146,7 +146,7 @@ def test_weights_and_arena_beyond_the_chip_go_to_external_memory_and_run(tmp_pat
 
 
 def test_a_model_that_overflows_the_memory_map_is_refused_by_how_much(tmp_path):
-    """The linker's overflow (here a 16 KiB flash region) is a fit error with the overshoot, not a
+    """The linker's overflow (here a 4 KiB flash region) is a fit error with the overshoot, not a
     compiler failure, and leaves no output folder."""
     from edgecomp.errors import DoesNotFitError
     from edgecomp.resources import data_dir
@@ -154,7 +154,7 @@ def test_a_model_that_overflows_the_memory_map_is_refused_by_how_much(tmp_path):
     text = (
         (data_dir("targets") / "cortex-m7.toml")
         .read_text()
-        .replace("flash_length = 0x00400000", "flash_length = 0x00004000")
+        .replace("flash_length = 0x00400000", "flash_length = 0x00001000")
     )
     path = tmp_path / "tiny-flash.toml"
     path.write_text(text)
