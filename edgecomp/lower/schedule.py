@@ -25,12 +25,18 @@ from tvm.s_tir import Schedule, ScheduleError
 _REDUCE = 2  # tirx.IterVar.CommReduce
 
 
-def schedule_for_mcu(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """Return `func` with padding and epilogues inlined and scratch buffers shrunk."""
+def schedule_for_mcu(func: tirx.PrimFunc, simd: str = "none") -> tirx.PrimFunc:
+    """Return `func` with padding and epilogues inlined and scratch buffers shrunk. With
+    simd="neon", each reduction also computes up to eight neighbouring outputs together: its
+    innermost spatial loop is split and those outputs moved inside the reduction, so the compiler
+    keeps them in registers and vectorises over them (NEON FMLA on four float lanes)."""
     sch = Schedule(func)
-    _inline_spatial(sch)
+    # With SIMD, a padded copy of the input (scratch) keeps bounds tests out of the inner loop.
+    _inline_spatial(sch, keep_padding=simd == "neon")
     for block in _blocks(sch):
         if _is_reduction(sch, block):
+            if simd == "neon":
+                _outputs_inside_reduction(sch, block)
             _fuse_epilogue(sch, block)
     for block in _blocks(sch):
         if _is_reduction(sch, block):
@@ -60,13 +66,14 @@ def _is_reduction(sch: Schedule, block) -> bool:
     return any(int(iv.iter_type) == _REDUCE for iv in sch.get(block).iter_vars)
 
 
-def _inline_spatial(sch: Schedule) -> None:
-    """Inline every non-output spatial block, repeating until nothing changes."""
+def _inline_spatial(sch: Schedule, keep_padding: bool = False) -> None:
+    """Inline every non-output spatial block (but padding ones, with keep_padding), repeating
+    until nothing changes."""
     changed = True
     while changed:
         changed = False
         for block in _blocks(sch):
-            if _is_reduction(sch, block):
+            if _is_reduction(sch, block) or (keep_padding and "pad" in sch.get(block).name_hint.lower()):
                 continue
             try:
                 sch.compute_inline(block)
@@ -127,6 +134,25 @@ def _fuse_epilogue(sch: Schedule, block) -> None:
             continue
         with contextlib.suppress(ScheduleError):
             sch.reverse_compute_at(consumer, loops[first_red - 1], preserve_unit_loops=True)
+
+
+def _outputs_inside_reduction(sch: Schedule, block, lanes: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)) -> None:
+    """Split the innermost spatial loop (the one just outside the reduction loops) by the largest
+    of `lanes` that divides it and move that part innermost, under the reduction loops."""
+    loops = sch.get_loops(block)
+    first_red = _first_reduction_loop(sch, block)
+    if first_red == 0 or first_red >= len(loops):
+        return
+    inner = loops[first_red - 1]
+    extent = sch.get(inner).extent
+    if not isinstance(extent, tirx.IntImm):
+        return
+    factor = next((f for f in lanes if int(extent) % f == 0 and int(extent) >= f), None)
+    if factor is None:
+        return
+    with contextlib.suppress(ScheduleError):
+        _, lane = sch.split(inner, factors=[None, factor])
+        sch.reorder(*sch.get_loops(block)[first_red + 1 :], lane)
 
 
 def _decompose(sch: Schedule, block) -> None:
