@@ -242,9 +242,9 @@ def _qlinear_matmul(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto]:
     return nodes
 
 
-def _blocked(g: _Graph, node: onnx.NodeProto, kind: str) -> tuple[int, np.ndarray, np.ndarray | None] | None:
-    """For blocked quantization (block_size > 0): the axis and the scale and zero point repeated
-    to the input's full shape, so the op becomes elementwise."""
+def _blocked(g: _Graph, node: onnx.NodeProto, kind: str) -> tuple[np.ndarray, np.ndarray | None, int] | None:
+    """For blocked quantization (block_size > 0): the scale and zero point repeated to the input's
+    full shape, so the op becomes elementwise, and the output's element type."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     block = attrs.get("block_size", 0)
     if not block:
@@ -258,7 +258,7 @@ def _blocked(g: _Graph, node: onnx.NodeProto, kind: str) -> tuple[int, np.ndarra
     def full(a: np.ndarray) -> np.ndarray:
         return np.take(np.repeat(a, block, axis=axis), np.arange(shape[axis]), axis=axis)
 
-    return axis, full(scale), full(zp) if zp.size else None
+    return full(scale), full(zp) if zp.size else None, g.types[node.output[0]][0]
 
 
 def _quantize_blocked(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
@@ -266,8 +266,7 @@ def _quantize_blocked(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] |
     blocked = _blocked(g, node, "QuantizeLinear")
     if blocked is None:
         return None
-    _, scale, zp = blocked
-    out_type = g.types[node.output[0]][0]
+    scale, zp, out_type = blocked
     info = np.iinfo(helper.tensor_dtype_to_np_dtype(out_type))
     nodes, q, r, shifted, clipped = [], g.name("q"), g.name("r"), g.name("z"), g.name("c")
     nodes.append(helper.make_node("Div", [node.input[0], g.const("scale", scale.astype(np.float32))], [q]))
@@ -285,8 +284,7 @@ def _dequantize_blocked(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto]
     blocked = _blocked(g, node, "DequantizeLinear")
     if blocked is None:
         return None
-    _, scale, zp = blocked
-    out_type = g.types[node.output[0]][0]
+    scale, zp, out_type = blocked
     dtype = helper.tensor_dtype_to_np_dtype(out_type)
     nodes, xf, centred = [], g.name("xf"), g.name("xc")
     nodes.append(helper.make_node("Cast", [node.input[0]], [xf], to=out_type))

@@ -69,7 +69,9 @@ def lower_model(
     for name in kernels:
         func = mod[name]
         macs[name] = count_macs(func)
-        funcs[SYMBOL_PREFIX + name] = schedule_for_mcu(func, simd).with_attr("global_symbol", SYMBOL_PREFIX + name)
+        funcs[SYMBOL_PREFIX + name] = schedule_for_mcu(func, simd).with_attr(
+            "global_symbol", SYMBOL_PREFIX + name
+        )
     source = _emit_c(tvm.IRModule(funcs))
     workspace = _workspace_per_function(source)
     calls = tuple(
