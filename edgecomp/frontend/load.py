@@ -58,7 +58,7 @@ def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = Non
         raise UserError(f"{path}: the model's graph has no outputs")
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
+    except Exception as exc:  # ValidationError, and UnicodeDecodeError for strings that are not UTF-8
         raise UserError(f"{path} is not a valid ONNX model: {_first_line(exc)}") from exc
     model = _pin_input_shapes(model, input_shapes or {})
     model = _normalise_opset(model)
