@@ -37,7 +37,7 @@ from calib import augmented  # noqa: E402
 from edgecomp.errors import EdgecompError
 from edgecomp.io import to_model_dtype
 from edgecomp.passes import fold_constants
-from edgecomp.pipeline import BuildOptions, build
+from edgecomp.pipeline import BuildOptions, BuildResult, build
 from edgecomp.quant import int_graph_for
 from edgecomp.quant.accuracy import sqnr_db
 from edgecomp.quant.reference import run_int_graph
@@ -100,10 +100,8 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         f"-dead{dead_channels}" if dead_channels != "none" else ""
     )
     outdir = workdir / f"{model.stem}-{target_name}-{dtype}{tag}"
-    # The compiler's own time and peak memory, measured in a child process that builds and exits;
-    # the build is then reused from its cache here.
-    compile_s, peak_rss = _measured_build(model, target, outdir, options, calib)
-    result = build(model, target, outdir, options, log=lambda *_: None, calib=calib, reuse=True)
+    # The compiler's own time and peak memory, measured in a child process that builds and exits.
+    compile_s, peak_rss, result = _measured_build(model, target, outdir, options, calib)
     spec = result.report["inputs"][0]
     float_samples = [[s] for s in x_all.reshape((-1, *spec["shape"]))]
     samples = [[to_model_dtype(s[0], spec)] for s in float_samples]
@@ -144,22 +142,22 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
 
 def _measured_build(
     model: Path, target, outdir: Path, options: BuildOptions, calib: Path | None
-) -> tuple[float, int]:
-    """(seconds, peak resident bytes) of a fresh build in a forked child: the Python process
-    (TVM included) or the C compiler it ran, whichever peaked higher."""
+) -> tuple[float, int, BuildResult]:
+    """(seconds, peak resident bytes, the result) of a fresh build in a forked child: the Python
+    process (TVM included) or the C compiler it ran, whichever peaked higher."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
 
     def work() -> None:
         t0 = time.monotonic()
         try:
-            build(model, target, outdir, options, log=lambda *_: None, calib=calib)
+            result = build(model, target, outdir, options, log=lambda *_: None, calib=calib)
         except EdgecompError as exc:
             child.send(("error", str(exc)))
             return
         rss = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)  # fmt: skip
-        child.send(("ok", (time.monotonic() - t0, rss * 1024)))
+        child.send(("ok", (time.monotonic() - t0, rss * 1024, result)))
 
     proc = ctx.Process(target=work)
     proc.start()

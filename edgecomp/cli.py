@@ -458,8 +458,7 @@ def _where(args, result: BuildResult) -> str:
     if target["kind"] == "host":
         return "the host"
     if target["kind"] == "linux":
-        t = load_target(args.target)
-        cmd = t.process_command(result.outdir / "harness")
+        cmd = result.target.process_command(result.outdir / "harness")
         return f"{cmd[0]} user mode" if len(cmd) > 1 else "this machine"
     return args.port or f"QEMU {target['qemu_machine']}"
 

@@ -18,7 +18,13 @@ def load_samples(path: Path, inputs: list[dict]) -> list[list[np.ndarray]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"input file not found: {path}")
-    loaded = _read(path)
+    return _samples(_read(path), path, inputs)
+
+
+def _samples(
+    loaded: np.ndarray | dict[str, np.ndarray], path: Path, inputs: list[dict]
+) -> list[list[np.ndarray]]:
+    """load_samples on what _read returned."""
     if isinstance(loaded, dict):
         arrays = loaded
         if len(inputs) == 1 and len(arrays) == 1:
@@ -81,8 +87,6 @@ def _read(path: Path) -> np.ndarray | dict[str, np.ndarray]:
         if not isinstance(arr, np.ndarray):
             raise ValueError("not a single array")
         return arr
-    except UserError:
-        raise
     except Exception as exc:  # numpy and zipfile raise many kinds for malformed files
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UserError(f"cannot read {path} as a NumPy .{kind} file: {reason}") from exc
@@ -126,15 +130,18 @@ def load_calibration(path: Path, inputs: list[dict]) -> list[list[np.ndarray]]:
         if not files:
             raise UserError(f"calibration folder {path} holds no .npy files")
         return [s for f in files for s in load_samples(f, inputs)]
-    if path.suffix == ".npz" and len(inputs) == 1 and path.is_file():
-        arrays = _read(path)
-        if "x" in arrays:
-            return _split_all(arrays["x"], inputs[0])
+    if path.suffix == ".npz" and path.is_file():
+        return _npz_samples(_read(path), path, inputs)
     return load_samples(path, inputs)
 
 
-def _split_all(arr: np.ndarray, spec: dict) -> list[list[np.ndarray]]:
-    return [[s] for s in _split(arr, tuple(spec["shape"]), spec["name"], np.dtype(spec["dtype"]))]
+def _npz_samples(arrays: dict[str, np.ndarray], path: Path, inputs: list[dict]) -> list[list[np.ndarray]]:
+    """A single-input model's samples from an .npz's `x` array (leading batch dimension), or as
+    load_samples reads an .npz."""
+    if len(inputs) == 1 and "x" in arrays:
+        spec = inputs[0]
+        return [[s] for s in _split(arrays["x"], tuple(spec["shape"]), spec["name"], np.dtype(spec["dtype"]))]
+    return _samples(arrays, path, inputs)
 
 
 def load_eval(
@@ -147,8 +154,9 @@ def load_eval(
         raise UserError(
             f"{option} needs an existing .npz file with arrays x (inputs) and optional y (labels): {path}"
         )
-    samples = load_calibration(path, inputs)
-    labels = _read(path).get("y")
+    arrays = _read(path)
+    samples = _npz_samples(arrays, path, inputs)
+    labels = arrays.get("y")
     if labels is not None and len(labels) != len(samples):
         raise UserError(f"{path}: {len(labels)} labels for {len(samples)} samples")
     return samples, labels

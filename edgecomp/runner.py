@@ -30,7 +30,7 @@ def profile_record(result: BuildResult, run: InferenceResult, on_board: bool,
         "target": rep["target"]["name"],
         "device": "board"
         if on_board
-        else {"host": "host", "linux": "linux"}.get(rep["target"]["kind"], "qemu"),
+        else ("qemu" if rep["target"]["kind"] == "mcu" else rep["target"]["kind"]),
         "instructions": run.instructions if not on_board else None,
         "cycles": run.ticks if on_board and run.timer in ("systick", "dwt") else None,
         "host_ns": run.ticks if run.timer == "none" else None,

@@ -197,3 +197,18 @@ def test_int16x8_host_bit_exact(name, tmp_path):
 def test_int16x8_cortex_m7_bit_exact(name, tmp_path):
     float_model, qmodel = _quantized(name, "int16x8")
     _check(qmodel, float_model, "cortex-m7", tmp_path)
+
+
+def test_prelu_slope_that_is_not_per_channel_is_named(tmp_path):
+    """ONNX broadcasts PRelu's slope from the right: a slope of shape [W] varies along the width,
+    which the integer PRelu (one multiplier per channel) cannot hold; the error says so."""
+    from onnx import numpy_helper
+
+    from edgecomp.errors import UnsupportedModelError
+
+    slope = numpy_helper.from_array(np.linspace(-0.3, 0.6, 8, dtype=np.float32), "slope")
+    prelu = helper.make_node("PRelu", ["x", "slope"], ["y"], "prelu")
+    model = make_model([prelu], [("x", [1, 4, 8, 8])], [("y", [1, 4, 8, 8])], [slope])
+    qmodel = quantize(model, _calib(model))
+    with pytest.raises(UnsupportedModelError, match="per-channel or scalar slope"):
+        extract_int_graph(fold_constants(onnx.shape_inference.infer_shapes(qmodel)))

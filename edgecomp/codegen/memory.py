@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from edgecomp.lower.model import LoweredModel
+from edgecomp.targets import Target
 
 ALIGN = 16
 
@@ -142,13 +143,13 @@ CODE_RESERVE_BYTES = 256 * 1024
 RAM_RESERVE_BYTES = 16 * 1024
 
 
-def place_external(external: dict, flash_budget: int, ram_budget: int, stack_bytes: int, weights_bytes: int,
-                   arena_bytes: int) -> tuple[bool, bool]:  # fmt: skip
+def place_external(target: Target, weights_bytes: int, arena_bytes: int) -> tuple[bool, bool]:
     """(weights in external flash, arena in external RAM) for a target that declares external
     memory: each only when it would not fit the chip (its budget less a reserve), so a model that
     fits keeps the faster internal memories."""
-    if not external:
+    if not target.external:
         return False, False
-    weights_out = bool(flash_budget) and weights_bytes > flash_budget - CODE_RESERVE_BYTES
-    arena_out = bool(ram_budget) and arena_bytes + stack_bytes > ram_budget - RAM_RESERVE_BYTES
+    flash, ram, stack = target.flash_budget, target.ram_budget, target.memory.get("stack_bytes", 0)
+    weights_out = bool(flash) and weights_bytes > flash - CODE_RESERVE_BYTES
+    arena_out = bool(ram) and arena_bytes + stack > ram - RAM_RESERVE_BYTES
     return weights_out, arena_out

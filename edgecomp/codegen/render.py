@@ -146,10 +146,8 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
         for c in model.calls
         if c.micro is not None
     ]
-    weights_out, arena_out = place_external(
-        target.external, target.flash_budget, target.ram_budget, target.memory.get("stack_bytes", 0),
-        sum(t.nbytes for t in model.tensors.values() if t.kind == "const"), plan.arena_bytes,
-    )  # fmt: skip
+    weights = sum(t.nbytes for t in model.tensors.values() if t.kind == "const")
+    weights_out, arena_out = place_external(target, weights, plan.arena_bytes)
     ctx = {
         "weights_section": ".ext_rodata" if weights_out else None,
         "arena_section": ".ext_bss" if arena_out else None,

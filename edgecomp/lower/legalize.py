@@ -16,33 +16,39 @@ from edgecomp.lower.resize import resize_taps
 
 
 def legalize(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Apply every rewrite below; nodes that need none are kept as they are."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    """Apply every rewrite below; nodes that need none are kept as they are, and a model that
+    needs none is returned itself (no copy, no weight converted)."""
     g = _Graph(model)
     new_nodes: list[onnx.NodeProto] = []
+    changed = False
     for node in model.graph.node:
         rewrite = _REWRITES.get(node.op_type)
         replaced = _empty(g, node)
         if replaced is None and rewrite is not None:
             replaced = rewrite(g, node)
+        changed |= replaced is not None
         new_nodes.extend(replaced if replaced is not None else [node])
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
-    model.graph.initializer.extend(g.new_inits)
-    return model
+    if not changed:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(new_nodes)
+    out.graph.initializer.extend(g.new_inits)
+    return out
 
 
 class _Graph:
     """Constants, shapes and element types of a shape-inferred model, and fresh names."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        self.consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        self.consts = _Constants(model.graph.initializer)
         self.types: dict[str, tuple[int, tuple[int, ...]]] = {}
         for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
             tt = vi.type.tensor_type
             self.types[vi.name] = (tt.elem_type, tuple(d.dim_value for d in tt.shape.dim))
-        for name, arr in self.consts.items():
-            self.types[name] = (helper.np_dtype_to_tensor_dtype(arr.dtype), arr.shape)
+        for t in model.graph.initializer:
+            self.types[t.name] = (t.data_type, tuple(t.dims))
         self.new_inits: list[onnx.TensorProto] = []
         self._n = 0
 
@@ -60,6 +66,31 @@ class _Graph:
         if i >= len(node.input) or not node.input[i]:
             return np.zeros(0)
         return self.consts.get(node.input[i])
+
+
+class _Constants:
+    """Initializers by name, converted to numpy only when a rewrite reads one (a model's weights
+    are most of its bytes, and most rewrites read a few small parameters)."""
+
+    def __init__(self, inits) -> None:
+        self._protos = {t.name: t for t in inits}
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._protos
+
+    def get(self, name: str) -> np.ndarray | None:
+        if name not in self._protos:
+            return None
+        if name not in self._arrays:
+            self._arrays[name] = numpy_helper.to_array(self._protos[name])
+        return self._arrays[name]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
 
 
 def _empty(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:

@@ -204,11 +204,12 @@ def select(op: QOp, graph: IntGraph, index: int, then_add: QOp | None = None, si
     if op.kind == "dense":
         (n, k), cout = x.shape, w.shape[0]
         p = {"n": n, "k": k, "cout": cout, **clamp}
-        if simd == "neon" and _tile_density(w) > SPARSE_MAX_DENSITY:
+        density = _tile_density(w)
+        if simd == "neon" and density > SPARSE_MAX_DENSITY:
             mk = MicroKernel(f"ec_mk{index}_dense_neon_s8", "kernels/dense_neon_s8.c.j2", tuple(sorted(p.items())),
                              0, n * cout * k)  # fmt: skip
             return mk, [np.ascontiguousarray(w.astype(np.int8)), *rq]
-        if 0 < _tile_density(w) <= SPARSE_MAX_DENSITY:
+        if 0 < density <= SPARSE_MAX_DENSITY:
             masks, tiles, rest = pack_tiles(w)
             p.update(mask_words=masks.shape[1], tiles=tiles.size // 16, groups=cout // 4)
             macs = n * (tiles.size + rest.size)

@@ -425,13 +425,21 @@ class _Extractor:
         zero point, with the channel's slope folded into a second (signed) multiplier below it."""
         x = self._act_in(node.input[0], node)
         out, (lo, hi) = self._out(node)
-        slope = self._real_const(node.input[1], node)
-        channels = x.shape[1] if len(x.shape) > 1 else 1
-        if slope.size not in (1, channels) or (slope.size > 1 and slope.reshape(-1).shape[0] != channels):
+        # The slope as ONNX broadcasts it onto x (from the right); it must vary along channels only.
+        rest = (1,) * (len(x.shape) - 2)
+        try:
+            full = np.broadcast_to(self._real_const(node.input[1], node), x.shape)
+        except ValueError as exc:
+            raise UnsupportedModelError(
+                f"node '{node.name}': PRelu slope does not broadcast to {x.shape}"
+            ) from exc
+        slope = full[(0, slice(None), *(0 for _ in rest))] if len(x.shape) >= 2 else full
+        if len(x.shape) < 2 or not np.array_equal(
+            np.broadcast_to(slope.reshape((1, -1, *rest)), x.shape), full
+        ):
             raise UnsupportedModelError(
                 f"node '{node.name}': integer PRelu needs a per-channel or scalar slope"
             )
-        slope = np.broadcast_to(slope.reshape(-1), (channels,))
         mult, shift = quantize_multiplier(x.scale / out.scale)
         neg = [quantize_multiplier(abs(float(s)) * x.scale / out.scale) for s in slope]
         neg_mult = np.array([int(np.sign(s)) * m for s, (m, _) in zip(slope, neg, strict=True)], np.int64)
