@@ -133,3 +133,19 @@ def test_baremetal_fault_is_reported(tmp_path):
     with open_session(target, result.outdir, timeout=2.0) as session, pytest.raises(DeviceError) as err:
         session.request(0x7F)
     assert "AArch64 exception class 0x3c" in str(err.value) and "pc=0x4" in str(err.value)
+
+
+@_needs("aarch64-linux-gnu-gcc", "qemu-aarch64")
+def test_missing_emulator_names_its_package(tmp_path, capsys):
+    from edgecomp.resources import data_dir
+
+    text = (data_dir("targets") / "cortex-a53.toml").read_text()
+    bad = tmp_path / "a53.toml"
+    bad.write_text(
+        text.replace('emulator = ["qemu-aarch64", "-cpu", "cortex-a53"]', 'emulator = ["qemu-nothere"]')
+    )
+    sample = tmp_path / "x.npy"
+    np.save(sample, np.zeros((1, 1, 28, 28), np.float32))
+    rc = main(["run", str(EXAMPLE), "-t", str(bad), "-o", str(tmp_path / "o"), "--input", str(sample), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 3 and len(err) == 1 and "'qemu-nothere' not found" in err[0] and "qemu-user" in err[0]

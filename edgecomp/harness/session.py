@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import struct
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecomp.errors import DeviceError
+from edgecomp.errors import DeviceError, ToolError
 from edgecomp.harness import protocol as P
 from edgecomp.harness.link import Link, PipeLink, SerialLink
 from edgecomp.harness.qemu import QemuProcess
@@ -184,7 +185,13 @@ def open_session(target: Target, build_dir: Path, port: str | None = None, baud:
                  timeout: float = 5.0) -> Iterator[Session]:  # fmt: skip
     """A Session to the build in `build_dir`: the host executable, QEMU, or a board on `port`."""
     if target.is_process:
-        link = PipeLink(target.process_command(build_dir / "harness"))
+        command = target.process_command(build_dir / "harness")
+        if shutil.which(command[0]) is None:  # the emulator of a cross-built target
+            package = target.toolchain.get("package", command[0])
+            raise ToolError(
+                f"'{command[0]}' not found: install it (Debian/Ubuntu: apt-get install {package})"
+            )
+        link = PipeLink(command)
         try:
             yield Session(link, timeout=timeout)
         finally:
