@@ -4,6 +4,7 @@ and no half-written output folder."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -155,12 +156,12 @@ def test_model_that_does_not_fit_is_refused_by_how_much(tmp_path):
 
 
 def test_missing_toolchain_is_a_tool_error(tmp_path):
-    # A PATH with python but no arm-none-eabi-gcc.
+    # A PATH with no arm-none-eabi-gcc (nor anything else). The interpreter is this test's own, by
+    # its path: a symlink to it elsewhere would start the base interpreter, outside the venv.
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    (bindir / "python").symlink_to(sys.executable)
     env = dict(os.environ, PATH=str(bindir))
-    proc = subprocess.run([str(bindir / "python"), "-m", "edgecomp", "build", str(EXAMPLE), "-t", "cortex-m7",
+    proc = subprocess.run([sys.executable, "-m", "edgecomp", "build", str(EXAMPLE), "-t", "cortex-m7",
                            "-o", str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     assert_clean_error(proc, 3, "arm-none-eabi-gcc", "apt-get install")
     assert not (tmp_path / "o").exists()
@@ -290,3 +291,22 @@ def test_silent_device_times_out_and_qemu_is_cleaned_up(tmp_path):
     assert_clean_error(proc, 3, "no valid reply")
     left = subprocess.run(["pgrep", "-f", str(out / "firmware.elf")], capture_output=True, text=True)
     assert left.stdout.strip() == "", "QEMU was left running"
+
+
+@pytest.mark.parametrize("target", ["cortex-m7", "cortex-a53-virt"])
+def test_qemu_that_exits_at_start_is_reported_with_its_message(tmp_path, target):
+    """QEMU that exits during start-up (as it does for a missing option ROM) is a tool error with
+    QEMU's own message, not the lost connection that follows it."""
+    from edgecomp.targets import load_target
+
+    text = load_target(target).source.read_text()
+    bogus = '"-device", "no-such-device-edgecomp"'
+    if re.search(r"^args = \[", text, re.M):
+        text = re.sub(r"^args = \[", f"args = [{bogus}, ", text, flags=re.M)
+    else:
+        assert text.rstrip().splitlines()[-1].startswith("cpu = "), "expected [qemu] last"
+        text += f"args = [{bogus}]\n"
+    toml = tmp_path / f"{target}-broken-qemu.toml"
+    toml.write_text(text)
+    proc = edgecomp("profile", EXAMPLE, "-t", toml, "-o", tmp_path / "o", "--timeout", "2")
+    assert_clean_error(proc, 3, "QEMU stopped", "no-such-device-edgecomp")

@@ -15,7 +15,7 @@ import numpy as np
 from edgecomp.errors import DeviceError, ToolError
 from edgecomp.harness import protocol as P
 from edgecomp.harness.link import Link, PipeLink, SerialLink
-from edgecomp.harness.qemu import QemuProcess
+from edgecomp.harness.qemu import QemuProcess, QemuStopped
 from edgecomp.targets import Target
 
 TIMER_KINDS = {0: "none", 1: "systick", 2: "dwt"}
@@ -205,13 +205,22 @@ def open_session(target: Target, build_dir: Path, port: str | None = None, baud:
             link.close()
         return
     with QemuProcess(target, build_dir / "firmware.elf") as qemu:
-        link = SerialLink(qemu.url)
         try:
-            session = Session(link, timeout=timeout, on_idle=qemu.check_alive)
-            yield session
-            session.exit(0)
-        finally:
-            link.close()
+            link = SerialLink(qemu.url)
+            try:
+                session = Session(link, timeout=timeout, on_idle=qemu.check_alive)
+                yield session
+                session.exit(0)
+            finally:
+                link.close()
+        except QemuStopped:
+            raise
+        except DeviceError:
+            # A QEMU that exits (a missing ROM, a bad machine option) first shows as a refused or
+            # reset connection; its own message says why.
+            if qemu.exited():
+                qemu.check_alive()  # raises QemuStopped with QEMU's stderr
+            raise
 
 
 def _describe_fault(payload: bytes) -> str:
