@@ -41,11 +41,24 @@ echo "fresh-machine: root ready in $(( $(date +%s) - t0 )) s ($(du -sh "$root" |
 # The checkout: a clean clone of HEAD, where ../shared would be beside it.
 mkdir -p "$root/work"
 git clone -q --no-hardlinks "$repo" "$root/work/main"
+# The network as this machine reaches it: name servers, and the CA bundle and proxy settings its
+# environment gives (a TLS-inspecting egress proxy needs its CA; a fresh machine here has it too).
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+netenv=()
+for var in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY \
+           SSL_CERT_FILE REQUESTS_CA_BUNDLE PIP_CERT CURL_CA_BUNDLE; do
+  [ -n "${!var:-}" ] && netenv+=("$var=${!var}")
+done
+for f in SSL_CERT_FILE REQUESTS_CA_BUNDLE PIP_CERT CURL_CA_BUNDLE; do
+  if [ -n "${!f:-}" ] && [ -f "${!f}" ] && [ ! -e "$root${!f}" ]; then
+    mkdir -p "$(dirname "$root${!f}")" && cp "${!f}" "$root${!f}"
+  fi
+done
 
 # Inside a private mount namespace and PID namespace: every mount and process ends with it.
-unshare --mount --pid --fork --propagation private bash -euo pipefail -s -- "$root" "$cache" "$repo" "$1" <<'INNER'
+unshare --mount --pid --fork --propagation private bash -euo pipefail -s -- "$root" "$cache" "$repo" "$1" "${netenv[@]}" <<'INNER'
 root=$1 cache=$2 repo=$3 cmd=$4
+shift 4
 mount -t proc proc "$root/proc"
 mount --rbind /dev "$root/dev"
 mount -t sysfs sys "$root/sys"
@@ -67,6 +80,6 @@ fi
 exec chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
   PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   PIP_FIND_LINKS="$find_links" PIP_DISABLE_PIP_VERSION_CHECK=1 \
-  EDGECOMP_TEST_STRICT="${EDGECOMP_TEST_STRICT:-1}" \
+  EDGECOMP_TEST_STRICT="${EDGECOMP_TEST_STRICT:-1}" EDGECOMP_TEST_REQUIRE="${EDGECOMP_TEST_REQUIRE:-}" "$@" \
   /bin/bash -c "cd /work/main && $cmd"
 INNER
