@@ -49,6 +49,10 @@ for var in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY \
            SSL_CERT_FILE REQUESTS_CA_BUNDLE PIP_CERT CURL_CA_BUNDLE; do
   [ -n "${!var:-}" ] && netenv+=("$var=${!var}")
 done
+# Local CAs too, so that the bundle keeps them when apt installs ca-certificates and rebuilds it.
+if [ -d /usr/local/share/ca-certificates ]; then
+  mkdir -p "$root/usr/local/share" && cp -r /usr/local/share/ca-certificates "$root/usr/local/share/"
+fi
 for f in SSL_CERT_FILE REQUESTS_CA_BUNDLE PIP_CERT CURL_CA_BUNDLE; do
   if [ -n "${!f:-}" ] && [ -f "${!f}" ] && [ ! -e "$root${!f}" ]; then
     mkdir -p "$(dirname "$root${!f}")" && cp "${!f}" "$root${!f}"
