@@ -60,8 +60,15 @@ for f in SSL_CERT_FILE REQUESTS_CA_BUNDLE PIP_CERT CURL_CA_BUNDLE; do
 done
 
 # Inside a private mount namespace and PID namespace: every mount and process ends with it.
-unshare --mount --pid --fork --propagation private bash -euo pipefail -s -- "$root" "$cache" "$repo" "$1" "${netenv[@]}" <<'INNER'
-root=$1 cache=$2 repo=$3 cmd=$4
+# ../shared: beside this checkout, or beside the checkout this one was cloned from.
+shared=""
+origin=$(git config --get remote.origin.url 2>/dev/null || true)
+for cand in "${EDGECOMP_SHARED:-}" "$repo/../shared" "${origin:+$origin/../shared}"; do
+  if [ -n "$cand" ] && [ -d "$cand" ]; then shared=$(cd "$cand" && pwd); break; fi
+done
+
+unshare --mount --pid --fork --propagation private bash -euo pipefail -s -- "$root" "$cache" "$shared" "$1" "${netenv[@]}" <<'INNER'
+root=$1 cache=$2 shared=$3 cmd=$4
 shift 4
 mount -t proc proc "$root/proc"
 mount --rbind /dev "$root/dev"
@@ -70,9 +77,9 @@ mount -t tmpfs tmpfs "$root/tmp"
 mkdir -p "$root/var/cache/apt/archives" "$root/root/.cache/pip"
 mount --bind "$cache/apt" "$root/var/cache/apt/archives"
 mount --bind "$cache/pip" "$root/root/.cache/pip"
-if [ -d "$repo/../shared" ]; then
+if [ -n "$shared" ]; then
   mkdir -p "$root/work/shared"
-  mount --bind -o ro "$(cd "$repo/../shared" && pwd)" "$root/work/shared"
+  mount --bind -o ro "$shared" "$root/work/shared"
 fi
 find_links=""
 if [ -d /opt/wheels ]; then
