@@ -23,9 +23,8 @@ from digits import load_split, to_onnx, train  # noqa: E402
 
 from edgecomp.passes import count_macs, fold_constants, prune_channels, simplify  # noqa: E402
 from edgecomp.passes.quantize import quantize  # noqa: E402
-from edgecomp.quant import extract_int_graph  # noqa: E402
-from edgecomp.quant.reference import run_int_graph  # noqa: E402
-from edgecomp.reference import Reference  # noqa: E402
+from edgecomp.quant import extract_int_graph, run_int_graph  # noqa: E402
+from edgecomp.verify import Reference  # noqa: E402
 
 RATIOS = (0.0, 0.25, 0.5)
 EPOCHS = 30
@@ -35,8 +34,8 @@ def _scores(model: onnx.ModelProto, xt: np.ndarray, xv: np.ndarray, yv: np.ndarr
     """(float top-1, int8 top-1) on the held-out set; int8 calibrated on 100 training images."""
     ref = Reference(model)
     f_top = np.array([ref.run([x[None]])[0].argmax() for x in xv])
-    q = quantize(model, [[x[None]] for x in xt[:100]])
-    graph = extract_int_graph(fold_constants(onnx.shape_inference.infer_shapes(q)))
+    q = quantize(model, [[x[None]] for x in xt[:100]]).model
+    graph = extract_int_graph(fold_constants(onnx.shape_inference.infer_shapes(q)).model)
     q_top = np.array([run_int_graph(graph, [x[None]])[0].argmax() for x in xv])
     return float(np.mean(f_top == yv)), float(np.mean(q_top == yv))
 
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for kind in ("cnn", "dscnn"):
         model, _ = simplify(to_onnx(train(kind, xt, yt)))
-        model = fold_constants(onnx.shape_inference.infer_shapes(model))
+        model = fold_constants(onnx.shape_inference.infer_shapes(model)).model
         for ratio in RATIOS:
             pruned = prune_channels(model, ratio)[0] if ratio else model
             row = {"model": kind, "prune_ratio": ratio, "macs": count_macs(pruned),

@@ -36,14 +36,11 @@ from calib import augmented  # noqa: E402
 
 from edgecomp.errors import EdgecompError
 from edgecomp.io import to_model_dtype
-from edgecomp.passes import fold_constants
 from edgecomp.pipeline import BuildOptions, BuildResult, build
-from edgecomp.quant import int_graph_for
 from edgecomp.quant.accuracy import sqnr_db
-from edgecomp.quant.reference import run_int_graph
-from edgecomp.reference import Reference, compare
 from edgecomp.runner import profile_record, run_samples
 from edgecomp.targets import load_target
+from edgecomp.verify import Reference, check_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = REPO.parent / "shared" / "models" / "mlperf-tiny"
@@ -118,14 +115,11 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         "arena_bytes": rec["arena_bytes"], "stack_bytes": rec["stack_bytes"], "compile_time_s": round(compile_s, 2),
         "compiler_peak_rss_mb": round(peak_rss / 2**20, 1), "device": rec["device"],
     }  # fmt: skip
+    check = check_outputs(result, samples[: len(runs)], [r.outputs for r in runs], tolerance=1e-4)
     if dtype == "fp32":
-        row["rel_error_vs_onnxruntime"] = compare([r.outputs for r in runs], floats).rel_error
+        row["rel_error_vs_onnxruntime"] = check.figures["rel_error"]
     else:
-        graph = int_graph_for(fold_constants(result.model), options.io)
-        row["bit_exact_vs_reference"] = all(
-            np.array_equal(r.outputs[0], run_int_graph(graph, s)[0])
-            for r, s in zip(runs, samples, strict=False)
-        )
+        row["bit_exact_vs_reference"] = check.ok
         out = result.report["outputs"][0]
         deq = [(r.outputs[0].astype(np.float64) - out["zero_point"]) * out["scale"] for r in runs]
         row["sqnr_db_vs_float"] = round(sqnr_db(np.stack([f[0] for f in floats]), np.stack(deq)), 2)

@@ -4,12 +4,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 
+from edgecomp.errors import UserError
 from edgecomp.passes import count_macs, prunable_groups, prune_channels
 from edgecomp.quant.accuracy import sqnr_db
-from edgecomp.reference import Reference
+from edgecomp.verify import Reference
 
 
 def score(model: onnx.ModelProto, samples: list[list[np.ndarray]], baseline: np.ndarray,
@@ -44,7 +47,7 @@ def sensitivity(model: onnx.ModelProto, samples: list[list[np.ndarray]], labels:
         log(f"analyzing {group['name']} ({group['channels']} channels)")
         for r in ratios:
             pruned, report = prune_channels(model, 0.0, {group["name"]: r}, importance, calib)
-            kept = report.layers[0]["kept"] if report.layers else group["channels"]
+            kept = report["layers"][0]["kept"] if report["layers"] else group["channels"]
             rows.append({
                 "group": group["name"], "producers": group["producers"], "ratio": r, "channels": group["channels"],
                 "kept": kept, "macs_saved": macs0 - count_macs(pruned), "params_saved": params0 - _params(pruned),
@@ -55,3 +58,17 @@ def sensitivity(model: onnx.ModelProto, samples: list[list[np.ndarray]], labels:
 
 def _params(model: onnx.ModelProto) -> int:
     return sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+
+
+def analyze_file(model_path: Path, eval_data: Path, calib: Path | None, ratios: list[float], importance: str,
+                 input_shapes: dict, log=lambda *_: None) -> dict:  # fmt: skip
+    """`edgecomp analyze`: the float model after the lossless passes, its sensitivity on `eval_data`."""
+    from edgecomp.io import load_calibration, load_eval
+    from edgecomp.pipeline import float_model_of, io_specs
+
+    model = float_model_of(model_path, input_shapes)
+    samples, labels = load_eval(eval_data, io_specs(model))
+    calib_samples = load_calibration(calib, io_specs(model)) if calib else None
+    if importance == "activation" and calib_samples is None:
+        raise UserError("--prune-importance activation needs --calib")
+    return sensitivity(model, samples, labels, ratios, importance, calib_samples, log)

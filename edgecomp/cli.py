@@ -1,4 +1,5 @@
-"""Command line: build, run, profile, targets. Thin: parse, call the pipeline, map errors to exit codes.
+"""Command line: build, run, profile, analyze, finetune, flash, targets, ops. Thin: parse the
+arguments, call the pipeline (or the command's module), print, and map errors to exit codes.
 
 Exit codes: 0 ok, 1 outputs disagree with the reference, 2 user error (bad model, bad arguments,
 does not fit), 3 tool or device failure.
@@ -11,9 +12,6 @@ import json
 import os
 import sys
 from pathlib import Path
-
-import numpy as np
-import onnx
 
 from edgecomp import __version__
 from edgecomp.errors import EdgecompError, MismatchError, UserError
@@ -239,7 +237,8 @@ def _build(args, reuse: bool, log) -> BuildResult:
     if args.sanitize and not target.is_host:
         raise UserError("--sanitize builds the host target only (use --target host)")
     if args.fit:
-        from edgecomp.fit import fit, parse_size
+        from edgecomp.fit import fit
+        from edgecomp.options import parse_size
 
         if args.calib is None or args.eval is None:
             raise UserError(
@@ -265,8 +264,8 @@ def _build(args, reuse: bool, log) -> BuildResult:
 def _run(args, result: BuildResult, log) -> int:
     from edgecomp import report
     from edgecomp.io import load_samples, save_outputs
-    from edgecomp.reference import Reference, compare
     from edgecomp.runner import run_samples
+    from edgecomp.verify import check_outputs
 
     samples = load_samples(args.input, result.report["inputs"])
     log(f"running {len(samples)} sample(s) on {_where(args, result)}")
@@ -277,86 +276,24 @@ def _run(args, result: BuildResult, log) -> int:
     report.print_run(runs)
     if args.no_check:
         return 0
-    if result.quantized:
-        return _check_quantized(result, samples, outputs)
-    ref = Reference(result.model)
-    cmp = compare(outputs, [ref.run(s) for s in samples])
-    report.print_comparison(cmp, args.tolerance)
-    if not cmp.rel_error <= args.tolerance:
-        raise MismatchError(
-            f"outputs differ from onnxruntime: max abs error {cmp.max_abs_error:.3g} "
-            f"= {cmp.rel_error:.3g} of max |reference|, over the tolerance {args.tolerance:g}"
-        )
+    check = check_outputs(result, samples, outputs, args.tolerance)
+    report.print_lines(check.lines)
+    if not check.ok:
+        raise MismatchError(check.failure)
     return 0
-
-
-def _check_quantized(result: BuildResult, samples, outputs) -> int:
-    """Integer builds must equal the integer reference bit for bit; the rest is information."""
-    from edgecomp import report
-    from edgecomp.passes import fold_constants
-    from edgecomp.quant import int_graph_for
-    from edgecomp.quant.accuracy import lsb_agreement, sqnr_db
-    from edgecomp.quant.reference import run_int_graph
-    from edgecomp.reference import Reference, compare
-
-    io = result.report["options"].get("io", "float")
-    graph = int_graph_for(fold_constants(result.model), io)
-    expected = [run_int_graph(graph, s) for s in samples]
-    differing = sum(
-        int(np.sum(g != w))
-        for gs, ws in zip(outputs, expected, strict=True)
-        for g, w in zip(gs, ws, strict=True)
-    )
-    total = sum(w.size for ws in expected for w in ws)
-    lines = [f"vs integer reference: {total - differing}/{total} outputs bit-exact"]
-    # onnxruntime and the float model take and give float: compare through the I/O scales.
-    f_samples = [[_real(x, e) for x, e in zip(s, result.report["inputs"], strict=True)] for s in samples]
-    f_outputs = [[_real(y, e) for y, e in zip(o, result.report["outputs"], strict=True)] for o in outputs]
-    ort = [Reference(result.model).run(s) for s in f_samples]
-    float_graph = int_graph_for(fold_constants(result.model))
-    within = lsb_agreement(float_graph, [o[0] for o in f_outputs], [o[0] for o in ort])
-    lines.append(f"vs onnxruntime (QDQ): {within:.1%} of outputs within 1 LSB")
-    if result.float_model is not None:
-        floats = [Reference(result.float_model).run(s) for s in f_samples]
-        cmp = compare(f_outputs, floats)
-        sq = sqnr_db(np.stack([f[0] for f in floats]), np.stack([o[0] for o in f_outputs]))
-        lines.append(f"vs float model: SQNR {sq:.1f} dB, max abs error {cmp.max_abs_error:.3g}, "
-                     f"argmax agreement {cmp.argmax_agreement:.0%}")  # fmt: skip
-    report.print_lines(lines)
-    if differing:
-        raise MismatchError(f"{differing} of {total} outputs differ from the integer reference")
-    return 0
-
-
-def _real(x: np.ndarray, entry: dict) -> np.ndarray:
-    """A model I/O tensor in float: dequantized when it is an integer tensor."""
-    if "scale" not in entry:
-        return x
-    return (x.astype(np.int32) - entry["zero_point"]).astype(np.float32) * np.float32(entry["scale"])
 
 
 def _profile(args, result: BuildResult, log) -> int:
     from edgecomp import report
-    from edgecomp.io import load_samples
-    from edgecomp.runner import profile_record, run_samples
+    from edgecomp.io import load_samples, random_sample
+    from edgecomp.runner import profile
 
     if args.input:
         samples = load_samples(args.input, result.report["inputs"])[:1]
     else:
-        rng = np.random.default_rng(0)
-        samples = [[_random_input(rng, i) for i in result.report["inputs"]]]
+        samples = [random_sample(result.report["inputs"], seed=0)]
     log(f"profiling on {_where(args, result)}")
-    # The same input twice: the first inference after start-up (cold caches and branch predictors
-    # on a board) and the second (warm); the profile reports the warm one and both figures.
-    cold, warm = run_samples(result, samples * 2, args.port, args.baud, args.timeout)
-    record = profile_record(result, warm, on_board=bool(args.port), cold=cold)
-    if result.float_model is not None:
-        # The same model unquantized, built (or reused) beside it, for the flash/RAM comparison.
-        options = BuildOptions(input_shapes=parse_input_shapes(args.input_shape), fit_check=False,
-                               extra_cflags=args.cflags)  # fmt: skip
-        fb = build(args.model, result.target, result.outdir.with_name(result.outdir.name + "-float"), options,
-                   reuse=True, log=log).report  # fmt: skip
-        record["float"] = {k: fb.get(k) for k in ("flash_bytes", "ram_bytes", "arena_bytes", "weights_bytes")}
+    record = profile(result, samples[0], args.port, args.baud, args.timeout, log)
     report.print_profile(record)
     if args.plot:
         from edgecomp.plots import layers_png
@@ -371,51 +308,20 @@ def _profile(args, result: BuildResult, log) -> int:
 
 def _finetune(args, log) -> int:
     from edgecomp import report
-    from edgecomp.analyze import baseline_outputs, score
-    from edgecomp.finetune import FinetuneConfig, check_compatible, finetune
-    from edgecomp.frontend import load_model
-    from edgecomp.io import load_eval
-    from edgecomp.pipeline import BuildOptions, _io_specs, graph_passes
+    from edgecomp.finetune import FinetuneConfig, finetune_files
 
     if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0 or not 0 <= args.alpha <= 1:
         raise UserError("--epochs and --batch-size must be >= 1, --lr > 0 and --alpha in [0, 1]")
-    shapes = parse_input_shapes(args.input_shape)
-    student, _ = graph_passes(load_model(args.model, shapes), BuildOptions(), None, None)
-    teacher, _ = graph_passes(load_model(args.teacher, shapes), BuildOptions(), None, None)
-    check_compatible(student, teacher)
-    samples, labels = load_eval(args.data, _io_specs(student), "--data")
-    x = np.concatenate([s[0] for s in samples])
     config = FinetuneConfig(args.epochs, args.lr, args.batch_size, args.temperature, args.alpha, args.seed)
-    evals = load_eval(args.eval, _io_specs(student)) if args.eval else None
-    before = None
-    if evals:
-        base = baseline_outputs(teacher, evals[0])
-        before = score(student, evals[0], base, evals[1])
-    log(f"fine-tuning {args.model} on {len(x)} samples, {args.epochs} epochs")
-    tuned, rep = finetune(student, teacher, x, labels, config, log)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    onnx.save(tuned, str(tmp))
-    tmp.replace(args.output)  # never a half-written model
-    lines = [f"objective: {rep.objective}", f"trained {len(rep.trained)} weight tensors",
-             f"loss: {rep.losses[0]:.4f} (epoch 1) -> {rep.losses[-1]:.4f} (epoch {len(rep.losses)})"]  # fmt: skip
-    if evals:
-        after = score(tuned, evals[0], base, evals[1])
-        for key, name in (("top1", "top-1"), ("argmax_agreement", "argmax agreement with the teacher")):
-            if key in after:
-                lines.append(f"{name}: {before[key]:.1%} -> {after[key]:.1%}")
-        lines.append(f"SQNR vs the teacher: {before['sqnr_db']:.1f} -> {after['sqnr_db']:.1f} dB")
-    lines.append(f"wrote {args.output}")
+    lines = finetune_files(args.model, args.teacher, args.data, args.eval, args.output, config,
+                           parse_input_shapes(args.input_shape), log)  # fmt: skip
     report.print_lines(lines)
     return 0
 
 
 def _analyze(args, log) -> int:
     from edgecomp import report
-    from edgecomp.analyze import sensitivity
-    from edgecomp.frontend import load_model
-    from edgecomp.io import load_calibration, load_eval
-    from edgecomp.pipeline import BuildOptions, _io_specs, graph_passes
+    from edgecomp.analyze import analyze_file
 
     try:
         ratios = [float(r) for r in args.ratios.split(",")]
@@ -423,14 +329,8 @@ def _analyze(args, log) -> int:
         raise UserError(f"--ratios takes comma-separated numbers, not '{args.ratios}'") from exc
     if not ratios or not all(0 < r < 1 for r in ratios):
         raise UserError("--ratios must be in (0, 1)")
-    model, _ = graph_passes(
-        load_model(args.model, parse_input_shapes(args.input_shape)), BuildOptions(), None, None
-    )
-    samples, labels = load_eval(args.eval, _io_specs(model))
-    calib = load_calibration(args.calib, _io_specs(model)) if args.calib else None
-    if args.prune_importance == "activation" and calib is None:
-        raise UserError("--prune-importance activation needs --calib")
-    result = sensitivity(model, samples, labels, ratios, args.prune_importance, calib, log)
+    result = analyze_file(args.model, args.eval, args.calib, ratios, args.prune_importance,
+                          parse_input_shapes(args.input_shape), log)  # fmt: skip
     report.print_sensitivity(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -441,16 +341,6 @@ def _analyze(args, log) -> int:
         sensitivity_png(result, args.plot)
         log(f"wrote {args.plot}")
     return 0
-
-
-def _random_input(rng: np.random.Generator, entry: dict) -> np.ndarray:
-    dtype = np.dtype(entry["dtype"])
-    if dtype == np.bool_:
-        return rng.integers(0, 2, entry["shape"]).astype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return rng.integers(info.min, info.max, entry["shape"], dtype=dtype, endpoint=True)
-    return rng.standard_normal(entry["shape"]).astype(dtype)
 
 
 def _where(args, result: BuildResult) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -373,3 +374,39 @@ _OPS = {
     "Pad": _pad,
     "ReduceMean": _reduce_mean,
 }
+
+
+def finetune_files(model_path: Path, teacher_path: Path, data: Path, eval_data: Path | None, output: Path,
+                   config: FinetuneConfig, input_shapes: dict, log=print) -> list[str]:  # fmt: skip
+    """`edgecomp finetune`: train `model_path` (after the lossless passes) by distillation from
+    `teacher_path` on `data`, write it to `output` (never half-written); the summary lines."""
+    from edgecomp.analyze import baseline_outputs, score
+    from edgecomp.io import load_eval
+    from edgecomp.pipeline import float_model_of, io_specs
+
+    student = float_model_of(model_path, input_shapes)
+    teacher = float_model_of(teacher_path, input_shapes)
+    check_compatible(student, teacher)
+    samples, labels = load_eval(data, io_specs(student), "--data")
+    x = np.concatenate([s[0] for s in samples])
+    evals = load_eval(eval_data, io_specs(student)) if eval_data else None
+    before = None
+    if evals:
+        base = baseline_outputs(teacher, evals[0])
+        before = score(student, evals[0], base, evals[1])
+    log(f"fine-tuning {model_path} on {len(x)} samples, {config.epochs} epochs")
+    tuned, rep = finetune(student, teacher, x, labels, config, log)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    onnx.save(tuned, str(tmp))
+    tmp.replace(output)
+    lines = [f"objective: {rep.objective}", f"trained {len(rep.trained)} weight tensors",
+             f"loss: {rep.losses[0]:.4f} (epoch 1) -> {rep.losses[-1]:.4f} (epoch {len(rep.losses)})"]  # fmt: skip
+    if evals:
+        after = score(tuned, evals[0], base, evals[1])
+        for key, name in (("top1", "top-1"), ("argmax_agreement", "argmax agreement with the teacher")):
+            if key in after:
+                lines.append(f"{name}: {before[key]:.1%} -> {after[key]:.1%}")
+        lines.append(f"SQNR vs the teacher: {before['sqnr_db']:.1f} -> {after['sqnr_db']:.1f} dB")
+    lines.append(f"wrote {output}")
+    return lines

@@ -10,32 +10,19 @@ bit-identical to the device.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from edgecomp.errors import DoesNotFitError, UserError
-from edgecomp.passes import fold_constants
-from edgecomp.pipeline import BuildOptions, BuildResult, build
-from edgecomp.quant import extract_int_graph
+from edgecomp.pipeline import BuildOptions, BuildResult, build, io_specs
 from edgecomp.quant.accuracy import sqnr_db
-from edgecomp.quant.reference import run_int_graph
-from edgecomp.reference import Reference
 from edgecomp.targets import Target
+from edgecomp.verify import Reference, float_outputs
 
 QUANTIZE = (None, "int8")
 RATIOS = (0.0, 0.25, 0.5, 0.75)
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)(i?[bB])?\s*$")
-
-
-def parse_size(text: str) -> int:
-    """'256K', '1M', '65536' -> bytes (K = 1024)."""
-    m = _SIZE.match(text)
-    if not m:
-        raise UserError(f"not a size: '{text}' (use e.g. 65536, 64K or 1M)")
-    return int(float(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()])
 
 
 def _usage(result: BuildResult) -> tuple[int, int]:
@@ -44,12 +31,7 @@ def _usage(result: BuildResult) -> tuple[int, int]:
 
 
 def _quality(result: BuildResult, samples, labels, base: np.ndarray) -> dict:
-    if result.report.get("quantized"):
-        graph = extract_int_graph(fold_constants(result.model))
-        out = np.stack([run_int_graph(graph, s)[0] for s in samples])
-    else:
-        ref = Reference(result.model)
-        out = np.stack([ref.run(s)[0] for s in samples])
+    out = np.stack([o[0] for o in float_outputs(result, samples)])
     top = out.reshape(len(samples), -1).argmax(axis=1)
     q = {"sqnr_db": round(sqnr_db(base, out), 2)}
     if labels is not None:
@@ -61,7 +43,6 @@ def fit(model_path: Path, target: Target, outdir: Path, options: BuildOptions, c
         max_flash: int | None, max_ram: int | None, log=print) -> tuple[BuildResult, dict]:  # fmt: skip
     """Build every candidate, pick the best that fits, and build it into `outdir`."""
     from edgecomp.io import load_eval
-    from edgecomp.pipeline import _io_specs
 
     if options.quantize or options.prune:
         raise UserError("--fit chooses --quantize and --prune itself: leave them out")
@@ -72,7 +53,7 @@ def fit(model_path: Path, target: Target, outdir: Path, options: BuildOptions, c
     work = outdir.with_name(outdir.name + "-fit")
     base_opts = replace(options, fit_check=False)
     float_build = build(model_path, target, work / "float", base_opts, reuse=True, log=lambda *_: None)
-    samples, labels = load_eval(eval_data, _io_specs(float_build.model))
+    samples, labels = load_eval(eval_data, io_specs(float_build.model))
     ref = Reference(float_build.model)
     base = np.stack([ref.run(s)[0] for s in samples])
     rows = []

@@ -160,3 +160,20 @@ def load_eval(
     if labels is not None and len(labels) != len(samples):
         raise UserError(f"{path}: {len(labels)} labels for {len(samples)} samples")
     return samples, labels
+
+
+def random_sample(entries: list[dict], seed: int = 0) -> list[np.ndarray]:
+    """Seeded random inputs for report.json input `entries`: standard normal floats, integers over
+    their type's whole range, booleans."""
+    rng = np.random.default_rng(seed)
+    sample = []
+    for entry in entries:
+        dtype = np.dtype(entry["dtype"])
+        if dtype == np.bool_:
+            sample.append(rng.integers(0, 2, entry["shape"]).astype(dtype))
+        elif dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            sample.append(rng.integers(info.min, info.max, entry["shape"], dtype=dtype, endpoint=True))
+        else:
+            sample.append(rng.standard_normal(entry["shape"]).astype(dtype))
+    return sample

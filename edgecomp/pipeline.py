@@ -11,7 +11,7 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,46 +23,25 @@ from edgecomp.codegen import generate_project
 from edgecomp.errors import DoesNotFitError, UserError
 from edgecomp.frontend import load_model
 from edgecomp.io import load_calibration, load_eval
-from edgecomp.lower import LoweredModel, lower_model
+from edgecomp.lower import LoweredModel
+from edgecomp.lower.kernels.dense import TILE_ROWS
+from edgecomp.options import BuildOptions, parse_prune
 from edgecomp.passes import (
+    count_params,
     dead_channel_masks,
     fold_constants,
     interval_upper_bounds,
     magnitude_prune,
     observed_upper_bounds,
-    parse_prune,
     prune_channels,
     simplify,
     zero_dead_channels,
 )
 from edgecomp.passes.quantize import quantize
-from edgecomp.quant import extract_int_graph, is_quantized
+from edgecomp.quant import IntGraph, int_graph_for, is_quantized
 from edgecomp.quant.accuracy import evaluate
 from edgecomp.resources import data_dir
 from edgecomp.targets import Target
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """Everything that changes what `build` produces (and so keys its cache)."""
-
-    input_shapes: dict[str, list[int]] = field(default_factory=dict)
-    fit_check: bool = True
-    per_layer: bool = False
-    extra_cflags: str = ""
-    quantize: str | None = None  # "int8" / "int16x8": post-training quantization before lowering
-    calib_method: str = "minmax"
-    io: str = "float"  # "int8": a quantized model's C API takes and gives its integer tensors
-    sanitize: bool = False  # host only: build with ASan + UBSan
-    kernels: str = "auto"  # "auto": int8 micro-kernels where they apply; "tvm": TVM's kernels only
-    prune: str | None = None  # "channels=0.5" or "channels=ratios.json": structured pruning first
-    prune_importance: str = "l1"  # "l1", "l2" or "activation" (on the calibration data)
-    # Channels zero after their ReLU: "proven" for every input the quantized model accepts (interval
-    # arithmetic over its input range), "calib" also those zero on all calibration samples, "none".
-    dead_channels: str = "proven"
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -70,13 +49,14 @@ class BuildResult:
     outdir: Path
     report: dict
     target: Target
-    model: onnx.ModelProto  # the model as compiled: front-end normalised, quantized if asked
+    model: onnx.ModelProto  # the model as compiled: front-end normalised, passes applied, quantized if asked
     cached: bool
     float_model: onnx.ModelProto | None = None  # the float original of a model quantized here
+    int_graph: IntGraph | None = None  # quantized builds: the integer graph compiled (with its I/O)
 
     @property
     def quantized(self) -> bool:
-        return is_quantized(self.model)
+        return self.int_graph is not None
 
 
 def default_outdir(model_path: Path, target: Target) -> Path:
@@ -103,6 +83,10 @@ def build_key(model_bytes: bytes, target: Target, options: BuildOptions, data_fi
     return h.hexdigest()
 
 
+COMPILED_MODEL = "model.onnx"  # in the build folder: the model as compiled (QDQ when quantized)
+FLOAT_MODEL = "model_float.onnx"  # quantized builds: the float model it was quantized from
+
+
 def build(model_path: Path, target: Target, outdir: Path | None = None, options: BuildOptions | None = None,
           reuse: bool = False, log=print, calib: Path | None = None, eval_data: Path | None = None,
           save_quantized: Path | None = None, save_pruned: Path | None = None) -> BuildResult:  # fmt: skip
@@ -112,7 +96,9 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
     ONNX to `save_quantized`); `eval_data` (.npz with x, optional y) adds an accuracy report.
 
     The output folder is written in a temporary sibling and moved into place only when the whole
-    build succeeded, so a failed build never leaves a half-written folder behind.
+    build succeeded, so a failed build never leaves a half-written folder behind. It keeps the
+    model as compiled (model.onnx, and model_float.onnx for a model quantized here), so a reused
+    build needs neither the graph passes nor calibration again.
     """
     options = options or BuildOptions()
     outdir = Path(outdir or default_outdir(model_path, target))
@@ -125,6 +111,8 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         raise UserError(f"{model_path} is quantized (QDQ): prune the float model, then quantize (--quantize)")
     if eval_data is not None and not options.quantize:
         raise UserError("--eval compares a quantized model with its float original: use it with --quantize")
+    if options.io != "float" and not options.quantize and not is_quantized(model):
+        raise UserError("--io int8 needs a quantized model (--quantize, or a QDQ model)")
     model_bytes = Path(model_path).read_bytes()
     prune_spec = parse_prune(options.prune) if options.prune else None
     ratios_file = (
@@ -133,28 +121,28 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
     key = build_key(
         model_bytes, target, options, [p for p in (calib, eval_data, ratios_file) if p is not None]
     )
+    if reuse:
+        cached = _cached(outdir, key, target, options)
+        if cached is not None:
+            _save_models(cached.model, cached.float_model, save_quantized, save_pruned)
+            return cached
+
     t0 = time.monotonic()
-    calib_samples = load_calibration(calib, _io_specs(model)) if calib is not None else None
+    calib_samples = load_calibration(calib, io_specs(model)) if calib is not None else None
     model, graph_report = graph_passes(model, options, prune_spec, calib_samples)
-    if save_pruned:
-        Path(save_pruned).parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(model, str(save_pruned))
     float_model = model  # what quantization starts from and is compared with
     if options.quantize:
         log(f"quantizing to {options.quantize} ({options.calib_method} calibration)")
         model = onnx.shape_inference.infer_shapes(
-            quantize(model, calib_samples, options.quantize, options.calib_method)
+            quantize(model, calib_samples, options.quantize, options.calib_method).model
         )
-        if save_quantized:
-            Path(save_quantized).parent.mkdir(parents=True, exist_ok=True)
-            onnx.save(model, str(save_quantized))
-    if reuse:
-        cached = _cached_report(outdir, key, target)
-        if cached is not None:
-            return BuildResult(outdir, cached, target, model, True, float_model if options.quantize else None)
+    _save_models(model, float_model if options.quantize else None, save_quantized, save_pruned)
+    int_graph = int_graph_for(fold_constants(model).model, options.io) if is_quantized(model) else None
 
     log(f"lowering {model_path.name} through TVM for {target.name}")
-    lowered = lower_model(fold_constants(model), options.io, options.kernels, target.simd)
+    from edgecomp.lower import lower_model  # TVM: loaded only by builds that compile
+    lowered = lower_model(model if int_graph is not None else fold_constants(model).model, int_graph, options.kernels,
+                          target.features)  # fmt: skip
     provenance = {
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "options": json.dumps(options.as_dict(), sort_keys=True),
@@ -178,12 +166,13 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         report.update(graph_report)
         if eval_data is not None:
             log(f"evaluating float vs {options.quantize} on {eval_data}")
-            samples, labels = load_eval(eval_data, _io_specs(float_model))
-            report["accuracy"] = evaluate(
-                float_model, extract_int_graph(fold_constants(model)), samples, labels
-            )
+            samples, labels = load_eval(eval_data, io_specs(float_model))
+            report["accuracy"] = evaluate(float_model, int_graph_for(fold_constants(model).model), samples, labels)
         if sizes is not None and options.fit_check:
             _check_fit(target, sizes)
+        onnx.save(model, str(tmp / COMPILED_MODEL))
+        if options.quantize:
+            onnx.save(float_model, str(tmp / FLOAT_MODEL))
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         if outdir.exists():
             shutil.rmtree(outdir)
@@ -191,7 +180,18 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return BuildResult(outdir, report, target, model, False, float_model if options.quantize else None)
+    return BuildResult(outdir, report, target, model, False, float_model if options.quantize else None,
+                       int_graph)  # fmt: skip
+
+
+def _save_models(model: onnx.ModelProto, float_model: onnx.ModelProto | None, save_quantized: Path | None,
+                 save_pruned: Path | None) -> None:  # fmt: skip
+    """--save-quantized (the QDQ model) and --save-pruned (the float model after the graph passes)."""
+    for path, m in ((save_quantized, model if float_model is not None else None),
+                    (save_pruned, float_model if float_model is not None else model)):  # fmt: skip
+        if path is not None and m is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            onnx.save(m, str(path))
 
 
 def graph_passes(model: onnx.ModelProto, options: BuildOptions, prune_spec: dict | None,
@@ -199,7 +199,7 @@ def graph_passes(model: onnx.ModelProto, options: BuildOptions, prune_spec: dict
     """Lossless simplification (always), then structured pruning if asked; what each did.
     `calib`: the calibration samples, for dead channels and activation importance."""
     model, stats = simplify(model)
-    model = fold_constants(onnx.shape_inference.infer_shapes(model))
+    model = fold_constants(onnx.shape_inference.infer_shapes(model)).model
     if calib is not None and options.quantize and options.dead_channels != "none":
         if options.dead_channels == "calib":
             upper, key = observed_upper_bounds(model, calib), "channels_dead_on_calibration"
@@ -209,11 +209,12 @@ def graph_passes(model: onnx.ModelProto, options: BuildOptions, prune_spec: dict
             lo, hi = min(float(xs.min()), 0.0), max(float(xs.max()), 0.0)
             step = (hi - lo) / 255
             upper, key = interval_upper_bounds(model, lo - step, hi + step), "channels_dead_proven"
-        model, stats[key] = zero_dead_channels(model, upper)
+        model, zeroed = zero_dead_channels(model, upper)
+        stats[key] = zeroed["zeroed"]
     masks = dead_channel_masks(model)
     if masks:
         model, dead = prune_channels(model, keep_masks=masks)
-        stats["dead_channels_removed"] = sum(layer["channels"] - layer["kept"] for layer in dead.layers)
+        stats["dead_channels_removed"] = sum(layer["channels"] - layer["kept"] for layer in dead["layers"])
     report: dict = {"simplify": stats}
     if prune_spec is not None and "channels" in prune_spec:
         ratio, per_layer = prune_spec["channels"], None
@@ -224,14 +225,21 @@ def graph_passes(model: onnx.ModelProto, options: BuildOptions, prune_spec: dict
         params_before = count_params(model)
         model, pruned = prune_channels(model, ratio, per_layer, options.prune_importance, calib)
         report["pruning"] = {
-            **pruned.as_dict(),
+            **pruned,
             "params_before": params_before,
             "params_after": count_params(model),
         }
     if prune_spec is not None and "sparsity" in prune_spec:
-        model, sparse = magnitude_prune(model, prune_spec["sparsity"])
+        model, sparse = magnitude_prune(model, prune_spec["sparsity"], TILE_ROWS)
         report.setdefault("pruning", {})["magnitude"] = sparse
     return model, report
+
+
+def float_model_of(model_path: Path, input_shapes: dict | None = None) -> onnx.ModelProto:
+    """The float model as every build starts from it: front end, then the lossless graph passes
+    (what `analyze` and `finetune` work on)."""
+    model, _ = graph_passes(load_model(model_path, input_shapes or {}), BuildOptions(), None, None)
+    return model
 
 
 def _load_ratios(path: Path) -> dict[str, float]:
@@ -246,7 +254,8 @@ def _load_ratios(path: Path) -> dict[str, float]:
     return {str(k): float(v) for k, v in data.items()}
 
 
-def _io_specs(model: onnx.ModelProto) -> list[dict]:
+def io_specs(model: onnx.ModelProto) -> list[dict]:
+    """Name, shape and dtype of each model input (what .npy/.npz data files are checked against)."""
     from edgecomp.frontend.load import SUPPORTED_IO_DTYPES, graph_inputs
 
     return [
@@ -259,13 +268,22 @@ def _io_specs(model: onnx.ModelProto) -> list[dict]:
     ]
 
 
-def _cached_report(outdir: Path, key: str, target: Target) -> dict | None:
+def _cached(outdir: Path, key: str, target: Target, options: BuildOptions) -> BuildResult | None:
+    """The build in `outdir` if it was made from the same inputs (its key) and is complete."""
     try:
         report = json.loads((outdir / "report.json").read_text())
     except (OSError, ValueError):
         return None
     binary = outdir / ("harness" if target.is_process else "firmware.elf")
-    return report if report.get("build_key") == key and binary.exists() else None
+    if report.get("build_key") != key or not binary.exists() or not (outdir / COMPILED_MODEL).exists():
+        return None
+    try:
+        model = onnx.load(str(outdir / COMPILED_MODEL))
+        float_model = onnx.load(str(outdir / FLOAT_MODEL)) if options.quantize else None
+    except Exception:  # an unreadable leftover: rebuild
+        return None
+    int_graph = int_graph_for(fold_constants(model).model, options.io) if is_quantized(model) else None
+    return BuildResult(outdir, report, target, model, True, float_model, int_graph)
 
 
 def _check_fit(target: Target, sizes: ElfSizes) -> None:
@@ -362,21 +380,6 @@ def _report(
             }
         )
     return report
-
-
-def count_params(model: onnx.ModelProto) -> int:
-    """Elements of the model's weights and biases: initializers, less shape constants (int64) and
-    quantization parameters (scales and zero points of Q/DQ nodes)."""
-    qparams = {
-        i
-        for n in model.graph.node
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-        for i in n.input[1:]
-    }
-    return sum(
-        int(np.prod(t.dims)) for t in model.graph.initializer
-        if t.name not in qparams and t.data_type != onnx.TensorProto.INT64 and len(t.dims) > 0
-    )  # fmt: skip
 
 
 def _tensor_entry(t, qparams: dict) -> dict:

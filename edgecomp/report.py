@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgecomp.pipeline import BuildResult
-from edgecomp.reference import Comparison
+from edgecomp.verify import Comparison
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)

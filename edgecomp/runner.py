@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edgecomp.harness import InferenceResult, open_session
@@ -18,6 +20,25 @@ def run_samples(result: BuildResult, samples: list[list[np.ndarray]], port: str 
             session.infer(sample, [np.dtype(o["dtype"]) for o in outs], [tuple(o["shape"]) for o in outs])
             for sample in samples
         ]
+
+
+def profile(result: BuildResult, sample: list[np.ndarray], port: str | None = None, baud: int = 115200,
+            timeout: float = 5.0, log=print) -> dict:  # fmt: skip
+    """`edgecomp profile`: the same input run twice — the first inference after start-up (cold caches
+    and branch predictors on a board) and the second (warm); the record reports the warm one and
+    both figures. A model quantized here also gets its unquantized build's flash/RAM beside it."""
+    from edgecomp.pipeline import BuildOptions, build
+
+    cold, warm = run_samples(result, [sample, sample], port, baud, timeout)
+    record = profile_record(result, warm, on_board=bool(port), cold=cold)
+    if result.float_model is not None:
+        # The same model unquantized, built (or reused) beside it.
+        opts = result.report["options"]
+        options = BuildOptions(input_shapes=opts["input_shapes"], fit_check=False, extra_cflags=opts["extra_cflags"])
+        fb = build(Path(result.report["model"]), result.target, result.outdir.with_name(result.outdir.name + "-float"),
+                   options, reuse=True, log=log).report  # fmt: skip
+        record["float"] = {k: fb.get(k) for k in ("flash_bytes", "ram_bytes", "arena_bytes", "weights_bytes")}
+    return record
 
 
 def profile_record(result: BuildResult, run: InferenceResult, on_board: bool,

@@ -14,6 +14,10 @@ KINDS = ("mcu", "host", "linux")
 UART_DRIVERS = ("cmsdk", "stm32", "stm32v2", "pl011")
 TIMERS = ("systick", "dwt")
 PORTS = ("cortex-m", "aarch64")
+# ISA capabilities a target may declare (cpu.features); kernel variants ask for them
+# (lower/kernels/). dsp: the Armv7E-M/Armv7-A DSP instructions (SMLAD, SXTB16...); neon: AArch64
+# Advanced SIMD; mve: Armv8.1-M Helium; dotprod: Armv8.2 SDOT/UDOT.
+FEATURES = ("dsp", "neon", "mve", "dotprod")
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,7 @@ class Target:
     core: str
     arch_flags: tuple[str, ...]
     fpu: str
-    dsp: bool
+    features: frozenset[str]  # ISA capabilities (FEATURES) the generated code may use
     clock_hz: int
     source: Path
     caches: bool = False  # I/D caches enabled at start-up (Cortex-M7 boards)
@@ -48,7 +52,6 @@ class Target:
     # are placed there (codegen/memory.py place_external).
     external: dict = field(default_factory=dict)
     opt_flags: tuple[str, ...] = ("-O2",)  # cpu.opt_flags: optimisation flags for the generated C
-    simd: str = "none"  # "neon": AArch64 Advanced SIMD micro-kernels (cpu.simd)
     port: str = "cortex-m"  # firmware/<port>: the start-up and harness port of an mcu target
 
     @property
@@ -83,6 +86,7 @@ class Target:
             "kind": self.kind,
             "core": self.core,
             "fpu": self.fpu,
+            "features": sorted(self.features),
             "clock_hz": self.clock_hz,
             "part": self.part,
             "flash_budget": self.flash_budget,
@@ -166,6 +170,21 @@ def _require(table: dict, key: str, where: str, path: Path, kind: type = object)
     return value
 
 
+def _features(cpu: dict, path: Path) -> frozenset[str]:
+    """cpu.features, plus what the older keys say: dsp = true, simd = "neon"."""
+    features = cpu.get("features", [])
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise UserError(f"target file {path}: cpu.features must be a list of strings")
+    unknown = sorted(set(features) - set(FEATURES))
+    if unknown:
+        raise UserError(f"target file {path}: unknown cpu.features {unknown}; known: {', '.join(FEATURES)}")
+    if cpu.get("simd", "none") not in ("none", "neon"):
+        raise UserError(f"target file {path}: cpu.simd must be 'none' or 'neon'")
+    legacy = {"dsp"} if cpu.get("dsp", False) else set()
+    legacy |= {"neon"} if cpu.get("simd") == "neon" else set()
+    return frozenset(features) | legacy
+
+
 def _parse(raw: dict, path: Path) -> Target:
     kind = _require(raw, "kind", "", path, str)
     if kind not in KINDS:
@@ -178,7 +197,7 @@ def _parse(raw: dict, path: Path) -> Target:
         core=_require(cpu, "core", "cpu.", path, str),
         arch_flags=tuple(_require(cpu, "arch_flags", "cpu.", path, list)),
         fpu=cpu.get("fpu", "none"),
-        dsp=bool(cpu.get("dsp", False)),
+        features=_features(cpu, path),
         clock_hz=int(cpu.get("clock_hz", 0)),
         source=path,
         caches=bool(cpu.get("caches", False)),
@@ -194,14 +213,11 @@ def _parse(raw: dict, path: Path) -> Target:
         boot2=raw.get("boot2", {}),
         toolchain=raw.get("toolchain", {}),
         port=raw.get("firmware", {}).get("port", "cortex-m"),
-        simd=cpu.get("simd", "none"),
         opt_flags=tuple(cpu.get("opt_flags", ["-O2"])),
         external=raw.get("external", {}),
     )
     for key in ("flash_origin", "flash_length", "ram_origin", "ram_length") if target.external else ():
         _require(target.external, key, "external.", path, int)
-    if target.simd not in ("none", "neon"):
-        raise UserError(f"target file {path}: cpu.simd must be 'none' or 'neon'")
     if target.port not in PORTS:
         raise UserError(f"target file {path}: firmware.port must be one of {PORTS}")
     if target.kind == "linux":

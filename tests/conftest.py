@@ -13,9 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecomp.pipeline import BuildOptions, build
-from edgecomp.reference import Reference, compare
 from edgecomp.runner import run_samples
 from edgecomp.targets import load_target
+from edgecomp.verify import Reference, compare
 
 # Strict runs (scripts/test.sh, CI) fail a test that skips for a missing tool or package: setup
 # installs them all, so such a skip hides a setup bug that a fresh machine would hit. Only these

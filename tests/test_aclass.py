@@ -18,10 +18,9 @@ from test_ops import MODELS
 
 from edgecomp.cli import main
 from edgecomp.pipeline import BuildOptions, build
-from edgecomp.quant import int_graph_for
-from edgecomp.quant.reference import run_int_graph
 from edgecomp.runner import run_samples
 from edgecomp.targets import load_target
+from edgecomp.verify import expected_outputs
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tiny_cnn.onnx"
 LINUX = {"cortex-a53": "aarch64-linux-gnu-gcc", "cortex-a72": "aarch64-linux-gnu-gcc",
@@ -57,11 +56,9 @@ def _int8_bit_exact(target: str, tmp_path: Path) -> None:
     options = BuildOptions(extra_cflags="-Werror", quantize="int8", io="int8")
     result = build(EXAMPLE, load_target(target), tmp_path / "q", options, log=lambda *_: None,
                    calib=_calib(tmp_path))  # fmt: skip
-    graph = int_graph_for(result.model, "int8")
     rng = np.random.default_rng(1)
     samples = [[rng.integers(-128, 128, (1, 1, 28, 28)).astype(np.int8)] for _ in range(3)]
-    for sample, run in zip(samples, run_samples(result, samples), strict=True):
-        expected = run_int_graph(graph, sample)
+    for expected, run in zip(expected_outputs(result, samples), run_samples(result, samples), strict=True):
         assert all(np.array_equal(g, e) for g, e in zip(run.outputs, expected, strict=True))
 
 

@@ -116,8 +116,8 @@ def test_weights_and_arena_beyond_the_chip_go_to_external_memory_and_run(tmp_pat
     from conftest import make_model, random_inputs, weight
     from onnx import helper
 
-    from edgecomp.reference import Reference, compare
     from edgecomp.runner import run_samples
+    from edgecomp.verify import Reference, compare
 
     nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], "fc1", transB=1),
              helper.make_node("Relu", ["h"], ["r"], "relu"),

@@ -117,7 +117,7 @@ def test_micro_kernels_asan_ubsan_clean(name, tmp_path):
     from edgecomp.passes.quantize import quantize
 
     model = CASES[name]()
-    qmodel = quantize(model, [random_inputs(model, s) for s in range(8)])
+    qmodel = quantize(model, [random_inputs(model, s) for s in range(8)]).model
     path = tmp_path / "q.onnx"
     onnx.save(qmodel, path)
     result = build(path, load_target("host"), tmp_path / "o", BuildOptions(extra_cflags="-Werror", sanitize=True),

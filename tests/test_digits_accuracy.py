@@ -12,12 +12,10 @@ pytest.importorskip("sklearn")
 
 from digits import load_split, to_onnx, train  # noqa: E402
 
-from edgecomp.passes import fold_constants  # noqa: E402
 from edgecomp.pipeline import BuildOptions, build  # noqa: E402
-from edgecomp.quant import extract_int_graph  # noqa: E402
-from edgecomp.quant.reference import run_int_graph  # noqa: E402
 from edgecomp.runner import run_samples  # noqa: E402
 from edgecomp.targets import load_target  # noqa: E402
+from edgecomp.verify import expected_outputs  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["cnn", "dscnn"])
@@ -48,6 +46,5 @@ def test_device_matches_reference_on_held_out_images(trained):
     result = build(folder / "model.onnx", load_target("cortex-m7"), folder / "m7", BuildOptions(quantize="int8"),
                    log=lambda *_: None, calib=folder / "calib.npy")  # fmt: skip
     samples = [[x[None]] for x in xv[:16]]
-    graph = extract_int_graph(fold_constants(result.model))
-    for run, sample in zip(run_samples(result, samples), samples, strict=True):
-        np.testing.assert_array_equal(run.outputs[0], run_int_graph(graph, sample)[0])
+    for run, want in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
+        np.testing.assert_array_equal(run.outputs[0], want[0])

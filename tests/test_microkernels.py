@@ -11,13 +11,11 @@ import pytest
 from conftest import HAVE_ARM, make_model, needs_qemu, random_inputs, weight
 from onnx import helper
 
-from edgecomp.passes import fold_constants
 from edgecomp.passes.quantize import quantize
 from edgecomp.pipeline import BuildOptions, build
-from edgecomp.quant import extract_int_graph
-from edgecomp.quant.reference import run_int_graph
 from edgecomp.runner import run_samples
 from edgecomp.targets import load_target
+from edgecomp.verify import expected_outputs
 
 
 def _conv(cin, cout, hw, k, stride=1, dil=1, pads=(1, 1, 1, 1), group=1, batch=1, relu=True):
@@ -84,7 +82,7 @@ CASES = {
 
 
 def _build(model, target, tmp_path, kernels="auto", io="float"):
-    qmodel = quantize(onnx.shape_inference.infer_shapes(model), [random_inputs(model, s) for s in range(8)])
+    qmodel = quantize(onnx.shape_inference.infer_shapes(model), [random_inputs(model, s) for s in range(8)]).model
     path = tmp_path / "q.onnx"
     onnx.save(qmodel, path)
     options = BuildOptions(extra_cflags="-Werror", kernels=kernels, io=io)
@@ -97,10 +95,9 @@ def _check(name, target, tmp_path):
     kernels_c = (result.outdir / "model_kernels.c").read_text()
     assert "ec_mk0_" in kernels_c  # a micro-kernel took the layer, not TVM
     samples = [random_inputs(model, s) for s in range(3)]
-    graph = extract_int_graph(fold_constants(result.model))
     got = [r.outputs for r in run_samples(result, samples)]
-    for outs, sample in zip(got, samples, strict=True):
-        for g, want in zip(outs, run_int_graph(graph, sample), strict=True):
+    for outs, wants in zip(got, expected_outputs(result, samples), strict=True):
+        for g, want in zip(outs, wants, strict=True):
             np.testing.assert_array_equal(g, want)
     return result, got, samples
 
@@ -152,20 +149,19 @@ def test_requantization_with_a_large_multiplier_keeps_the_micro_kernel(target, t
         pytest.skip("needs arm-none-eabi-gcc and qemu-system-arm")
     model = _large_multiplier()
     result = _build(model, target, tmp_path)
-    graph = extract_int_graph(fold_constants(result.model))
-    conv = next(op for op in graph.ops if op.kind == "conv")
-    assert np.any((conv.attrs["shift"] <= 32) & (conv.attrs["mult"] != 0))
+    conv = next(op for op in result.int_graph.ops if op.kind == "conv")
+    assert np.any((conv.shift <= 32) & (conv.mult != 0))
     text = (result.outdir / "model_kernels.c").read_text()
     assert "ec_mk0_conv_s8" in text and "ec_requant_s8_int64(" in text
     samples = [random_inputs(model, s) for s in range(3)]
-    for run, sample in zip(run_samples(result, samples), samples, strict=True):
-        np.testing.assert_array_equal(run.outputs[0], run_int_graph(graph, sample)[0])
+    for run, want in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
+        np.testing.assert_array_equal(run.outputs[0], want[0])
 
 
 def test_smmla_form_equals_the_requantization():
     """The kernels' SMMLA form of the requantization (addend and shift per channel, constants for
     dead channels) gives the reference's result for accumulators across the whole reachable range."""
-    from edgecomp.lower.microkernels import smmla_form
+    from edgecomp.lower.kernels.requant import smmla_form
     from edgecomp.quant.fixedpoint import quantize_multipliers, requant
 
     rng = np.random.default_rng(0)

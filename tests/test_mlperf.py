@@ -12,9 +12,9 @@ import pytest
 from conftest import HAVE_ARM
 
 from edgecomp.pipeline import build
-from edgecomp.reference import Reference, compare
 from edgecomp.runner import run_samples
 from edgecomp.targets import load_target
+from edgecomp.verify import Reference, compare
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "models" / "mlperf-tiny"
 MODELS = [("ic_resnet8", "ic_sample"), ("kws_dscnn", "kws_sample"), ("vww_mobilenet", "vww_sample"),
@@ -46,10 +46,8 @@ INT8_SAMPLES = {"ic_resnet8": "ic_samples4", "kws_dscnn": "kws_sample", "vww_mob
 def test_mlperf_int8_bit_exact_on_cortex_m7(model, tmp_path):
     import sys
 
-    from edgecomp.passes import fold_constants
     from edgecomp.pipeline import BuildOptions
-    from edgecomp.quant import extract_int_graph
-    from edgecomp.quant.reference import run_int_graph
+    from edgecomp.verify import expected_outputs
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from calib import augmented
@@ -61,8 +59,7 @@ def test_mlperf_int8_bit_exact_on_cortex_m7(model, tmp_path):
     result = build(SHARED / f"{model}.onnx", load_target("cortex-m7"), tmp_path / "q", BuildOptions(quantize="int8"),
                    log=lambda *_: None, calib=tmp_path / "calib.npy")  # fmt: skip
     (run,) = run_samples(result, [[x[0]]])
-    graph = extract_int_graph(fold_constants(result.model))
-    np.testing.assert_array_equal(run.outputs[0], run_int_graph(graph, [x[0]])[0])
+    np.testing.assert_array_equal(run.outputs[0], expected_outputs(result, [[x[0]]])[0][0])
     # int8 weights (int16 in layers of >= 512 pixels), and per channel an int32 bias, multiplier and
     # rounding addend and an int8 shift: 2.7-3.7x less than fp32 (DS-CNN, with 64 channels of only
     # 64-640 weights each, is the 2.7)

@@ -15,13 +15,12 @@ from onnx import helper, numpy_helper
 
 from edgecomp.cli import main
 from edgecomp.errors import UserError
-from edgecomp.passes import dead_channel_masks, fold_constants, parse_prune, prune_channels, simplify
+from edgecomp.options import parse_prune
+from edgecomp.passes import dead_channel_masks, prune_channels, simplify
 from edgecomp.pipeline import BuildOptions, build
-from edgecomp.quant import extract_int_graph, int_graph_for
-from edgecomp.quant.reference import run_int_graph
-from edgecomp.reference import Reference, compare
 from edgecomp.runner import run_samples
 from edgecomp.targets import load_target
+from edgecomp.verify import Reference, compare, expected_outputs
 
 
 def _run(model, sample):
@@ -86,10 +85,10 @@ def test_pruned_model_is_valid_and_smaller(kind):
     x = random_inputs(model, 0)
     out = _run(pruned, x)[0]
     assert out.shape == (1, 10) and np.isfinite(out).all()
-    assert report.layers and all(layer["kept"] < layer["channels"] for layer in report.layers)
+    assert report["layers"] and all(layer["kept"] < layer["channels"] for layer in report["layers"])
     assert _params(pruned) < 0.6 * _params(model)
     if kind == "residual":  # both branches of the Add keep the same channels: one group, 8 -> 4
-        groups = {tuple(layer["producers"]): (layer["channels"], layer["kept"]) for layer in report.layers}
+        groups = {tuple(layer["producers"]): (layer["channels"], layer["kept"]) for layer in report["layers"]}
         assert groups[("c0", "c2")] == (8, 4)
         assert _initializer(pruned, "c2_w").shape == (4, 4, 3, 3)
         assert _initializer(pruned, "fc_w").shape == (10, 4 * 16)  # Flatten -> Gemm: 16 features a channel
@@ -128,7 +127,7 @@ def test_outputs_and_inputs_are_never_pruned():
     assert _initializer(pruned, "c0_w").shape[1] == 3  # the image's channels
     assert _initializer(pruned, "fc_w").shape[0] == 10  # the logits
     per_layer, report = prune_channels(model, 0.0, per_layer={"c1": 0.5})
-    assert [layer["producers"] for layer in report.layers] == [["c1"]]
+    assert [layer["producers"] for layer in report["layers"]] == [["c1"]]
 
 
 def test_simplify_is_lossless():
@@ -230,9 +229,8 @@ def test_pruned_build_matches_its_reference(target, tmp_path):
     np.save(calib, np.random.default_rng(0).standard_normal((8, 1, 3, 8, 8)).astype(np.float32))
     q = build(path, t, tmp_path / "q", BuildOptions(prune="channels=0.5", quantize="int8"), log=lambda *_: None,
               calib=calib)  # fmt: skip
-    graph = extract_int_graph(fold_constants(q.model))
-    for run, s in zip(run_samples(q, samples), samples, strict=True):
-        np.testing.assert_array_equal(run.outputs[0], run_int_graph(graph, s)[0])
+    for run, want in zip(run_samples(q, samples), expected_outputs(q, samples), strict=True):
+        np.testing.assert_array_equal(run.outputs[0], want[0])
 
 
 def test_analyze_writes_table_json_and_png(tmp_path):
@@ -330,10 +328,9 @@ def test_magnitude_pruning_zeroes_blocks_and_the_sparse_kernel_stores_only_the_r
                        BuildOptions(quantize="int8", prune="sparsity=0.6"), log=lambda *_: None, calib=calib)  # fmt: skip
         assert (result.outdir / "model_kernels.c").read_text().count("_dense_sparse_s8(") >= 2
         assert result.report["weights_bytes"] < 0.6 * dense.report["weights_bytes"]
-        graph = extract_int_graph(fold_constants(result.model))
         samples = [random_inputs(model, s) for s in range(3)]
-        for run, s in zip(run_samples(result, samples), samples, strict=True):
-            np.testing.assert_array_equal(run.outputs[0], run_int_graph(graph, s)[0])
+        for run, want in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
+            np.testing.assert_array_equal(run.outputs[0], want[0])
     assert parse_prune("channels=0.25,sparsity=0.5") == {"channels": 0.25, "sparsity": 0.5}
 
 
@@ -372,9 +369,8 @@ def test_dead_channels_proven_or_observed_on_calibration_are_removed(tmp_path):
             np.testing.assert_allclose(
                 _run(result.float_model, s)[0], _run(model, s)[0], rtol=1e-5, atol=1e-5
             )
-        graph = int_graph_for(fold_constants(result.model))
-        for r, s in zip(run_samples(result, samples[:2]), samples, strict=False):
-            np.testing.assert_array_equal(r.outputs[0], run_int_graph(graph, s)[0])
+        for r, want in zip(run_samples(result, samples[:2]), expected_outputs(result, samples[:2]), strict=True):
+            np.testing.assert_array_equal(r.outputs[0], want[0])
     assert kept == {"proven": 5, "calib": 4, "none": 6}
 
 
@@ -441,5 +437,5 @@ def test_dead_channel_proof_holds_in_corner_cases():
             ]
             np.testing.assert_allclose(_run(pruned, x)[0], _run(model, x)[0], atol=1e-6)
     assert (
-        _dead_after(row_bias, 0.0, 1.0)[1] == 1
+        _dead_after(row_bias, 0.0, 1.0).report["zeroed"] == 1
     )  # W2's second row: x0 - x1 - 9 < 0, provable through (1, N)

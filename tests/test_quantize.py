@@ -13,12 +13,11 @@ from test_ops import MODELS
 from edgecomp.passes import fold_constants
 from edgecomp.passes.quantize import quantize
 from edgecomp.pipeline import BuildOptions, build
-from edgecomp.quant import extract_int_graph
-from edgecomp.quant.accuracy import lsb_agreement, sqnr_db
-from edgecomp.quant.reference import run_int_graph
-from edgecomp.reference import Reference
+from edgecomp.quant import extract_int_graph, run_int_graph
+from edgecomp.quant.accuracy import lsb_agreement, output_step, sqnr_db
 from edgecomp.runner import run_samples
 from edgecomp.targets import load_target
+from edgecomp.verify import Reference, expected_outputs
 
 QUANT_MODELS = ["conv", "conv_stride_asym_pad", "depthwise", "grouped", "gemm", "matmul", "pools",
                 "relu_clip_sigmoid", "softmax", "transpose_reshape_flatten", "concat", "residual_block",
@@ -31,7 +30,7 @@ def _calib(model, n=16):
 
 def _quantized(name, scheme="int8"):
     model = onnx.shape_inference.infer_shapes(MODELS[name]())
-    return model, onnx.shape_inference.infer_shapes(quantize(model, _calib(model), scheme=scheme))
+    return model, onnx.shape_inference.infer_shapes(quantize(model, _calib(model), scheme=scheme).model)
 
 
 def _check(qmodel, float_model, target, tmp_path):
@@ -41,12 +40,12 @@ def _check(qmodel, float_model, target, tmp_path):
                    log=lambda *_: None)  # fmt: skip
     samples = [random_inputs(float_model, seed) for seed in range(3)]
     runs = run_samples(result, samples)
-    graph = extract_int_graph(fold_constants(result.model))
-    for run, sample in zip(runs, samples, strict=True):
-        for got, want in zip(run.outputs, run_int_graph(graph, sample), strict=True):
+    for run, wants in zip(runs, expected_outputs(result, samples), strict=True):
+        for got, want in zip(run.outputs, wants, strict=True):
             np.testing.assert_array_equal(got, want)  # bit-exact
     ort = [Reference(result.model).run(s)[0] for s in samples]
-    assert lsb_agreement(graph, [r.outputs[0] for r in runs], ort) >= 0.99
+    step = output_step(result.int_graph, result.int_graph.outputs[0])
+    assert lsb_agreement(step, [r.outputs[0] for r in runs], ort) >= 0.99
     floats = np.stack([Reference(float_model).run(s)[0] for s in samples])
     ours = sqnr_db(floats, np.stack([r.outputs[0] for r in runs]))
     # As close to float as onnxruntime's own execution of the same QDQ model (within 1 dB).
@@ -106,11 +105,11 @@ def test_constant_zero_tensor_is_a_clear_error():
     model = make_model([helper.make_node("Conv", ["x", "w"], ["y"], "zero_conv")], [("x", [1, 4, 8, 8])],
                        [("y", [1, 2, 8, 8])], [w])  # fmt: skip
     model = onnx.shape_inference.infer_shapes(model)
-    q = onnx.shape_inference.infer_shapes(quantize(model, _calib(model)))
+    q = onnx.shape_inference.infer_shapes(quantize(model, _calib(model)).model)
     from edgecomp.errors import UserError
 
     try:
-        graph = extract_int_graph(fold_constants(q))
+        graph = extract_int_graph(fold_constants(q).model)
     except UserError as exc:
         assert "constant" in str(exc) or "scale" in str(exc)
     else:  # onnxruntime may pick a non-zero scale for a zero range: then the result must be exact zeros
@@ -122,12 +121,12 @@ def test_unquantizable_op_names_op_and_node(tmp_path):
     # Erf has no integer kernel: the error names it and the node.
     model = make_model([helper.make_node("Erf", ["x"], ["y"], "my_erf")], [("x", [1, 8])], [("y", [1, 8])])
     model = onnx.shape_inference.infer_shapes(model)
-    q = quantize(model, _calib(model), "int8")
+    q = quantize(model, _calib(model), "int8").model
     from edgecomp.errors import UnsupportedModelError
 
     if any(n.op_type == "QuantizeLinear" for n in q.graph.node):
         with pytest.raises(UnsupportedModelError, match="Erf.*my_erf|my_erf.*Erf"):
-            extract_int_graph(fold_constants(onnx.shape_inference.infer_shapes(q)))
+            extract_int_graph(fold_constants(onnx.shape_inference.infer_shapes(q)).model)
 
 
 def test_weights_shrink_about_4x(tmp_path):
@@ -209,6 +208,6 @@ def test_prelu_slope_that_is_not_per_channel_is_named(tmp_path):
     slope = numpy_helper.from_array(np.linspace(-0.3, 0.6, 8, dtype=np.float32), "slope")
     prelu = helper.make_node("PRelu", ["x", "slope"], ["y"], "prelu")
     model = make_model([prelu], [("x", [1, 4, 8, 8])], [("y", [1, 4, 8, 8])], [slope])
-    qmodel = quantize(model, _calib(model))
+    qmodel = quantize(model, _calib(model)).model
     with pytest.raises(UnsupportedModelError, match="per-channel or scalar slope"):
-        extract_int_graph(fold_constants(onnx.shape_inference.infer_shapes(qmodel)))
+        extract_int_graph(fold_constants(onnx.shape_inference.infer_shapes(qmodel)).model)

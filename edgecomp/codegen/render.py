@@ -15,7 +15,7 @@ from edgecomp.codegen.cnames import c_identifier, c_literals, c_type, dl_type
 from edgecomp.codegen.memory import ArenaPlan, place_external, plan_model, workspace_name
 from edgecomp.lower.model import LoweredModel
 from edgecomp.resources import data_dir
-from edgecomp.targets import Target
+from edgecomp.targets import FEATURES, Target
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,11 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
     }
     fw = data_dir("firmware")
     copied = {f"ec/{p.name}": p for p in sorted((fw / "common").iterdir()) if p.suffix in (".c", ".h")}
+    # The micro-kernels' intrinsics headers live beside their templates.
+    copied.update({f"ec/{p.name}": p for p in sorted((data_dir("templates") / "kernels").glob("*.h"))})
+    files["ec/ec_features.h"] = env.get_template("kernels/ec_features.h.j2").render(
+        target=target, feature_names=FEATURES
+    )
     if target.is_process:
         copied.update(
             {f"ec/{p.name}": p for p in sorted((fw / "host").iterdir()) if p.suffix in (".c", ".h")}

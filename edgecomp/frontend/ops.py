@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import onnx
 
 from edgecomp.errors import UnsupportedModelError
+from edgecomp.frontend.op_table import COMPILED_OPS
 
 # Operators whose output shapes depend on data, or that need sequences/optionals: they cannot be
 # compiled to a static call sequence with a planned arena, whatever TVM's importer accepts.
@@ -31,40 +32,40 @@ class OpSupport:
 
 _F = "float32"
 _ALL = "float32, 8-64-bit ints"
-_Q8 = "; int8/int16 on the QDQ path"
+_Q8 = "; int8/int16 on the QDQ path"  # added by ops_table for ops with an integer kernel (quant/ops/)
 # The ops measured against the ONNX conformance suite (bench/conformance.py, docs/conformance.md).
 # Limits that are checked name the check; others state what is compiled.
 SUPPORT: dict[str, OpSupport] = {
-    "Conv": OpSupport(_F + _Q8, "1-D/2-D; group (depthwise, grouped), pads, strides, dilations, auto_pad; constant weights on the QDQ path"),
+    "Conv": OpSupport(_F, "1-D/2-D; group (depthwise, grouped), pads, strides, dilations, auto_pad; constant weights on the QDQ path"),
     "ConvTranspose": OpSupport(_F, "2-D; pads, strides, dilations, group, output_padding, output_shape, auto_pad"),
-    "Gemm": OpSupport(_F + _Q8, "alpha, beta, transA, transB; bias broadcast"),
-    "MatMul": OpSupport(_F + _Q8, "N-D with broadcast batch dimensions"),
-    "Relu": OpSupport(_F + _Q8, "on the QDQ path fused into the producer's clamp"),
-    "LeakyRelu": OpSupport(_F + _Q8, "int8: 256-entry table"),
-    "PRelu": OpSupport(_F + _Q8, "slope broadcast; integer: per-channel or scalar slope"),
-    "Clip": OpSupport(_ALL + _Q8, "min/max constant on the QDQ path"),
-    "Sigmoid": OpSupport(_F + _Q8, "int8: 256-entry table"),
-    "HardSigmoid": OpSupport(_F + _Q8, "int8: 256-entry table"),
-    "HardSwish": OpSupport(_F + _Q8, "int8: 256-entry table"),
-    "Tanh": OpSupport(_F + _Q8, "int8: 256-entry table"),
-    "Softmax": OpSupport(_F + _Q8, "any axis (opset 13 semantics; older opsets converted)"),
-    "MaxPool": OpSupport(_F + ", uint8, int8" + _Q8, "pads, strides, dilations, ceil_mode, auto_pad; not the Indices output (checked)"),
-    "AveragePool": OpSupport(_F + _Q8, "pads, strides, dilations, ceil_mode, count_include_pad, auto_pad"),
-    "GlobalAveragePool": OpSupport(_F + _Q8),
-    "GlobalMaxPool": OpSupport(_F + _Q8),
-    "Add": OpSupport(_ALL + _Q8, "multidirectional broadcast"),
+    "Gemm": OpSupport(_F, "alpha, beta, transA, transB; bias broadcast"),
+    "MatMul": OpSupport(_F, "N-D with broadcast batch dimensions"),
+    "Relu": OpSupport(_F, "on the QDQ path fused into the producer's clamp"),
+    "LeakyRelu": OpSupport(_F, "int8: 256-entry table"),
+    "PRelu": OpSupport(_F, "slope broadcast; integer: per-channel or scalar slope"),
+    "Clip": OpSupport(_ALL, "min/max constant on the QDQ path"),
+    "Sigmoid": OpSupport(_F, "int8: 256-entry table"),
+    "HardSigmoid": OpSupport(_F, "int8: 256-entry table"),
+    "HardSwish": OpSupport(_F, "int8: 256-entry table"),
+    "Tanh": OpSupport(_F, "int8: 256-entry table"),
+    "Softmax": OpSupport(_F, "any axis (opset 13 semantics; older opsets converted)"),
+    "MaxPool": OpSupport(_F + ", uint8, int8", "pads, strides, dilations, ceil_mode, auto_pad; not the Indices output (checked)"),
+    "AveragePool": OpSupport(_F, "pads, strides, dilations, ceil_mode, count_include_pad, auto_pad"),
+    "GlobalAveragePool": OpSupport(_F),
+    "GlobalMaxPool": OpSupport(_F),
+    "Add": OpSupport(_ALL, "multidirectional broadcast"),
     "Sub": OpSupport(_ALL, "multidirectional broadcast"),
-    "Mul": OpSupport(_ALL + _Q8, "multidirectional broadcast"),
+    "Mul": OpSupport(_ALL, "multidirectional broadcast"),
     "Div": OpSupport(_ALL, "multidirectional broadcast; integer division truncates, as ONNX"),
-    "Concat": OpSupport(_ALL + _Q8, "any axis"),
+    "Concat": OpSupport(_ALL, "any axis"),
     "Split": OpSupport(_ALL, "split sizes constant (input or attribute), num_outputs, empty parts"),
     "Slice": OpSupport(_ALL, "starts/ends/axes/steps constant; negative steps; empty results"),
     "Pad": OpSupport(_ALL, "constant, reflect, edge, wrap; pads constant; axes"),
-    "Reshape": OpSupport(_ALL + _Q8, "shape constant; allowzero"),
-    "Flatten": OpSupport(_ALL + _Q8),
-    "Transpose": OpSupport(_ALL + _Q8),
-    "Squeeze": OpSupport(_ALL + _Q8, "axes constant"),
-    "Unsqueeze": OpSupport(_ALL + _Q8, "axes constant"),
+    "Reshape": OpSupport(_ALL, "shape constant; allowzero"),
+    "Flatten": OpSupport(_ALL),
+    "Transpose": OpSupport(_ALL),
+    "Squeeze": OpSupport(_ALL, "axes constant"),
+    "Unsqueeze": OpSupport(_ALL, "axes constant"),
     "ReduceMean": OpSupport(_F, "axes constant; keepdims, noop_with_empty_axes"),
     "ReduceMax": OpSupport(_ALL + ", bool", "axes constant; keepdims; empty reductions give -inf / the type's minimum"),
     "Resize": OpSupport(_F + "; nearest for ints", "every mode, coordinate_transformation_mode, nearest_mode, axes, keep_aspect_ratio_policy, exclude_outside, antialias, extrapolation; roi/scales/sizes constant (checked)"),
@@ -79,11 +80,9 @@ SUPPORT: dict[str, OpSupport] = {
 
 
 def supported_ops() -> frozenset[str]:
-    """ONNX (ai.onnx domain) op types that the TVM importer converts and that are static."""
-    from edgecomp.lower.legalize import REWRITTEN_OPS
-    from edgecomp.lower.relax_import import importer_ops
-
-    return (frozenset(importer_ops()) | REWRITTEN_OPS) - DATA_DEPENDENT_OPS
+    """ONNX (ai.onnx domain) op types that the TVM importer converts (or edgecomp rewrites first)
+    and that are static."""
+    return COMPILED_OPS - DATA_DEPENDENT_OPS
 
 
 def _limit(node: onnx.NodeProto, types: dict[str, int]) -> str | None:
@@ -129,16 +128,28 @@ def check_ops(model: onnx.ModelProto) -> None:
         raise UnsupportedModelError(f"unsupported operator: {shown}")
 
 
+def integer_ops() -> frozenset[str]:
+    """ONNX op types the QDQ (integer) path compiles: those an op module of quant/ops/ handles,
+    and Relu/Clip (fused clamps or tables). No TVM is imported."""
+    from edgecomp.quant.extract import HANDLERS
+    from edgecomp.quant.ops import conv  # noqa: F401  (registers every op module's handlers)
+
+    return frozenset(HANDLERS) | {"Relu", "Clip"}
+
+
 def ops_table() -> list[dict]:
     """Every op edgecomp compiles, with its element types and limits: the conformance-measured
-    ops with what SUPPORT states, the rest as TVM's importer converts them (float32)."""
+    ops with what SUPPORT states, the rest as TVM's importer converts them (float32); ops with an
+    integer kernel say so."""
     rows = []
+    integer = integer_ops()
     for op in sorted(supported_ops()):
         s = SUPPORT.get(op)
+        dtypes = s.dtypes if s else "as TVM's importer converts it"
         rows.append({
             "op": op,
             "conformance_tested": s is not None,
-            "dtypes": s.dtypes if s else "as TVM's importer converts it",
+            "dtypes": dtypes + (_Q8 if op in integer else ""),
             "limits": s.limits if s else "",
         })  # fmt: skip
     return rows

@@ -31,7 +31,7 @@ class Tensor:
 
 @dataclass(frozen=True)
 class MicroKernel:
-    """A templated C kernel (templates/<template>) in place of a TVM kernel (see microkernels.py).
+    """A templated C kernel (templates/<template>) in place of a TVM kernel (see lower/kernels/).
 
     Its C signature is `void symbol(const void *in0, ..., void *out, void *scratch)`.
     """
@@ -42,6 +42,7 @@ class MicroKernel:
     scratch_bytes: int
     macs: int
     inplace: tuple[int, ...] = ()  # inputs whose buffer the output may take (elementwise kernels)
+    variant: str = ""  # the kernel variant (lower/kernels/ VARIANTS) it was made by
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from tvm.relax.frontend.onnx import from_onnx
 
 from edgecomp.errors import UnsupportedModelError
 from edgecomp.lower.legalize import legalize
-from edgecomp.quant import int_graph_for, is_quantized
 
 
 def importer_ops() -> list[str]:
@@ -25,19 +24,12 @@ def importer_ops() -> list[str]:
     return sorted(onnx_frontend._get_convert_map())
 
 
-def import_and_fuse(model: onnx.ModelProto, io: str = "float", micro: dict | None = None,
-                    simd: str = "none") -> tvm.IRModule:  # fmt: skip
-    """Import `model` into Relax with weights as constants, legalize and fuse.
+def import_and_fuse(model: onnx.ModelProto) -> tvm.IRModule:
+    """Import a float `model` into Relax with weights as constants, legalize and fuse.
 
     The result has a Relax `main` made of R.call_tir bindings, one TIR PrimFunc per fused group
-    (e.g. conv2d + bias add + relu), with constant subexpressions folded. A QDQ (quantized) model
-    goes through the integer path instead: IntGraph -> integer TE kernels (qops.py), or the
-    micro-kernels of microkernels.py where they apply when `micro` (a dict they are added to) is given.
+    (e.g. conv2d + bias add + relu), with constant subexpressions folded.
     """
-    if is_quantized(model):
-        from edgecomp.lower.qops import int_graph_to_relax
-
-        return _fuse(int_graph_to_relax(int_graph_for(model, io), micro, simd))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     model = legalize(model)
     try:
@@ -52,7 +44,7 @@ def import_and_fuse(model: onnx.ModelProto, io: str = "float", micro: dict | Non
             mod = from_onnx(model, shape_dict=shapes, opset=opset, keep_params_in_input=False)
     except Exception as exc:  # the importer raises many kinds; the message names the op
         raise UnsupportedModelError(f"TVM could not import the model: {_tvm_message(exc)}") from exc
-    return _fuse(mod)
+    return fuse(mod)
 
 
 @contextlib.contextmanager
@@ -74,7 +66,8 @@ def _quiet():
         os.close(saved)
 
 
-def _fuse(mod: tvm.IRModule) -> tvm.IRModule:
+def fuse(mod: tvm.IRModule) -> tvm.IRModule:
+    """Legalize Relax ops to TIR, fold constants and fuse into one PrimFunc per fused group."""
     passes = tvm.transform.Sequential(
         [
             relax.transform.DecomposeOpsForInference(),

@@ -25,17 +25,17 @@ from tvm.s_tir import Schedule, ScheduleError
 _REDUCE = 2  # tirx.IterVar.CommReduce
 
 
-def schedule_for_mcu(func: tirx.PrimFunc, simd: str = "none") -> tirx.PrimFunc:
+def schedule_for_mcu(func: tirx.PrimFunc, vector: bool = False) -> tirx.PrimFunc:
     """Return `func` with padding and epilogues inlined and scratch buffers shrunk. With
-    simd="neon", each reduction also computes up to eight neighbouring outputs together: its
+    `vector` (a target with NEON), each reduction also computes up to eight neighbouring outputs together: its
     innermost spatial loop is split and those outputs moved inside the reduction, so the compiler
     keeps them in registers and vectorises over them (NEON FMLA on four float lanes)."""
     sch = Schedule(func)
     # With SIMD, a padded copy of the input (scratch) keeps bounds tests out of the inner loop.
-    _inline_spatial(sch, keep_padding=simd == "neon")
+    _inline_spatial(sch, keep_padding=vector)
     for block in _blocks(sch):
         if _is_reduction(sch, block):
-            if simd == "neon":
+            if vector:
                 _outputs_inside_reduction(sch, block)
             _fuse_epilogue(sch, block)
     for block in _blocks(sch):
@@ -44,7 +44,7 @@ def schedule_for_mcu(func: tirx.PrimFunc, simd: str = "none") -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
-def count_macs(func: tirx.PrimFunc) -> int:
+def tir_macs(func: tirx.PrimFunc) -> int:
     """Multiply-accumulates of a PrimFunc: iterations of reduction blocks whose update multiplies."""
     sch = Schedule(func)
     total = 0

@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgecomp.passes.prune import _attr
+from edgecomp.passes.base import PassResult
+from edgecomp.passes.channels import attr as _attr
 
 Bounds = tuple[np.ndarray, np.ndarray]  # per-channel (lowest, highest) value of a tensor
 
@@ -168,9 +169,9 @@ def observed_upper_bounds(model: onnx.ModelProto, samples: list[list[np.ndarray]
     return top
 
 
-def zero_dead_channels(model: onnx.ModelProto, upper: dict[str, np.ndarray]) -> tuple[onnx.ModelProto, int]:
+def zero_dead_channels(model: onnx.ModelProto, upper: dict[str, np.ndarray]) -> PassResult:
     """Zeroes the weights and bias of each candidate channel whose upper bound is <= 0: the same
-    outputs wherever the bounds hold. Returns the model and the number of channels zeroed."""
+    outputs wherever the bounds hold. Report: the number of channels zeroed."""
     inits = _inits(model)
     new_values: dict[str, np.ndarray] = {}
     zeroed = 0
@@ -194,4 +195,4 @@ def zero_dead_channels(model: onnx.ModelProto, upper: dict[str, np.ndarray]) -> 
             t.CopyFrom(
                 numpy_helper.from_array(new_values[t.name].astype(numpy_helper.to_array(t).dtype), t.name)
             )
-    return out, zeroed
+    return PassResult(out, {"zeroed": zeroed})

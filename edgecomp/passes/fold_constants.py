@@ -19,19 +19,22 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from edgecomp.passes.base import PassResult
+
 MAX_GROWTH = 4  # folded output elements may be at most this many times the constant inputs'
 MIN_GUARDED = 1024  # ...unless the output is this small anyway
 NEVER_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "RandomNormal", "RandomUniform"})
 
 
-def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a copy of `model` with constant subgraphs replaced by initializers."""
+def fold_constants(model: onnx.ModelProto) -> PassResult:
+    """A copy of `model` with constant subgraphs replaced by initializers; report: nodes folded."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     shapes = _static_shapes(model)
     graph_outputs = {o.name for o in graph.output}
     kept: list[onnx.NodeProto] = []
+    n_nodes = len(graph.node)
     new_inits: dict[str, np.ndarray] = {}
     for node in graph.node:
         values = _try_fold(node, consts, shapes)
@@ -42,12 +45,12 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
             consts[name] = value
             new_inits[name] = value
     if not new_inits:
-        return model
+        return PassResult(model, {"folded": 0})
     del graph.node[:]
     graph.node.extend(kept)
     graph.initializer.extend(numpy_helper.from_array(np.asarray(v), n) for n, v in new_inits.items())
     _drop_unused_initializers(graph)
-    return model
+    return PassResult(model, {"folded": n_nodes - len(kept)})
 
 
 def _try_fold(node: onnx.NodeProto, consts: dict[str, np.ndarray], shapes: dict[str, list[int]]):

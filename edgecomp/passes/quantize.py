@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from edgecomp.errors import ToolError, UserError
+from edgecomp.passes.base import PassResult
 
 SCHEMES = ("int8", "int16x8")
 METHODS = ("minmax", "percentile", "entropy")
@@ -44,8 +45,9 @@ def _at_least_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
 
 
 def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: str = "int8",
-             method: str = "minmax") -> onnx.ModelProto:  # fmt: skip
-    """Quantize `model` (already checked by the front end) on calibration `samples`."""
+             method: str = "minmax") -> PassResult:  # fmt: skip
+    """Quantize `model` (already checked by the front end) on calibration `samples`: a QDQ model;
+    report: the scheme, calibration method and number of samples."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -101,7 +103,7 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
             raise ToolError(
                 f"quantization failed in onnxruntime: {str(exc).strip().splitlines()[-1][:300]}"
             ) from exc
-        return onnx.load(str(dst))
+        return PassResult(onnx.load(str(dst)), {"scheme": scheme, "calib_method": method, "samples": len(samples)})
 
 
 def _op_types() -> list[str]:

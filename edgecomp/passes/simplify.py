@@ -15,8 +15,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgecomp.passes.base import PassResult
 
-def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+
+def simplify(model: onnx.ModelProto) -> PassResult:
     """A simplified copy of `model` and how many of each simplification were made."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     stats: Counter[str] = Counter()
@@ -26,7 +28,7 @@ def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
     _merge_chains(model, stats, "Transpose")
     _remove_dead(model, stats)
     del model.graph.value_info[:]  # shapes are re-inferred by the caller
-    return model, dict(sorted(stats.items()))
+    return PassResult(model, dict(sorted(stats.items())))
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:

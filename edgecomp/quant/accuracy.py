@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from edgecomp.quant.graph import IntGraph
-from edgecomp.quant.reference import run_int_graph
-from edgecomp.reference import Reference
+from edgecomp.quant.interpret import run_int_graph
+from edgecomp.quant.ir import IntGraph
+from edgecomp.quant.ops import Dequantize
+from edgecomp.verify import Reference
 
 
 def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
@@ -71,10 +72,18 @@ def evaluate(float_model: onnx.ModelProto, graph: IntGraph, samples: list[list[n
     return result
 
 
-def lsb_agreement(graph: IntGraph, got: list[np.ndarray], want: list[np.ndarray]) -> float:
-    """Fraction of first-output values within one quantization step (of that output) of `want`."""
-    deq = next(op for op in graph.ops if op.output == graph.outputs[0])
-    step = graph.tensors[deq.inputs[0]].scale if deq.kind == "dequantize" else 0.0
+def output_step(graph: IntGraph, name: str) -> float:
+    """The quantization step of model output `name`: its scale, or (a float output) the scale of
+    the integer tensor it is dequantized from."""
+    t = graph.tensors[name]
+    if t.dtype != "float32":
+        return t.scale
+    op = next(op for op in graph.ops if op.output == name)
+    return graph.tensors[op.inputs[0]].scale if isinstance(op, Dequantize) else 0.0
+
+
+def lsb_agreement(step: float, got: list[np.ndarray], want: list[np.ndarray]) -> float:
+    """Fraction of values within one quantization step (`step`) of `want`."""
     diff = np.abs(np.concatenate([g.reshape(-1) for g in got]).astype(np.float64)
                   - np.concatenate([w.reshape(-1) for w in want]).astype(np.float64))  # fmt: skip
     # float32 outputs carry rounding of their own: allow a few ulps of the value beyond one step.

@@ -7,7 +7,7 @@ Requantization of an int32 accumulator `acc` by a real multiplier r (> 0):
 
 i.e. one rounding, half towards +infinity (TFLite's "single rounding" mode, CMSIS-NN's
 `arm_nn_requantize` with CMSIS_NN_USE_SINGLE_ROUNDING). The C kernels (lower/qops.py) and the
-numpy reference (quant/reference.py) both implement exactly this, so their results are identical.
+numpy reference (quant/interpret.py, each op's `reference`) both implement exactly this, so their results are identical.
 
 Float edges (model input and output): quantize q = clamp(rint(x / s) + z) in float32 with round
 half to even (as ONNX QuantizeLinear); dequantize x = (q - z) * s in float32.

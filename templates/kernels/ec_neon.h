@@ -5,7 +5,12 @@
 #ifndef EC_NEON_H
 #define EC_NEON_H
 
-#if defined(__aarch64__) && defined(__ARM_NEON)
+#include "ec_features.h" /* EC_FEATURE_NEON: the target file declares AArch64 Advanced SIMD */
+
+#if EC_FEATURE_NEON
+#if !(defined(__aarch64__) && defined(__ARM_NEON))
+#error "the target declares NEON (cpu.features) but it is not an AArch64 target with Advanced SIMD"
+#endif
 #include <arm_neon.h>
 #define EC_HAVE_NEON 1
 
@@ -21,7 +26,7 @@ static inline int32x4_t ec_requant_s8_x4(int32x4_t acc, int32_t m, int32_t d, in
 }
 
 /* The same in three instructions, for layers where q + 2d cannot overflow int32
- * (microkernels.q31_form_fits): SQDMULH gives q = (acc * m) >> 31 (saturating only for
+ * (lower/kernels/requant.py q31_form_fits): SQDMULH gives q = (acc * m) >> 31 (saturating only for
  * acc = m = INT32_MIN; m > 0 here), and floor((floor(q / 2) + d) / 2^s) == floor((q + 2d) / 2^(s+1)). */
 static inline int32x4_t ec_requant_s8_q31_x4(int32x4_t acc, int32_t m, int32_t d, int32_t s, int32_t lo,
                                              int32_t hi)

@@ -10,11 +10,12 @@ import tvm
 from tvm import relax, tirx
 from tvm.ir.expr import GenericConst as _CONST
 
-from edgecomp.errors import ToolError, UnsupportedModelError, UserError
+from edgecomp.errors import ToolError, UnsupportedModelError
 from edgecomp.lower.model import Call, LoweredModel, MicroKernel, Tensor
-from edgecomp.lower.relax_import import import_and_fuse
-from edgecomp.lower.schedule import count_macs, schedule_for_mcu
-from edgecomp.quant import int_graph_for, is_quantized
+from edgecomp.lower.qops import int_graph_to_relax
+from edgecomp.lower.relax_import import fuse, import_and_fuse
+from edgecomp.lower.schedule import schedule_for_mcu, tir_macs
+from edgecomp.quant.ir import IntGraph
 
 SYMBOL_PREFIX = "ec_"
 WORKSPACE_ALIGN = 16
@@ -43,33 +44,34 @@ def _lower_fabs(call):
 tirx.register_intrin_lowering("tirx.fabs", target="c", f=_lower_fabs, level=99)
 
 
-def lower_model(
-    model: onnx.ModelProto, io: str = "float", kernels: str = "auto", simd: str = "none"
-) -> LoweredModel:
-    """Lower a checked, static-shape ONNX model to C kernels plus a call sequence.
+def lower_model(model: onnx.ModelProto, graph: IntGraph | None = None, kernels: str = "auto",
+                features: frozenset[str] = frozenset()) -> LoweredModel:  # fmt: skip
+    """Lower a checked, static-shape model to C kernels plus a call sequence.
 
-    io="int8" (quantized models only) makes the model's inputs and outputs its integer tensors.
-    kernels="auto" lets micro-kernels (microkernels.py) take the int8 convolutions and dense
-    layers; "tvm" keeps TVM's kernels for every op. simd="neon" (AArch64 targets) lets NEON
-    micro-kernels take the layers they cover.
+    A quantized build passes its integer graph (`graph`, with the I/O it compiles: float edges or
+    the integer tensors); `model` is then only used for its input and output names. kernels="auto"
+    lets the micro-kernel variants (kernels/) that the target's ISA `features` allow take the ops
+    they cover; "tvm" keeps TVM's kernels for every op.
     """
-    if io != "float" and not is_quantized(model):
-        raise UserError("--io int8 needs a quantized model (--quantize, or a QDQ model)")
-    micro: dict = {}
-    mod = import_and_fuse(model, io, micro if kernels == "auto" else None, simd)
+    chosen: dict[str, MicroKernel] = {}
+    if graph is not None:
+        mod, chosen = int_graph_to_relax(graph, features if kernels == "auto" else None)
+        mod = fuse(mod)
+    else:
+        mod = import_and_fuse(model)
     tensors, all_calls, inputs, outputs, copies = _walk_main(mod, model)
-    micro.update(copies)
+    micro = {**chosen, **copies}
     # A call whose outputs are all empty (a zero-size Slice...) has nothing to do.
     all_calls = [c for c in all_calls if any(tensors[o].size for o in c.outputs)]
     micro_calls = {i: micro[c.kernel] for i, c in enumerate(all_calls) if c.kernel in micro}
     calls = [c for c in all_calls if c.kernel not in micro]
-    kernels = sorted({c.kernel for c in calls})
+    kernel_names = sorted({c.kernel for c in calls})
     funcs = {}
     macs = {}
-    for name in kernels:
+    for name in kernel_names:
         func = mod[name]
-        macs[name] = count_macs(func)
-        funcs[SYMBOL_PREFIX + name] = schedule_for_mcu(func, simd).with_attr(
+        macs[name] = tir_macs(func)
+        funcs[SYMBOL_PREFIX + name] = schedule_for_mcu(func, vector="neon" in features).with_attr(
             "global_symbol", SYMBOL_PREFIX + name
         )
     source = _emit_c(tvm.IRModule(funcs))
@@ -89,10 +91,11 @@ def lower_model(
         for i, c in enumerate(all_calls)
     )  # fmt: skip
     qparams = {}
-    if io != "float":
-        graph = int_graph_for(model, io)
+    if graph is not None:
         for onnx_name, int_name in zip(inputs + outputs, graph.inputs + graph.outputs, strict=True):
-            qparams[onnx_name] = (graph.tensors[int_name].scale, graph.tensors[int_name].zero_point)
+            t = graph.tensors[int_name]
+            if t.dtype != "float32":
+                qparams[onnx_name] = (t.scale, t.zero_point)
     return LoweredModel(kernels_c=source, tensors=tensors, calls=calls, inputs=inputs, outputs=outputs,
                         qparams=qparams)  # fmt: skip
 

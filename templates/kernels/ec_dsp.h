@@ -1,7 +1,7 @@
 /* Dual 16-bit multiply-accumulate and requantization for edgecomp's micro-kernels.
  *
- * On cores with the Arm DSP extension (Cortex-M4/M7/M33/M55) these are single instructions
- * (SMLAD, SXTB16); elsewhere (Cortex-M0+/M3, the host build) portable C with the same results, so
+ * On targets that declare the Arm DSP extension (cpu.features = ["dsp"]: Cortex-M4/M7/M33/M55,
+ * Cortex-A7) these are single instructions (SMLAD, SXTB16); elsewhere (Cortex-M0+/M3, the host build) portable C with the same results, so
  * the host build checks the same arithmetic that runs on the device. */
 #ifndef EC_DSP_H
 #define EC_DSP_H
@@ -9,7 +9,12 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP
+#include "ec_features.h" /* EC_FEATURE_DSP: the target file declares the DSP extension */
+
+#if EC_FEATURE_DSP
+#if !(defined(__ARM_FEATURE_DSP) && __ARM_FEATURE_DSP)
+#error "the target declares the DSP extension (cpu.features) but its compiler flags do not enable it"
+#endif
 #include <arm_acle.h>
 #define EC_HAVE_DSP 1
 #else

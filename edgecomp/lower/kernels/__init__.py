@@ -1,0 +1,153 @@
+"""Hand-written integer micro-kernels, as a table of variants chosen by target capability.
+
+TVM's generic tensor expressions (qops.py) compute every integer op; for the ones that carry
+nearly all the MACs a Jinja-templated C kernel (templates/kernels/) specialised on the layer's
+shapes is faster. Each `Variant` says which op it computes, which ISA features the target must
+declare (`cpu.features` in targets/*.toml: "dsp", "neon", ...), when it applies, and how it
+prepares the layer (`make`: template parameters, weight packing, scratch bytes, MACs). The first
+variant in VARIANTS whose features the target has and that applies wins; the lowering emits a
+Relax `call_dps_packed` to its symbol and the code generator renders its template.
+
+Results are bit-identical to the TE kernels and the numpy reference: the same integer sums, the
+same requantization (quant/fixedpoint.py), the same clamp. Kernels that run on any core use the
+DSP extension's instructions through templates/kernels/ec_dsp.h when the target declares "dsp"
+(the same arithmetic in portable C otherwise), so the host build checks what the device runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgecomp.lower.kernels import add, conv, dense
+from edgecomp.lower.model import MicroKernel
+from edgecomp.quant.ir import IntGraph, IntOp
+from edgecomp.quant.ops import Add, Conv, Dense
+
+Make = Callable[[int, IntOp, IntGraph], "tuple[MicroKernel, list[np.ndarray]] | None"]
+
+
+def _always(op: IntOp, graph: IntGraph) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    op: type[IntOp]
+    template: str  # under templates/
+    make: Make  # (kernel index, op, graph) -> (MicroKernel, constant arguments), or None: does not apply
+    requires: frozenset[str] = frozenset()  # ISA features the target must declare
+    applies: Callable[[IntOp, IntGraph], bool] = _always  # cheap test before make
+    fuses_add: bool = False  # its epilogue can apply a following residual Add (p.fuse_add)
+    dtypes: tuple[str, ...] = ("int8",)  # of every input and the output
+
+
+# In order of preference: the first that the target's features allow and that applies is used.
+VARIANTS: tuple[Variant, ...] = (
+    Variant("conv_neon_s8", Conv, "kernels/conv_neon_s8.c.j2", conv.conv_neon_s8, frozenset({"neon"}),
+            conv.is_dense_conv, fuses_add=True),
+    Variant("conv_s8", Conv, "kernels/conv_s8.c.j2", conv.conv_s8, applies=conv.is_dense_conv, fuses_add=True),
+    Variant("dwconv_neon_s8", Conv, "kernels/dwconv_s8.c.j2", conv.dwconv_neon_s8, frozenset({"neon"}),
+            conv.neon_depthwise),
+    Variant("dwconv_s8", Conv, "kernels/dwconv_s8.c.j2", conv.dwconv_s8, applies=conv.is_depthwise),
+    Variant("dense_neon_s8", Dense, "kernels/dense_neon_s8.c.j2", dense.dense_neon_s8, frozenset({"neon"}),
+            dense.is_not_sparse),
+    Variant("dense_sparse_s8", Dense, "kernels/dense_sparse_s8.c.j2", dense.dense_sparse_s8,
+            applies=dense.is_sparse),
+    Variant("dense_s8", Dense, "kernels/dense_s8.c.j2", dense.dense_s8),
+    Variant("add_s8", Add, "kernels/add_s8.c.j2", add.add_s8),
+)  # fmt: skip
+
+
+def select(op: IntOp, graph: IntGraph, index: int, features: frozenset[str]
+           ) -> tuple[Variant, MicroKernel, list[np.ndarray]] | None:  # fmt: skip
+    """The first variant that computes `op` on a target with `features`, its kernel (symbols
+    numbered by `index`) and constant arguments; None keeps TVM's kernel."""
+    if any(graph.tensors[n].dtype not in ("int8",) for n in (*op.inputs, op.output)):
+        return None
+    for v in VARIANTS:
+        if not isinstance(op, v.op) or not v.requires <= features or not v.applies(op, graph):
+            continue
+        if any(graph.tensors[n].dtype not in v.dtypes for n in (*op.inputs, op.output)):
+            continue
+        made = v.make(index, op, graph)
+        if made is not None:
+            mk, consts = made
+            return v, mk, consts
+    return None
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """A micro-kernel call standing for one op, or for a convolution and the Add fused into it."""
+
+    variant: str
+    kernel: MicroKernel
+    inputs: tuple[str, ...]  # tensor inputs before the constants
+    consts: tuple[np.ndarray, ...]
+    extra_inputs: tuple[str, ...]  # tensor inputs after the constants (a fused Add's residual)
+    outputs: str  # the tensor it writes
+    fused: tuple[int, ...] = ()  # indices of ops whose results it also computes
+
+
+def _fused_add(op: IntOp, graph: IntGraph, consumers: dict, ready: set[str]) -> IntOp | None:
+    """The Add that is the only consumer of conv `op`'s output, if its other input is computed."""
+    users = consumers.get(op.output, [])
+    if not isinstance(op, Conv) or len(users) != 1 or not isinstance(users[0], Add) or op.output in graph.outputs:
+        return None
+    others = [i for i in users[0].inputs if i != op.output]
+    return users[0] if len(others) == 1 and others[0] in ready else None
+
+
+def _with_add(conv_op: IntOp, add_op: Add, graph: IntGraph, index: int, features: frozenset[str]) -> Chosen | None:
+    """A convolution kernel that also applies the Add of its result and a tensor computed earlier in
+    its epilogue — the same arithmetic as the two ops — taking the other addend as its last input,
+    whose buffer its output may take."""
+    conv_k, add_k = select(conv_op, graph, index, features), select(add_op, graph, 0, features)
+    if conv_k is None or add_k is None or not conv_k[0].fuses_add:
+        return None
+    (variant, mk, consts), (_, add_mk, (ta, tb)) = conv_k, add_k
+    add_p = {k: v for k, v in add_mk.params if k in ("mult", "addend", "sh", "lo", "hi")}
+    conv_is_a = add_op.inputs[0] == conv_op.output
+    params = {**dict(mk.params), **{f"add_{k}": v for k, v in add_p.items()}, "fuse_add": 1}
+    # Inputs: x, weights, bias, (M, addend) pairs, shifts, the conv result's and the residual's tables, residual.
+    fused = MicroKernel(f"ec_mk{index}_conv_add_s8", mk.template, tuple(sorted(params.items())),
+                        mk.scratch_bytes, mk.macs, (7,))  # fmt: skip
+    residual = tuple(i for i in add_op.inputs if i != conv_op.output)
+    tables = (ta, tb) if conv_is_a else (tb, ta)
+    return Chosen(f"{variant.name}+add", fused, conv_op.inputs, (*consts, *tables), residual, add_op.output)
+
+
+def choose(graph: IntGraph, features: frozenset[str]) -> dict[int, Chosen]:
+    """The micro-kernel of each op (by index in graph.ops) that one covers, in graph order (kernel
+    symbols are numbered in that order); ops fused into another's kernel are skipped."""
+    consumers = graph.consumers()
+    index_of = {id(op): i for i, op in enumerate(graph.ops)}
+    ready = set(graph.inputs)
+    plan: dict[int, Chosen] = {}
+    for i, op in enumerate(graph.ops):
+        if op.output in ready:
+            continue  # computed by a fused kernel
+        add_op = _fused_add(op, graph, consumers, ready)
+        chosen = _with_add(op, add_op, graph, len(plan), features) if add_op is not None else None
+        if chosen is not None:
+            chosen = Chosen(chosen.variant, chosen.kernel, chosen.inputs, chosen.consts, chosen.extra_inputs,
+                            chosen.outputs, (index_of[id(add_op)],))  # fmt: skip
+        else:
+            made = select(op, graph, len(plan), features)
+            if made is not None:
+                variant, mk, consts = made
+                chosen = Chosen(variant.name, mk, op.inputs, tuple(consts), (), op.output)
+        if chosen is not None:
+            plan[i] = chosen
+        ready.add(op.output)
+        if chosen is not None:
+            ready.add(chosen.outputs)
+    return plan
+
+
+def variant_names() -> list[str]:
+    return [v.name for v in VARIANTS]

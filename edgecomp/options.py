@@ -1,0 +1,64 @@
+"""What a build is asked to do: the options that key its cache, and the parsing of the option
+values that have a small language of their own (--prune, sizes)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from edgecomp.errors import UserError
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything that changes what `build` produces (and so keys its cache)."""
+
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    fit_check: bool = True
+    per_layer: bool = False
+    extra_cflags: str = ""
+    quantize: str | None = None  # "int8" / "int16x8": post-training quantization before lowering
+    calib_method: str = "minmax"
+    io: str = "float"  # "int8": a quantized model's C API takes and gives its integer tensors
+    sanitize: bool = False  # host only: build with ASan + UBSan
+    kernels: str = "auto"  # "auto": int8 micro-kernels where they apply; "tvm": TVM's kernels only
+    prune: str | None = None  # "channels=0.5" or "channels=ratios.json": structured pruning first
+    prune_importance: str = "l1"  # "l1", "l2" or "activation" (on the calibration data)
+    # Channels zero after their ReLU: "proven" for every input the quantized model accepts (interval
+    # arithmetic over its input range), "calib" also those zero on all calibration samples, "none".
+    dead_channels: str = "proven"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_prune(spec: str) -> dict:
+    """'channels=0.3' -> {"channels": 0.3}; 'channels=layers.json' (per-layer ratios);
+    'sparsity=0.5' (magnitude pruning); both, comma-separated."""
+    result: dict = {}
+    for part in spec.split(","):
+        key, _, value = part.partition("=")
+        if key not in ("channels", "sparsity") or not value or key in result:
+            raise UserError(f"--prune takes channels=RATIO|RATIOS.json and/or sparsity=RATIO, not '{spec}'")
+        try:
+            ratio = float(value)
+        except ValueError:
+            if key == "sparsity":
+                raise UserError(f"--prune sparsity takes a ratio, not '{value}'") from None
+            result[key] = value
+            continue
+        if not 0.0 <= ratio < 1.0:
+            raise UserError(f"--prune {key} ratio must be in [0, 1), not {ratio}")
+        result[key] = ratio
+    return result
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)(i?[bB])?\s*$")
+
+
+def parse_size(text: str) -> int:
+    """'256K', '1M', '65536' -> bytes (K = 1024)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise UserError(f"not a size: '{text}' (use e.g. 65536, 64K or 1M)")
+    return int(float(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()])

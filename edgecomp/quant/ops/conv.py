@@ -1,0 +1,77 @@
+"""Integer 2-D convolution (any groups: dense, depthwise, grouped), NCHW, weights [O, I/g, KH, KW]."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from edgecomp.errors import UnsupportedModelError
+from edgecomp.quant.extract import Extractor, handles
+from edgecomp.quant.ir import LinearOp, QTensor, int_array, register
+from edgecomp.quant.ops.pool import explicit_pads, windows
+
+
+@register
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Conv(LinearOp):
+    kind = "conv"
+    strides: tuple[int, int]
+    pads: tuple[int, int, int, int]  # top, left, bottom, right
+    dilations: tuple[int, int]
+    groups: int
+    pad_value: int  # the input's zero point: padding is a real 0
+
+    def validate(self) -> None:
+        super().validate()
+        self._require(self.weight.ndim == 4, "weights must be [O, I/groups, KH, KW]")
+        self._require(self.weight.shape[0] % self.groups == 0, "output channels must divide into groups")
+
+    def reference(self, xs, dtype):
+        w = self.weight.astype(np.int64)
+        t, left, b, r = self.pads
+        xp = np.pad(xs[0].astype(np.int64), ((0, 0), (0, 0), (t, b), (left, r)), constant_values=self.pad_value)
+        cout, cin_g, kh, kw = w.shape
+        win = windows(xp, (kh, kw), self.strides, self.dilations)  # N, Cin, OH, OW, KH, KW
+        n, _, oh, ow = win.shape[:4]
+        acc = np.empty((n, cout, oh, ow), np.int64)
+        cout_g = cout // self.groups
+        for gi in range(self.groups):
+            x_g = win[:, gi * cin_g : (gi + 1) * cin_g]
+            w_g = w[gi * cout_g : (gi + 1) * cout_g]
+            acc[:, gi * cout_g : (gi + 1) * cout_g] = np.einsum("ncyxhw,ochw->noyx", x_g, w_g, optimize=True)
+        return self.requantize(acc, (1, -1, 1, 1), dtype)
+
+
+def acc_bias(bias: np.ndarray, x: QTensor) -> np.ndarray:
+    """The bias in the accumulator's type: int32 for int8 inputs, int64 for int16 (whose folded zero
+    point term alone can exceed int32)."""
+    if x.dtype == "int16":
+        return bias.astype(np.int64)
+    if np.abs(bias).max(initial=0) >= 1 << 31:
+        raise UnsupportedModelError("an int32 bias overflows after folding the input zero point")
+    return bias.astype(np.int32)
+
+
+@handles("Conv")
+def conv_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
+    x = ex.act_in(node.input[0], node)
+    w, w_scale, _ = ex.weight(node.input[1], node)
+    if w.ndim != 4:
+        raise UnsupportedModelError(f"node '{node.name}': only 2-D convolutions have an integer kernel")
+    a = ex.attrs(node)
+    dil = tuple(a.get("dilations", (1, 1)))
+    strides = tuple(a.get("strides", (1, 1)))
+    pads = explicit_pads(a, x.shape[2:], w.shape[2:], strides, dil, node)
+    out, (lo, hi) = ex.out(node)
+    cout = w.shape[0]
+    bias = ex.bias(node, 2, x, w_scale, cout)
+    w64 = w.astype(np.int64)
+    bias = bias - x.zero_point * w64.reshape(cout, -1).sum(axis=1)  # the input zero point, folded
+    mult, shift = ex.requant_params(x, w_scale, out, w64.reshape(cout, -1), bias)
+    bias = acc_bias(bias, x)
+    ex.emit(Conv(inputs=(x.name,), output=out.name, node=node.name, weight=int_array(w, np.int8),
+                 bias=int_array(bias, bias.dtype), mult=int_array(mult, np.int64),
+                 shift=int_array(shift, np.int64), strides=strides, pads=pads, dilations=dil,
+                 groups=int(a.get("group", 1)), pad_value=x.zero_point, out_zp=out.zero_point, lo=lo, hi=hi))  # fmt: skip
