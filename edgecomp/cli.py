@@ -24,7 +24,7 @@ DEFAULT_TOLERANCE = 1e-4
 
 def _build_parent() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("model", type=Path, help="ONNX model file")
+    p.add_argument("model", type=Path, help="ONNX (.onnx) or TFLite (.tflite) model file")
     p.add_argument("--target", "-t", default="cortex-m7",
                    help=f"target name ({', '.join(available_targets())}) or a target .toml file [cortex-m7]")  # fmt: skip
     p.add_argument("-o", "--output-dir", type=Path, help="build folder [build/<model>-<target>]")
@@ -45,9 +45,9 @@ def _build_parent() -> argparse.ArgumentParser:
     )
     q.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax",
                    help="how activation ranges are chosen [minmax]")  # fmt: skip
-    q.add_argument("--io", choices=["float", "int8"], default="float",
+    q.add_argument("--io", choices=["float", "int8"], default=None,
                    help="quantized models: float I/O (quantized at the edges) or the integer tensors "
-                        "(int16 for int16x8 models) [float]")  # fmt: skip
+                        "(int16 for int16x8 models) [the model's own: float for ONNX, int8 for an int8 TFLite model]")  # fmt: skip
     q.add_argument("--prune", metavar="channels=RATIO|channels=RATIOS.json",
                    help="structured channel pruning before quantization: a global ratio, or per-layer ratios "
                         "(JSON: Conv/Gemm node name -> ratio)")  # fmt: skip

@@ -69,8 +69,12 @@ def to_model_dtype(arr: np.ndarray, spec: dict) -> np.ndarray:
     if "scale" not in spec:
         raise UserError(f"input '{spec['name']}' is {dtype}; the data holds {arr.dtype}")
     info = np.iinfo(dtype)
-    q = np.rint(arr.astype(np.float32) / np.float32(spec["scale"])) + spec["zero_point"]
-    return np.clip(q, info.min, info.max).astype(dtype)
+    v = arr.astype(np.float32) / np.float32(spec["scale"])
+    if spec.get("rounding") == "half_away":  # a TFLite model's input: its QUANTIZE's roundf
+        q = np.copysign(np.floor(np.abs(v).astype(np.float64) + 0.5), v)
+    else:
+        q = np.rint(v)
+    return np.clip(q + spec["zero_point"], info.min, info.max).astype(dtype)
 
 
 def _read(path: Path) -> np.ndarray | dict[str, np.ndarray]:

@@ -19,7 +19,9 @@ class BuildOptions:
     extra_cflags: str = ""
     quantize: str | None = None  # "int8" / "int16x8": post-training quantization before lowering
     calib_method: str = "minmax"
-    io: str = "float"  # "int8": a quantized model's C API takes and gives its integer tensors
+    # "int8": a quantized model's C API takes and gives its integer tensors; "float": float tensors,
+    # quantized at the edges; None: the model's own (float for ONNX, int8 for a full-integer TFLite).
+    io: str | None = None
     sanitize: bool = False  # host only: build with ASan + UBSan
     kernels: str = "auto"  # "auto": int8 micro-kernels where they apply; "tvm": TVM's kernels only
     prune: str | None = None  # "channels=0.5" or "channels=ratios.json": structured pruning first

@@ -22,6 +22,8 @@ from edgecomp.build import ElfSizes, boot2_image, compiler_for, compiler_version
 from edgecomp.codegen import generate_project
 from edgecomp.errors import DoesNotFitError, UserError
 from edgecomp.frontend import load_model
+from edgecomp.frontend.load import load_model_proto
+from edgecomp.frontend.tflite import TflModel, is_tflite
 from edgecomp.io import load_calibration, load_eval
 from edgecomp.lower import LoweredModel
 from edgecomp.lower.kernels.dense import TILE_ROWS
@@ -40,6 +42,7 @@ from edgecomp.passes import (
 from edgecomp.passes.quantize import quantize
 from edgecomp.quant import IntGraph, int_graph_for, is_quantized
 from edgecomp.quant.accuracy import evaluate
+from edgecomp.quant.from_tflite import tflite_int_graph
 from edgecomp.resources import data_dir
 from edgecomp.targets import Target
 
@@ -49,10 +52,11 @@ class BuildResult:
     outdir: Path
     report: dict
     target: Target
-    model: onnx.ModelProto  # the model as compiled: front-end normalised, passes applied, quantized if asked
-    cached: bool
+    model: onnx.ModelProto | None  # as compiled: front-end normalised, passes applied, quantized if asked
+    cached: bool  # (None for an integer TFLite model: `tflite` and `int_graph` hold it)
     float_model: onnx.ModelProto | None = None  # the float original of a model quantized here
     int_graph: IntGraph | None = None  # quantized builds: the integer graph compiled (with its I/O)
+    tflite: TflModel | None = None  # an integer TFLite model, as read
 
     @property
     def quantized(self) -> bool:
@@ -102,8 +106,13 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
     """
     options = options or BuildOptions()
     outdir = Path(outdir or default_outdir(model_path, target))
-    model = load_model(model_path, options.input_shapes)
-    if options.quantize and is_quantized(model):
+    model, tfl = _front_end(Path(model_path), options)
+    if tfl is not None:
+        for flag, given in (("--quantize", options.quantize), ("--prune", options.prune), ("--calib", calib),
+                            ("--eval", eval_data), ("--save-quantized", save_quantized)):  # fmt: skip
+            if given:
+                raise UserError(f"{model_path} is an integer TFLite model: {flag} does not apply to it")
+    elif options.quantize and is_quantized(model):
         raise UserError(f"{model_path} is already quantized (QDQ): build it without --quantize")
     if options.quantize and calib is None:
         raise UserError("--quantize needs calibration data: --calib DATA (.npy, .npz or a folder of .npy)")
@@ -111,7 +120,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         raise UserError(f"{model_path} is quantized (QDQ): prune the float model, then quantize (--quantize)")
     if eval_data is not None and not options.quantize:
         raise UserError("--eval compares a quantized model with its float original: use it with --quantize")
-    if options.io != "float" and not options.quantize and not is_quantized(model):
+    if options.io == "int8" and tfl is None and not options.quantize and not is_quantized(model):
         raise UserError("--io int8 needs a quantized model (--quantize, or a QDQ model)")
     model_bytes = Path(model_path).read_bytes()
     prune_spec = parse_prune(options.prune) if options.prune else None
@@ -122,27 +131,31 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         model_bytes, target, options, [p for p in (calib, eval_data, ratios_file) if p is not None]
     )
     if reuse:
-        cached = _cached(outdir, key, target, options)
+        cached = _cached(outdir, key, target, options, tfl)
         if cached is not None:
             _save_models(cached.model, cached.float_model, save_quantized, save_pruned)
             return cached
 
     t0 = time.monotonic()
-    calib_samples = load_calibration(calib, io_specs(model)) if calib is not None else None
-    model, graph_report = graph_passes(model, options, prune_spec, calib_samples)
-    float_model = model  # what quantization starts from and is compared with
-    if options.quantize:
-        log(f"quantizing to {options.quantize} ({options.calib_method} calibration)")
-        model = onnx.shape_inference.infer_shapes(
-            quantize(model, calib_samples, options.quantize, options.calib_method).model
-        )
-    _save_models(model, float_model if options.quantize else None, save_quantized, save_pruned)
-    int_graph = int_graph_for(fold_constants(model).model, options.io) if is_quantized(model) else None
+    float_model, graph_report = None, {}
+    if tfl is not None:  # an integer TFLite model: its own integer graph, TFLite's arithmetic
+        int_graph = tflite_int_graph(tfl, options.io)
+    else:
+        calib_samples = load_calibration(calib, io_specs(model)) if calib is not None else None
+        model, graph_report = graph_passes(model, options, prune_spec, calib_samples)
+        float_model = model  # what quantization starts from and is compared with
+        if options.quantize:
+            log(f"quantizing to {options.quantize} ({options.calib_method} calibration)")
+            model = onnx.shape_inference.infer_shapes(
+                quantize(model, calib_samples, options.quantize, options.calib_method).model
+            )
+        _save_models(model, float_model if options.quantize else None, save_quantized, save_pruned)
+        int_graph = int_graph_for(fold_constants(model).model, options.io or "float") if is_quantized(model) else None
 
     log(f"lowering {model_path.name} through TVM for {target.name}")
     from edgecomp.lower import lower_model  # TVM: loaded only by builds that compile
-    lowered = lower_model(model if int_graph is not None else fold_constants(model).model, int_graph, options.kernels,
-                          target.features)  # fmt: skip
+    lowered = lower_model(model if int_graph is not None else fold_constants(model).model, int_graph,
+                          options.kernels, target.features)  # fmt: skip
     provenance = {
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "options": json.dumps(options.as_dict(), sort_keys=True),
@@ -161,7 +174,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         )
         binary = run_make(tmp, target, options.extra_cflags, ("SANITIZE=1",) if options.sanitize else ())
         sizes = None if target.is_process else elf_sizes(binary)
-        report = _report(model_path, model, target, options, key, lowered, project.plan, sizes, t_gen,
+        report = _report(model_path, model, int_graph, target, options, key, lowered, project.plan, sizes, t_gen,
                          time.monotonic() - t0)  # fmt: skip
         report.update(graph_report)
         if eval_data is not None:
@@ -170,7 +183,8 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
             report["accuracy"] = evaluate(float_model, int_graph_for(fold_constants(model).model), samples, labels)
         if sizes is not None and options.fit_check:
             _check_fit(target, sizes)
-        onnx.save(model, str(tmp / COMPILED_MODEL))
+        if model is not None:
+            onnx.save(model, str(tmp / COMPILED_MODEL))
         if options.quantize:
             onnx.save(float_model, str(tmp / FLOAT_MODEL))
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -181,10 +195,27 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return BuildResult(outdir, report, target, model, False, float_model if options.quantize else None,
-                       int_graph)  # fmt: skip
+                       int_graph, tfl)  # fmt: skip
 
 
-def _save_models(model: onnx.ModelProto, float_model: onnx.ModelProto | None, save_quantized: Path | None,
+def _front_end(path: Path, options: BuildOptions):
+    """(ONNX model, None), or for an integer TFLite model (None, its TflModel); a float TFLite
+    model comes back as the equivalent ONNX model."""
+    if is_tflite(path):
+        from edgecomp.frontend.tflite import read_tflite
+
+        tfl = read_tflite(path)
+        if tfl.is_integer:
+            if options.input_shapes:
+                raise UserError(f"{path}: --input-shape does not apply to a TFLite model (its shapes are static)")
+            return None, tfl
+        from edgecomp.frontend.tflite_float import tflite_to_onnx
+
+        return load_model_proto(tflite_to_onnx(tfl), path, options.input_shapes), None
+    return load_model(path, options.input_shapes), None
+
+
+def _save_models(model: onnx.ModelProto | None, float_model: onnx.ModelProto | None, save_quantized: Path | None,
                  save_pruned: Path | None) -> None:  # fmt: skip
     """--save-quantized (the QDQ model) and --save-pruned (the float model after the graph passes)."""
     for path, m in ((save_quantized, model if float_model is not None else None),
@@ -268,21 +299,25 @@ def io_specs(model: onnx.ModelProto) -> list[dict]:
     ]
 
 
-def _cached(outdir: Path, key: str, target: Target, options: BuildOptions) -> BuildResult | None:
+def _cached(outdir: Path, key: str, target: Target, options: BuildOptions, tfl=None) -> BuildResult | None:
     """The build in `outdir` if it was made from the same inputs (its key) and is complete."""
     try:
         report = json.loads((outdir / "report.json").read_text())
     except (OSError, ValueError):
         return None
     binary = outdir / ("harness" if target.is_process else "firmware.elf")
-    if report.get("build_key") != key or not binary.exists() or not (outdir / COMPILED_MODEL).exists():
+    if report.get("build_key") != key or not binary.exists():
+        return None
+    if tfl is not None:  # an integer TFLite model: its graph again from the same file
+        return BuildResult(outdir, report, target, None, True, None, tflite_int_graph(tfl, options.io), tfl)
+    if not (outdir / COMPILED_MODEL).exists():
         return None
     try:
         model = onnx.load(str(outdir / COMPILED_MODEL))
         float_model = onnx.load(str(outdir / FLOAT_MODEL)) if options.quantize else None
     except Exception:  # an unreadable leftover: rebuild
         return None
-    int_graph = int_graph_for(fold_constants(model).model, options.io) if is_quantized(model) else None
+    int_graph = int_graph_for(fold_constants(model).model, options.io or "float") if is_quantized(model) else None
     return BuildResult(outdir, report, target, model, True, float_model, int_graph)
 
 
@@ -314,12 +349,13 @@ def _check_fit(target: Target, sizes: ElfSizes) -> None:
 
 
 def _report(
-    model_path, model, target, options, key, lowered: LoweredModel, plan, sizes, t_gen, t_total
+    model_path, model, int_graph, target, options, key, lowered: LoweredModel, plan, sizes, t_gen, t_total
 ) -> dict:
     layers = [
         {
             "index": i,
             "kernel": c.kernel,
+            "variant": c.micro.variant if c.micro is not None and c.micro.variant else "tvm",
             "inputs": list(c.inputs),
             "outputs": list(c.outputs),
             "macs": c.macs,
@@ -327,6 +363,7 @@ def _report(
         }
         for i, c in enumerate(lowered.calls)
     ]
+    rounding = "half_away" if model is None else "half_even"  # how float data for an integer input is quantized
     report = {
         "edgecomp_version": __version__,
         "model": str(model_path),
@@ -337,11 +374,11 @@ def _report(
             t.dtype in ("int8", "int16") for t in lowered.tensors.values() if t.kind == "intermediate"
         ),
         "macs": lowered.macs,
-        "params": count_params(model),
+        "params": count_params(model) if model is not None else int_graph.params,
         "weights_bytes": sum(t.nbytes for t in lowered.tensors.values() if t.kind == "const"),
         "arena_bytes": plan.arena_bytes,
         "arena_unshared_bytes": plan.unshared_bytes,
-        "inputs": [_tensor_entry(lowered.tensors[n], lowered.qparams) for n in lowered.inputs],
+        "inputs": [_tensor_entry(lowered.tensors[n], lowered.qparams, rounding) for n in lowered.inputs],
         "outputs": [_tensor_entry(lowered.tensors[n], lowered.qparams) for n in lowered.outputs],
         "layers": layers,
         "memory_plan": plan.as_dict()["buffers"],
@@ -382,8 +419,10 @@ def _report(
     return report
 
 
-def _tensor_entry(t, qparams: dict) -> dict:
+def _tensor_entry(t, qparams: dict, rounding: str | None = None) -> dict:
     entry = {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
     if t.name in qparams:
         entry["scale"], entry["zero_point"] = float(qparams[t.name][0]), int(qparams[t.name][1])
+        if rounding == "half_away":  # TFLite's QUANTIZE; ONNX QuantizeLinear rounds half to even
+            entry["rounding"] = rounding
     return entry

@@ -132,6 +132,20 @@ def _check_integer(result: BuildResult, samples, outputs, expected) -> CheckResu
     total = sum(w.size for ws in expected for w in ws)
     lines = [f"vs integer reference: {total - differing}/{total} outputs bit-exact"]
     figures: dict = {"bit_exact": differing == 0, "differing": differing, "total": total}
+    failure = f"{differing} of {total} outputs differ from the integer reference" if differing else ""
+    if result.tflite is not None:
+        tflm = tflm_outputs(result, samples)
+        if tflm is None:
+            lines.append("vs TFLite Micro: not checked (its interpreter is the PyPI package tflite-micro: "
+                         "pip install 'edgecomp[tflite]')")  # fmt: skip
+        else:
+            off = sum(int(np.sum(g != w)) for gs, ws in zip(outputs, tflm, strict=True)
+                      for g, w in zip(gs, ws, strict=True))  # fmt: skip
+            figures["tflm_bit_exact"], figures["tflm_differing"] = off == 0, off
+            lines.append(f"vs TFLite Micro's interpreter: {total - off}/{total} outputs bit-exact")
+            if off and not failure:
+                failure = f"{off} of {total} outputs differ from TFLite Micro's interpreter"
+        return CheckResult(not failure, lines, failure, figures)
     # onnxruntime and the float model take and give float: compare through the I/O scales.
     ins, outs = result.report["inputs"], result.report["outputs"]
     f_samples = [[real_value(x, e) for x, e in zip(s, ins, strict=True)] for s in samples]
@@ -147,8 +161,45 @@ def _check_integer(result: BuildResult, samples, outputs, expected) -> CheckResu
         figures["sqnr_db"] = sq
         lines.append(f"vs float model: SQNR {sq:.1f} dB, max abs error {cmp.max_abs_error:.3g}, "
                      f"argmax agreement {cmp.argmax_agreement:.0%}")  # fmt: skip
-    failure = f"{differing} of {total} outputs differ from the integer reference" if differing else ""
     return CheckResult(differing == 0, lines, failure, figures)
+
+
+def tflm_outputs(result: BuildResult, samples: list[list[np.ndarray]]) -> list[list[np.ndarray]] | None:
+    """TFLite Micro's own outputs (its Python interpreter, PyPI tflite-micro) for the samples of an
+    integer TFLite build, in the build's output types; None when tflite-micro is not installed."""
+    try:
+        from tflite_micro.python.tflite_micro import runtime
+    except ImportError:
+        return None
+    tfl = result.tflite
+    try:
+        interp = runtime.Interpreter.from_file(str(tfl.path), arena_size=_tflm_arena(tfl))
+    except Exception as exc:  # its own errors (an op it lacks...) are RuntimeErrors
+        raise ToolError(f"TFLite Micro's interpreter cannot run {tfl.path}: {str(exc).strip()[:300]}") from exc
+    outs_spec = result.report["outputs"]
+    results = []
+    for sample in samples:
+        for i, (x, idx) in enumerate(zip(sample, tfl.inputs, strict=True)):
+            t = tfl.tensors[idx]
+            if x.dtype != np.dtype(t.dtype):  # float data for an integer input: TFLite's QUANTIZE
+                x = device_value(x, {"name": t.name, "dtype": t.dtype, "scale": t.scale,
+                                     "zero_point": t.zero_point, "rounding": "half_away"})  # fmt: skip
+            interp.set_input(np.ascontiguousarray(x.reshape(t.shape)), i)
+        interp.invoke()
+        outs = []
+        for j, (idx, spec) in enumerate(zip(tfl.outputs, outs_spec, strict=True)):
+            y, t = interp.get_output(j), tfl.tensors[idx]
+            if np.dtype(spec["dtype"]) != y.dtype and t.quantized:  # the build dequantizes it
+                y = real_value(y, {"scale": t.scale, "zero_point": t.zero_point})
+            outs.append(y.reshape(spec["shape"]))
+        results.append(outs)
+    return results
+
+
+def _tflm_arena(tfl) -> int:
+    """An arena for TFLite Micro's interpreter: all non-constant tensors, twice, plus slack."""
+    need = sum(int(np.prod(t.shape or (1,))) * np.dtype(t.dtype).itemsize for t in tfl.tensors if t.data is None)
+    return 2 * need + (1 << 16)
 
 
 def real_value(x: np.ndarray, entry: dict) -> np.ndarray:
@@ -160,13 +211,13 @@ def real_value(x: np.ndarray, entry: dict) -> np.ndarray:
 
 
 def device_value(x: np.ndarray, entry: dict) -> np.ndarray:
-    """A float sample as the build's input `entry` takes it: quantized (round half to even, as
-    QuantizeLinear, saturated) when the build has integer I/O."""
+    """A float sample as the build's input `entry` takes it: quantized (as the model's own
+    quantizer rounds, saturated) when the build has integer I/O."""
     if "scale" not in entry:
         return x
-    info = np.iinfo(entry["dtype"])
-    q = np.rint(x.astype(np.float32) / np.float32(entry["scale"])) + entry["zero_point"]
-    return np.clip(q, info.min, info.max).astype(entry["dtype"])
+    from edgecomp.io import to_model_dtype
+
+    return to_model_dtype(x.astype(np.float32), entry)
 
 
 def float_outputs(result: BuildResult, float_samples: list[list[np.ndarray]]) -> list[list[np.ndarray]]:

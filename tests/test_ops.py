@@ -137,8 +137,22 @@ def _model_conv_prelu():
     return make_model([node, prelu], [X], [("y", [1, 6, 8, 8])], [*inits, slope])
 
 
+def _model_pool_pad_add():
+    """A channel Pad after a pool, as BlazeFace/face-mesh exports have it: the padded channels are
+    written by no input element (TVM's schedule primitives once dropped them; host test builds
+    start with a poisoned arena, so unwritten values show)."""
+    pool = helper.make_node("MaxPool", ["x"], ["p"], "pool", kernel_shape=[2, 2], strides=[2, 2])
+    pads = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 4, 0, 0], np.int64), "pads")
+    pad = helper.make_node("Pad", ["p", "pads"], ["q"], "pad", mode="constant")
+    node, inits = _conv("conv_s2", 4, 8, 3, strides=[2, 2], pads=[1, 1, 1, 1])
+    node.output[0] = "c"
+    add = helper.make_node("Add", ["q", "c"], ["y"], "add")
+    return make_model([pool, pad, node, add], [X], [("y", [1, 8, 4, 4])], [pads, *inits])
+
+
 MODELS = {
     "conv": _model_conv,
+    "pool_pad_add": _model_pool_pad_add,
     "conv_stride_asym_pad": _model_conv_stride,
     "depthwise": _model_depthwise,
     "grouped": _model_grouped,

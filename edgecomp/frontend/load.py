@@ -52,6 +52,12 @@ def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = Non
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ValueError...
         raise UserError(f"{path} is not a readable ONNX model: {_first_line(exc)}") from exc
+    return load_model_proto(model, path, input_shapes)
+
+
+def load_model_proto(model: onnx.ModelProto, path: Path, input_shapes: dict[str, list[int]] | None = None
+                     ) -> onnx.ModelProto:  # fmt: skip
+    """load_model for a model already in memory (`path` names it in messages)."""
     if not model.graph.node and not model.graph.output:
         raise UserError(f"{path} is not a readable ONNX model: it has no graph")
     if not model.graph.output:

@@ -44,12 +44,13 @@ def _lower_fabs(call):
 tirx.register_intrin_lowering("tirx.fabs", target="c", f=_lower_fabs, level=99)
 
 
-def lower_model(model: onnx.ModelProto, graph: IntGraph | None = None, kernels: str = "auto",
+def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, kernels: str = "auto",
                 features: frozenset[str] = frozenset()) -> LoweredModel:  # fmt: skip
     """Lower a checked, static-shape model to C kernels plus a call sequence.
 
     A quantized build passes its integer graph (`graph`, with the I/O it compiles: float edges or
-    the integer tensors); `model` is then only used for its input and output names. kernels="auto"
+    the integer tensors); `model` (None for a TFLite model) then only gives the input and output
+    names, else the graph's own names are used. kernels="auto"
     lets the micro-kernel variants (kernels/) that the target's ISA `features` allow take the ops
     they cover; "tvm" keeps TVM's kernels for every op.
     """
@@ -59,7 +60,12 @@ def lower_model(model: onnx.ModelProto, graph: IntGraph | None = None, kernels: 
         mod = fuse(mod)
     else:
         mod = import_and_fuse(model)
-    tensors, all_calls, inputs, outputs, copies = _walk_main(mod, model)
+    if model is not None:
+        inits = {i.name for i in model.graph.initializer}
+        names = ([i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output])
+    else:
+        names = (list(graph.inputs), list(graph.outputs))
+    tensors, all_calls, inputs, outputs, copies = _walk_main(mod, *names)
     micro = {**chosen, **copies}
     # A call whose outputs are all empty (a zero-size Slice...) has nothing to do.
     all_calls = [c for c in all_calls if any(tensors[o].size for o in c.outputs)]
@@ -142,13 +148,12 @@ def _sinfo_tensors(sinfo) -> list[tuple[tuple[int, ...], str]]:
     return [(shape, str(sinfo.dtype))]
 
 
-def _walk_main(mod: tvm.IRModule, model: onnx.ModelProto):
-    """Turn Relax main's dataflow into tensors and a call sequence."""
+def _walk_main(mod: tvm.IRModule, onnx_inputs: list[str], onnx_outputs: list[str]):
+    """Turn Relax main's dataflow into tensors and a call sequence (model inputs and outputs named
+    `onnx_inputs`, `onnx_outputs`)."""
     main = mod["main"]
     tensors: dict[str, Tensor] = {}
     env: dict = {}  # relax Var -> list of tensor names (several for a tuple)
-    inits = {i.name for i in model.graph.initializer}
-    onnx_inputs = [i.name for i in model.graph.input if i.name not in inits]
     if len(onnx_inputs) != len(main.params):
         raise UnsupportedModelError(
             f"TVM's import has {len(main.params)} inputs but the model has {len(onnx_inputs)}"
@@ -162,12 +167,20 @@ def _walk_main(mod: tvm.IRModule, model: onnx.ModelProto):
         inputs.append(name)
 
     consts: dict = {}
+    io_names = set(onnx_inputs) | set(onnx_outputs)
+
+    def fresh(prefix: str, k: int) -> str:
+        """t<k> / c<k>, unless the model names an input or output so (then a suffix)."""
+        name = f"{prefix}{k}"
+        while name in io_names or name in tensors:
+            name += "_"
+        return name
 
     def arg_names(expr) -> list[str]:
         if isinstance(expr, _CONST):
             if expr not in consts:
                 data = expr.value.numpy()
-                name = f"c{len(consts)}"
+                name = fresh("c", len(consts))
                 consts[expr] = name
                 tensors[name] = Tensor(
                     name, tuple(data.shape), str(data.dtype), "const", np.ascontiguousarray(data)
@@ -193,7 +206,7 @@ def _walk_main(mod: tvm.IRModule, model: onnx.ModelProto):
                 ins = [n for a in value.args[1].fields for n in arg_names(a)]
                 outs = []
                 for shape, dtype in _sinfo_tensors(value.ty_args[0]):
-                    name = f"t{len([t for t in tensors.values() if t.kind == 'intermediate'])}"
+                    name = fresh("t", len([t for t in tensors.values() if t.kind == "intermediate"]))
                     tensors[name] = Tensor(name, shape, dtype, "intermediate")
                     outs.append(name)
                 env[binding.var] = outs
@@ -213,7 +226,6 @@ def _walk_main(mod: tvm.IRModule, model: onnx.ModelProto):
     out_names = [
         n for f in (result.fields if isinstance(result, relax.Tuple) else [result]) for n in arg_names(f)
     ]
-    onnx_outputs = [o.name for o in model.graph.output]
     if len(out_names) != len(onnx_outputs):
         raise UnsupportedModelError(
             f"TVM's import has {len(out_names)} outputs but the model has {len(onnx_outputs)}"
@@ -226,7 +238,7 @@ def _walk_main(mod: tvm.IRModule, model: onnx.ModelProto):
         if t.kind != "intermediate" or internal in rename:
             kernel = f"{SYMBOL_PREFIX}copy_{len(copies)}"
             copies[kernel] = MicroKernel(kernel, "kernels/copy.c.j2", (("bytes", t.nbytes),), 0, 0)
-            copy = f"t{len([t for t in tensors.values() if t.kind == 'intermediate'])}"
+            copy = fresh("t", len([t for t in tensors.values() if t.kind == "intermediate"]))
             tensors[copy] = Tensor(copy, t.shape, t.dtype, "intermediate")
             calls.append(Call(kernel, "", (internal,), (copy,), 0, 0))
             internal = copy

@@ -21,6 +21,7 @@ from edgecomp.lower.kernels import Chosen
 from edgecomp.lower.model import MicroKernel
 from edgecomp.quant import ops
 from edgecomp.quant.ir import IntGraph, IntOp, Rescale
+from edgecomp.quant.ops.avgpool_tfl import tap_counts
 
 I32, I64 = "int32", "int64"
 
@@ -32,6 +33,28 @@ def _c(v, dtype=I64):
 def _requant(acc, mult, shift):
     """(acc * mult + 2**(shift-1)) >> shift, in int64; mult/shift are int64 expressions."""
     return (acc * mult + (_c(1) << (shift - _c(1)))) >> shift
+
+
+def _requant_double(acc, mult, shift):
+    """fixedpoint.requant_double: TFLite's two roundings, s = 31 - shift; int64 expressions."""
+    s = _c(31) - shift
+    x = acc * (_c(1) << tirx.Max(s, _c(0)))  # a multiplication: << of a negative value is undefined in C
+    h = (x * mult + (_c(1) << _c(30))) >> _c(31)  # SaturatingRoundingDoublingHighMul: ties up
+    e = tirx.Max(-s, _c(0))
+    mask = (_c(1) << e) - _c(1)
+    threshold = (mask >> _c(1)) + tirx.Select(h < _c(0), _c(1), _c(0))
+    return (h >> e) + tirx.Select((h & mask) > threshold, _c(1), _c(0))  # RoundingDivideByPOT: ties away
+
+
+def _requant_by(rounding: str):
+    return _requant if rounding == "single" else _requant_double
+
+
+def _broadcast(t, idx, out_rank: int):
+    """t[...] at output index `idx` under numpy broadcasting (t's dims aligned right, size 1 repeated)."""
+    shape = [int(d) for d in t.shape]
+    lead = out_rank - len(shape)
+    return t[tuple(_c(0, "int32") if d == 1 else idx[lead + k] for k, d in enumerate(shape))]
 
 
 def _clamp(v, lo, hi, dtype):
@@ -84,7 +107,7 @@ def _conv(x, w, bias, mult, shift, *, a, dtype):
     return te.compute(
         (n, cout, oh, ow),
         lambda i, o, y, xx: _clamp(
-            _requant(acc[i, o, y, xx].astype(I64) + bias[o].astype(I64), mult[o].astype(I64), shift[o].astype(I64))
+            _requant_by(a.rounding)(acc[i, o, y, xx].astype(I64) + bias[o].astype(I64), mult[o].astype(I64), shift[o].astype(I64))
             + _c(a.out_zp), a.lo, a.hi, dtype),
         name="requant",
     )  # fmt: skip
@@ -100,31 +123,43 @@ def _dense(x, w, bias, mult, shift, *, a, dtype):
     )
     return te.compute(
         (n, o),
-        lambda i, j: _clamp(_requant(acc[i, j].astype(I64) + bias[j].astype(I64), mult[j].astype(I64), shift[j].astype(I64))
-                            + _c(a.out_zp), a.lo, a.hi, dtype),
+        lambda i, j: _clamp(_requant_by(a.rounding)(acc[i, j].astype(I64) + bias[j].astype(I64), mult[j].astype(I64),
+                                                    shift[j].astype(I64)) + _c(a.out_zp), a.lo, a.hi, dtype),
         name="requant",
     )  # fmt: skip
 
 
-def _add(x, y, *, a, dtype):
+def _operands(x, y, shape):
+    """x[idx], y[idx] at an output index: as they are when both have the output's shape, else broadcast."""
+    if [int(d) for d in x.shape] == list(shape) == [int(d) for d in y.shape]:
+        return lambda idx: (x[idx], y[idx])
+    return lambda idx: (_broadcast(x, idx, len(shape)), _broadcast(y, idx, len(shape)))
+
+
+def _add(x, y, *, a, dtype, shape):
     ls = _c(a.left_shift)
+    rq = _requant_by(a.rounding)
+    at = _operands(x, y, shape)
 
     def f(*idx):
-        xa = _requant((x[idx].astype(I64) - _c(a.a_zp)) << ls, _c(a.a_mult), _c(a.a_shift))
-        xb = _requant((y[idx].astype(I64) - _c(a.b_zp)) << ls, _c(a.b_mult), _c(a.b_shift))
-        return _clamp(
-            _requant(xa + xb, _c(a.mult), _c(a.shift)) + _c(a.out_zp), a.lo, a.hi, dtype
-        )
+        xv, yv = at(idx)
+        xa = rq((xv.astype(I64) - _c(a.a_zp)) << ls, _c(a.a_mult), _c(a.a_shift))
+        xb = rq((yv.astype(I64) - _c(a.b_zp)) << ls, _c(a.b_mult), _c(a.b_shift))
+        return _clamp(rq(xa - xb if a.subtract else xa + xb, _c(a.mult), _c(a.shift)) + _c(a.out_zp), a.lo, a.hi,
+                      dtype)  # fmt: skip
 
-    return te.compute(x.shape, f, name="qadd")
+    return te.compute(tuple(shape), f, name="qadd")
 
 
-def _mul(x, y, *, a, dtype):
+def _mul(x, y, *, a, dtype, shape):
+    at = _operands(x, y, shape)
+
     def f(*idx):
-        p = (x[idx].astype(I64) - _c(a.a_zp)) * (y[idx].astype(I64) - _c(a.b_zp))
-        return _clamp(_requant(p, _c(a.mult), _c(a.shift)) + _c(a.out_zp), a.lo, a.hi, dtype)
+        xv, yv = at(idx)
+        p = (xv.astype(I64) - _c(a.a_zp)) * (yv.astype(I64) - _c(a.b_zp))
+        return _clamp(_requant_by(a.rounding)(p, _c(a.mult), _c(a.shift)) + _c(a.out_zp), a.lo, a.hi, dtype)
 
-    return te.compute(x.shape, f, name="qmul")
+    return te.compute(tuple(shape), f, name="qmul")
 
 
 def _prelu(x, neg_mult, neg_shift, *, a, dtype):
@@ -267,8 +302,13 @@ def _softmax(x, table, *, a, dtype):
 
 
 def _quantize(x, scale, *, a, dtype):
+    # ONNX rounds half to even (nearbyint); TFLite half away from zero: C's roundf, by name (TVM's
+    # own round intrinsic becomes nearbyint in C).
+    def rnd(v):
+        return tirx.nearbyint(v) if a.rounding == "half_even" else tirx.call_pure_extern("float32", "roundf", v)
+
     def f(*i):
-        q = tirx.nearbyint(x[i] / scale[0]).astype(I32) + _c(a.zp, I32)
+        q = rnd(x[i] / scale[0]).astype(I32) + _c(a.zp, I32)
         return _clamp(q, a.lo, a.hi, dtype)
 
     return te.compute(x.shape, f, name="quantize")
@@ -282,6 +322,67 @@ def _dequantize(x, scale, *, a, dtype):
     return te.compute(x.shape, f, name="dequantize")
 
 
+def _avgpool_tfl(x, counts, *, a, dtype):
+    """quant/ops/avgpool_tfl.py: raw sums over the in-image taps, divided by their count (counts:
+    [OH, OW]), rounding half away from zero."""
+    n, c, h, w = (int(d) for d in x.shape)
+    kh, kw = a.kernel
+    sh, sw = a.strides
+    t, left, b, r = a.pads
+    oh, ow = (h + t + b - kh) // sh + 1, (w + left + r - kw) // sw + 1
+    pad = te.compute(
+        (n, c, h + t + b, w + left + r),
+        lambda i, ch, y, xx: tirx.if_then_else(
+            tirx.all(y >= t, y < h + t, xx >= left, xx < w + left), x[i, ch, y - t, xx - left].astype(I32), _c(0, I32)),
+        name="pad",
+    )  # fmt: skip
+    ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+    red = te.compute((n, c, oh, ow), lambda i, ch, y, xx: te.sum(pad[i, ch, y * sh + ry, xx * sw + rx], axis=[ry, rx]),
+                     name="sum")  # fmt: skip
+
+    def out(i, ch, y, xx):
+        acc, cnt = red[i, ch, y, xx], counts[y, xx]
+        half = tirx.truncdiv(cnt, _c(2, I32))
+        q = tirx.Select(acc > _c(0, I32), tirx.truncdiv(acc + half, cnt), tirx.truncdiv(acc - half, cnt))
+        return _clamp(q, a.lo, a.hi, dtype)
+
+    return te.compute((n, c, oh, ow), out, name="out")
+
+
+def _mean_tfl(x, *, a, dtype, shape):
+    """quant/ops/mean.py: the raw values summed over a.axes, TFLite's MEAN requantization."""
+    in_shape = [int(d) for d in x.shape]
+    axes = set(a.axes)
+    kept = [i for i in range(len(in_shape)) if i not in axes]
+    keepdims = len(shape) == len(in_shape)
+    red = [te.reduce_axis((0, in_shape[ax]), f"r{ax}") for ax in sorted(axes)]
+
+    def src(idx):
+        it_red, it_out = iter(red), iter(idx if not keepdims else [idx[k] for k in kept])
+        return tuple(next(it_red) if i in axes else next(it_out) for i in range(len(in_shape)))
+
+    total = te.compute(tuple(shape), lambda *idx: te.sum(x[src(idx)].astype(I32), axis=red), name="sum")
+
+    def out(*idx):
+        v = total[idx].astype(I64) - _c(a.in_zp * a.count)
+        return _clamp(_requant_double(v, _c(a.mult), _c(a.shift)) + _c(a.out_zp), a.lo, a.hi, dtype)
+
+    return te.compute(tuple(shape), out, name="out")
+
+
+def _pad(x, *, a, dtype, shape):
+    """quant/ops/pad.py: the input inside, the constant around it."""
+    before = [p[0] for p in a.pads]
+    dims = [int(d) for d in x.shape]
+
+    def f(*idx):
+        inside = tirx.all(*(tirx.all(i >= lo, i < lo + d) for i, lo, d in zip(idx, before, dims, strict=True)))
+        src = tuple(tirx.Max(tirx.Min(i - lo, d - 1), 0) for i, lo, d in zip(idx, before, dims, strict=True))
+        return tirx.if_then_else(inside, x[src], tirx.const(a.value, dtype))
+
+    return te.compute(tuple(shape), f, name="pad")
+
+
 def _const(arr, dtype) -> relax.Expr:
     return relax.const(np.ascontiguousarray(np.asarray(arr, dtype=dtype)))
 
@@ -291,23 +392,31 @@ def _linear(op, fn):
                                _const(op.mult, I32), _const(op.shift, "int8")]  # fmt: skip
 
 
-# Op class -> (op, output shape) -> (TE function of the input tensors and constants, the constants).
+# Op class -> (op, graph) -> (TE function of the input tensors and constants, the constants).
+def _out_shape(op: IntOp, g: IntGraph) -> tuple[int, ...]:
+    return g.tensors[op.output].shape
+
+
 TE_KERNELS = {
-    ops.Conv: lambda op, shape: _linear(op, _conv),
-    ops.Dense: lambda op, shape: _linear(op, _dense),
-    ops.Add: lambda op, shape: (partial(_add, a=op), []),
-    ops.Mul: lambda op, shape: (partial(_mul, a=op), []),
-    ops.MaxPool: lambda op, shape: (partial(_pool, a=op, kind="max"), []),
-    ops.AvgPool: lambda op, shape: (partial(_pool, a=op, kind="avg"), [_const(op.mult, I32), _const(op.shift, "int8")]),
-    ops.Reshape: lambda op, shape: (partial(_reshape, a=op, shape=shape), []),
-    ops.Transpose: lambda op, shape: (partial(_transpose, a=op), []),
-    ops.Concat: lambda op, shape: (partial(_concat, a=op), []),
-    ops.PRelu: lambda op, shape: (partial(_prelu, a=op), [_const(op.neg_mult, I64), _const(op.neg_shift, I64)]),
-    ops.Lut: lambda op, shape: (_lut, [_const(op.table, str(op.table.dtype))]),
-    ops.Lut16: lambda op, shape: (partial(_lut16, a=op), [_const(op.table, I32)]),
-    ops.Softmax: lambda op, shape: (partial(_softmax, a=op), [_const(op.table, I32)]),
-    ops.Quantize: lambda op, shape: (partial(_quantize, a=op), [_const([op.scale], "float32")]),
-    ops.Dequantize: lambda op, shape: (partial(_dequantize, a=op), [_const([op.scale], "float32")]),
+    ops.Conv: lambda op, g: _linear(op, _conv),
+    ops.Dense: lambda op, g: _linear(op, _dense),
+    ops.Add: lambda op, g: (partial(_add, a=op, shape=_out_shape(op, g)), []),
+    ops.Mul: lambda op, g: (partial(_mul, a=op, shape=_out_shape(op, g)), []),
+    ops.MaxPool: lambda op, g: (partial(_pool, a=op, kind="max"), []),
+    ops.AvgPool: lambda op, g: (partial(_pool, a=op, kind="avg"), [_const(op.mult, I32), _const(op.shift, "int8")]),
+    ops.Reshape: lambda op, g: (partial(_reshape, a=op, shape=_out_shape(op, g)), []),
+    ops.Transpose: lambda op, g: (partial(_transpose, a=op), []),
+    ops.Concat: lambda op, g: (partial(_concat, a=op), []),
+    ops.PRelu: lambda op, g: (partial(_prelu, a=op), [_const(op.neg_mult, I64), _const(op.neg_shift, I64)]),
+    ops.Lut: lambda op, g: (_lut, [_const(op.table, str(op.table.dtype))]),
+    ops.Lut16: lambda op, g: (partial(_lut16, a=op), [_const(op.table, I32)]),
+    ops.Softmax: lambda op, g: (partial(_softmax, a=op), [_const(op.table, I32)]),
+    ops.Quantize: lambda op, g: (partial(_quantize, a=op), [_const([op.scale], "float32")]),
+    ops.Dequantize: lambda op, g: (partial(_dequantize, a=op), [_const([op.scale], "float32")]),
+    ops.TflAvgPool: lambda op, g: (partial(_avgpool_tfl, a=op), [_const(tap_counts(
+        g.tensors[op.inputs[0]].shape[2:], op.kernel, op.strides, op.pads), I32)]),
+    ops.TflMean: lambda op, g: (partial(_mean_tfl, a=op, shape=_out_shape(op, g)), []),
+    ops.Pad: lambda op, g: (partial(_pad, a=op, shape=_out_shape(op, g)), []),
 }  # fmt: skip
 
 
@@ -317,8 +426,8 @@ def _emit(bb: relax.BlockBuilder, op: IntOp, env: dict, graph: IntGraph):
     out = graph.tensors[op.output]
     make = TE_KERNELS.get(type(op))
     if make is None:
-        raise UnsupportedModelError(f"op '{op.node}' ({op.kind}) has no TVM kernel")
-    fn, consts = make(op, out.shape)
+        raise UnsupportedModelError(f"op '{op.node}' ({op.kind}) has no TVM kernel and no C kernel for its types")
+    fn, consts = make(op, graph)
     return bb.emit_te(partial(fn, dtype=out.dtype), *(env[i] for i in op.inputs), *consts,
                       primfunc_name_hint=f"q{op.kind}")  # fmt: skip
 
@@ -346,7 +455,10 @@ def int_graph_to_relax(graph: IntGraph, features: frozenset[str] | None = None
         relax.Var(n, relax.TensorType(graph.tensors[n].shape, graph.tensors[n].dtype)) for n in graph.inputs
     ]
     env = dict(zip(graph.inputs, params, strict=True))
-    plan = kernels.choose(graph, features) if features is not None else {}
+    if features is None:  # TVM's kernels, but for ops that only have a C kernel
+        plan = kernels.choose(graph, frozenset(), only=lambda op: type(op) not in TE_KERNELS)
+    else:
+        plan = kernels.choose(graph, features)
     chosen_kernels: dict[str, MicroKernel] = {}
     with bb.function("main", params):
         with bb.dataflow():

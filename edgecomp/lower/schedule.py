@@ -85,7 +85,7 @@ def _inline_spatial(sch: Schedule, keep_padding: bool = False) -> None:
     while changed:
         changed = False
         for block in _blocks(sch):
-            if _is_reduction(sch, block):
+            if _is_reduction(sch, block) or not _same_domain_as_producers(sch, block):
                 continue
             try:
                 sch.reverse_compute_inline(block)
@@ -93,6 +93,29 @@ def _inline_spatial(sch: Schedule, keep_padding: bool = False) -> None:
                 break
             except ScheduleError:
                 pass
+
+
+def _domain(sch: Schedule, block) -> int | None:
+    """Number of points of a block's spatial iteration domain (None if not constant)."""
+    size = 1
+    for iv in sch.get(block).iter_vars:
+        if int(iv.iter_type) == _REDUCE:
+            continue
+        extent = iv.dom.extent
+        if not isinstance(extent, tirx.IntImm):
+            return None
+        size *= int(extent)
+    return size
+
+
+def _same_domain_as_producers(sch: Schedule, block) -> bool:
+    """Whether every producer of `block` iterates over as many points as it does. TVM's
+    reverse_compute_inline and reverse_compute_at also accept a consumer that writes more than its
+    producer computes (a Pad of a pooled tensor) and then drop the extra points: the padding would
+    never be written."""
+    size = _domain(sch, block)
+    producers = sch.get_producers(block)
+    return size is not None and all(_domain(sch, p) == size for p in producers)
 
 
 def _first_reduction_loop(sch: Schedule, block) -> int:
@@ -130,7 +153,7 @@ def _fuse_epilogue(sch: Schedule, block) -> None:
     if first_red == 0 or first_red >= len(loops):
         return
     for consumer in sch.get_consumers(block):
-        if _is_reduction(sch, consumer):
+        if _is_reduction(sch, consumer) or not _same_domain_as_producers(sch, consumer):
             continue
         with contextlib.suppress(ScheduleError):
             sch.reverse_compute_at(consumer, loops[first_red - 1], preserve_unit_loops=True)

@@ -58,6 +58,27 @@ def requant(acc: np.ndarray, mult: np.ndarray | int, shift: np.ndarray | int) ->
     return (acc * mult + (np.int64(1) << (shift - 1))) >> shift
 
 
+def requant_double(acc: np.ndarray, mult: np.ndarray | int, shift: np.ndarray | int) -> np.ndarray:
+    """TFLite's requantization (MultiplyByQuantizedMultiplier, two roundings) for the same (M, n):
+    with s = 31 - n (TFLite's shift, left when > 0), RoundingDivideByPOT(
+    SaturatingRoundingDoublingHighMul(acc << max(s, 0), M), max(-s, 0)); acc is int32 there."""
+    from edgecomp.quant.tflite_arith import rdbpot, srdhm, wrap32
+
+    acc = np.asarray(acc, dtype=np.int64)
+    s = 31 - np.asarray(shift, dtype=np.int64)
+    x = wrap32(acc << np.maximum(s, 0))
+    return rdbpot(srdhm(x, np.asarray(mult, dtype=np.int64)), np.maximum(-s, 0))
+
+
+# How a requantization rounds: "single" (edgecomp's own, above) or "double" (TFLite Micro's, for
+# models imported from TFLite: bit-exact with its reference kernels and CMSIS-NN).
+ROUNDINGS = {"single": requant, "double": requant_double}
+
+
+def requant_by(rounding: str, acc, mult, shift) -> np.ndarray:
+    return ROUNDINGS[rounding](acc, mult, shift)
+
+
 def multiplier_bits(acc_bound: int) -> int:
     """Multiplier precision for requantizing values with |v| <= acc_bound: as many bits (up to 31)
     as keep v * M + 2**(n-1) inside int64 (< 2**62). Always 31 for int8 activations; int16 layers

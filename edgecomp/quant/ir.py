@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from edgecomp.quant.fixedpoint import requant
+from edgecomp.quant.fixedpoint import ROUNDINGS, requant, requant_by
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,11 @@ class IntGraph:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
 
+    @property
+    def params(self) -> int:
+        """Elements of the weights and biases."""
+        return sum(op.weight.size + op.bias.size for op in self.ops if isinstance(op, LinearOp))
+
     def consumers(self) -> dict[str, list[IntOp]]:
         result: dict[str, list[IntOp]] = {}
         for op in self.ops:
@@ -124,9 +129,11 @@ class LinearOp(IntOp):
     out_zp: int
     lo: int
     hi: int
+    rounding: str = "single"  # fixedpoint.ROUNDINGS: "double" for TFLite's arithmetic
 
     def validate(self) -> None:
         n = self.weight.shape[0]
+        self._require(self.rounding in ROUNDINGS, f"unknown rounding '{self.rounding}'")
         self._require(self.weight.dtype == np.int8, f"weights must be int8, not {self.weight.dtype}")
         self._require(self.bias.dtype in (np.int32, np.int64), f"bias must be int32/int64, not {self.bias.dtype}")
         for name in ("bias", "mult", "shift"):
@@ -137,5 +144,5 @@ class LinearOp(IntOp):
     def requantize(self, acc: np.ndarray, axis_shape: tuple[int, ...], dtype: str) -> np.ndarray:
         """acc (int64, channels along the axis that `axis_shape` (-1 there, 1 elsewhere) marks)."""
         acc = acc + self.bias.astype(np.int64).reshape(axis_shape)
-        y = requant(acc, self.mult.reshape(axis_shape), self.shift.reshape(axis_shape)) + self.out_zp
+        y = requant_by(self.rounding, acc, self.mult.reshape(axis_shape), self.shift.reshape(axis_shape)) + self.out_zp
         return clamp(y, self.lo, self.hi, dtype)

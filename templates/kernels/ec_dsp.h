@@ -172,4 +172,64 @@ static inline int32_t ec_add_s8(int32_t a, int32_t b, const int32_t *ta, const i
   return ec_requant_s8(ta[a] + tb[b], mult, addend, sh, lo, hi);
 }
 
+/* TFLite's requantization (quant/tflite_arith.py mbqm: MultiplyByQuantizedMultiplier, two
+ * roundings), for models imported from TFLite: with s = 31 - n (TFLite's shift, left when > 0),
+ * RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(acc << max(s, 0), M), max(-s, 0)) + zp. */
+static inline int32_t ec_srdhm(int32_t a, int32_t b)
+{
+  /* gemmlowp's round(a * b / 2^31), ties up; the arithmetic shift is its nudge and division. */
+  if (a == b && a == INT32_MIN) {
+    return INT32_MAX;
+  }
+  return (int32_t)(((int64_t)a * b + ((int64_t)1 << 30)) >> 31);
+}
+
+/* gemmlowp's RoundingDivideByPOT: x / 2^e rounded, ties away from zero (0 <= e <= 31). */
+static inline int32_t ec_rdbpot(int32_t x, int32_t e)
+{
+  const int32_t mask = (int32_t)(((uint32_t)1 << e) - 1u);
+  const int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
+  return (x >> e) + ((x & mask) > threshold ? 1 : 0);
+}
+
+static inline int32_t ec_requant_s8_dbl(int32_t acc, int32_t mult, int32_t zp, int32_t n, int32_t lo, int32_t hi)
+{
+  const int32_t s = 31 - n;
+  const int32_t x = s > 0 ? (int32_t)((uint32_t)acc << s) : acc;
+  const int32_t v = ec_rdbpot(ec_srdhm(x, mult), s < 0 ? -s : 0) + zp;
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
+/* ec_requant_s8_dbl in five instructions, for layers where TFLite's shift is a right shift by
+ * e = n - 31 >= 1, |acc| < 2^30 and |addend| < 2^30 (lower/kernels/requant.py dbl31_form):
+ * the SaturatingRoundingDoublingHighMul h is SMMULR(2 acc, M), and RoundingDivideByPOT(h, e) + zp
+ * == (h + addend - (h < 0)) >> e with addend = 2^(e-1) + zp * 2^e (ties away from zero); h + addend
+ * is one SMMLAR, and (h < 0) may be (acc < 0): they differ only at h = 0, where the shift of
+ * 2^(e-1) - 1 or of 2^(e-1) gives the same. */
+static inline int32_t ec_requant_s8_dbl31(int32_t acc, int32_t mult, int32_t addend, int32_t e, int32_t lo,
+                                          int32_t hi)
+{
+#if EC_HAVE_DSP
+  int32_t t;
+  __asm__("smmlar %0, %1, %2, %3" : "=r"(t) : "r"(acc * 2), "r"(mult), "r"(addend));
+#else
+  const int32_t t = (int32_t)(((int64_t)(acc * 2) * mult + (int64_t)addend * ((int64_t)1 << 32) + ((int64_t)1 << 31)) >> 32);
+#endif
+  return ec_clamp_s8((t + (acc >> 31)) >> e, lo, hi);
+}
+
+/* ec_add_s8 with TFLite's requantization of the sum (tables from TFLite's input rescaling). */
+static inline int32_t ec_add_s8_dbl(int32_t a, int32_t b, const int32_t *ta, const int32_t *tb, int32_t mult,
+                                    int32_t zp, int32_t n, int32_t lo, int32_t hi)
+{
+  return ec_requant_s8_dbl(ta[a] + tb[b], mult, zp, n, lo, hi);
+}
+
+/* The same with ec_requant_s8_dbl31's form (mult, addend, e). */
+static inline int32_t ec_add_s8_dbl31(int32_t a, int32_t b, const int32_t *ta, const int32_t *tb, int32_t mult,
+                                      int32_t addend, int32_t e, int32_t lo, int32_t hi)
+{
+  return ec_requant_s8_dbl31(ta[a] + tb[b], mult, addend, e, lo, hi);
+}
+
 #endif /* EC_DSP_H */

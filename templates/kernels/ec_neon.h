@@ -50,6 +50,31 @@ static inline int32x4_t ec_requant_s8_int64_x4(int32x4_t acc, int32_t m, int32_t
   return vminq_s32(vmaxq_s32(r, vdupq_n_s32(lo)), vdupq_n_s32(hi));
 }
 
+/* ec_requant_s8_dbl on four lanes: SQRDMULH is gemmlowp's SaturatingRoundingDoublingHighMul, and
+ * gemmlowp's own NEON RoundingDivideByPOT (subtract one from negative values, then a rounding
+ * shift) rounds ties away from zero. */
+static inline int32x4_t ec_requant_s8_dbl_x4(int32x4_t acc, int32_t m, int32_t zp, int32_t n, int32_t lo,
+                                             int32_t hi)
+{
+  const int32_t s = 31 - n;
+  const int32x4_t x = s > 0 ? vshlq_s32(acc, vdupq_n_s32(s)) : acc;
+  const int32x4_t h = vqrdmulhq_s32(x, vdupq_n_s32(m));
+  const int32x4_t shift = vdupq_n_s32(s < 0 ? s : 0); /* -e */
+  const int32x4_t fixup = vshrq_n_s32(vandq_s32(h, shift), 31);
+  const int32x4_t r = vaddq_s32(vrshlq_s32(vqaddq_s32(h, fixup), shift), vdupq_n_s32(zp));
+  return vminq_s32(vmaxq_s32(r, vdupq_n_s32(lo)), vdupq_n_s32(hi));
+}
+
+/* ec_requant_s8_dbl31 on four lanes: SQRDMULH is h, then (h + (h < 0 ? -1 : 0) + addend) >> e. */
+static inline int32x4_t ec_requant_s8_dbl31_x4(int32x4_t acc, int32_t m, int32_t addend, int32_t e, int32_t lo,
+                                               int32_t hi)
+{
+  const int32x4_t h = vqrdmulhq_s32(acc, vdupq_n_s32(m));
+  const int32x4_t t = vaddq_s32(vaddq_s32(h, vshrq_n_s32(h, 31)), vdupq_n_s32(addend));
+  const int32x4_t r = vshlq_s32(t, vdupq_n_s32(-e));
+  return vminq_s32(vmaxq_s32(r, vdupq_n_s32(lo)), vdupq_n_s32(hi));
+}
+
 /* Eight clamped int32 lanes (two vectors) to eight int8. */
 static inline int8x8_t ec_narrow8(int32x4_t a, int32x4_t b)
 {

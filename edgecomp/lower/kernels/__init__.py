@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecomp.lower.kernels import add, conv, dense
+from edgecomp.lower.kernels import add, conv, dense, softmax
 from edgecomp.lower.model import MicroKernel
 from edgecomp.quant.ir import IntGraph, IntOp
-from edgecomp.quant.ops import Add, Conv, Dense
+from edgecomp.quant.ops import Add, Conv, Dense, TflSoftmax
 
 Make = Callable[[int, IntOp, IntGraph], "tuple[MicroKernel, list[np.ndarray]] | None"]
 
@@ -58,7 +58,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("dense_sparse_s8", Dense, "kernels/dense_sparse_s8.c.j2", dense.dense_sparse_s8,
             applies=dense.is_sparse),
     Variant("dense_s8", Dense, "kernels/dense_s8.c.j2", dense.dense_s8),
-    Variant("add_s8", Add, "kernels/add_s8.c.j2", add.add_s8),
+    Variant("add_s8", Add, "kernels/add_s8.c.j2", add.add_s8, applies=add.same_shapes),
+    Variant("softmax_tfl_s8", TflSoftmax, "kernels/softmax_tfl_s8.c.j2", softmax.softmax_tfl_s8),
 )  # fmt: skip
 
 
@@ -110,7 +111,7 @@ def _with_add(conv_op: IntOp, add_op: Add, graph: IntGraph, index: int, features
     if conv_k is None or add_k is None or not conv_k[0].fuses_add:
         return None
     (variant, mk, consts), (_, add_mk, (ta, tb)) = conv_k, add_k
-    add_p = {k: v for k, v in add_mk.params if k in ("mult", "addend", "sh", "lo", "hi")}
+    add_p = {k: v for k, v in add_mk.params if k in ("mult", "addend", "sh", "lo", "hi", "fn")}
     conv_is_a = add_op.inputs[0] == conv_op.output
     params = {**dict(mk.params), **{f"add_{k}": v for k, v in add_p.items()}, "fuse_add": 1}
     # Inputs: x, weights, bias, (M, addend) pairs, shifts, the conv result's and the residual's tables, residual.
@@ -121,9 +122,10 @@ def _with_add(conv_op: IntOp, add_op: Add, graph: IntGraph, index: int, features
     return Chosen(f"{variant.name}+add", fused, conv_op.inputs, (*consts, *tables), residual, add_op.output)
 
 
-def choose(graph: IntGraph, features: frozenset[str]) -> dict[int, Chosen]:
+def choose(graph: IntGraph, features: frozenset[str], only=None) -> dict[int, Chosen]:
     """The micro-kernel of each op (by index in graph.ops) that one covers, in graph order (kernel
-    symbols are numbered in that order); ops fused into another's kernel are skipped."""
+    symbols are numbered in that order); ops fused into another's kernel are skipped. With `only`
+    (a test on ops), just the ops it accepts get one (e.g. the ops TVM has no kernel for)."""
     consumers = graph.consumers()
     index_of = {id(op): i for i, op in enumerate(graph.ops)}
     ready = set(graph.inputs)
@@ -131,6 +133,9 @@ def choose(graph: IntGraph, features: frozenset[str]) -> dict[int, Chosen]:
     for i, op in enumerate(graph.ops):
         if op.output in ready:
             continue  # computed by a fused kernel
+        if only is not None and not only(op):
+            ready.add(op.output)
+            continue
         add_op = _fused_add(op, graph, consumers, ready)
         chosen = _with_add(op, add_op, graph, len(plan), features) if add_op is not None else None
         if chosen is not None:

@@ -51,6 +51,15 @@ def requant_consts(op: LinearOp) -> tuple[list[np.ndarray], str]:
     bias = np.asarray(op.bias, np.int64)
     reach = 128 * np.abs(op.weight.reshape(op.weight.shape[0], -1).astype(np.int64)).sum(axis=1)
     zp = int(op.out_zp)
+    if op.rounding == "double":  # TFLite's arithmetic
+        form = dbl31_form(op.mult, op.shift, zp, (bias - reach, bias + reach))
+        if form is not None:
+            mult, addend, e = form
+            pairs = np.stack([mult, addend], axis=1).reshape(-1)
+            return [bias.astype(np.int32), pairs.astype(np.int32), e.astype(np.int8)], "ec_requant_s8_dbl31"
+        mult = np.asarray(op.mult, np.int64)
+        pairs = np.stack([mult, np.full(mult.shape, zp, np.int64)], axis=1).reshape(-1)
+        return [bias.astype(np.int32), pairs.astype(np.int32), np.asarray(op.shift).astype(np.int8)], "ec_requant_s8_dbl"
     form = smmla_form(op.mult, op.shift, zp, int(op.lo), int(op.hi), (bias - reach, bias + reach))
     if form is None:
         mult, shift = np.asarray(op.mult, np.int64), np.asarray(op.shift, np.int64)
@@ -62,6 +71,21 @@ def requant_consts(op: LinearOp) -> tuple[list[np.ndarray], str]:
     if fn == "ec_requant_s8" and q31_form_fits(bias - reach, bias + reach, mult, second):
         fn = "ec_requant_s8_q31"  # same results; the NEON kernels' three-instruction form (ec_neon.h)
     return [bias.astype(np.int32), pairs.astype(np.int32), sh.astype(np.int8)], fn
+
+
+def dbl31_form(mult, shift, zp: int, acc_range: tuple[np.ndarray, np.ndarray]):
+    """(M, addend, e) of ec_requant_s8_dbl31 — TFLite's requantization as SMMULR(2 acc, M) and
+    (h + sign + addend) >> e — when every channel's TFLite shift is a right shift (n >= 32), the
+    accumulators stay within +-2^30 and addend = 2^(e-1) + zp * 2^e within +-2^30; else None."""
+    mult, n = np.atleast_1d(np.asarray(mult, np.int64)), np.atleast_1d(np.asarray(shift, np.int64))
+    lo, hi = (np.broadcast_to(np.asarray(r, np.int64), mult.shape) for r in acc_range)
+    if np.any(n < 32) or np.any(np.maximum(np.abs(lo), np.abs(hi)) >= 1 << 30):
+        return None
+    e = n - 31
+    addend = (np.int64(1) << (e - 1)) + (np.int64(zp) << e)
+    if np.any(np.abs(addend) >= 1 << 30):
+        return None
+    return mult, addend, e
 
 
 def q31_form_fits(acc_lo: np.ndarray, acc_hi: np.ndarray, mult: np.ndarray, addend: np.ndarray) -> bool:

@@ -2,17 +2,34 @@
 ONNX handler. Importing this package registers them all (quant/ir.py OPS, quant/extract.py
 HANDLERS)."""
 
-from edgecomp.quant.ops import conv, dense, edges, elementwise, layout, lut, pool, softmax  # noqa: F401
+from edgecomp.quant.ops import (  # noqa: F401
+    avgpool_tfl,
+    conv,
+    dense,
+    edges,
+    elementwise,
+    layout,
+    lut,
+    mean,
+    pad,
+    pool,
+    softmax,
+    softmax_tfl,
+)
+from edgecomp.quant.ops.avgpool_tfl import TflAvgPool
 from edgecomp.quant.ops.conv import Conv
 from edgecomp.quant.ops.dense import Dense
 from edgecomp.quant.ops.edges import Dequantize, Quantize, integer_io, outputs_of
 from edgecomp.quant.ops.elementwise import Add, Mul, PRelu
 from edgecomp.quant.ops.layout import Concat, Reshape, Transpose
 from edgecomp.quant.ops.lut import Lut, Lut16
+from edgecomp.quant.ops.mean import TflMean
+from edgecomp.quant.ops.pad import Pad
 from edgecomp.quant.ops.pool import AvgPool, MaxPool
 from edgecomp.quant.ops.softmax import Softmax
+from edgecomp.quant.ops.softmax_tfl import TflSoftmax
 
 __all__ = [
-    "Add", "AvgPool", "Concat", "Conv", "Dense", "Dequantize", "Lut", "Lut16", "MaxPool", "Mul", "PRelu",
-    "Quantize", "Reshape", "Softmax", "Transpose", "integer_io", "outputs_of",
+    "Add", "AvgPool", "Concat", "Conv", "Dense", "Dequantize", "Lut", "Lut16", "MaxPool", "Mul", "PRelu", "Pad",
+    "Quantize", "Reshape", "Softmax", "TflAvgPool", "TflMean", "TflSoftmax", "Transpose", "integer_io", "outputs_of",
 ]  # fmt: skip

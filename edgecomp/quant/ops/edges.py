@@ -26,12 +26,18 @@ class Quantize(IntOp):
     zp: int
     lo: int
     hi: int
+    rounding: str = "half_even"  # ONNX's; "half_away" is TFLite's roundf
 
     def validate(self) -> None:
         self._require(float(self.scale) > 0, f"scale {self.scale} must be > 0")
+        self._require(self.rounding in ("half_even", "half_away"), f"unknown rounding '{self.rounding}'")
 
     def reference(self, xs, dtype):
-        q = np.rint(xs[0].astype(np.float32) / self.scale).astype(np.float64)
+        v = xs[0].astype(np.float32) / self.scale
+        if self.rounding == "half_away":
+            q = np.copysign(np.floor(np.abs(v).astype(np.float64) + 0.5), v)
+        else:
+            q = np.rint(v).astype(np.float64)
         return clamp(q + self.zp, self.lo, self.hi, dtype)
 
 

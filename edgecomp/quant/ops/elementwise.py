@@ -9,7 +9,7 @@ import onnx
 
 from edgecomp.errors import UnsupportedModelError
 from edgecomp.quant.extract import Extractor, handles
-from edgecomp.quant.fixedpoint import multiplier_bits, qrange, quantize_multiplier, requant
+from edgecomp.quant.fixedpoint import multiplier_bits, qrange, quantize_multiplier, requant, requant_by
 from edgecomp.quant.ir import IntOp, clamp, int_array, register
 
 ADD_LEFT_SHIFT = 20  # headroom for rescaling both addends to a common scale (as TFLite)
@@ -24,8 +24,8 @@ def span(dtype: str) -> int:
 @register
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Add(IntOp):
-    """As TFLite: both inputs shifted left, rescaled to a common scale (2 * the larger), summed,
-    then requantized to the output."""
+    """As TFLite: both inputs shifted left, rescaled to a common scale (2 * the larger), summed
+    (or subtracted), then requantized to the output. Inputs broadcast as numpy's (ONNX's) do."""
 
     kind = "add"
     a_zp: int
@@ -40,12 +40,16 @@ class Add(IntOp):
     out_zp: int
     lo: int
     hi: int
+    rounding: str = "single"  # fixedpoint.ROUNDINGS
+    subtract: bool = False  # a - b (TFLite's SUB)
 
     def reference(self, xs, dtype):
+        r = self.rounding
         ai = (xs[0].astype(np.int64) - self.a_zp) << self.left_shift
         bi = (xs[1].astype(np.int64) - self.b_zp) << self.left_shift
-        s = requant(ai, self.a_mult, self.a_shift) + requant(bi, self.b_mult, self.b_shift)
-        return clamp(requant(s, self.mult, self.shift) + self.out_zp, self.lo, self.hi, dtype)
+        a, b = requant_by(r, ai, self.a_mult, self.a_shift), requant_by(r, bi, self.b_mult, self.b_shift)
+        s = a - b if self.subtract else a + b
+        return clamp(requant_by(r, s, self.mult, self.shift) + self.out_zp, self.lo, self.hi, dtype)
 
 
 @register
@@ -59,10 +63,11 @@ class Mul(IntOp):
     out_zp: int
     lo: int
     hi: int
+    rounding: str = "single"  # fixedpoint.ROUNDINGS
 
     def reference(self, xs, dtype):
         p = (xs[0].astype(np.int64) - self.a_zp) * (xs[1].astype(np.int64) - self.b_zp)
-        return clamp(requant(p, self.mult, self.shift) + self.out_zp, self.lo, self.hi, dtype)
+        return clamp(requant_by(self.rounding, p, self.mult, self.shift) + self.out_zp, self.lo, self.hi, dtype)
 
 
 @register

@@ -1,0 +1,51 @@
+"""Integer constant padding: the input's values, surrounded by a constant (an integer on the
+tensor's grid: TFLite's PAD uses the zero point, PADV2 its value; ONNX Pad quantizes its value)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from edgecomp.errors import UnsupportedModelError
+from edgecomp.quant.extract import Extractor, handles
+from edgecomp.quant.ir import IntOp, register
+
+
+@register
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Pad(IntOp):
+    kind = "pad"
+    pads: tuple[tuple[int, int], ...]  # per axis (before, after), >= 0
+    value: int
+
+    def validate(self) -> None:
+        self._require(all(a >= 0 and b >= 0 for a, b in self.pads), "negative pads (crops) are not compiled")
+
+    def reference(self, xs, dtype):
+        return np.pad(xs[0], self.pads, constant_values=self.value).astype(dtype)
+
+
+@handles("Pad")
+def pad_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
+    x = ex.act_in(node.input[0], node)
+    out, _ = ex.out(node)
+    mode = ex.attrs(node).get("mode", b"constant")
+    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+        raise UnsupportedModelError(f"node '{node.name}': integer Pad supports mode 'constant' only")
+    if out.scale != x.scale or out.zero_point != x.zero_point:
+        raise UnsupportedModelError(f"node '{node.name}': integer Pad needs the same quantization in and out")
+    pads = ex.const(node.input[1], node).astype(np.int64).reshape(-1)
+    rank = len(x.shape)
+    axes = list(range(rank))
+    if len(node.input) > 3 and node.input[3]:
+        axes = [int(a) % rank for a in ex.const(node.input[3], node).reshape(-1)]
+    full = [(0, 0)] * rank
+    for i, a in enumerate(axes):
+        full[a] = (int(pads[i]), int(pads[i + len(axes)]))
+    value = 0.0
+    if len(node.input) > 2 and node.input[2]:
+        value = float(ex.real_const(node.input[2], node).reshape(-1)[0])
+    qv = int(np.clip(np.rint(value / x.scale) + x.zero_point, np.iinfo(x.dtype).min, np.iinfo(x.dtype).max))
+    ex.emit(Pad(inputs=(x.name,), output=out.name, node=node.name, pads=tuple(full), value=qv))
