@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calib import augmented  # noqa: E402
 
 from edgecomp.errors import EdgecompError
+from edgecomp.frontend import load_model
 from edgecomp.io import to_model_dtype
 from edgecomp.pipeline import BuildOptions, BuildResult, build
 from edgecomp.quant.accuracy import sqnr_db
@@ -80,9 +81,12 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
     x_all = np.load(sample).astype(np.float32)
     calib = None
     options = BuildOptions()
+    float_model = model
+    if dtype == "tflite":  # the official int8 .tflite beside the float ONNX: the same model TFLM runs
+        model = model.parent / "tflite-int8" / f"{model.stem}_int8.tflite"
+        if not model.exists():
+            raise EdgecompError(f"{model} not found")
     if dtype == "int8":
-        from edgecomp.frontend import load_model
-
         m = load_model(model)
         shape = tuple(d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim)
         calib = workdir / f"{model.stem}-calib.npy"
@@ -100,11 +104,17 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
     # The compiler's own time and peak memory, measured in a child process that builds and exits.
     compile_s, peak_rss, result = _measured_build(model, target, outdir, options, calib)
     spec = result.report["inputs"][0]
-    float_samples = [[s] for s in x_all.reshape((-1, *spec["shape"]))]
-    samples = [[to_model_dtype(s[0], spec)] for s in float_samples]
+    if dtype == "tflite":  # the samples are NCHW float (the ONNX models'); TFLite takes NHWC
+        nchw = [s for s in x_all.reshape((-1, *_nchw(spec["shape"])))]
+        float_samples = [[s] for s in nchw]
+        samples = [[to_model_dtype(s.transpose(0, 2, 3, 1) if s.ndim == 4 else s, spec)] for s in nchw]
+    else:
+        float_samples = [[s] for s in x_all.reshape((-1, *spec["shape"]))]
+        samples = [[to_model_dtype(s[0], spec)] for s in float_samples]
     runs = run_samples(result, samples[:1] if dtype == "fp32" else samples)
     rec = profile_record(result, runs[0], on_board=False)
-    floats = [Reference(result.float_model or result.model).run(s) for s in float_samples[: len(runs)]]
+    ref_model = result.float_model or result.model or load_model(float_model)
+    floats = [Reference(ref_model).run(s) for s in float_samples[: len(runs)]]
     row = {
         "model": model.stem + (f" ({prune})" if prune else "")
         + (f" (dead channels {dead_channels})" if dtype == "int8" and dead_channels != "none" else ""),
@@ -120,13 +130,13 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         row["rel_error_vs_onnxruntime"] = check.figures["rel_error"]
     else:
         row["bit_exact_vs_reference"] = check.ok
+        if dtype == "tflite":
+            row["bit_exact_vs_tflm"] = check.figures.get("tflm_bit_exact")
         out = result.report["outputs"][0]
         deq = [(r.outputs[0].astype(np.float64) - out["zero_point"]) * out["scale"] for r in runs]
         row["sqnr_db_vs_float"] = round(sqnr_db(np.stack([f[0] for f in floats]), np.stack(deq)), 2)
         row["samples"] = len(runs)
     if prune:  # how far pruning moved the outputs from the unpruned float model
-        from edgecomp.frontend import load_model
-
         original = Reference(load_model(model, {}))
         got = np.stack([f[0] for f in floats]) if dtype == "fp32" else np.stack(deq)
         want = np.stack([original.run(s)[0] for s in float_samples[: len(runs)]])
@@ -162,9 +172,14 @@ def _measured_build(
     return value
 
 
+def _nchw(shape: list[int]) -> tuple[int, ...]:
+    """An NHWC input shape in the ONNX models' NCHW order (other ranks as they are)."""
+    return (shape[0], shape[3], shape[1], shape[2]) if len(shape) == 4 else tuple(shape)
+
+
 def _with_baseline(row: dict, name: str, baseline: dict) -> dict:
     """The row with its ratio to TFLite Micro + CMSIS-NN (int8, cortex-m7, unpruned)."""
-    if row["dtype"] == "int8" and row["target"] == "cortex-m7" and row["model"] == name and name in baseline:
+    if row["dtype"] in ("int8", "tflite") and row["target"] == "cortex-m7" and row["model"] == name and name in baseline:
         b = baseline[name]
         ram = row["ram_bytes"] + (row["stack_bytes"] or 0)
         row["vs_tflm"] = {"instructions": round(row["instructions"] / b["instructions"], 3),
@@ -177,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=Path, default=DEFAULT_MODELS)
     ap.add_argument("--targets", default="cortex-m7")
-    ap.add_argument("--dtypes", default="fp32,int8")
+    ap.add_argument("--dtypes", default="fp32,int8",
+                    help="fp32, int8 (quantized by edgecomp), tflite (the official int8 .tflite of "
+                         "models/tflite-int8, TFLite's arithmetic, checked against TFLM's interpreter)")  # fmt: skip
     ap.add_argument("--only", help="comma-separated model names")
     ap.add_argument("--large", action="store_true",
                     help="also the million-parameter models of bench/models.py (MobileNetV2, MobileFaceNet)")  # fmt: skip
@@ -231,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             table.add_row(r["model"], r["target"], r["dtype"], "error: " + r["error"][:60])
             continue
         check = (f"rel err {r['rel_error_vs_onnxruntime']:.1e}" if r["dtype"] == "fp32" else
-                 f"{'bit-exact' if r['bit_exact_vs_reference'] else 'MISMATCH'}, {r['sqnr_db_vs_float']:.1f} dB")  # fmt: skip
+                 f"{'bit-exact' if r['bit_exact_vs_reference'] else 'MISMATCH'}"
+                 f"{' (TFLM too)' if r.get('bit_exact_vs_tflm') else ''}, {r['sqnr_db_vs_float']:.1f} dB")  # fmt: skip
         vs = r.get("vs_tflm")
 
         def n(v, fmt="{:,}"):
