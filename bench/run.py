@@ -116,7 +116,7 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
     ref_model = result.float_model or result.model or load_model(float_model)
     floats = [Reference(ref_model).run(s) for s in float_samples[: len(runs)]]
     row = {
-        "model": model.stem + (f" ({prune})" if prune else "")
+        "model": float_model.stem + (f" ({prune})" if prune else "")
         + (f" (dead channels {dead_channels})" if dtype == "int8" and dead_channels != "none" else ""),
         "target": target_name, "dtype": dtype,
         "macs": rec["macs"],
