@@ -15,11 +15,10 @@ from pathlib import Path
 
 from edgecomp import __version__
 from edgecomp.errors import EdgecompError, MismatchError, UserError
-from edgecomp.frontend import parse_input_shapes
+from edgecomp.frontend import parse_freeze, parse_input_shapes
 from edgecomp.pipeline import BuildOptions, BuildResult, build, default_outdir
 from edgecomp.targets import available_targets, load_target
-
-DEFAULT_TOLERANCE = 1e-4
+from edgecomp.verify import DEFAULT_ATOL, DEFAULT_TOLERANCE
 
 
 def _build_parent() -> argparse.ArgumentParser:
@@ -30,6 +29,12 @@ def _build_parent() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", type=Path, help="build folder [build/<model>-<target>]")
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
                    help="pin a dynamic input shape (repeat per input)")  # fmt: skip
+    p.add_argument("--freeze", action="append", metavar="NAME=VALUE[,VALUE...]",
+                   help="make an input a constant (e.g. a sample rate: sr=16000), so what depends on it "
+                        "folds (repeat per input)")  # fmt: skip
+    p.add_argument("--keep-input", action="append", metavar="NAME",
+                   help="keep an initializer that the model also lists as an input as a run-time input "
+                        "(by default such inputs are weights; repeat per input)")  # fmt: skip
     p.add_argument(
         "--no-fit-check", action="store_true", help="build even if the model exceeds the target's memory"
     )
@@ -105,7 +110,9 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, help="write the outputs (.npy: first output, .npz: all)")
     run.add_argument("--no-check", action="store_true", help="skip the comparison with onnxruntime")
     run.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                     help="max abs error / max |reference| allowed [1e-4]")  # fmt: skip
+                     help="float builds match when max abs error <= atol + tolerance x max |reference| [1e-4]")  # fmt: skip
+    run.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+                     help="the absolute part of that bound, for outputs that are all tiny [1e-6]")  # fmt: skip
     prof = sub.add_parser("profile", parents=[build_p, device_p],
                           help="build (cached), run one inference and report time and memory")  # fmt: skip
     prof.add_argument("--input", "-i", type=Path, help="input sample (default: seeded random data)")
@@ -222,6 +229,8 @@ def _build(args, reuse: bool, log) -> BuildResult:
     target = load_target(args.target)
     options = BuildOptions(
         input_shapes=parse_input_shapes(args.input_shape),
+        freeze=parse_freeze(args.freeze),
+        keep_inputs=tuple(args.keep_input or ()),
         fit_check=not args.no_fit_check,
         extra_cflags=args.cflags,
         sanitize=args.sanitize,
@@ -276,7 +285,7 @@ def _run(args, result: BuildResult, log) -> int:
     report.print_run(runs)
     if args.no_check:
         return 0
-    check = check_outputs(result, samples, outputs, args.tolerance)
+    check = check_outputs(result, samples, outputs, args.tolerance, args.atol)
     report.print_lines(check.lines)
     if not check.ok:
         raise MismatchError(check.failure)

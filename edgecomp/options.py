@@ -14,6 +14,10 @@ class BuildOptions:
     """Everything that changes what `build` produces (and so keys its cache)."""
 
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    # --freeze: inputs made constants (name -> values, in the input's own type and shape)
+    freeze: dict[str, list[int | float]] = field(default_factory=dict)
+    # --keep-input: initializers listed as graph inputs that stay run-time inputs (others are weights)
+    keep_inputs: tuple[str, ...] = ()
     fit_check: bool = True
     per_layer: bool = False
     extra_cflags: str = ""

@@ -206,13 +206,16 @@ def _front_end(path: Path, options: BuildOptions):
 
         tfl = read_tflite(path)
         if tfl.is_integer:
-            if options.input_shapes:
-                raise UserError(f"{path}: --input-shape does not apply to a TFLite model (its shapes are static)")
+            for flag, given in (("--input-shape", options.input_shapes), ("--freeze", options.freeze),
+                                ("--keep-input", options.keep_inputs)):  # fmt: skip
+                if given:
+                    raise UserError(f"{path}: {flag} does not apply to an integer TFLite model (its inputs are static)")
             return None, tfl
         from edgecomp.frontend.tflite_float import tflite_to_onnx
 
-        return load_model_proto(tflite_to_onnx(tfl), path, options.input_shapes), None
-    return load_model(path, options.input_shapes), None
+        return load_model_proto(tflite_to_onnx(tfl), path, options.input_shapes, options.freeze,
+                                options.keep_inputs), None  # fmt: skip
+    return load_model(path, options.input_shapes, options.freeze, options.keep_inputs), None
 
 
 def _save_models(model: onnx.ModelProto | None, float_model: onnx.ModelProto | None, save_quantized: Path | None,

@@ -34,7 +34,7 @@ def print_targets() -> None:
 def print_ops(rows: list[dict]) -> None:
     table = Table("op", "tested", "element types", "limits", title="ONNX operators edgecomp compiles")
     for r in rows:
-        table.add_row(r["op"], "yes" if r["conformance_tested"] else "", r["dtypes"], r["limits"])
+        table.add_row(r["op"], r["tested"], r["dtypes"], r["limits"])
     console.print(table)
 
 
@@ -86,7 +86,7 @@ def print_run(runs) -> None:
 
 
 def print_comparison(cmp: Comparison, tolerance: float) -> None:
-    verdict = "[green]match[/green]" if cmp.rel_error <= tolerance else "[red]MISMATCH[/red]"
+    verdict = "[green]match[/green]" if cmp.within(tolerance) else "[red]MISMATCH[/red]"
     console.print(
         f"vs onnxruntime: max abs error {cmp.max_abs_error:.3g}, relative {cmp.rel_error:.3g} "
         f"(tolerance {tolerance:g}), argmax agreement {cmp.argmax_agreement:.0%}: {verdict}"

@@ -34,7 +34,9 @@ def profile(result: BuildResult, sample: list[np.ndarray], port: str | None = No
     if result.float_model is not None:
         # The same model unquantized, built (or reused) beside it.
         opts = result.report["options"]
-        options = BuildOptions(input_shapes=opts["input_shapes"], fit_check=False, extra_cflags=opts["extra_cflags"])
+        options = BuildOptions(input_shapes=opts["input_shapes"], freeze=opts.get("freeze", {}),
+                               keep_inputs=tuple(opts.get("keep_inputs", ())), fit_check=False,
+                               extra_cflags=opts["extra_cflags"])  # fmt: skip
         fb = build(Path(result.report["model"]), result.target, result.outdir.with_name(result.outdir.name + "-float"),
                    options, reuse=True, log=log).report  # fmt: skip
         record["float"] = {k: fb.get(k) for k in ("flash_bytes", "ram_bytes", "arena_bytes", "weights_bytes")}

@@ -11,7 +11,7 @@ import jinja2
 import numpy as np
 
 from edgecomp import __version__
-from edgecomp.codegen.cnames import c_identifier, c_literals, c_type, dl_type
+from edgecomp.codegen.cnames import c_comment, c_identifier, c_literals, c_string, c_type, dl_type
 from edgecomp.codegen.memory import ArenaPlan, place_external, plan_model, workspace_name
 from edgecomp.lower.model import LoweredModel
 from edgecomp.resources import data_dir
@@ -69,13 +69,17 @@ class GeneratedProject:
 
 
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    # A model's own names reach the C only through these (and c_identifier).
+    env.filters["c_string"] = c_string
+    env.filters["c_comment"] = c_comment
+    return env
 
 
 def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
@@ -93,7 +97,7 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
     for name in order:
         t = model.tensors[name]
         code, bits = dl_type(t.dtype)
-        ident = c_identifier(name if t.kind in ("input", "output") else f"ec_{name}", used)
+        ident = c_identifier(name, used) if t.kind in ("input", "output") else "ec_" + c_identifier(name, used)
         offset = plan.offsets.get(name, -1)
         storage = ident if t.kind == "const" else f"ec_arena + {offset}"
         result[name] = CTensor(

@@ -10,6 +10,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.ir.expr import GenericConst as _CONST
 
+from edgecomp.codegen.cnames import c_identifier
 from edgecomp.errors import ToolError, UnsupportedModelError
 from edgecomp.lower.model import Call, LoweredModel, MicroKernel, Tensor
 from edgecomp.lower.qops import int_graph_to_relax
@@ -59,7 +60,7 @@ def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, ke
         mod, chosen = int_graph_to_relax(graph, features if kernels == "auto" else None)
         mod = fuse(mod)
     else:
-        mod = import_and_fuse(model)
+        mod = import_and_fuse(with_c_names(model))
     if model is not None:
         inits = {i.name for i in model.graph.initializer}
         names = ([i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output])
@@ -104,6 +105,40 @@ def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, ke
                 qparams[onnx_name] = (t.scale, t.zero_point)
     return LoweredModel(kernels_c=source, tensors=tensors, calls=calls, inputs=inputs, outputs=outputs,
                         qparams=qparams)  # fmt: skip
+
+
+def with_c_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose every tensor name is a valid, unique C identifier (c_identifier).
+
+    TVM names the parameters and locals of the C it generates after the Relax variables, that is
+    after the ONNX names ('gpu_0/data_0' gave `void* gpu_0/data_0 = ...`). The call sequence keeps
+    the model's own names for its inputs and outputs (lower_model passes them to _walk_main), so
+    report.json and model.h show those; model.c names them through c_identifier and c_string."""
+    used: set[str] = set()
+    rename: dict[str, str] = {}
+
+    def safe(name: str) -> str:
+        if name and name not in rename:
+            rename[name] = c_identifier(name, used)
+        return rename.get(name, name)
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    _rename_graph(model.graph, safe)
+    return model
+
+
+def _rename_graph(graph: onnx.GraphProto, safe) -> None:
+    """Apply `safe` to every tensor name of `graph` and of its nodes' subgraphs."""
+    for v in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        v.name = safe(v.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = safe(name)
+        for i, name in enumerate(node.output):
+            node.output[i] = safe(name)
+        for attr in node.attribute:
+            for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                _rename_graph(g, safe)
 
 
 def _emit_c(mod: tvm.IRModule) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
+from edgecomp.codegen.cnames import c_identifier
 from edgecomp.errors import UnsupportedModelError
 from edgecomp.lower import kernels
 from edgecomp.lower.kernels import Chosen
@@ -451,8 +452,10 @@ def int_graph_to_relax(graph: IntGraph, features: frozenset[str] | None = None
     together with the residual Add that follows it, where the variant fuses it); every other op one
     emit_te kernel."""
     bb = relax.BlockBuilder()
+    used: set[str] = set()  # TVM names its C after these: valid C identifiers (see lowering.with_c_names)
     params = [
-        relax.Var(n, relax.TensorType(graph.tensors[n].shape, graph.tensors[n].dtype)) for n in graph.inputs
+        relax.Var(c_identifier(n, used), relax.TensorType(graph.tensors[n].shape, graph.tensors[n].dtype))
+        for n in graph.inputs
     ]
     env = dict(zip(graph.inputs, params, strict=True))
     if features is None:  # TVM's kernels, but for ops that only have a C kernel
