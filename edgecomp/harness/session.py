@@ -35,7 +35,17 @@ class DeviceInfo:
     per_layer: bool  # the firmware records each step's ticks
     input_bytes: tuple[int, ...]
     output_bytes: tuple[int, ...]
+    integrity: bool = False  # the firmware checks its weights (at boot and on VERIFY)
+    integrity_failed: bool = False  # ...and that check failed: it refuses to infer
 
+
+@dataclass(frozen=True)
+class IntegrityCheck:
+    ok: bool
+    ticks: int  # timer ticks the check took on the device
+    expected: str  # SHA-256 of the weights as built (hex)
+    computed: str  # as the device read them from flash
+    reason: int = 0  # 1 weights changed, 2 no valid model region, 3 a model region built for other code
 
 @dataclass(frozen=True)
 class InferenceResult:
@@ -125,14 +135,38 @@ class Session:
             sizes = struct.unpack_from(f"<{n_in + n_out}I", p, 23)
             self._info = DeviceInfo(
                 version, TIMER_KINDS.get(timer, str(timer)), max_payload, clock, arena, stack, steps,
-                bool(flags & 1), tuple(sizes[:n_in]), tuple(sizes[n_in:]),
+                bool(flags & 1), tuple(sizes[:n_in]), tuple(sizes[n_in:]), bool(flags & 2), bool(flags & 4),
             )  # fmt: skip
         return self._info
+
+    def verify(self) -> IntegrityCheck:
+        """Have the firmware check its weights again (SHA-256 over flash) and report."""
+        p = self.request(P.CMD_VERIFY, timeout=max(self.timeout, 60.0))
+        if len(p) < 73:
+            raise DeviceError("device VERIFY reply is too short")
+        ok, lo, hi = struct.unpack_from("<BII", p)
+        return IntegrityCheck(bool(ok), lo | hi << 32, p[9:41].hex(), p[41:73].hex(), p[73] if len(p) > 73 else 1)
+
+    def _refuse_corrupt_weights(self) -> None:
+        if not self.info().integrity_failed:
+            return
+        check = self.verify()
+        if check.reason == 2:
+            raise DeviceError("the model region holds no valid model (bad magic or format): flash one "
+                              "(edgecomp flash BUILD --model-only); no inference was run")  # fmt: skip
+        if check.reason == 3:
+            raise DeviceError("the model region was built for other code (its code id is not this firmware's): "
+                              "flash the model built with this firmware; no inference was run")  # fmt: skip
+        raise DeviceError(
+            f"weights integrity check failed (expected {check.expected}, got {check.computed}): the "
+            "weights in the device's flash are not the ones built; no inference was run"
+        )
 
     def infer(self, inputs: list[np.ndarray], output_dtypes: list[np.dtype], output_shapes: list[tuple],
               invoke_timeout: float = 120.0) -> InferenceResult:  # fmt: skip
         """Send the inputs, run one inference, read back the outputs and the device's figures."""
         info = self.info()
+        self._refuse_corrupt_weights()
         if len(inputs) != len(info.input_bytes):
             raise DeviceError(f"device expects {len(info.input_bytes)} inputs, got {len(inputs)}")
         chunk = info.max_payload - 8

@@ -16,6 +16,26 @@ static uint8_t ec_tx[EC_MAX_PAYLOAD];
 /* Result of the last INVOKE, resent as is if the host repeats that frame (a lost reply). */
 static uint8_t ec_invoke_reply[1 + 4 + 8 + 4];
 
+#if MODEL_INTEGRITY
+/* The weights check: run at boot, before anything else, and again on VERIFY. While it fails the
+ * harness refuses to infer or to return outputs. */
+static int ec_weights_ok;
+static int ec_verify_rc; /* model_verify's: -1 weights changed, -2 no model region, -3 region for other code */
+static uint8_t ec_weights_digest[32];
+static uint64_t ec_verify_ticks;
+
+static void ec_verify(void)
+{
+  ec_port_timer_start();
+  ec_verify_rc = model_verify(ec_weights_digest);
+  ec_verify_ticks = ec_port_ticks();
+  ec_weights_ok = ec_verify_rc == 0;
+}
+#define EC_WEIGHTS_OK ec_weights_ok
+#else
+#define EC_WEIGHTS_OK 1
+#endif
+
 static void ec_invoke(void)
 {
   uintptr_t sp = ec_port_stack_paint();
@@ -37,7 +57,8 @@ static uint32_t ec_info(uint8_t *p)
   p[2] = MODEL_NUM_INPUTS;
   p[3] = MODEL_NUM_OUTPUTS;
   p[4] = (uint8_t)ec_port_timer_kind();
-  p[5] = MODEL_PER_LAYER ? 1u : 0u; /* flags: bit 0 = per-step ticks available */
+  /* flags: bit 0 = per-step ticks available, bit 1 = weights checked at boot, bit 2 = that check failed */
+  p[5] = (uint8_t)((MODEL_PER_LAYER ? 1u : 0u) | (MODEL_INTEGRITY ? 2u : 0u) | (EC_WEIGHTS_OK ? 0u : 4u));
   ec_put_u16(p + 6, EC_MAX_PAYLOAD);
   ec_put_u32(p + 8, ec_port_clock_hz());
   ec_put_u32(p + 12, MODEL_ARENA_BYTES);
@@ -68,6 +89,9 @@ static uint8_t ec_io_range(const model_tensor_info *infos, uint32_t count, const
 int main(void)
 {
   ec_port_init();
+#if MODEL_INTEGRITY
+  ec_verify();
+#endif
   static const char banner[] = "\r\nedgecomp harness ready\r\n";
   ec_port_write((const uint8_t *)banner, sizeof banner - 1);
   int last_seq = -1;
@@ -95,15 +119,33 @@ int main(void)
       }
       break;
     case EC_CMD_INVOKE:
+      if (!EC_WEIGHTS_OK) {
+        ec_tx[0] = EC_ERR_INTEGRITY;
+        break;
+      }
       if ((int)seq != last_seq) {
         ec_invoke();
       }
       memcpy(ec_tx, ec_invoke_reply, sizeof ec_invoke_reply);
       n = sizeof ec_invoke_reply;
       break;
+#if MODEL_INTEGRITY
+    case EC_CMD_VERIFY: /* -> u8 ok, u64 ticks of the check, expected digest, computed digest, u8 reason */
+      ec_verify();
+      ec_tx[1] = (uint8_t)ec_weights_ok;
+      ec_put_u32(ec_tx + 2, (uint32_t)ec_verify_ticks);
+      ec_put_u32(ec_tx + 6, (uint32_t)(ec_verify_ticks >> 32));
+      memcpy(ec_tx + 10, MODEL_EXPECTED_SHA256, 32);
+      memcpy(ec_tx + 42, ec_weights_digest, 32);
+      ec_tx[74] = (uint8_t)(-ec_verify_rc);
+      n = 75;
+      break;
+#endif
     case EC_CMD_READ_OUTPUT: {
       uint32_t want = len >= 7 ? ec_get_u16(ec_rx + 5) : 0;
-      if (len < 7 || want >= EC_MAX_PAYLOAD) {
+      if (!EC_WEIGHTS_OK) {
+        ec_tx[0] = EC_ERR_INTEGRITY;
+      } else if (len < 7 || want >= EC_MAX_PAYLOAD) {
         ec_tx[0] = EC_ERR_ARGS;
       } else {
         ec_tx[0] = ec_io_range(model_outputs, MODEL_NUM_OUTPUTS, ec_rx, want);
