@@ -1,4 +1,4 @@
-"""Command line: build, run, profile, analyze, finetune, flash, targets, ops. Thin: parse the
+"""Command line: build, run, profile, validate, analyze, finetune, flash, keygen, targets, ops. Thin: parse the
 arguments, call the pipeline (or the command's module), print, and map errors to exit codes.
 
 Exit codes: 0 ok, 1 outputs disagree with the reference, 2 user error (bad model, bad arguments,
@@ -120,6 +120,13 @@ def make_parser() -> argparse.ArgumentParser:
     prof.add_argument("--json", type=Path, help="write the profile as JSON")
     prof.add_argument("--plot", type=Path, metavar="LAYERS.png",
                       help="with --per-layer: a bar chart of each layer's instructions/cycles and MACs")  # fmt: skip
+    val = sub.add_parser("validate", parents=[build_p, device_p],
+                         help="build (cached), run step by step on the device and compare every layer's "
+                              "output with the reference; names the first layer that diverges")  # fmt: skip
+    val.add_argument("--input", "-i", type=Path, help="input sample, .npy or .npz (default: seeded random data)")
+    val.add_argument("--json", type=Path, help="write the per-layer comparison as JSON")
+    val.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                     help="float tensors: max abs error / max |reference| allowed per layer [1e-4]")  # fmt: skip
     an = sub.add_parser(
         "analyze", help="pruning sensitivity: prune each channel group alone and measure the loss"
     )
@@ -234,6 +241,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "run":
         return _run(args, result, log)
+    if args.command == "validate":
+        return _validate(args, result, log)
     return _profile(args, result, log)
 
 
@@ -326,6 +335,28 @@ def _profile(args, result: BuildResult, log) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+def _validate(args, result: BuildResult, log) -> int:
+    from edgecomp import report
+    from edgecomp.io import load_samples, random_sample
+    from edgecomp.validate import validate
+
+    if args.input:
+        sample = load_samples(args.input, result.report["inputs"])[0]
+    else:
+        sample = random_sample(result.report["inputs"], seed=0)
+    log(f"validating layer by layer on {_where(args, result)}")
+    validation = validate(result, sample, args.port, args.baud, args.timeout, args.tolerance)
+    report.print_validation(validation, f"{args.model.name} on {result.target.name}, step by step")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(validation.as_dict(), indent=2) + "\n")
+    first = validation.first_divergence
+    if first is not None:
+        raise MismatchError(f"layer {first.index} ({first.kernel}, computing '{first.computes}') is the first "
+                            f"to diverge from the reference, {validation.reference}")  # fmt: skip
     return 0
 
 

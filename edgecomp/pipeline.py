@@ -384,6 +384,10 @@ def _report(
             "variant": c.micro.variant if c.micro is not None and c.micro.variant else "tvm",
             "inputs": list(c.inputs),
             "outputs": list(c.outputs),
+            # each output's type, and the model tensor (ONNX; the integer graph's when quantized) whose
+            # value it holds, if any: what `edgecomp validate` compares it with
+            "produces": [{"tensor": o, "shape": list(lowered.tensors[o].shape), "dtype": lowered.tensors[o].dtype,
+                          "computes": lowered.sources.get(o)} for o in c.outputs],  # fmt: skip
             "macs": c.macs,
             "workspace_bytes": c.workspace_bytes,
         }

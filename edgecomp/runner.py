@@ -27,6 +27,19 @@ def _session(result: BuildResult, samples, port, baud, timeout, verify: bool):
     return runs, check
 
 
+def integrity_cost(result: BuildResult, port: str | None = None, baud: int = 115200, timeout: float = 5.0) -> dict:
+    """What the firmware's weights check costs, measured on the device: its SHA-256 over the
+    weights run once more (as at boot); instructions in QEMU, timer ticks (cycles) on a board."""
+    with open_session(result.target, result.outdir, port=port, baud=baud, timeout=timeout) as session:
+        info = session.info()
+        if not info.integrity:
+            return {"enabled": False}
+        check = session.verify()
+    as_run = InferenceResult([], check.ticks, None, info.timer, info.clock_hz)
+    return {"enabled": True, "ok": check.ok, "instructions": as_run.instructions if not port else None,
+            "cycles": check.ticks if port else None}  # fmt: skip
+
+
 def profile(result: BuildResult, sample: list[np.ndarray], port: str | None = None, baud: int = 115200,
             timeout: float = 5.0, log=print) -> dict:  # fmt: skip
     """`edgecomp profile`: the same input run twice — the first inference after start-up (cold caches

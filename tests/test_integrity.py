@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HAVE_ARM
+from conftest import HAVE_ARM, weight_bytes
 from elftools.elf.elffile import ELFFile
 
 from edgecomp.errors import DeviceError
@@ -24,20 +24,6 @@ X = np.random.default_rng(0).uniform(0, 1, (1, 1, 28, 28)).astype(np.float32)
 TARGETS = ["host"] + (["cortex-m7"] if HAVE_ARM else []) + (
     ["cortex-a53-virt"] if shutil.which("qemu-system-aarch64") else []
 )
-
-
-def weight_bytes(elf_path: Path) -> list[tuple[str, int, int]]:
-    """(symbol, file offset, size) of every constant of the model (ec_c<N>) in the ELF."""
-    found = []
-    with elf_path.open("rb") as f:
-        elf = ELFFile(f)
-        sections = list(elf.iter_sections())
-        for sym in elf.get_section_by_name(".symtab").iter_symbols():
-            if not sym.name.startswith("ec_c") or not sym.name[4:].isdigit() or not sym["st_size"]:
-                continue
-            sec = sections[sym["st_shndx"]]
-            found.append((sym.name, sym["st_value"] - sec["sh_addr"] + sec["sh_offset"], sym["st_size"]))
-    return sorted(found, key=lambda s: s[1])
 
 
 def _binary(result) -> Path:

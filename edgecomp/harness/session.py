@@ -166,19 +166,7 @@ class Session:
               invoke_timeout: float = 120.0) -> InferenceResult:  # fmt: skip
         """Send the inputs, run one inference, read back the outputs and the device's figures."""
         info = self.info()
-        self._refuse_corrupt_weights()
-        if len(inputs) != len(info.input_bytes):
-            raise DeviceError(f"device expects {len(info.input_bytes)} inputs, got {len(inputs)}")
-        chunk = info.max_payload - 8
-        for i, arr in enumerate(inputs):
-            data = np.ascontiguousarray(arr).tobytes()
-            if len(data) != info.input_bytes[i]:
-                raise DeviceError(
-                    f"input {i} is {len(data)} bytes; the firmware on the device expects {info.input_bytes[i]} "
-                    "(is it running a different model?)"
-                )
-            for off in range(0, len(data), chunk):
-                self.request(P.CMD_WRITE_INPUT, struct.pack("<BI", i, off) + data[off : off + chunk])
+        self.write_inputs(inputs)
         reply = self.request(P.CMD_INVOKE, timeout=invoke_timeout)
         rc, ticks, stack = struct.unpack_from("<iQI", reply)
         if rc != 0:
@@ -197,6 +185,43 @@ class Session:
             outputs.append(np.frombuffer(bytes(buf), dtype=dtype).reshape(shape).copy())
         return InferenceResult(outputs, ticks, None if stack == 0xFFFFFFFF else stack, info.timer, info.clock_hz,
                                self.step_ticks() if info.per_layer else ())  # fmt: skip
+
+    def write_inputs(self, inputs: list[np.ndarray]) -> None:
+        """Write the inputs where the model reads them (refused while the weights check fails)."""
+        info = self.info()
+        self._refuse_corrupt_weights()
+        if len(inputs) != len(info.input_bytes):
+            raise DeviceError(f"device expects {len(info.input_bytes)} inputs, got {len(inputs)}")
+        chunk = info.max_payload - 8
+        for i, arr in enumerate(inputs):
+            data = np.ascontiguousarray(arr).tobytes()
+            if len(data) != info.input_bytes[i]:
+                raise DeviceError(
+                    f"input {i} is {len(data)} bytes; the firmware on the device expects {info.input_bytes[i]} "
+                    "(is it running a different model?)"
+                )
+            for off in range(0, len(data), chunk):
+                self.request(P.CMD_WRITE_INPUT, struct.pack("<BI", i, off) + data[off : off + chunk])
+
+    def step(self, index: int, timeout: float = 120.0) -> int:
+        """Run step `index` of the model alone (after the inputs and the steps before it); its ticks."""
+        reply = self.request(P.CMD_STEP, struct.pack("<H", index), timeout=timeout)
+        rc, ticks, _ = struct.unpack_from("<iQI", reply)
+        if rc != 0:
+            raise DeviceError(f"step {index} of the model failed (returned {rc})")
+        return ticks
+
+    def read_arena(self, offset: int, size: int) -> bytes:
+        """`size` bytes of the model's arena from `offset` (where the memory plan put a tensor)."""
+        chunk = self.info().max_payload - 1
+        buf = bytearray()
+        for off in range(offset, offset + size, chunk):
+            n = min(chunk, offset + size - off)
+            part = self.request(P.CMD_READ_ARENA, struct.pack("<IH", off, n))
+            if len(part) != n:
+                raise DeviceError(f"device sent {len(part)} bytes of its arena at {off}, expected {n}")
+            buf += part
+        return bytes(buf)
 
     def step_ticks(self) -> tuple[int, ...]:
         """Timer ticks of each step of the last inference (firmware built with --per-layer)."""

@@ -13,7 +13,8 @@
 static uint8_t ec_rx[EC_MAX_PAYLOAD];
 static uint8_t ec_tx[EC_MAX_PAYLOAD];
 
-/* Result of the last INVOKE, resent as is if the host repeats that frame (a lost reply). */
+/* Result of the last INVOKE or STEP, resent as is if the host repeats that frame (a lost reply):
+ * running it again could read a buffer the first run overwrote. */
 static uint8_t ec_invoke_reply[1 + 4 + 8 + 4];
 
 #if MODEL_INTEGRITY
@@ -48,6 +49,19 @@ static void ec_invoke(void)
   ec_put_u32(ec_invoke_reply + 5, (uint32_t)ticks);
   ec_put_u32(ec_invoke_reply + 9, (uint32_t)(ticks >> 32));
   ec_put_u32(ec_invoke_reply + 13, stack);
+}
+
+/* One step of the model alone (validate): u8 status, i32 rc, u64 ticks. */
+static void ec_step(uint32_t step)
+{
+  ec_port_timer_start();
+  int rc = model_step(step);
+  uint64_t ticks = ec_port_ticks();
+  ec_invoke_reply[0] = rc == 0 ? EC_OK : (rc == 1 ? EC_ERR_ARGS : EC_ERR_MODEL);
+  ec_put_u32(ec_invoke_reply + 1, (uint32_t)rc);
+  ec_put_u32(ec_invoke_reply + 5, (uint32_t)ticks);
+  ec_put_u32(ec_invoke_reply + 9, (uint32_t)(ticks >> 32));
+  ec_put_u32(ec_invoke_reply + 13, 0);
 }
 
 static uint32_t ec_info(uint8_t *p)
@@ -129,6 +143,34 @@ int main(void)
       memcpy(ec_tx, ec_invoke_reply, sizeof ec_invoke_reply);
       n = sizeof ec_invoke_reply;
       break;
+    case EC_CMD_STEP: /* u16 step -> as INVOKE's reply */
+      if (!EC_WEIGHTS_OK) {
+        ec_tx[0] = EC_ERR_INTEGRITY;
+        break;
+      }
+      if (len < 2) {
+        ec_tx[0] = EC_ERR_ARGS;
+        break;
+      }
+      if ((int)seq != last_seq) {
+        ec_step(ec_get_u16(ec_rx));
+      }
+      memcpy(ec_tx, ec_invoke_reply, sizeof ec_invoke_reply);
+      n = sizeof ec_invoke_reply;
+      break;
+    case EC_CMD_READ_ARENA: { /* u32 offset, u16 length -> bytes of the arena */
+      uint32_t offset = len >= 6 ? ec_get_u32(ec_rx) : 0;
+      uint32_t want = len >= 6 ? ec_get_u16(ec_rx + 4) : 0;
+      if (!EC_WEIGHTS_OK) {
+        ec_tx[0] = EC_ERR_INTEGRITY;
+      } else if (len < 6 || want >= EC_MAX_PAYLOAD || offset > MODEL_ARENA_BYTES || want > MODEL_ARENA_BYTES - offset) {
+        ec_tx[0] = EC_ERR_ARGS;
+      } else {
+        memcpy(ec_tx + 1, (const uint8_t *)model_arena() + offset, want);
+        n = 1 + want;
+      }
+      break;
+    }
 #if MODEL_INTEGRITY
     case EC_CMD_VERIFY: /* -> u8 ok, u64 ticks of the check, expected digest, computed digest, u8 reason */
       ec_verify();

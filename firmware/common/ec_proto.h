@@ -25,6 +25,8 @@ enum {
   EC_CMD_EXIT = 0x05,
   EC_CMD_STEP_TICKS = 0x06,
   EC_CMD_VERIFY = 0x07,
+  EC_CMD_STEP = 0x08,
+  EC_CMD_READ_ARENA = 0x09,
   EC_RESP = 0x80,
   EC_NAK = 0xFD,
   EC_FAULT = 0xFE,
