@@ -1,4 +1,4 @@
-"""Command line: build, run, profile, analyze, finetune, flash, targets, ops. Thin: parse the
+"""Command line: build, run, profile, validate, analyze, finetune, flash, keygen, targets, ops. Thin: parse the
 arguments, call the pipeline (or the command's module), print, and map errors to exit codes.
 
 Exit codes: 0 ok, 1 outputs disagree with the reference, 2 user error (bad model, bad arguments,
@@ -80,6 +80,14 @@ def _build_parent() -> argparse.ArgumentParser:
     q.add_argument("--eval", type=Path, metavar="DATA.npz",
                    help="accuracy of the quantized model vs float on x (and labels y) -> report.json")  # fmt: skip
     p.add_argument("--sanitize", action="store_true", help="host target: build with AddressSanitizer + UBSan")
+    p.add_argument("--no-integrity", action="store_true",
+                   help="leave out the firmware's check of its weights' SHA-256 at boot (on by default)")  # fmt: skip
+    p.add_argument("--model-region", action="store_true",
+                   help="weights in their own flash region behind a header, updatable without the code "
+                        "(edgecomp flash --model-only); the firmware refuses a region built for other code")  # fmt: skip
+    p.add_argument("--sign", metavar="KEY.pem",
+                   help="also write firmware.signed.bin, signed for MCUboot with this key (imgtool; edgecomp keygen)")  # fmt: skip
+    p.add_argument("--sign-version", default="0.0.0", help="the signed image's version [0.0.0]")
     p.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
     return p
 
@@ -119,6 +127,13 @@ def make_parser() -> argparse.ArgumentParser:
     prof.add_argument("--json", type=Path, help="write the profile as JSON")
     prof.add_argument("--plot", type=Path, metavar="LAYERS.png",
                       help="with --per-layer: a bar chart of each layer's instructions/cycles and MACs")  # fmt: skip
+    val = sub.add_parser("validate", parents=[build_p, device_p],
+                         help="build (cached), run step by step on the device and compare every layer's "
+                              "output with the reference; names the first layer that diverges")  # fmt: skip
+    val.add_argument("--input", "-i", type=Path, help="input sample, .npy or .npz (default: seeded random data)")
+    val.add_argument("--json", type=Path, help="write the per-layer comparison as JSON")
+    val.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                     help="float tensors: max abs error / max |reference| allowed per layer [1e-4]")  # fmt: skip
     an = sub.add_parser(
         "analyze", help="pruning sensitivity: prune each channel group alone and measure the loss"
     )
@@ -158,7 +173,12 @@ def make_parser() -> argparse.ArgumentParser:
     fl.add_argument("--target", "-t", required=True, help="the board's target name or .toml file")
     fl.add_argument("--probe", choices=["pyocd", "openocd"], default="pyocd", help="programmer [pyocd]")
     fl.add_argument("--probe-id", help="unique id of the probe to use when several are attached")
+    fl.add_argument("--model-only", action="store_true",
+                    help="write only the model region of a --model-region build (a model update)")  # fmt: skip
     fl.add_argument("-q", "--quiet", action="store_true")
+    kg = sub.add_parser("keygen", help="make a key pair for signed images (--sign; MCUboot's imgtool)")
+    kg.add_argument("-o", "--output", type=Path, required=True, metavar="KEY.pem", help="the private key to write")
+    kg.add_argument("--type", default="ecdsa-p256", help="ecdsa-p256, ed25519, rsa-2048 or rsa-3072 [ecdsa-p256]")
     sub.add_parser("targets", help="list the shipped targets")
     ops = sub.add_parser(
         "ops", help="list the ONNX operators edgecomp compiles, with element types and limits"
@@ -198,6 +218,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             print_ops(ops_table())
         return 0
+    if args.command == "keygen":
+        from edgecomp.sign import keygen
+
+        pub = keygen(args.output, args.type)
+        print(f"wrote {args.output} (private: keep it secret) and {pub} (public: the bootloader's)")
+        return 0
     if args.command == "targets":
         from edgecomp.report import print_targets
 
@@ -213,7 +239,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "flash":
         from edgecomp.flash import flash
 
-        flash(args.firmware, load_target(args.target), args.probe, args.probe_id, log)
+        flash(args.firmware, load_target(args.target), args.probe, args.probe_id, log, args.model_only)
         log("flashed and reset: run or profile it with --port /dev/ttyACM0")
         return 0
     result = _build(args, reuse=args.command != "build", log=log)
@@ -222,6 +248,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "run":
         return _run(args, result, log)
+    if args.command == "validate":
+        return _validate(args, result, log)
     return _profile(args, result, log)
 
 
@@ -242,6 +270,10 @@ def _build(args, reuse: bool, log) -> BuildResult:
         prune=args.prune,
         prune_importance=args.prune_importance,
         dead_channels=args.dead_channels,
+        integrity=not args.no_integrity,
+        model_region=args.model_region,
+        sign=str(args.sign) if args.sign else None,
+        sign_version=args.sign_version,
     )
     if args.sanitize and not target.is_host:
         raise UserError("--sanitize builds the host target only (use --target host)")
@@ -312,6 +344,28 @@ def _profile(args, result: BuildResult, log) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+def _validate(args, result: BuildResult, log) -> int:
+    from edgecomp import report
+    from edgecomp.io import load_samples, random_sample
+    from edgecomp.validate import validate
+
+    if args.input:
+        sample = load_samples(args.input, result.report["inputs"])[0]
+    else:
+        sample = random_sample(result.report["inputs"], seed=0)
+    log(f"validating layer by layer on {_where(args, result)}")
+    validation = validate(result, sample, args.port, args.baud, args.timeout, args.tolerance)
+    report.print_validation(validation, f"{args.model.name} on {result.target.name}, step by step")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(validation.as_dict(), indent=2) + "\n")
+    first = validation.first_divergence
+    if first is not None:
+        raise MismatchError(f"layer {first.index} ({first.kernel}, computing '{first.computes}') is the first "
+                            f"to diverge from the reference, {validation.reference}")  # fmt: skip
     return 0
 
 

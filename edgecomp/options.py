@@ -33,6 +33,10 @@ class BuildOptions:
     # Channels zero after their ReLU: "proven" for every input the quantized model accepts (interval
     # arithmetic over its input range), "calib" also those zero on all calibration samples, "none".
     dead_channels: str = "proven"
+    integrity: bool = True  # the firmware checks the weights' SHA-256 at boot (--no-integrity: off)
+    model_region: bool = False  # weights in their own flash region behind a header (updatable apart)
+    sign: str | None = None  # a private key: firmware.signed.bin in MCUboot's format (edgecomp/sign.py)
+    sign_version: str = "0.0.0"  # the image version MCUboot's header records
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -18,7 +18,16 @@ import numpy as np
 import onnx
 
 from edgecomp import __version__
-from edgecomp.build import ElfSizes, boot2_image, compiler_for, compiler_version, elf_sizes, run_make
+from edgecomp.build import (
+    ElfSizes,
+    boot2_image,
+    code_digest,
+    compiler_for,
+    compiler_version,
+    elf_sizes,
+    run_make,
+    section_bytes,
+)
 from edgecomp.codegen import generate_project
 from edgecomp.errors import DoesNotFitError, UserError
 from edgecomp.frontend import load_model
@@ -87,6 +96,7 @@ def build_key(model_bytes: bytes, target: Target, options: BuildOptions, data_fi
     return h.hexdigest()
 
 
+MODEL_REGION_BIN = "model_region.bin"  # --model-region: the region's bytes, at report["model_region"]["origin"]
 COMPILED_MODEL = "model.onnx"  # in the build folder: the model as compiled (QDQ when quantized)
 FLOAT_MODEL = "model_float.onnx"  # quantized builds: the float model it was quantized from
 
@@ -127,8 +137,11 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
     ratios_file = (
         Path(prune_spec["channels"]) if prune_spec and isinstance(prune_spec.get("channels"), str) else None
     )
+    sign_key = Path(options.sign) if options.sign else None
+    if sign_key is not None and not sign_key.is_file():
+        raise UserError(f"signing key not found: {sign_key} (make one with: edgecomp keygen -o {sign_key})")
     key = build_key(
-        model_bytes, target, options, [p for p in (calib, eval_data, ratios_file) if p is not None]
+        model_bytes, target, options, [p for p in (calib, eval_data, ratios_file, sign_key) if p is not None]
     )
     if reuse:
         cached = _cached(outdir, key, target, options, tfl)
@@ -161,7 +174,8 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         "options": json.dumps(options.as_dict(), sort_keys=True),
     }
     project = generate_project(
-        lowered, target, model_path.name, provenance, options.per_layer, boot2_image(target)
+        lowered, target, model_path.name, provenance, options.per_layer, boot2_image(target), options.integrity,
+        options.model_region,
     )
     t_gen = time.monotonic() - t0
 
@@ -177,12 +191,24 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         report = _report(model_path, model, int_graph, target, options, key, lowered, project.plan, sizes, t_gen,
                          time.monotonic() - t0)  # fmt: skip
         report.update(graph_report)
+        report["integrity"] = {"enabled": options.integrity, "weights_sha256": project.weights_sha256,
+                               "code_sha256": code_digest(binary)}  # fmt: skip
         if eval_data is not None:
             log(f"evaluating float vs {options.quantize} on {eval_data}")
             samples, labels = load_eval(eval_data, io_specs(float_model))
             report["accuracy"] = evaluate(float_model, int_graph_for(fold_constants(model).model), samples, labels)
         if sizes is not None and options.fit_check:
             _check_fit(target, sizes)
+        if options.model_region:  # the region on its own, for `edgecomp flash --model-only`
+            addr, data = section_bytes(binary, ".ec_model")
+            (tmp / MODEL_REGION_BIN).write_bytes(data)
+            report["model_region"] = {"file": MODEL_REGION_BIN, "origin": addr, "bytes": len(data),
+                                      "code_id": data[44:76].hex()}  # the header's (model.h model_region_header)
+        if sign_key is not None:
+            from edgecomp.sign import sign_image
+
+            log(f"signing the image with {sign_key} (MCUboot format, imgtool)")
+            report["signed"] = sign_image(binary, target, sign_key, options.sign_version)
         if model is not None:
             onnx.save(model, str(tmp / COMPILED_MODEL))
         if options.quantize:
@@ -361,6 +387,10 @@ def _report(
             "variant": c.micro.variant if c.micro is not None and c.micro.variant else "tvm",
             "inputs": list(c.inputs),
             "outputs": list(c.outputs),
+            # each output's type, and the model tensor (ONNX; the integer graph's when quantized) whose
+            # value it holds, if any: what `edgecomp validate` compares it with
+            "produces": [{"tensor": o, "shape": list(lowered.tensors[o].shape), "dtype": lowered.tensors[o].dtype,
+                          "computes": lowered.sources.get(o)} for o in c.outputs],  # fmt: skip
             "macs": c.macs,
             "workspace_bytes": c.workspace_bytes,
         }

@@ -74,6 +74,14 @@ class Reference:
         return self._sess.run(None, dict(zip(self._names, sample, strict=True)))
 
 
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs the tensors `names` (after its own outputs, in order)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    have = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
+    return model
+
+
 def compare(got: list[list[np.ndarray]], want: list[list[np.ndarray]]) -> Comparison:
     """Compare all outputs of all samples."""
     max_err = max_ref = 0.0

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from elftools.elf.elffile import ELFFile
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecomp.pipeline import BuildOptions, build
@@ -166,3 +167,17 @@ def assert_outputs_match(model: onnx.ModelProto, errors: list[float], tol: float
     for out, err in zip(model.graph.output, errors, strict=True):
         exact = out.type.tensor_type.elem_type not in (TensorProto.FLOAT, TensorProto.DOUBLE)
         assert err <= (0 if exact else tol), f"output {out.name}: error {err}"
+
+
+def weight_bytes(elf_path: Path) -> list[tuple[str, int, int]]:
+    """(symbol, file offset, size) of every constant of the model (ec_c<N>) in the ELF."""
+    found = []
+    with elf_path.open("rb") as f:
+        elf = ELFFile(f)
+        sections = list(elf.iter_sections())
+        for sym in elf.get_section_by_name(".symtab").iter_symbols():
+            if not sym.name.startswith("ec_c") or not sym.name[4:].isdigit() or not sym["st_size"]:
+                continue
+            sec = sections[sym["st_shndx"]]
+            found.append((sym.name, sym["st_value"] - sec["sh_addr"] + sec["sh_offset"], sym["st_size"]))
+    return sorted(found, key=lambda s: s[1])

@@ -138,7 +138,11 @@ def c_literals(data: np.ndarray, per_line: int = 8) -> list[str]:
         text = np.where(np.isneginf(flat), "-INFINITY", text)
         suffix = "f" if flat.dtype == np.float32 else ""
         text = np.array([t + suffix if ("." in t or "e" in t) else t for t in text.tolist()])
+    elif flat.dtype == np.uint64:
+        text = np.char.add(flat.astype(str), "u")
     else:
         text = flat.astype(np.int64).astype(str)
+        # -9223372036854775808 is minus a constant too large for any signed type: a warning in C.
+        text = np.where(flat.astype(np.int64) == np.iinfo(np.int64).min, "INT64_MIN", text)
     items = text.tolist()
     return [", ".join(items[i : i + per_line]) for i in range(0, len(items), per_line)]

@@ -57,16 +57,18 @@ def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, ke
     """
     chosen: dict[str, MicroKernel] = {}
     if graph is not None:
-        mod, chosen = int_graph_to_relax(graph, features if kernels == "auto" else None)
-        mod = fuse(mod)
+        mod, chosen, sources = int_graph_to_relax(graph, features if kernels == "auto" else None)
+        mod, sources = fuse(mod, sources)
     else:
-        mod = import_and_fuse(with_c_names(model))
+        renamed, original = with_c_names(model)
+        mod, sources = import_and_fuse(renamed)
+        sources = {var: original.get(name, name) for var, name in sources.items()}
     if model is not None:
         inits = {i.name for i in model.graph.initializer}
         names = ([i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output])
     else:
         names = (list(graph.inputs), list(graph.outputs))
-    tensors, all_calls, inputs, outputs, copies = _walk_main(mod, *names)
+    tensors, all_calls, inputs, outputs, copies, computes = _walk_main(mod, *names, sources)
     micro = {**chosen, **copies}
     # A call whose outputs are all empty (a zero-size Slice...) has nothing to do.
     all_calls = [c for c in all_calls if any(tensors[o].size for o in c.outputs)]
@@ -104,11 +106,12 @@ def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, ke
             if t.dtype != "float32":
                 qparams[onnx_name] = (t.scale, t.zero_point)
     return LoweredModel(kernels_c=source, tensors=tensors, calls=calls, inputs=inputs, outputs=outputs,
-                        qparams=qparams)  # fmt: skip
+                        qparams=qparams, sources=computes)  # fmt: skip
 
 
-def with_c_names(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` whose every tensor name is a valid, unique C identifier (c_identifier).
+def with_c_names(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of `model` whose every tensor name is a valid, unique C identifier (c_identifier),
+    and the original name of each (by new name).
 
     TVM names the parameters and locals of the C it generates after the Relax variables, that is
     after the ONNX names ('gpu_0/data_0' gave `void* gpu_0/data_0 = ...`). The call sequence keeps
@@ -124,7 +127,7 @@ def with_c_names(model: onnx.ModelProto) -> onnx.ModelProto:
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     _rename_graph(model.graph, safe)
-    return model
+    return model, {new: old for old, new in rename.items()}
 
 
 def _rename_graph(graph: onnx.GraphProto, safe) -> None:
@@ -183,9 +186,10 @@ def _sinfo_tensors(sinfo) -> list[tuple[tuple[int, ...], str]]:
     return [(shape, str(sinfo.dtype))]
 
 
-def _walk_main(mod: tvm.IRModule, onnx_inputs: list[str], onnx_outputs: list[str]):
+def _walk_main(mod: tvm.IRModule, onnx_inputs: list[str], onnx_outputs: list[str], sources: dict):
     """Turn Relax main's dataflow into tensors and a call sequence (model inputs and outputs named
-    `onnx_inputs`, `onnx_outputs`)."""
+    `onnx_inputs`, `onnx_outputs`), and the model tensor each intermediate holds (from `sources`,
+    by binding variable)."""
     main = mod["main"]
     tensors: dict[str, Tensor] = {}
     env: dict = {}  # relax Var -> list of tensor names (several for a tuple)
@@ -226,6 +230,7 @@ def _walk_main(mod: tvm.IRModule, onnx_inputs: list[str], onnx_outputs: list[str
         raise UnsupportedModelError(f"after lowering, an argument is not a tensor: {expr}")
 
     calls: list[Call] = []
+    computes: dict[str, str] = {}
     body = main.body
     for block in body.blocks:
         for binding in block.bindings:
@@ -246,8 +251,12 @@ def _walk_main(mod: tvm.IRModule, onnx_inputs: list[str], onnx_outputs: list[str
                     outs.append(name)
                 env[binding.var] = outs
                 calls.append(Call(kernel, "", tuple(ins), tuple(outs), 0, 0))
+                if len(outs) == 1 and binding.var in sources:
+                    computes[outs[0]] = sources[binding.var]
             elif isinstance(value, relax.TupleGetItem):
                 env[binding.var] = [arg_names(value.tuple_value)[value.index]]
+                if binding.var in sources:
+                    computes.setdefault(env[binding.var][0], sources[binding.var])
             elif isinstance(value, relax.Var | _CONST):
                 env[binding.var] = arg_names(value)
             elif isinstance(value, relax.Tuple):
@@ -293,4 +302,5 @@ def _walk_main(mod: tvm.IRModule, onnx_inputs: list[str], onnx_outputs: list[str
         )
         for c in calls
     ]
-    return tensors, calls, tuple(inputs), tuple(onnx_outputs), copies
+    computes = {rename.get(k, k): v for k, v in computes.items()}
+    return tensors, calls, tuple(inputs), tuple(onnx_outputs), copies, computes

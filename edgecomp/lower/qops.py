@@ -444,8 +444,9 @@ def _emit_micro(bb: relax.BlockBuilder, chosen: Chosen, env: dict, graph: IntGra
 
 
 def int_graph_to_relax(graph: IntGraph, features: frozenset[str] | None = None
-                       ) -> tuple[tvm.IRModule, dict[str, MicroKernel]]:  # fmt: skip
-    """A Relax module whose main runs `graph`, and the micro-kernels it calls (by symbol).
+                       ) -> tuple[tvm.IRModule, dict[str, MicroKernel], dict]:  # fmt: skip
+    """A Relax module whose main runs `graph`, the micro-kernels it calls (by symbol), and the
+    graph tensor each binding of main computes (by binding variable).
 
     With `features` (the target's ISA capabilities; None: TVM's kernels only), each op that a kernel
     variant of kernels.py covers on those features becomes a call_dps_packed to it (a convolution
@@ -463,6 +464,7 @@ def int_graph_to_relax(graph: IntGraph, features: frozenset[str] | None = None
     else:
         plan = kernels.choose(graph, features)
     chosen_kernels: dict[str, MicroKernel] = {}
+    sources: dict = {}  # binding variable -> graph tensor
     with bb.function("main", params):
         with bb.dataflow():
             for i, op in enumerate(graph.ops):
@@ -470,11 +472,13 @@ def int_graph_to_relax(graph: IntGraph, features: frozenset[str] | None = None
                     continue  # computed by a fused kernel
                 choice = plan.get(i)
                 if choice is not None:
-                    env[choice.outputs] = _emit_micro(bb, choice, env, graph)
+                    out = env[choice.outputs] = _emit_micro(bb, choice, env, graph)
                     chosen_kernels[choice.kernel.symbol] = replace(choice.kernel, variant=choice.variant)
+                    sources[out] = choice.outputs
                 else:
-                    env[op.output] = _emit(bb, op, env, graph)
+                    out = env[op.output] = _emit(bb, op, env, graph)
+                    sources[out] = op.output
             outs = [env[o] for o in graph.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)
-    return bb.get(), chosen_kernels
+    return bb.get(), chosen_kernels, sources
