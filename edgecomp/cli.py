@@ -1,4 +1,4 @@
-"""Command line: build, run, profile, validate, analyze, finetune, flash, keygen, targets, ops. Thin: parse the
+"""Command line: build, export, run, profile, validate, analyze, finetune, flash, keygen, targets, ops. Thin: parse the
 arguments, call the pipeline (or the command's module), print, and map errors to exit codes.
 
 Exit codes: 0 ok, 1 outputs disagree with the reference, 2 user error (bad model, bad arguments,
@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from edgecomp import __version__
@@ -88,6 +89,12 @@ def _build_parent() -> argparse.ArgumentParser:
     p.add_argument("--sign", metavar="KEY.pem",
                    help="also write firmware.signed.bin, signed for MCUboot with this key (imgtool; edgecomp keygen)")  # fmt: skip
     p.add_argument("--sign-version", default="0.0.0", help="the signed image's version [0.0.0]")
+    p.add_argument("--name", default="model", metavar="PREFIX",
+                   help="prefix of every exported symbol, macro, section and file (kws_run, KWS_ARENA_BYTES, "
+                        "kws.h), so several models link into one program [model]")  # fmt: skip
+    p.add_argument("--arena", choices=["static", "caller"], default=None,
+                   help="the model's own static arena, or the caller's, handed to PREFIX_init(arena, bytes) "
+                        "(models that never run at once can share one) [build: static, export: caller]")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
     return p
 
@@ -109,7 +116,18 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgecomp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     build_p, device_p = _build_parent(), _device_parent()
-    sub.add_parser("build", parents=[build_p], help="compile a model into C sources and firmware")
+    bld = sub.add_parser("build", parents=[build_p], help="compile a model into C sources and firmware")
+    bld.add_argument("--harness", choices=["edgecomp", "mlperf"], default="edgecomp",
+                     help="the firmware's main: edgecomp's framed protocol (run/profile/validate), or the MLPerf "
+                          "Tiny runner's text protocol on the console UART (docs/protocol.md) [edgecomp]")  # fmt: skip
+    bld.add_argument("--mlperf-model", metavar="ID",
+                     help="--harness mlperf: the model id `profile` answers (kws01, ic01, vww01, ad01: the "
+                          "runner picks its test by it) [the model file's name]")  # fmt: skip
+    exp = sub.add_parser("export", parents=[build_p],
+                         help="the compiled model as a library for your own firmware (CMake, Zephyr, Arduino, "
+                              "PlatformIO or plain sources)")  # fmt: skip
+    exp.add_argument("--format", "-f", choices=["cmake", "zephyr", "arduino", "platformio", "plain"],
+                     default="cmake", help="the build files to write beside the sources [cmake]")  # fmt: skip
     run = sub.add_parser("run", parents=[build_p, device_p],
                          help="build (cached), run on QEMU/board/host and check against onnxruntime")  # fmt: skip
     run.add_argument(
@@ -242,6 +260,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         flash(args.firmware, load_target(args.target), args.probe, args.probe_id, log, args.model_only)
         log("flashed and reset: run or profile it with --port /dev/ttyACM0")
         return 0
+    if args.command == "export":
+        return _export(args, log)
     result = _build(args, reuse=args.command != "build", log=log)
     if args.command == "build":
         report.print_build(result)
@@ -253,9 +273,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _profile(args, result, log)
 
 
-def _build(args, reuse: bool, log) -> BuildResult:
-    target = load_target(args.target)
-    options = BuildOptions(
+def _options(args) -> BuildOptions:
+    """The build options the command line gives (the same for build, export, run, profile, validate)."""
+    return BuildOptions(
         input_shapes=parse_input_shapes(args.input_shape),
         freeze=parse_freeze(args.freeze),
         keep_inputs=tuple(args.keep_input or ()),
@@ -274,7 +294,31 @@ def _build(args, reuse: bool, log) -> BuildResult:
         model_region=args.model_region,
         sign=str(args.sign) if args.sign else None,
         sign_version=args.sign_version,
+        name=args.name,
+        arena=args.arena or "static",
+        harness=getattr(args, "harness", "edgecomp"),
+        mlperf_model=getattr(args, "mlperf_model", None) or "",
     )
+
+
+def _export(args, log) -> int:
+    from edgecomp import report
+    from edgecomp.export import export
+
+    if args.fit or args.max_flash or args.max_ram:
+        raise UserError("--fit, --max-flash and --max-ram choose a build; export the model it chose instead")
+    if args.eval:
+        raise UserError("--eval reports a build's accuracy: use it with edgecomp build")
+    options = replace(_options(args), arena=args.arena or "caller")
+    result = export(args.model, load_target(args.target), args.output_dir, options, args.format, log, args.calib,
+                    args.save_quantized, args.save_pruned)  # fmt: skip
+    report.print_export(result)
+    return 0
+
+
+def _build(args, reuse: bool, log) -> BuildResult:
+    target = load_target(args.target)
+    options = _options(args)
     if args.sanitize and not target.is_host:
         raise UserError("--sanitize builds the host target only (use --target host)")
     if args.fit:

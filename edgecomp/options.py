@@ -37,6 +37,17 @@ class BuildOptions:
     model_region: bool = False  # weights in their own flash region behind a header (updatable apart)
     sign: str | None = None  # a private key: firmware.signed.bin in MCUboot's format (edgecomp/sign.py)
     sign_version: str = "0.0.0"  # the image version MCUboot's header records
+    # --name: the prefix of every exported symbol, macro, section and file (kws_run, KWS_ARENA_BYTES,
+    # kws.h); "model" keeps the names every earlier build had (codegen/naming.py)
+    name: str = "model"
+    # --arena: "static", the model's own arena (the harness's default); "caller", handed to
+    # prefix_init() by the program, so models that never run at once can share one
+    arena: str = "static"
+    # --harness: the firmware's main: "edgecomp" (the framed protocol run/profile/validate speak) or
+    # "mlperf" (the MLPerf Tiny runner's text protocol, docs/protocol.md); mlperf_model is what it
+    # answers to `profile` (m-model-[kws01]): the runner picks its test script by it
+    harness: str = "edgecomp"
+    mlperf_model: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -29,6 +29,7 @@ from edgecomp.build import (
     section_bytes,
 )
 from edgecomp.codegen import generate_project
+from edgecomp.codegen.naming import Naming, check_prefix
 from edgecomp.errors import DoesNotFitError, UserError
 from edgecomp.frontend import load_model
 from edgecomp.frontend.load import load_model_proto
@@ -101,21 +102,34 @@ COMPILED_MODEL = "model.onnx"  # in the build folder: the model as compiled (QDQ
 FLOAT_MODEL = "model_float.onnx"  # quantized builds: the float model it was quantized from
 
 
-def build(model_path: Path, target: Target, outdir: Path | None = None, options: BuildOptions | None = None,
-          reuse: bool = False, log=print, calib: Path | None = None, eval_data: Path | None = None,
-          save_quantized: Path | None = None, save_pruned: Path | None = None) -> BuildResult:  # fmt: skip
-    """Compile `model_path` for `target` into `outdir`; with `reuse`, keep a build with the same key.
+@dataclass(frozen=True)
+class Prepared:
+    """A model read and checked, with what keys its build: the front end's result and the files
+    besides the model that the key hashes."""
 
-    With options.quantize, the model is quantized on the samples in `calib` first (and saved as QDQ
-    ONNX to `save_quantized`); `eval_data` (.npz with x, optional y) adds an accuracy report.
+    model: onnx.ModelProto | None  # None for an integer TFLite model (tfl holds it)
+    tfl: TflModel | None
+    model_bytes: bytes
+    prune_spec: dict | None
+    data_files: list[Path]  # calibration, evaluation, per-layer ratios, signing key
 
-    The output folder is written in a temporary sibling and moved into place only when the whole
-    build succeeded, so a failed build never leaves a half-written folder behind. It keeps the
-    model as compiled (model.onnx, and model_float.onnx for a model quantized here), so a reused
-    build needs neither the graph passes nor calibration again.
-    """
-    options = options or BuildOptions()
-    outdir = Path(outdir or default_outdir(model_path, target))
+
+@dataclass(frozen=True)
+class Compiled:
+    """A model through the graph passes, quantization and TVM: what the C is rendered from."""
+
+    model: onnx.ModelProto | None  # as compiled (QDQ when quantized; None for an integer TFLite model)
+    float_model: onnx.ModelProto | None  # the float model it was quantized from (quantized here)
+    int_graph: IntGraph | None
+    lowered: LoweredModel
+    graph_report: dict
+    provenance: dict  # the model file's hash and the options, for the generated files' header
+
+
+def prepare(model_path: Path, options: BuildOptions, calib: Path | None = None, eval_data: Path | None = None,
+            save_quantized: Path | None = None) -> Prepared:  # fmt: skip
+    """Read the model and check the options against it (every error a user can fix, before any
+    compiling)."""
     model, tfl = _front_end(Path(model_path), options)
     if tfl is not None:
         for flag, given in (("--quantize", options.quantize), ("--prune", options.prune), ("--calib", calib),
@@ -132,7 +146,9 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         raise UserError("--eval compares a quantized model with its float original: use it with --quantize")
     if options.io == "int8" and tfl is None and not options.quantize and not is_quantized(model):
         raise UserError("--io int8 needs a quantized model (--quantize, or a QDQ model)")
-    model_bytes = Path(model_path).read_bytes()
+    if options.arena not in ("static", "caller"):
+        raise UserError(f"--arena must be static or caller, not '{options.arena}'")
+    check_prefix(options.name)
     prune_spec = parse_prune(options.prune) if options.prune else None
     ratios_file = (
         Path(prune_spec["channels"]) if prune_spec and isinstance(prune_spec.get("channels"), str) else None
@@ -140,22 +156,22 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
     sign_key = Path(options.sign) if options.sign else None
     if sign_key is not None and not sign_key.is_file():
         raise UserError(f"signing key not found: {sign_key} (make one with: edgecomp keygen -o {sign_key})")
-    key = build_key(
-        model_bytes, target, options, [p for p in (calib, eval_data, ratios_file, sign_key) if p is not None]
-    )
-    if reuse:
-        cached = _cached(outdir, key, target, options, tfl)
-        if cached is not None:
-            _save_models(cached.model, cached.float_model, save_quantized, save_pruned)
-            return cached
+    data_files = [p for p in (calib, eval_data, ratios_file, sign_key) if p is not None]
+    return Prepared(model, tfl, Path(model_path).read_bytes(), prune_spec, data_files)
 
-    t0 = time.monotonic()
+
+def compile_model(prepared: Prepared, model_path: Path, target: Target, options: BuildOptions, naming: Naming,
+                  calib: Path | None = None, save_quantized: Path | None = None, save_pruned: Path | None = None,
+                  log=print) -> Compiled:  # fmt: skip
+    """The graph passes, quantization (on `calib`) and TVM's lowering, kernels named in `naming`'s
+    namespace; `save_quantized` / `save_pruned` get the QDQ / pruned float model."""
+    model, tfl = prepared.model, prepared.tfl
     float_model, graph_report = None, {}
     if tfl is not None:  # an integer TFLite model: its own integer graph, TFLite's arithmetic
         int_graph = tflite_int_graph(tfl, options.io)
     else:
         calib_samples = load_calibration(calib, io_specs(model)) if calib is not None else None
-        model, graph_report = graph_passes(model, options, prune_spec, calib_samples)
+        model, graph_report = graph_passes(model, options, prepared.prune_spec, calib_samples)
         float_model = model  # what quantization starts from and is compared with
         if options.quantize:
             log(f"quantizing to {options.quantize} ({options.calib_method} calibration)")
@@ -165,17 +181,51 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         _save_models(model, float_model if options.quantize else None, save_quantized, save_pruned)
         int_graph = int_graph_for(fold_constants(model).model, options.io or "float") if is_quantized(model) else None
 
-    log(f"lowering {model_path.name} through TVM for {target.name}")
+    log(f"lowering {Path(model_path).name} through TVM for {target.name}")
     from edgecomp.lower import lower_model  # TVM: loaded only by builds that compile
     lowered = lower_model(model if int_graph is not None else fold_constants(model).model, int_graph,
-                          options.kernels, target.features)  # fmt: skip
+                          options.kernels, target.features, naming.ns)  # fmt: skip
     provenance = {
-        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "model_sha256": hashlib.sha256(prepared.model_bytes).hexdigest(),
         "options": json.dumps(options.as_dict(), sort_keys=True),
     }
+    return Compiled(model, float_model if options.quantize else None, int_graph, lowered, graph_report, provenance)
+
+
+def build(model_path: Path, target: Target, outdir: Path | None = None, options: BuildOptions | None = None,
+          reuse: bool = False, log=print, calib: Path | None = None, eval_data: Path | None = None,
+          save_quantized: Path | None = None, save_pruned: Path | None = None) -> BuildResult:  # fmt: skip
+    """Compile `model_path` for `target` into `outdir`; with `reuse`, keep a build with the same key.
+
+    With options.quantize, the model is quantized on the samples in `calib` first (and saved as QDQ
+    ONNX to `save_quantized`); `eval_data` (.npz with x, optional y) adds an accuracy report.
+
+    The output folder is written in a temporary sibling and moved into place only when the whole
+    build succeeded, so a failed build never leaves a half-written folder behind. It keeps the
+    model as compiled (model.onnx, and model_float.onnx for a model quantized here), so a reused
+    build needs neither the graph passes nor calibration again.
+    """
+    options = options or BuildOptions()
+    outdir = Path(outdir or default_outdir(model_path, target))
+    prepared = prepare(model_path, options, calib, eval_data, save_quantized)
+    tfl = prepared.tfl
+    sign_key = Path(options.sign) if options.sign else None
+    key = build_key(prepared.model_bytes, target, options, prepared.data_files)
+    if reuse:
+        cached = _cached(outdir, key, target, options, tfl)
+        if cached is not None:
+            _save_models(cached.model, cached.float_model, save_quantized, save_pruned)
+            return cached
+
+    t0 = time.monotonic()
+    naming = Naming.for_build(options.name)
+    compiled = compile_model(prepared, model_path, target, options, naming, calib, save_quantized, save_pruned, log)
+    model, float_model, int_graph, lowered = compiled.model, compiled.float_model, compiled.int_graph, compiled.lowered
+    graph_report = compiled.graph_report
+    mlperf = {"model": options.mlperf_model or Path(model_path).stem}
     project = generate_project(
-        lowered, target, model_path.name, provenance, options.per_layer, boot2_image(target), options.integrity,
-        options.model_region,
+        lowered, target, model_path.name, compiled.provenance, options.per_layer, boot2_image(target),
+        options.integrity, options.model_region, naming, options.arena == "caller", options.harness, mlperf,
     )
     t_gen = time.monotonic() - t0
 
