@@ -126,8 +126,9 @@ def make_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", parents=[build_p],
                          help="the compiled model as a library for your own firmware (CMake, Zephyr, Arduino, "
                               "PlatformIO or plain sources)")  # fmt: skip
-    exp.add_argument("--format", "-f", choices=["cmake", "zephyr", "arduino", "platformio", "plain"],
-                     default="cmake", help="the build files to write beside the sources [cmake]")  # fmt: skip
+    exp.add_argument("--format", "-f", default="cmake", metavar="cmake|zephyr|arduino|platformio|plain|all",
+                     help="the build files to write beside the sources; several comma-separated, or all: "
+                          "they never collide [cmake]")  # fmt: skip
     run = sub.add_parser("run", parents=[build_p, device_p],
                          help="build (cached), run on QEMU/board/host and check against onnxruntime")  # fmt: skip
     run.add_argument(

@@ -60,23 +60,33 @@ class ExportResult:
     report: dict
 
 
-def default_export_dir(model_path: Path, name: str, fmt: str) -> Path:
-    return Path("build") / f"{name}-{fmt}"
+def parse_formats(spec: str) -> tuple[str, ...]:
+    """'cmake' / 'cmake,platformio' / 'all' -> the formats. Their files never collide, so one folder
+    can be a CMake project, a Zephyr module, an Arduino and a PlatformIO library at once."""
+    formats = FORMATS if spec == "all" else tuple(dict.fromkeys(f.strip() for f in spec.split(",")))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise UserError(f"--format takes {', '.join(FORMATS)} (comma-separated) or all, not '{spec}'")
+    return formats
 
 
-def export(model_path: Path, target: Target, outdir: Path | None, options: BuildOptions, fmt: str,
+def default_export_dir(model_path: Path, name: str, target: Target) -> Path:
+    return Path("build") / f"{Path(model_path).stem}-{name}-{target.name}-export"
+
+
+def export(model_path: Path, target: Target, outdir: Path | None, options: BuildOptions, fmt: str = "cmake",
            log=print, calib: Path | None = None, save_quantized: Path | None = None,
            save_pruned: Path | None = None) -> ExportResult:  # fmt: skip
-    """Compile `model_path` for `target` and write it to `outdir` as a library in format `fmt`.
+    """Compile `model_path` for `target` and write it to `outdir` as a library with the build files
+    of `fmt` (one format, several comma-separated, or all).
 
     Like `build`, the folder is written aside and moved into place only when everything succeeded."""
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    formats = parse_formats(fmt)
     for flag, given in (("--sign", options.sign), ("--sanitize", options.sanitize),
                         ("--harness", options.harness != "edgecomp")):  # fmt: skip
         if given:
             raise UserError(f"{flag} applies to a firmware (edgecomp build), not to an export")
-    outdir = Path(outdir or default_export_dir(model_path, options.name, fmt))
+    outdir = Path(outdir or default_export_dir(model_path, options.name, target))
     prepared = prepare(model_path, options, calib, None, save_quantized)
     t0 = time.monotonic()
     naming = Naming.for_export(options.name)
@@ -101,11 +111,11 @@ def export(model_path: Path, target: Target, outdir: Path | None, options: Build
         sizes = compile_library(tmp, c_files, target, options.extra_cflags)
         lib = Library(c_files, tuple(target.arch_flags), tuple(target.opt_flags), sizes["libm"], __version__,
                       sizes["flash_bytes"], sizes["ram_bytes"])  # fmt: skip
-        ctx = {**sources.ctx, "lib": lib, "format": fmt, "folder": outdir.name}
-        for rel, text in ecosystem_files(fmt, ctx).items():
+        ctx = {**sources.ctx, "lib": lib, "formats": formats, "folder": outdir.name}
+        for rel, text in ecosystem_files(formats, ctx).items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_text(text)
-        report = _report(model_path, target, options, fmt, naming, compiled, sources, lib, sizes,
+        report = _report(model_path, target, options, formats, naming, compiled, sources, lib, sizes,
                          build_key(prepared.model_bytes, target, options, prepared.data_files),
                          time.monotonic() - t0)  # fmt: skip
         report["files"] = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
@@ -119,11 +129,11 @@ def export(model_path: Path, target: Target, outdir: Path | None, options: Build
     return ExportResult(outdir, report)
 
 
-def ecosystem_files(fmt: str, ctx: dict) -> dict[str, str]:
-    """The build files of `fmt` (and a README saying how to use the library there)."""
+def ecosystem_files(formats: tuple[str, ...], ctx: dict) -> dict[str, str]:
+    """The build files of each of `formats` (and a README saying how to use the library there)."""
     env = _env()
     p = ctx["p"]
-    templates = {
+    by_format = {
         "cmake": {"CMakeLists.txt": "CMakeLists.txt.j2"},
         "zephyr": {"zephyr/module.yml": "module.yml.j2", "zephyr/CMakeLists.txt": "zephyr_CMakeLists.txt.j2",
                    "zephyr/Kconfig": "Kconfig.j2"},  # fmt: skip
@@ -131,7 +141,8 @@ def ecosystem_files(fmt: str, ctx: dict) -> dict[str, str]:
                     f"examples/{p}_example/{p}_example.ino": "example.ino.j2"},  # fmt: skip
         "platformio": {"library.json": "library.json.j2"},
         "plain": {f"{p}.mk": "model.mk.j2"},
-    }[fmt]
+    }
+    templates = {rel: name for fmt in formats for rel, name in by_format[fmt].items()}
     files = {rel: env.get_template(f"export/{name}").render(ctx) for rel, name in templates.items()}
     files["README.md"] = env.get_template("export/README.md.j2").render(ctx)
     return files
@@ -198,7 +209,8 @@ def object_sizes(objects: list[Path]) -> dict:
             "external_symbols": sorted(external)}  # fmt: skip
 
 
-def _report(model_path, target, options, fmt, naming, compiled, sources, lib: Library, sizes, key, seconds) -> dict:
+def _report(model_path, target, options, formats, naming, compiled, sources, lib: Library, sizes, key,
+            seconds) -> dict:  # fmt: skip
     lowered = compiled.lowered
     rounding = "half_away" if compiled.model is None else "half_even"
     return {
@@ -207,7 +219,7 @@ def _report(model_path, target, options, fmt, naming, compiled, sources, lib: Li
         "target": target.as_dict(),
         "options": options.as_dict(),
         "build_key": key,
-        "format": fmt,
+        "formats": list(formats),
         "name": naming.prefix,
         "header": f"src/{naming.header}",
         "arena": options.arena,

@@ -63,7 +63,7 @@ def print_build(result: BuildResult) -> None:
 def print_export(result) -> None:
     """`edgecomp export`: where the library went and what it costs the program that links it."""
     r, lib = result.report, result.report["library"]
-    table = Table(title=f"{r['model']} -> {r['format']} library '{r['name']}' for {r['target']['name']}",
+    table = Table(title=f"{r['model']} -> {'/'.join(r['formats'])} library '{r['name']}' for {r['target']['name']}",
                   show_header=False)  # fmt: skip
     table.add_row("output", str(result.outdir))
     table.add_row("API", f"{r['header']}: {r['name']}_init / {r['name']}_invoke / {r['name']}_run")

@@ -324,3 +324,21 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
             rows = [", ".join(f"0x{b:02X}" for b in boot2[i : i + 16]) for i in range(0, len(boot2), 16)]
             files["ec/ec_boot2.c"] = env.get_template("ec_boot2.c.j2").render(ctx, rows=rows, size=len(boot2))
     return GeneratedProject(files=files, plan=sources.plan, weights_sha256=sources.weights_sha256, copied=copied)
+
+
+def port_files(target: Target) -> GeneratedProject:
+    """The target's start-up code, port (UART, timer, exit, faults) and memory map without any
+    model or harness: what a program of one's own needs to run on an MCU target as edgecomp's
+    firmware does (ec/startup.c, ec/ec_port_<port>.c, ec/ec_target.h, linker.ld). The program
+    provides main(); the tests link exported models into one this way."""
+    if target.is_process or target.port != "cortex-m":
+        raise UserError(f"port_files is for Cortex-M targets; {target.name} is {target.kind}/{target.port}")
+    env = _env()
+    ctx = {"version": __version__, "model_name": "", "provenance": {"model_sha256": "", "options": ""},
+           "target": target, "model_region": None, "n": Naming()}  # fmt: skip
+    fw = data_dir("firmware")
+    copied = {f"ec/{p.name}": p for p in sorted((fw / target.port).iterdir()) if p.suffix in (".c", ".h")}
+    copied.update({f"ec/{name}": fw / "common" / name for name in ("ec_port.h", "ec_proto.c", "ec_proto.h")})
+    files = {"ec/ec_target.h": env.get_template("ec_target.h.j2").render(ctx),
+             "linker.ld": env.get_template("linker.ld.j2").render(ctx)}  # fmt: skip
+    return GeneratedProject(files=files, plan=ArenaPlan({}, (), 0, 0), weights_sha256="", copied=copied)
