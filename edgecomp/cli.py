@@ -1,4 +1,4 @@
-"""Command line: build, export, run, profile, validate, analyze, finetune, flash, keygen, targets, ops. Thin: parse the
+"""Command line: build, export, run, profile, validate, analyze, finetune, flash, keygen, qemu, targets, ops. Thin: parse the
 arguments, call the pipeline (or the command's module), print, and map errors to exit codes.
 
 Exit codes: 0 ok, 1 outputs disagree with the reference, 2 user error (bad model, bad arguments,
@@ -198,6 +198,10 @@ def make_parser() -> argparse.ArgumentParser:
     kg = sub.add_parser("keygen", help="make a key pair for signed images (--sign; MCUboot's imgtool)")
     kg.add_argument("-o", "--output", type=Path, required=True, metavar="KEY.pem", help="the private key to write")
     kg.add_argument("--type", default="ecdsa-p256", help="ecdsa-p256, ed25519, rsa-2048 or rsa-3072 [ecdsa-p256]")
+    qm = sub.add_parser("qemu", help="run a build's firmware in QEMU with its UART on a pseudo-terminal, for serial "
+                                     "tools such as the MLPerf Tiny runner (--harness mlperf builds), until Ctrl-C")  # fmt: skip
+    qm.add_argument("build_dir", type=Path, help="a build folder (firmware.elf and report.json)")
+    qm.add_argument("--target", "-t", help="its target name or .toml file [the one report.json names]")
     sub.add_parser("targets", help="list the shipped targets")
     ops = sub.add_parser(
         "ops", help="list the ONNX operators edgecomp compiles, with element types and limits"
@@ -243,6 +247,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         pub = keygen(args.output, args.type)
         print(f"wrote {args.output} (private: keep it secret) and {pub} (public: the bootloader's)")
         return 0
+    if args.command == "qemu":
+        return _qemu(args)
     if args.command == "targets":
         from edgecomp.report import print_targets
 
@@ -300,6 +306,25 @@ def _options(args) -> BuildOptions:
         harness=getattr(args, "harness", "edgecomp"),
         mlperf_model=getattr(args, "mlperf_model", None) or "",
     )
+
+
+def _qemu(args) -> int:
+    """Start the firmware with its UART on a pty, say where, and keep it running until Ctrl-C (or
+    until the firmware exits)."""
+    from edgecomp.harness.qemu import QemuProcess
+
+    try:
+        report = json.loads((args.build_dir / "report.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{args.build_dir} is not a build folder (no readable report.json): {exc}") from exc
+    target = load_target(args.target or report["target"]["name"])
+    elf = args.build_dir / "firmware.elf"
+    if not elf.is_file():
+        raise UserError(f"{elf} not found: build the model for an MCU target with QEMU first")
+    with QemuProcess(target, elf, pty=True) as qemu:
+        print(f"{target.qemu['machine']}: the firmware's UART is {qemu.url} (Ctrl-C stops QEMU)", flush=True)
+        qemu.proc.wait()
+    return 0
 
 
 def _export(args, log) -> int:

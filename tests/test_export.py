@@ -388,7 +388,7 @@ def test_two_models_in_one_cortex_m7_firmware(models, tmp_path):
           f"instructions wake {ticks[0] * 40}, cmd {ticks[1] * 40}")  # SysTick at 25 MHz: 40 per tick
 
 
-def _offline_platformio(root: Path) -> dict[str, str]:
+def _offline_platformio(root: Path) -> tuple[str, dict[str, str]]:
     """A PlatformIO core directory that builds natively without its registry: tool-scons from PyPI's
     SCons 4.11.1 (what PlatformIO's tool-scons 4.41101.0 holds), and a native platform of our own."""
     import SCons
@@ -414,24 +414,23 @@ def _offline_platformio(root: Path) -> dict[str, str]:
     )
     env = {**os.environ, "PLATFORMIO_CORE_DIR": str(core), "PLATFORMIO_NO_ANSI": "true",
            "PLATFORMIO_SETTING_ENABLE_TELEMETRY": "No", "PLATFORMIO_SETTING_CHECK_PLATFORMIO_INTERVAL": "3650"}  # fmt: skip
-    return {"platform": f"file://{platform}", **{"env:" + k: v for k, v in env.items()}}
+    return f"file://{platform}", env
 
 
 def test_platformio_native_env_builds_two_exports(models, tmp_path):
     pio = Path(sys.executable).with_name("pio")
     assert pio.exists(), "PlatformIO's CLI is installed with edgecomp's dev extra"
     out = _export_pair(models, "host", tmp_path / "exp", "platformio")
-    offline = _offline_platformio(tmp_path / "pio")
+    platform, env = _offline_platformio(tmp_path / "pio")
     proj = tmp_path / "proj"
     (proj / "src").mkdir(parents=True)
     (proj / "src" / "main.c").write_text(APP_C)
     (proj / "src" / "inputs.h").write_text(_inputs_h(models))
     (proj / "platformio.ini").write_text(
-        f"[env:native]\nplatform = {offline['platform']}\n"
+        f"[env:native]\nplatform = {platform}\n"
         f"lib_deps =\n  symlink://{out['wake']}\n  symlink://{out['cmd']}\n"
         "build_flags = -Wall -Wextra -Werror\n"
     )
-    env = {k[4:]: v for k, v in offline.items() if k.startswith("env:")}
     proc = subprocess.run([str(pio), "run", "-e", "native"], cwd=proj, capture_output=True, text=True, env=env,
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

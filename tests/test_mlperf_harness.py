@@ -97,7 +97,7 @@ def _protocol_checks(dut: MlperfDut, x: np.ndarray, expected: np.ndarray, rtol: 
     assert LAP.match(dut.command("timestamp")[0]) and dut.timestamp() >= t0
     assert dut.command("bogus")[0] == "e-[Unknown command: bogus]"
     assert "e-[" in dut.command(f"db load {x.nbytes * 100}")[0]  # more than the model's input
-    assert dut.command(f"infer 1 0")[0].startswith("e-[Loaded")  # nothing loaded yet
+    assert dut.command("infer 1 0")[0].startswith("e-[Loaded")  # nothing loaded yet
     dut.load(x.tobytes())
     printed = [ln for ln in dut.command("db print") if ln.startswith("m-buffer-")]
     assert bytes.fromhex("".join(ln[9:].replace("-", "") for ln in printed)) == x.tobytes()
