@@ -67,7 +67,13 @@ def _build_parent() -> argparse.ArgumentParser:
                    help="search pruning ratio and quantization for the least accuracy loss that fits the budget "
                         "(needs --calib and --eval)")  # fmt: skip
     q.add_argument("--max-flash", metavar="SIZE", help="--fit budget, e.g. 256K [the target's flash]")
-    q.add_argument("--max-ram", metavar="SIZE", help="--fit budget incl. stack, e.g. 64K [the target's RAM]")
+    q.add_argument("--max-ram", metavar="SIZE",
+                   help="RAM budget incl. the reserved stack, e.g. 64K: for --fit, or (quantized models) met by "
+                        "running the first stage patch by patch with the fewest extra MACs")  # fmt: skip
+    q.add_argument("--patch", default="none", metavar="auto|TENSOR:RxC",
+                   help="quantized models: run the memory-heavy first stage patch by patch, up to a cut tensor: "
+                        "auto (the smallest peak RAM within 1.25x the MACs; auto:1.5 for another cap) or an "
+                        "explicit cut and grid [none]")  # fmt: skip
     q.add_argument("--save-pruned", type=Path, metavar="P.onnx", help="also write the pruned float model")
     q.add_argument(
         "--per-layer",
@@ -282,6 +288,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _options(args) -> BuildOptions:
     """The build options the command line gives (the same for build, export, run, profile, validate)."""
+    from edgecomp.options import parse_patch
+
+    parse_patch(args.patch)  # a bad spelling fails before any work
     return BuildOptions(
         input_shapes=parse_input_shapes(args.input_shape),
         freeze=parse_freeze(args.freeze),
@@ -301,6 +310,7 @@ def _options(args) -> BuildOptions:
         model_region=args.model_region,
         sign=str(args.sign) if args.sign else None,
         sign_version=args.sign_version,
+        patch=args.patch,
         name=args.name,
         arena=args.arena or "static",
         harness=getattr(args, "harness", "edgecomp"),
@@ -332,7 +342,8 @@ def _export(args, log) -> int:
     from edgecomp.export import export
 
     if args.fit or args.max_flash or args.max_ram:
-        raise UserError("--fit, --max-flash and --max-ram choose a build; export the model it chose instead")
+        raise UserError("--fit, --max-flash and --max-ram measure a firmware: choose with edgecomp build, then export "
+                        "with the options it chose (e.g. --patch)")  # fmt: skip
     if args.eval:
         raise UserError("--eval reports a build's accuracy: use it with edgecomp build")
     options = replace(_options(args), arena=args.arena or "caller")
@@ -363,8 +374,12 @@ def _build(args, reuse: bool, log) -> BuildResult:
 
         report.print_fit(summary)
         return result
-    if args.max_flash or args.max_ram:
-        raise UserError("--max-flash and --max-ram are budgets for --fit")
+    if args.max_flash:
+        raise UserError("--max-flash is a budget for --fit")
+    if args.max_ram:
+        from edgecomp.options import parse_size
+
+        options = replace(options, max_ram=parse_size(args.max_ram))
     result = build(args.model, target, args.output_dir, options, reuse=reuse, log=log, calib=args.calib,
                    eval_data=args.eval, save_quantized=args.save_quantized, save_pruned=args.save_pruned)  # fmt: skip
     if result.cached:

@@ -241,5 +241,6 @@ def _report(model_path, target, options, formats, naming, compiled, sources, lib
             "arch_flags": list(lib.arch_flags),
         },
         "integrity": {"enabled": options.integrity, "weights_sha256": sources.weights_sha256},
+        **({"patches": compiled.patching} if compiled.patching is not None else {}),
         "export_time_s": round(seconds, 3),
     }

@@ -454,6 +454,7 @@ def test_named_build_runs_through_the_harness(models, tmp_path):
     (["--name", "9lives"], "C identifier"),
     (["--format", "bazel"], "--format"),
     (["--sign", "key.pem"], "not to an export"),
+    (["--max-ram", "64K"], "measure a firmware"),
 ])  # fmt: skip
 def test_export_refuses_bad_arguments(models, tmp_path, capsys, args, message):
     code = cli_main(["export", str(models["dir"] / "wake.onnx"), "--target", "host", "-o", str(tmp_path / "o"), *args])
