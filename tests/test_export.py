@@ -1,17 +1,20 @@
 """`edgecomp export` and `--name`: two models, each exported with its own prefix, linked into one
 program that shares one arena between them — built with each ecosystem's own tool where it installs
 here (CMake for the host and, through a toolchain file, for a Cortex-M7 firmware run in QEMU;
-PlatformIO's CLI for a native environment) — and both outputs checked against their references
-(onnxruntime for the float model, the integer reference bit for bit for the int8 one).
+PlatformIO's CLI for a native and a Cortex-M7 environment) — and both outputs checked against
+their references (onnxruntime for the float model, the integer reference bit for bit for the int8
+one).
 
-PlatformIO's package registry cannot be reached from these machines, so the PlatformIO test works
+PlatformIO's package registry cannot be reached from these machines, so the PlatformIO tests work
 offline: its core directory gets `tool-scons` made from SCons 4.11.1 (the PyPI release that
-PlatformIO's tool-scons 4.41101.0 packs) and a native development platform written here (a few
-lines: host gcc, BuildProgram). `pio run` itself, its Library Dependency Finder and its reading
-of the exported library.json (srcDir, includeDir, build flags with -lm) are PlatformIO's own.
-Arduino and Zephyr have no tool here: their exports are checked by layout, and by compiling the
-sources with the target's flags (what `export` does before writing) and the Arduino example sketch
-as C++ against a stub Arduino.h.
+PlatformIO's tool-scons 4.41101.0 packs) and a development platform written here (a few lines:
+host gcc, or the Arm toolchain with the core's flags and edgecomp's linker script; BuildProgram).
+`pio run` itself, its Library Dependency Finder and its reading of the exported library.json
+(srcDir, includeDir, build flags with -lm) are PlatformIO's own. Zephyr and Arduino have no tool
+here: the Zephyr modules build a Cortex-M7 firmware through their own zephyr/CMakeLists.txt and
+Kconfig symbol with Zephyr's four CMake functions stubbed; the Arduino libraries are checked by
+layout, and the example sketch compiled as C++ (host, and the core's flags) against a stub
+Arduino.h.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import HAVE_ARM, make_model, weight
+from elftools.elf.elffile import ELFFile
 from onnx import helper
 
 from edgecomp.cli import main as cli_main
@@ -228,6 +232,47 @@ set(CMAKE_C_COMPILER arm-none-eabi-gcc)
 set(CMAKE_TRY_COMPILE_TARGET_TYPE STATIC_LIBRARY)
 """
 
+# Zephyr's build without Zephyr (not installable here): the four functions of its CMake extensions
+# that an edgecomp module calls, as Zephyr defines them (a library of the module's sources linked
+# into the application, include folders on every target through zephyr_interface), the modules
+# added as Zephyr adds a `cmake: zephyr` module, the CONFIG_ symbols of their Kconfig given as
+# Kconfig would, and the board's core flags in the toolchain's C flags (Zephyr's toolchain does so).
+ZEPHYR_APP_CMAKE = """
+cmake_minimum_required(VERSION 3.13)
+project(app C)
+add_library(zephyr_interface INTERFACE)
+macro(zephyr_library_named name)
+  set(ZEPHYR_CURRENT_LIBRARY ${name})
+  add_library(${name} STATIC)
+  target_link_libraries(${name} PUBLIC zephyr_interface)
+  set_property(GLOBAL APPEND PROPERTY ZEPHYR_LIBS ${name})
+endmacro()
+function(zephyr_library_sources)
+  target_sources(${ZEPHYR_CURRENT_LIBRARY} PRIVATE ${ARGN})
+endfunction()
+function(zephyr_library_compile_options)
+  target_compile_options(${ZEPHYR_CURRENT_LIBRARY} PRIVATE ${ARGN})
+endfunction()
+function(zephyr_include_directories)
+  target_include_directories(zephyr_interface INTERFACE ${ARGN})
+endfunction()
+foreach(module ${ZEPHYR_EXTRA_MODULES})
+  get_filename_component(module_name ${module} NAME)
+  set(ZEPHYR_CURRENT_MODULE_DIR ${module})
+  add_subdirectory(${module}/zephyr modules/${module_name})
+endforeach()
+get_property(libs GLOBAL PROPERTY ZEPHYR_LIBS)
+if(NOT libs)
+  message(FATAL_ERROR "no module made a library")
+endif()
+add_executable(app main.c ${PORT_DIR}/ec/startup.c ${PORT_DIR}/ec/ec_port_cortexm.c ${PORT_DIR}/ec/ec_proto.c)
+target_include_directories(app PRIVATE ${PORT_DIR}/ec)
+target_compile_options(app PRIVATE -Wall -Wextra -Werror)
+target_link_libraries(app PRIVATE ${libs} zephyr_interface m)
+target_link_options(app PRIVATE -T${PORT_DIR}/linker.ld -nostartfiles --specs=nano.specs -Wl,--gc-sections
+                    -Wl,--no-warn-rwx-segments)
+"""
+
 
 def _inputs_h(models: dict) -> str:
     rows = []
@@ -272,6 +317,18 @@ def _global_symbols(report: dict, prefix: str) -> list[str]:
     return [s for s in report["library"]["global_symbols"] if not s.startswith(f"{prefix}_")]
 
 
+def _arduino_stub(folder: Path) -> Path:
+    """An Arduino.h with what the example sketch uses of the Arduino core (Serial, micros, delay)."""
+    folder.mkdir()
+    (folder / "Arduino.h").write_text(
+        "#include <stdint.h>\n#include <string.h>\n"
+        "struct SerialT { void begin(long) {} template <class T> void print(T) {} template <class T> void println(T) {}"
+        " void println(const char *) {} };\nstatic SerialT Serial;\n"
+        "static inline unsigned long micros() { return 0; }\nstatic inline void delay(unsigned long) {}\n"
+    )  # fmt: skip
+    return folder
+
+
 def test_two_models_in_one_host_program_with_cmake(models, tmp_path):
     """The host exports, built by CMake into one program with ASan/UBSan and -Werror."""
     out = _export_pair(models, "host", tmp_path / "exp")
@@ -314,14 +371,7 @@ def test_two_models_in_one_host_program_with_cmake(models, tmp_path):
     assert json.loads((wake / "library.json").read_text())["build"]["flags"] == ["-O2", "-lm"]
 
     # The Arduino example sketch, as the Arduino builder would compile it (C++), on a stub core.
-    stub = tmp_path / "stub"
-    stub.mkdir()
-    (stub / "Arduino.h").write_text(
-        "#include <stdint.h>\n#include <string.h>\n"
-        "struct SerialT { void begin(long) {} template <class T> void print(T) {} template <class T> void println(T) {}"
-        " void println(const char *) {} };\nstatic SerialT Serial;\n"
-        "static inline unsigned long micros() { return 0; }\nstatic inline void delay(unsigned long) {}\n"
-    )  # fmt: skip
+    stub = _arduino_stub(tmp_path / "stub")
     sketch = tmp_path / "sketch.cpp"
     sketch.write_text('#include <Arduino.h>\n' + (wake / "examples/wake_example/wake_example.ino").read_text()
                       + "\nint main() { setup(); return 0; }\n")  # fmt: skip
@@ -350,13 +400,33 @@ def test_two_models_in_one_host_program_with_cmake(models, tmp_path):
     _check_outputs(_parse(proc.stdout), _references(models, out["cmd_q"]))
 
 
+def _run_in_qemu(target, elf: Path) -> str:
+    """What the firmware prints on its UART until it says done (or failed) and exits 0."""
+    with QemuProcess(target, elf) as qemu:
+        link = SerialLink(qemu.url)
+        text = b""
+        try:
+            while b"done\n" not in text and b"failed" not in text:
+                data = link.read(0.5)
+                if not data and qemu.proc.poll() is not None:  # exited, and all it wrote read
+                    break
+                text += data
+        finally:
+            link.close()
+        assert qemu.exited(10.0) and qemu.proc.returncode == 0, text.decode(errors="replace")
+    return text.decode()
+
+
 @pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
 def test_two_models_in_one_cortex_m7_firmware(models, tmp_path):
     """The cortex-m7 exports in one firmware built by CMake with a toolchain file that sets no core
     flags (the libraries' usage requirements bring them), on edgecomp's own start-up code and port,
-    run in QEMU: both outputs match, and every global of either model carries its prefix."""
-    out = _export_pair(models, "cortex-m7", tmp_path / "exp", "cmake")
+    run in QEMU: both outputs match, and every global of either model carries its prefix. The same
+    folders as Zephyr modules make another firmware (Zephyr's CMake functions stubbed, the board's
+    flags from the toolchain), and the Arduino example sketch compiles for the core as C++."""
+    out = _export_pair(models, "cortex-m7", tmp_path / "exp", "cmake,zephyr,arduino")
     target = load_target("cortex-m7")
+    refs = _references(models, out["cmd_q"])
     port = tmp_path / "port"
     port_files(target).write(port)
     (tmp_path / "arm.cmake").write_text(ARM_TOOLCHAIN)
@@ -369,28 +439,66 @@ def test_two_models_in_one_cortex_m7_firmware(models, tmp_path):
     nm = subprocess.run(["arm-none-eabi-nm", "-g", "--defined-only", str(elf)], capture_output=True, text=True).stdout
     model_syms = [ln.split()[-1] for ln in nm.splitlines() if "wake" in ln or "cmd" in ln]
     assert model_syms and all(s.startswith(("wake_", "cmd_")) for s in model_syms), model_syms
-    with QemuProcess(target, elf) as qemu:
-        link = SerialLink(qemu.url)
-        text = b""
-        try:
-            while b"done\n" not in text and b"failed" not in text and qemu.proc.poll() is None:
-                text += link.read(0.5)
-        finally:
-            link.close()
-        assert qemu.exited(10.0) and qemu.proc.returncode == 0, text.decode(errors="replace")
-    found = _parse(text.decode())
-    _check_outputs(found, _references(models, out["cmd_q"]))
+    text = _run_in_qemu(target, elf)
+    _check_outputs(_parse(text), refs)
     from edgecomp.build import elf_sizes
 
     sizes = elf_sizes(elf)
-    ticks = [int(t) for t in re.search(r"^ticks (\d+) (\d+)$", text.decode(), re.M).groups()]
+    ticks = [int(t) for t in re.search(r"^ticks (\d+) (\d+)$", text, re.M).groups()]
     print(f"two-model cortex-m7 firmware: flash {sizes.flash_bytes} B, RAM {sizes.ram_bytes} B; "
           f"instructions wake {ticks[0] * 40}, cmd {ticks[1] * 40}")  # SysTick at 25 MHz: 40 per tick
 
+    # Zephyr: both folders as modules, each enabled by the symbol its own Kconfig declares.
+    zapp = _app(tmp_path / "zapp", models)
+    (zapp / "CMakeLists.txt").write_text(ZEPHYR_APP_CMAKE)
+    configs = [re.search(r"^config (\w+)$", (out[p] / "zephyr" / "Kconfig").read_text(), re.M).group(1)
+               for p in ("wake", "cmd")]  # fmt: skip
+    board = " ".join(target.arch_flags)
+    _cmake(zapp, tmp_path / "zb", f"-DZEPHYR_EXTRA_MODULES={out['wake']};{out['cmd']}", f"-DPORT_DIR={port}",
+           *(f"-DCONFIG_{c}=y" for c in configs), f"-DCMAKE_TOOLCHAIN_FILE={tmp_path / 'arm.cmake'}",
+           "-DCMAKE_BUILD_TYPE=None", f"-DCMAKE_C_FLAGS={board} -Werror", f"-DCMAKE_EXE_LINKER_FLAGS={board}")  # fmt: skip
+    _check_outputs(_parse(_run_in_qemu(target, tmp_path / "zb" / "app")), refs)
 
-def _offline_platformio(root: Path) -> tuple[str, dict[str, str]]:
-    """A PlatformIO core directory that builds natively without its registry: tool-scons from PyPI's
-    SCons 4.11.1 (what PlatformIO's tool-scons 4.41101.0 holds), and a native platform of our own."""
+    # Arduino: the library's C as C and the example sketch as C++ for the core, on a stub Arduino.h.
+    wake = out["wake"]
+    stub = _arduino_stub(tmp_path / "stub")
+    sketch = tmp_path / "sketch.cpp"
+    sketch.write_text("#include <Arduino.h>\n" + (wake / "examples/wake_example/wake_example.ino").read_text())
+    for src, tool, std in [*((c, "arm-none-eabi-gcc", "-std=c99") for c in sorted((wake / "src").rglob("*.c"))),
+                           (sketch, "arm-none-eabi-g++", "-std=gnu++17")]:  # fmt: skip
+        proc = subprocess.run([tool, *target.arch_flags, std, "-O2", "-Wall", "-Wextra", "-Werror", "-I", str(stub),
+                               "-I", str(wake / "src"), "-c", str(src), "-o", str(tmp_path / (src.stem + ".o"))],
+                              capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+NATIVE_BUILDER = """
+from SCons.Script import Default, DefaultEnvironment
+
+env = DefaultEnvironment()
+env.Replace(PROGNAME="program")
+Default([env.BuildProgram()])
+"""
+
+# A Cortex-M platform's builder, as PlatformIO's ARM platforms (ststm32...) set it up: the GNU Arm
+# toolchain, the core's flags on every object and the link, the board's linker script.
+ARM_BUILDER = """
+from SCons.Script import Default, DefaultEnvironment
+
+env = DefaultEnvironment()
+core = {flags!r}
+env.Replace(CC="arm-none-eabi-gcc", CXX="arm-none-eabi-g++", AS="arm-none-eabi-as", AR="arm-none-eabi-ar",
+            RANLIB="arm-none-eabi-ranlib", LINK="arm-none-eabi-gcc", PROGNAME="firmware", PROGSUFFIX=".elf")
+env.Append(CCFLAGS=core, LINKFLAGS=core + ["-T{ldscript}", "-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections",
+                                           "-Wl,--no-warn-rwx-segments"])
+Default([env.BuildProgram()])
+"""
+
+
+def _offline_platformio(root: Path, builder: str = NATIVE_BUILDER) -> tuple[str, dict[str, str]]:
+    """A PlatformIO core directory that builds without its registry: tool-scons from PyPI's SCons
+    4.11.1 (what PlatformIO's tool-scons 4.41101.0 holds), and a development platform of our own
+    whose build script is `builder` (host gcc; or the Arm toolchain for a Cortex-M)."""
     import SCons
 
     core = root / "core"
@@ -408,10 +516,7 @@ def _offline_platformio(root: Path) -> tuple[str, dict[str, str]]:
                                                         "frameworks": {}, "packages": {}}))  # fmt: skip
     (platform / "platform.py").write_text("from platformio.public import PlatformBase\n\n\n"
                                           "class EcnativePlatform(PlatformBase):\n    pass\n")  # fmt: skip
-    (platform / "builder" / "main.py").write_text(
-        "from SCons.Script import Default, DefaultEnvironment\n\nenv = DefaultEnvironment()\n"
-        "env.Replace(PROGNAME='program')\nDefault([env.BuildProgram()])\n"
-    )
+    (platform / "builder" / "main.py").write_text(builder)
     env = {**os.environ, "PLATFORMIO_CORE_DIR": str(core), "PLATFORMIO_NO_ANSI": "true",
            "PLATFORMIO_SETTING_ENABLE_TELEMETRY": "No", "PLATFORMIO_SETTING_CHECK_PLATFORMIO_INTERVAL": "3650"}  # fmt: skip
     return f"file://{platform}", env
@@ -438,6 +543,34 @@ def test_platformio_native_env_builds_two_exports(models, tmp_path):
     run = subprocess.run([str(proj / ".pio" / "build" / "native" / "program")], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     _check_outputs(_parse(run.stdout), _references(models, out["cmd_q"]))
+
+
+@pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
+def test_platformio_cortex_m7_env_builds_two_exports(models, tmp_path):
+    """`pio run` for a Cortex-M7 environment (an offline platform with the Arm toolchain): the two
+    exported libraries and edgecomp's port in one firmware, run in QEMU, both outputs checked."""
+    pio = Path(sys.executable).with_name("pio")
+    target = load_target("cortex-m7")
+    out = _export_pair(models, "cortex-m7", tmp_path / "exp", "platformio")
+    proj = tmp_path / "proj"
+    port_files(target).write(proj / "port")
+    shutil.copytree(proj / "port" / "ec", proj / "src" / "port")
+    builder = ARM_BUILDER.format(flags=list(target.arch_flags), ldscript=proj / "port" / "linker.ld")
+    platform, env = _offline_platformio(tmp_path / "pio", builder)
+    (proj / "src" / "main.c").write_text(APP_C)
+    (proj / "src" / "inputs.h").write_text(_inputs_h(models))
+    (proj / "platformio.ini").write_text(
+        f"[env:m7]\nplatform = {platform}\n"
+        f"lib_deps =\n  symlink://{out['wake']}\n  symlink://{out['cmd']}\n"
+        "build_flags = -Wall -Wextra -Werror -Isrc/port\n"
+    )
+    proc = subprocess.run([str(pio), "run", "-e", "m7"], cwd=proj, capture_output=True, text=True, env=env,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    elf = proj / ".pio" / "build" / "m7" / "firmware.elf"
+    with elf.open("rb") as f:
+        assert ELFFile(f)["e_machine"] == "EM_ARM"
+    _check_outputs(_parse(_run_in_qemu(target, elf)), _references(models, out["cmd_q"]))
 
 
 def test_named_build_runs_through_the_harness(models, tmp_path):

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +170,29 @@ def test_mlperf_harness_in_qemu_on_a_pty(tmp_path):
     _, _, run = _on_qemu_pty(result.outdir / "firmware.elf", x, Reference(result.model).run([x])[0], 1e-5)
     # QEMU -icount shift=0: a microsecond of virtual time is 1,000 instructions.
     assert 0 < run.elapsed_us * 1000 < 10 * result.report["macs"] + 100_000
+
+    # `edgecomp qemu BUILD_DIR`, as a user starts it for the runner: it names the pty, the firmware
+    # answers there, and Ctrl-C (SIGINT) stops QEMU with it.
+    proc = subprocess.Popen([sys.executable, "-m", "edgecomp.cli", "qemu", str(result.outdir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        first = proc.stdout.readline()
+        m = re.search(r"UART is (/dev/\S+) ", first)
+        assert m, first + proc.stderr.read() if proc.poll() is not None else first
+        link = SerialLink(m.group(1))
+        try:
+            dut = MlperfDut(link, timeout=30.0)
+            dut.sync()
+            assert dut.name() == "edgecomp" and dut.profile()["model"] == "m"
+        finally:
+            link.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130 and "interrupted" in proc.stderr.read()
+        assert not os.path.exists(m.group(1))  # QEMU is gone: its pty with it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
