@@ -582,6 +582,19 @@ def test_named_build_runs_through_the_harness(models, tmp_path):
     np.testing.assert_allclose(run.outputs[0], Reference(result.model).run([models["wake_x"]])[0], rtol=1e-5, atol=1e-6)
 
 
+def test_cli_export_writes_only_the_chosen_formats(models, tmp_path, capsys):
+    out = tmp_path / "kws"
+    assert cli_main(["export", str(models["dir"] / "wake.onnx"), "--target", "host", "--format", "zephyr,platformio",
+                     "--name", "kws", "-o", str(out)]) == 0  # fmt: skip
+    assert "kws_init" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["formats"] == ["zephyr", "platformio"] and report["arena"] == "caller"
+    assert (out / "zephyr" / "module.yml").is_file() and (out / "library.json").is_file()
+    assert not (out / "CMakeLists.txt").exists() and not (out / "library.properties").exists()
+    assert sorted(report["files"]) == sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
+                                             and p.name != "report.json")  # fmt: skip
+
+
 @pytest.mark.parametrize("args, message", [
     (["--name", "ec"], "reserved"),
     (["--name", "9lives"], "C identifier"),
