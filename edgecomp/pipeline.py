@@ -6,6 +6,7 @@ then talk to the device through the harness.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -72,12 +73,38 @@ def build_key(model_bytes: bytes, target: Target, options: BuildOptions, data_fi
     h = hashlib.sha256()
     h.update(__version__.encode())
     h.update(model_bytes)
-    for path in data_files:
-        for p in sorted(path.rglob("*")) if path.is_dir() else [path]:
-            if p.is_file():
-                h.update(p.read_bytes())
+    hash_files(h, data_files)
     h.update(json.dumps(options.as_dict(), sort_keys=True).encode())
     h.update(target.source.read_bytes())
+    h.update(source_digest().encode())
+    return h.hexdigest()
+
+
+def build_inputs_key(model_path: Path, target: Target, options: BuildOptions, calib: Path | None = None,
+                     eval_data: Path | None = None) -> str:  # fmt: skip
+    """The key `build` gives these inputs, known before building (a folder name for a cache keyed
+    by content, as the sweep's)."""
+    prune_spec = parse_prune(options.prune) if options.prune else None
+    ratios_file = (
+        Path(prune_spec["channels"]) if prune_spec and isinstance(prune_spec.get("channels"), str) else None
+    )
+    return build_key(Path(model_path).read_bytes(), target, options,
+                     [p for p in (calib, eval_data, ratios_file) if p is not None])  # fmt: skip
+
+
+def hash_files(h, paths: list[Path]) -> None:
+    """Feed the bytes of each file (a folder: its files, in name order) to the hash `h`."""
+    for path in paths:
+        for p in sorted(Path(path).rglob("*")) if Path(path).is_dir() else [Path(path)]:
+            if p.is_file():
+                h.update(p.read_bytes())
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """Hash of edgecomp itself: its version, Python sources, templates and firmware. A result made
+    by other code is not reused."""
+    h = hashlib.sha256(__version__.encode())
     package = Path(__file__).resolve().parent
     for folder in (data_dir("templates"), data_dir("firmware"), package):
         for p in sorted(folder.rglob("*")):
@@ -124,12 +151,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         raise UserError("--io int8 needs a quantized model (--quantize, or a QDQ model)")
     model_bytes = Path(model_path).read_bytes()
     prune_spec = parse_prune(options.prune) if options.prune else None
-    ratios_file = (
-        Path(prune_spec["channels"]) if prune_spec and isinstance(prune_spec.get("channels"), str) else None
-    )
-    key = build_key(
-        model_bytes, target, options, [p for p in (calib, eval_data, ratios_file) if p is not None]
-    )
+    key = build_inputs_key(model_path, target, options, calib, eval_data)
     if reuse:
         cached = _cached(outdir, key, target, options, tfl)
         if cached is not None:
