@@ -156,10 +156,10 @@ def _pareto_png(rows: list[dict], model: str, path: Path) -> None:
     for front, field in COSTS.items():
         points = [{"x": r[field], "y": 100 * y if top1 else min(y, cap), "colour": r["target"],
                    "marker": r["options"]["quantize"] or "fp32", "front": r["pareto"][front],
-                   "deployable": eligible(r), "label": r["config"]}
+                   "deployable": eligible(r), "label": f"{r['config']} ({r['target']})"}
                   for r, y in zip(measured, ys, strict=True) if r[field]]  # fmt: skip
         panels.append({"xlabel": COST_LABELS[front], "points": points})
-    ylabel = "top-1 (%)" if top1 else "output SQNR vs float (dB)" + ("; top: identical" if len(finite) < len(ys) else "")
+    ylabel = "top-1 (%)" if top1 else "output SQNR vs float (dB)" + ("; top row: identical to float" if len(finite) < len(ys) else "")
     pareto_pngs_title = f"{model}: accuracy vs cost (ringed: non-dominated among points that fit)"
     pareto_png(panels, ylabel, pareto_pngs_title, path)
 
