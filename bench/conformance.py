@@ -151,6 +151,12 @@ def prepare(case: Case) -> tuple[onnx.ModelProto, list[np.ndarray], list[np.ndar
     return model, arrays, expected
 
 
+def _tensors_only(case: Case) -> bool:
+    """Whether every graph input and output of `case` is a tensor (not a sequence or optional)."""
+    graph = onnx.load(str(case.path / "model.onnx"), load_external_data=False).graph
+    return all(v.type.HasField("tensor_type") for v in [*graph.input, *graph.output])
+
+
 def run_case(case: Case, target: str, workdir: Path, extra_cflags: str = "-Werror",
              sanitize: bool = False) -> Outcome:  # fmt: skip
     """Compile `case` for `target`, run its inputs and compare with the suite's outputs."""
@@ -159,6 +165,8 @@ def run_case(case: Case, target: str, workdir: Path, extra_cflags: str = "-Werro
     from edgecomp.runner import run_samples
     from edgecomp.targets import load_target
 
+    if not _tensors_only(case):
+        return Outcome(case, "unsupported", "sequence/optional inputs or outputs are not compiled")
     model, arrays, expected = prepare(case)
     path = workdir / f"{case.name}.onnx"
     onnx.save(model, str(path))

@@ -39,7 +39,7 @@ from edgecomp.frontend import load_model
 from edgecomp.io import to_model_dtype
 from edgecomp.pipeline import BuildOptions, BuildResult, build
 from edgecomp.quant.accuracy import sqnr_db
-from edgecomp.runner import profile_record, run_samples
+from edgecomp.runner import integrity_cost, profile_record, run_samples
 from edgecomp.targets import load_target
 from edgecomp.verify import Reference, check_outputs
 
@@ -75,12 +75,14 @@ def tflm_baseline() -> dict:
 
 
 def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: Path, prune: str | None = None,
-              dead_channels: str = "none") -> dict:  # fmt: skip
+              dead_channels: str = "none", integrity: bool = False, patch: str | None = None) -> dict:  # fmt: skip
+    """One row. Builds leave out the weights check (--no-integrity), as TFLite Micro has none; with
+    `integrity` the row also gets what the check (edgecomp's default) adds: flash and boot time."""
     target = load_target(target_name)
     shape = None
     x_all = np.load(sample).astype(np.float32)
     calib = None
-    options = BuildOptions()
+    options = BuildOptions(integrity=False)
     float_model = model
     if dtype == "tflite":  # the official int8 .tflite beside the float ONNX: the same model TFLM runs
         model = model.parent / "tflite-int8" / f"{model.stem}_int8.tflite"
@@ -94,12 +96,14 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         np.save(calib, augmented(x_all.reshape((-1, *shape)), flip=len(shape) == 4 and shape[1] == 3))
         # Integer I/O, as TFLite Micro's int8 models take and give int8 tensors; by default the whole
         # network, as TFLite Micro runs it (`--dead-channels proven` is edgecomp build's default).
-        options = BuildOptions(quantize="int8", io="int8", dead_channels=dead_channels)
+        options = BuildOptions(quantize="int8", io="int8", dead_channels=dead_channels, integrity=False)
     if prune:
         options = replace(options, prune=prune)
+    if patch:
+        options = replace(options, patch=patch)
     tag = (f"-{prune.replace('=', '')}" if prune else "") + (
         f"-dead{dead_channels}" if dead_channels != "none" else ""
-    )
+    ) + (f"-patch{patch.replace(':', '')}" if patch else "")
     outdir = workdir / f"{model.stem}-{target_name}-{dtype}{tag}"
     # The compiler's own time and peak memory, measured in a child process that builds and exits.
     compile_s, peak_rss, result = _measured_build(model, target, outdir, options, calib)
@@ -116,7 +120,7 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
     ref_model = result.float_model or result.model or load_model(float_model)
     floats = [Reference(ref_model).run(s) for s in float_samples[: len(runs)]]
     row = {
-        "model": float_model.stem + (f" ({prune})" if prune else "")
+        "model": float_model.stem + (f" ({prune})" if prune else "") + (f" (patch {patch})" if patch else "")
         + (f" (dead channels {dead_channels})" if dtype == "int8" and dead_channels != "none" else ""),
         "target": target_name, "dtype": dtype,
         "macs": rec["macs"],
@@ -125,6 +129,8 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         "arena_bytes": rec["arena_bytes"], "stack_bytes": rec["stack_bytes"], "compile_time_s": round(compile_s, 2),
         "compiler_peak_rss_mb": round(peak_rss / 2**20, 1), "device": rec["device"],
     }  # fmt: skip
+    if result.report.get("patches"):
+        row["patches"] = result.report["patches"]
     check = check_outputs(result, samples[: len(runs)], [r.outputs for r in runs], tolerance=1e-4)
     if dtype == "fp32":
         row["rel_error_vs_onnxruntime"] = check.figures["rel_error"]
@@ -136,6 +142,18 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         deq = [(r.outputs[0].astype(np.float64) - out["zero_point"]) * out["scale"] for r in runs]
         row["sqnr_db_vs_float"] = round(sqnr_db(np.stack([f[0] for f in floats]), np.stack(deq)), 2)
         row["samples"] = len(runs)
+    if integrity:  # the same build with the weights check: its flash and its instructions at boot
+        checked = build(model, target, outdir.with_name(outdir.name + "-integrity"), replace(options, integrity=True),
+                        reuse=True, log=lambda *_: None, calib=calib)  # fmt: skip
+        cost = integrity_cost(checked)
+        row["integrity"] = {"ok": cost["ok"], "boot_check_instructions": cost["instructions"],
+                            "flash_bytes": checked.report["flash_bytes"],
+                            "flash_added_bytes": checked.report["flash_bytes"] - row["flash_bytes"],
+                            "ram_added_bytes": checked.report["ram_bytes"] - row["ram_bytes"]}  # fmt: skip
+        if cost["instructions"] is not None:
+            row["integrity"]["boot_check_per_weight_byte"] = round(cost["instructions"] / row["weights_bytes"], 1)
+            if row["instructions"]:
+                row["integrity"]["boot_check_in_inferences"] = round(cost["instructions"] / row["instructions"], 3)
     if prune:  # how far pruning moved the outputs from the unpruned float model
         original = Reference(load_model(model, {}))
         got = np.stack([f[0] for f in floats]) if dtype == "fp32" else np.stack(deq)
@@ -202,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dead-channels", choices=["proven", "calib", "none"], default="none",
                     help="int8: remove dead channels as edgecomp build --dead-channels does [none: the whole "
                          "network, as TFLite Micro runs it]")  # fmt: skip
+    ap.add_argument("--integrity", action="store_true",
+                    help="also build each row with the weights check (edgecomp's default; the rows leave it "
+                         "out, as TFLite Micro has none) and report its flash and its instructions at boot")  # fmt: skip
+    ap.add_argument("--patch", help="int8/tflite: also build every model with this --patch (e.g. auto) and "
+                                    "show its RAM and instructions beside the unpatched row")  # fmt: skip
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
     ap.add_argument("--workdir", type=Path, default=REPO / "build" / "bench")
     ap.add_argument(
@@ -231,9 +254,12 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in args.dtypes.split(","):
             for name in names:
                 console.print(f"[dim]bench: {name} {dtype} on {target}[/dim]")
-                for prune in [None, args.prune] if args.prune else [None]:
+                variants = [(None, None)] + ([(args.prune, None)] if args.prune else []) + (
+                    [(None, args.patch)] if args.patch and dtype in ("int8", "tflite") else [])
+                for prune, patch in variants:
                     try:
-                        row = bench_one(*paths[name], target, dtype, args.workdir, prune, args.dead_channels)
+                        row = bench_one(*paths[name], target, dtype, args.workdir, prune, args.dead_channels,
+                                        args.integrity and patch is None, patch)  # fmt: skip
                     except EdgecompError as exc:
                         console.print(f"[red]bench: {name} on {target}: {exc}[/red]")
                         rows.append({"model": name, "target": target, "dtype": dtype, "error": str(exc)})
@@ -261,6 +287,19 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['compiler_peak_rss_mb']:.0f}", check,
                       f"{vs['instructions']:.2f} / {vs['flash']:.2f} / {vs['ram']:.2f}" if vs else "")  # fmt: skip
     console.print(table)
+    checked = [r for r in rows if "integrity" in r]
+    if checked:
+        table = Table(title="the weights check (SHA-256 at boot, --no-integrity leaves it out): its cost")
+        for col in ("model", "target", "dtype", "weights B", "flash added B", "RAM added B",
+                    "boot check instructions", "per weight byte", "in inferences"):  # fmt: skip
+            table.add_column(col, justify="left" if col in ("model", "target") else "right")
+        for r in checked:
+            c = r["integrity"]
+            table.add_row(r["model"], r["target"], r["dtype"], f"{r['weights_bytes']:,}", f"{c['flash_added_bytes']:,}",
+                          f"{c['ram_added_bytes']:,}", "-" if c["boot_check_instructions"] is None else
+                          f"{c['boot_check_instructions']:,}", str(c.get("boot_check_per_weight_byte", "-")),
+                          str(c.get("boot_check_in_inferences", "-")))  # fmt: skip
+        console.print(table)
     if args.accept:
         args.accept.write_text(json.dumps(expected_figures(rows), indent=2, sort_keys=True) + "\n")
         console.print(f"bench: wrote the expected figures to {args.accept}")

@@ -101,6 +101,27 @@ def compiler_warnings(project: Path, target: Target) -> list[str]:
     return [ln for ln in proc.stderr.splitlines() if "warning" in ln]
 
 
+def section_bytes(elf_path: Path, name: str) -> tuple[int, bytes] | None:
+    """(address, contents) of section `name` of an ELF, or None if it has none."""
+    with elf_path.open("rb") as f:
+        sec = ELFFile(f).get_section_by_name(name)
+        return None if sec is None else (sec["sh_addr"], sec.data())
+
+
+def code_digest(path: Path) -> str:
+    """SHA-256 (hex) of a linked program's executable sections, in address order: what identifies
+    the code the weights were compiled for."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        elf = ELFFile(f)
+        sections = [s for s in elf.iter_sections() if s["sh_flags"] & SH_FLAGS.SHF_EXECINSTR and s["sh_size"]]
+        for sec in sorted(sections, key=lambda s: s["sh_addr"]):
+            h.update(sec.data())
+    return h.hexdigest()
+
+
 def elf_sizes(path: Path) -> ElfSizes:
     """Flash/RAM figures of an ELF from its allocated sections (pyelftools)."""
     text = data = bss = stack = ext_flash = ext_ram = 0

@@ -1,5 +1,6 @@
-"""Command line: build, run, profile, analyze, finetune, sweep, flash, targets, ops. Thin: parse the
-arguments, call the pipeline (or the command's module), print, and map errors to exit codes.
+"""Command line: build, run, profile, validate, analyze, finetune, sweep, flash, keygen, targets, ops.
+Thin: parse the arguments, call the pipeline (or the command's module), print, and map errors to
+exit codes.
 
 Exit codes: 0 ok, 1 outputs disagree with the reference, 2 user error (bad model, bad arguments,
 does not fit), 3 tool or device failure.
@@ -11,16 +12,16 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from edgecomp import __version__
 from edgecomp.errors import EdgecompError, MismatchError, UserError
-from edgecomp.frontend import parse_input_shapes
+from edgecomp.frontend import parse_freeze, parse_input_shapes
 from edgecomp.options import CHOICES
 from edgecomp.pipeline import BuildOptions, BuildResult, build, default_outdir
 from edgecomp.targets import available_targets, load_target
-
-DEFAULT_TOLERANCE = 1e-4
+from edgecomp.verify import DEFAULT_ATOL, DEFAULT_TOLERANCE
 
 
 def _build_parent() -> argparse.ArgumentParser:
@@ -31,6 +32,12 @@ def _build_parent() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", type=Path, help="build folder [build/<model>-<target>]")
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...",
                    help="pin a dynamic input shape (repeat per input)")  # fmt: skip
+    p.add_argument("--freeze", action="append", metavar="NAME=VALUE[,VALUE...]",
+                   help="make an input a constant (e.g. a sample rate: sr=16000), so what depends on it "
+                        "folds (repeat per input)")  # fmt: skip
+    p.add_argument("--keep-input", action="append", metavar="NAME",
+                   help="keep an initializer that the model also lists as an input as a run-time input "
+                        "(by default such inputs are weights; repeat per input)")  # fmt: skip
     p.add_argument(
         "--no-fit-check", action="store_true", help="build even if the model exceeds the target's memory"
     )
@@ -62,7 +69,13 @@ def _build_parent() -> argparse.ArgumentParser:
                    help="search pruning ratio and quantization for the least accuracy loss that fits the budget "
                         "(needs --calib and --eval)")  # fmt: skip
     q.add_argument("--max-flash", metavar="SIZE", help="--fit budget, e.g. 256K [the target's flash]")
-    q.add_argument("--max-ram", metavar="SIZE", help="--fit budget incl. stack, e.g. 64K [the target's RAM]")
+    q.add_argument("--max-ram", metavar="SIZE",
+                   help="RAM budget incl. the reserved stack, e.g. 64K: for --fit, or (quantized models) met by "
+                        "running the first stage patch by patch with the fewest extra MACs")  # fmt: skip
+    q.add_argument("--patch", default="none", metavar="auto|TENSOR:RxC",
+                   help="quantized models: run the memory-heavy first stage patch by patch, up to a cut tensor: "
+                        "auto (the smallest peak RAM within 1.25x the MACs; auto:1.5 for another cap) or an "
+                        "explicit cut and grid [none]")  # fmt: skip
     q.add_argument("--save-pruned", type=Path, metavar="P.onnx", help="also write the pruned float model")
     q.add_argument(
         "--per-layer",
@@ -76,6 +89,14 @@ def _build_parent() -> argparse.ArgumentParser:
     q.add_argument("--eval", type=Path, metavar="DATA.npz",
                    help="accuracy of the quantized model vs float on x (and labels y) -> report.json")  # fmt: skip
     p.add_argument("--sanitize", action="store_true", help="host target: build with AddressSanitizer + UBSan")
+    p.add_argument("--no-integrity", action="store_true",
+                   help="leave out the firmware's check of its weights' SHA-256 at boot (on by default)")  # fmt: skip
+    p.add_argument("--model-region", action="store_true",
+                   help="weights in their own flash region behind a header, updatable without the code "
+                        "(edgecomp flash --model-only); the firmware refuses a region built for other code")  # fmt: skip
+    p.add_argument("--sign", metavar="KEY.pem",
+                   help="also write firmware.signed.bin, signed for MCUboot with this key (imgtool; edgecomp keygen)")  # fmt: skip
+    p.add_argument("--sign-version", default="0.0.0", help="the signed image's version [0.0.0]")
     p.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
     return p
 
@@ -106,13 +127,22 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, help="write the outputs (.npy: first output, .npz: all)")
     run.add_argument("--no-check", action="store_true", help="skip the comparison with onnxruntime")
     run.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                     help="max abs error / max |reference| allowed [1e-4]")  # fmt: skip
+                     help="float builds match when max abs error <= atol + tolerance x max |reference| [1e-4]")  # fmt: skip
+    run.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+                     help="the absolute part of that bound, for outputs that are all tiny [1e-6]")  # fmt: skip
     prof = sub.add_parser("profile", parents=[build_p, device_p],
                           help="build (cached), run one inference and report time and memory")  # fmt: skip
     prof.add_argument("--input", "-i", type=Path, help="input sample (default: seeded random data)")
     prof.add_argument("--json", type=Path, help="write the profile as JSON")
     prof.add_argument("--plot", type=Path, metavar="LAYERS.png",
                       help="with --per-layer: a bar chart of each layer's instructions/cycles and MACs")  # fmt: skip
+    val = sub.add_parser("validate", parents=[build_p, device_p],
+                         help="build (cached), run step by step on the device and compare every layer's "
+                              "output with the reference; names the first layer that diverges")  # fmt: skip
+    val.add_argument("--input", "-i", type=Path, help="input sample, .npy or .npz (default: seeded random data)")
+    val.add_argument("--json", type=Path, help="write the per-layer comparison as JSON")
+    val.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                     help="float tensors: max abs error / max |reference| allowed per layer [1e-4]")  # fmt: skip
     an = sub.add_parser(
         "analyze", help="pruning sensitivity: prune each channel group alone and measure the loss"
     )
@@ -152,6 +182,8 @@ def make_parser() -> argparse.ArgumentParser:
     fl.add_argument("--target", "-t", required=True, help="the board's target name or .toml file")
     fl.add_argument("--probe", choices=["pyocd", "openocd"], default="pyocd", help="programmer [pyocd]")
     fl.add_argument("--probe-id", help="unique id of the probe to use when several are attached")
+    fl.add_argument("--model-only", action="store_true",
+                    help="write only the model region of a --model-region build (a model update)")  # fmt: skip
     fl.add_argument("-q", "--quiet", action="store_true")
     sw = sub.add_parser("sweep", help="design-space exploration: every combination of a grid of build options on "
                         "every target, built, profiled and scored; Pareto fronts (docs/sweep.md)")  # fmt: skip
@@ -172,6 +204,9 @@ def make_parser() -> argparse.ArgumentParser:
                     help="run the points as tasks on a Ray cluster [auto: the one `ray start` runs here]")  # fmt: skip
     sw.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each device reply [60]")
     sw.add_argument("-q", "--quiet", action="store_true", help="no progress; print the table only")
+    kg = sub.add_parser("keygen", help="make a key pair for signed images (--sign; MCUboot's imgtool)")
+    kg.add_argument("-o", "--output", type=Path, required=True, metavar="KEY.pem", help="the private key to write")
+    kg.add_argument("--type", default="ecdsa-p256", help="ecdsa-p256, ed25519, rsa-2048 or rsa-3072 [ecdsa-p256]")
     sub.add_parser("targets", help="list the shipped targets")
     ops = sub.add_parser(
         "ops", help="list the ONNX operators edgecomp compiles, with element types and limits"
@@ -211,6 +246,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             print_ops(ops_table())
         return 0
+    if args.command == "keygen":
+        from edgecomp.sign import keygen
+
+        pub = keygen(args.output, args.type)
+        print(f"wrote {args.output} (private: keep it secret) and {pub} (public: the bootloader's)")
+        return 0
     if args.command == "targets":
         from edgecomp.report import print_targets
 
@@ -228,7 +269,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "flash":
         from edgecomp.flash import flash
 
-        flash(args.firmware, load_target(args.target), args.probe, args.probe_id, log)
+        flash(args.firmware, load_target(args.target), args.probe, args.probe_id, log, args.model_only)
         log("flashed and reset: run or profile it with --port /dev/ttyACM0")
         return 0
     result = _build(args, reuse=args.command != "build", log=log)
@@ -237,6 +278,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "run":
         return _run(args, result, log)
+    if args.command == "validate":
+        return _validate(args, result, log)
     return _profile(args, result, log)
 
 
@@ -244,6 +287,8 @@ def _build(args, reuse: bool, log) -> BuildResult:
     target = load_target(args.target)
     options = BuildOptions(
         input_shapes=parse_input_shapes(args.input_shape),
+        freeze=parse_freeze(args.freeze),
+        keep_inputs=tuple(args.keep_input or ()),
         fit_check=not args.no_fit_check,
         extra_cflags=args.cflags,
         sanitize=args.sanitize,
@@ -255,7 +300,15 @@ def _build(args, reuse: bool, log) -> BuildResult:
         prune=args.prune,
         prune_importance=args.prune_importance,
         dead_channels=args.dead_channels,
+        integrity=not args.no_integrity,
+        model_region=args.model_region,
+        sign=str(args.sign) if args.sign else None,
+        sign_version=args.sign_version,
+        patch=args.patch,
     )
+    from edgecomp.options import parse_patch
+
+    parse_patch(args.patch)  # a bad spelling fails before any work
     if args.sanitize and not target.is_host:
         raise UserError("--sanitize builds the host target only (use --target host)")
     if args.fit:
@@ -274,8 +327,12 @@ def _build(args, reuse: bool, log) -> BuildResult:
 
         report.print_fit(summary)
         return result
-    if args.max_flash or args.max_ram:
-        raise UserError("--max-flash and --max-ram are budgets for --fit")
+    if args.max_flash:
+        raise UserError("--max-flash is a budget for --fit")
+    if args.max_ram:
+        from edgecomp.options import parse_size
+
+        options = replace(options, max_ram=parse_size(args.max_ram))
     result = build(args.model, target, args.output_dir, options, reuse=reuse, log=log, calib=args.calib,
                    eval_data=args.eval, save_quantized=args.save_quantized, save_pruned=args.save_pruned)  # fmt: skip
     if result.cached:
@@ -298,7 +355,7 @@ def _run(args, result: BuildResult, log) -> int:
     report.print_run(runs)
     if args.no_check:
         return 0
-    check = check_outputs(result, samples, outputs, args.tolerance)
+    check = check_outputs(result, samples, outputs, args.tolerance, args.atol)
     report.print_lines(check.lines)
     if not check.ok:
         raise MismatchError(check.failure)
@@ -346,6 +403,28 @@ def _sweep(args, log) -> int:
     if result.mismatches:
         raise MismatchError(f"{len(result.mismatches)} point(s) whose device output differs from the build's "
                             "reference: their accuracy is not the device's (see the reason column)")  # fmt: skip
+    return 0
+
+
+def _validate(args, result: BuildResult, log) -> int:
+    from edgecomp import report
+    from edgecomp.io import load_samples, random_sample
+    from edgecomp.validate import validate
+
+    if args.input:
+        sample = load_samples(args.input, result.report["inputs"])[0]
+    else:
+        sample = random_sample(result.report["inputs"], seed=0)
+    log(f"validating layer by layer on {_where(args, result)}")
+    validation = validate(result, sample, args.port, args.baud, args.timeout, args.tolerance)
+    report.print_validation(validation, f"{args.model.name} on {result.target.name}, step by step")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(validation.as_dict(), indent=2) + "\n")
+    first = validation.first_divergence
+    if first is not None:
+        raise MismatchError(f"layer {first.index} ({first.kernel}, computing '{first.computes}') is the first "
+                            f"to diverge from the reference, {validation.reference}")  # fmt: skip
     return 0
 
 

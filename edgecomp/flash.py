@@ -26,22 +26,40 @@ def firmware_path(path: Path) -> Path:
     return elf
 
 
-def flash(path: Path, target: Target, probe: str = "pyocd", unique_id: str | None = None, log=print) -> None:
-    """Program `path` (ELF or build folder) into `target`'s flash and reset it."""
+def model_region_image(path: Path) -> tuple[Path, int]:
+    """(the model region's .bin, its flash address) of a build folder made with --model-region."""
+    import json
+
+    report = path / "report.json" if path.is_dir() else path.with_name("report.json")
+    try:
+        region = json.loads(report.read_text())["model_region"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{path} is not a build made with --model-region (no model region in its report)") from exc
+    return report.with_name(region["file"]), int(region["origin"])
+
+
+def flash(path: Path, target: Target, probe: str = "pyocd", unique_id: str | None = None, log=print,
+          model_only: bool = False) -> None:  # fmt: skip
+    """Program `path` (ELF or build folder) into `target`'s flash and reset it; with `model_only`,
+    just its model region (a model update for firmware already on the board)."""
     if target.is_host or not target.flash:
         raise UserError(
             f"target {target.name} is not a board with a flash programmer ([flash] in its target file)"
         )
     if probe not in PROBES:
         raise UserError(f"--probe must be one of {', '.join(PROBES)}, not '{probe}'")
-    elf = firmware_path(path)
-    if probe == "pyocd":
-        _flash_pyocd(elf, target, unique_id, log)
+    if model_only:
+        image, base = model_region_image(path)
+        log(f"writing the model region only ({image.stat().st_size:,} B at 0x{base:08X})")
     else:
-        _flash_openocd(elf, target, log)
+        image, base = firmware_path(path), None
+    if probe == "pyocd":
+        _flash_pyocd(image, target, unique_id, log, base)
+    else:
+        _flash_openocd(image, target, log, base)
 
 
-def _flash_pyocd(elf: Path, target: Target, unique_id: str | None, log) -> None:
+def _flash_pyocd(elf: Path, target: Target, unique_id: str | None, log, base: int | None = None) -> None:
     try:
         from pyocd.core.exceptions import Error as PyOCDError
         from pyocd.core.helpers import ConnectHelper
@@ -63,20 +81,24 @@ def _flash_pyocd(elf: Path, target: Target, unique_id: str | None, log) -> None:
     try:
         with ConnectHelper.session_with_chosen_probe(unique_id=probes[0].unique_id, target_override=chip,
                                                      options={"frequency": 4_000_000}) as session:  # fmt: skip
-            FileProgrammer(session).program(str(elf), file_format="elf")
+            if base is None:
+                FileProgrammer(session).program(str(elf), file_format="elf")
+            else:  # a raw region at its address
+                FileProgrammer(session).program(str(elf), file_format="bin", base_address=base)
             session.target.reset()
     except PyOCDError as exc:
         raise DeviceError(f"pyOCD could not flash the board: {exc}") from exc
 
 
-def _flash_openocd(elf: Path, target: Target, log) -> None:
+def _flash_openocd(elf: Path, target: Target, log, base: int | None = None) -> None:
     exe = shutil.which("openocd")
     if exe is None:
         raise ToolError("openocd is not installed (apt install openocd), or use --probe pyocd")
     scripts = target.flash.get("openocd_scripts")
     if not scripts:
         raise UserError(f"target file {target.source} has no flash.openocd_scripts: use --probe pyocd")
-    cmd = [exe, *(a for s in scripts for a in ("-f", s)), "-c", f"program {elf.as_posix()} verify reset exit"]
+    where = "" if base is None else f" 0x{base:08X}"
+    cmd = [exe, *(a for s in scripts for a in ("-f", s)), "-c", f"program {elf.as_posix()}{where} verify reset exit"]
     log(f"flashing {elf} to {target.part or target.name} with OpenOCD")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=FLASH_TIMEOUT_S)

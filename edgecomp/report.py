@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -34,7 +35,7 @@ def print_targets() -> None:
 def print_ops(rows: list[dict]) -> None:
     table = Table("op", "tested", "element types", "limits", title="ONNX operators edgecomp compiles")
     for r in rows:
-        table.add_row(r["op"], "yes" if r["conformance_tested"] else "", r["dtypes"], r["limits"])
+        table.add_row(r["op"], r["tested"], r["dtypes"], r["limits"])
     console.print(table)
 
 
@@ -86,7 +87,7 @@ def print_run(runs) -> None:
 
 
 def print_comparison(cmp: Comparison, tolerance: float) -> None:
-    verdict = "[green]match[/green]" if cmp.rel_error <= tolerance else "[red]MISMATCH[/red]"
+    verdict = "[green]match[/green]" if cmp.within(tolerance) else "[red]MISMATCH[/red]"
     console.print(
         f"vs onnxruntime: max abs error {cmp.max_abs_error:.3g}, relative {cmp.rel_error:.3g} "
         f"(tolerance {tolerance:g}), argmax agreement {cmp.argmax_agreement:.0%}: {verdict}"
@@ -129,6 +130,33 @@ def print_profile(record: dict) -> None:
             ]
         layers.add_row(*row)
     console.print(layers)
+
+
+def print_validation(v, title: str) -> None:
+    """validate's per-layer table (v: validate.Validation) and its verdict."""
+    timed = any(c.instructions is not None for c in v.layers)
+    cols = ["#", "kernel", "computes", "shape", "dtype", "max |diff|", "differing", "status"] + (["instructions"] if timed else [])
+    table = Table(*cols, title=title)
+    first = v.first_divergence
+    for c in v.layers:
+        name = c.computes or c.tensor
+        status = {"match": "[green]match[/green]", "no reference": "[dim]no reference[/dim]"}.get(
+            c.status, "[red]DIVERGES[/red]" + (" (first)" if c is first else "")
+        )
+        err = "" if c.max_abs_error is None else (f"{c.max_abs_error:.3g}" if c.rel_error is not None
+                                                   else f"{c.max_abs_error:g} LSB")  # fmt: skip
+        table.add_row(str(c.index), c.kernel, name if len(name) <= 48 else "…" + name[-47:],
+                      "x".join(map(str, c.shape)), c.dtype, err,
+                      "" if c.differing is None else f"{c.differing:,}/{int(np.prod(c.shape)):,}", status,
+                      *([f"{c.instructions:,}" if c.instructions is not None else ""] if timed else []))  # fmt: skip
+    console.print(table)
+    compared = sum(c.status != "no reference" for c in v.layers)
+    if first is None:
+        console.print(f"[green]every layer matches[/green] the reference, {v.reference} ({compared} of {len(v.layers)} "
+                      "step outputs compared)")  # fmt: skip
+    else:
+        console.print(f"[red]first divergence: step {first.index}[/red] ({first.kernel}), computing "
+                      f"'{first.computes}': {first.differing:,} element(s) differ from the reference, {v.reference}")  # fmt: skip
 
 
 def print_lines(lines: list[str]) -> None:

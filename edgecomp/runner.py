@@ -11,15 +11,33 @@ from edgecomp.pipeline import BuildResult
 
 
 def run_samples(result: BuildResult, samples: list[list[np.ndarray]], port: str | None = None,
-                baud: int = 115200, timeout: float = 5.0) -> list[InferenceResult]:  # fmt: skip
-    """One inference per sample on the build's device (host process, QEMU or the board on `port`)."""
-    target = result.target
+                baud: int = 115200, timeout: float = 5.0, verify: bool = False) -> list[InferenceResult]:  # fmt: skip
+    """One inference per sample on the build's device (host process, QEMU or the board on `port`);
+    with `verify`, the firmware's weights check runs once more after them (`result.integrity`)."""
+    runs, _ = _session(result, samples, port, baud, timeout, verify)
+    return runs
+
+
+def _session(result: BuildResult, samples, port, baud, timeout, verify: bool):
     outs = result.report["outputs"]
-    with open_session(target, result.outdir, port=port, baud=baud, timeout=timeout) as session:
-        return [
-            session.infer(sample, [np.dtype(o["dtype"]) for o in outs], [tuple(o["shape"]) for o in outs])
-            for sample in samples
-        ]
+    with open_session(result.target, result.outdir, port=port, baud=baud, timeout=timeout) as session:
+        runs = [session.infer(s, [np.dtype(o["dtype"]) for o in outs], [tuple(o["shape"]) for o in outs])
+                for s in samples]  # fmt: skip
+        check = session.verify() if verify and session.info().integrity else None
+    return runs, check
+
+
+def integrity_cost(result: BuildResult, port: str | None = None, baud: int = 115200, timeout: float = 5.0) -> dict:
+    """What the firmware's weights check costs, measured on the device: its SHA-256 over the
+    weights run once more (as at boot); instructions in QEMU, timer ticks (cycles) on a board."""
+    with open_session(result.target, result.outdir, port=port, baud=baud, timeout=timeout) as session:
+        info = session.info()
+        if not info.integrity:
+            return {"enabled": False}
+        check = session.verify()
+    as_run = InferenceResult([], check.ticks, None, info.timer, info.clock_hz)
+    return {"enabled": True, "ok": check.ok, "instructions": as_run.instructions if not port else None,
+            "cycles": check.ticks if port else None}  # fmt: skip
 
 
 def profile(result: BuildResult, sample: list[np.ndarray], port: str | None = None, baud: int = 115200,
@@ -29,12 +47,18 @@ def profile(result: BuildResult, sample: list[np.ndarray], port: str | None = No
     both figures. A model quantized here also gets its unquantized build's flash/RAM beside it."""
     from edgecomp.pipeline import BuildOptions, build
 
-    cold, warm = run_samples(result, [sample, sample], port, baud, timeout)
+    (cold, warm), check = _session(result, [sample, sample], port, baud, timeout, verify=True)
     record = profile_record(result, warm, on_board=bool(port), cold=cold)
+    if check is not None:  # what the weights check costs at boot
+        record["integrity_check"] = {"ok": check.ok, "weights_sha256": check.computed,
+                                     "instructions": warm.ticks_to_instructions(check.ticks) if not port else None,
+                                     "cycles": check.ticks if port else None}  # fmt: skip
     if result.float_model is not None:
         # The same model unquantized, built (or reused) beside it.
         opts = result.report["options"]
-        options = BuildOptions(input_shapes=opts["input_shapes"], fit_check=False, extra_cflags=opts["extra_cflags"])
+        options = BuildOptions(input_shapes=opts["input_shapes"], freeze=opts.get("freeze", {}),
+                               keep_inputs=tuple(opts.get("keep_inputs", ())), fit_check=False,
+                               extra_cflags=opts["extra_cflags"])  # fmt: skip
         fb = build(Path(result.report["model"]), result.target, result.outdir.with_name(result.outdir.name + "-float"),
                    options, reuse=True, log=log).report  # fmt: skip
         record["float"] = {k: fb.get(k) for k in ("flash_bytes", "ram_bytes", "arena_bytes", "weights_bytes")}

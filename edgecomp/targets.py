@@ -54,6 +54,8 @@ class Target:
     # Weights that do not fit the internal flash, and an arena that does not fit the internal RAM,
     # are placed there (codegen/memory.py place_external).
     external: dict = field(default_factory=dict)
+    mcuboot: dict = field(default_factory=dict)  # signed images (edgecomp/sign.py): header_size, slot_size
+    model_region: dict = field(default_factory=dict)  # --model-region: origin, length (codegen/render.py)
     opt_flags: tuple[str, ...] = ("-O2",)  # cpu.opt_flags: optimisation flags for the generated C
     port: str = "cortex-m"  # firmware/<port>: the start-up and harness port of an mcu target
 
@@ -225,6 +227,8 @@ def _parse(raw: dict, path: Path) -> Target:
         port=raw.get("firmware", {}).get("port", "cortex-m"),
         opt_flags=tuple(cpu.get("opt_flags", ["-O2"])),
         external=raw.get("external", {}),
+        mcuboot=raw.get("mcuboot", {}),
+        model_region=raw.get("model_region", {}),
     )
     for key in ("flash_origin", "flash_length", "ram_origin", "ram_length") if target.external else ():
         _require(target.external, key, "external.", path, int)

@@ -19,6 +19,12 @@ from edgecomp.errors import ToolError
 if TYPE_CHECKING:
     from edgecomp.pipeline import BuildResult
 
+# Float builds: outputs match when max abs error <= ATOL + tolerance * max |reference| (numpy's
+# allclose, over all outputs). The relative part alone fails a model whose outputs are all tiny
+# (a probability map of ~1e-4 with a 1e-7 float rounding error); ATOL is a few float32 ulps of 1.
+DEFAULT_TOLERANCE = 1e-4
+DEFAULT_ATOL = 1e-6
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -32,6 +38,10 @@ class Comparison:
         return (
             self.max_abs_error / self.max_abs_reference if self.max_abs_reference > 0 else self.max_abs_error
         )
+
+    def within(self, tolerance: float, atol: float = DEFAULT_ATOL) -> bool:
+        """max abs error <= atol + tolerance * max |reference|."""
+        return self.max_abs_error <= atol + tolerance * self.max_abs_reference
 
     def as_dict(self) -> dict:
         return {
@@ -62,6 +72,14 @@ class Reference:
 
     def run(self, sample: list[np.ndarray]) -> list[np.ndarray]:
         return self._sess.run(None, dict(zip(self._names, sample, strict=True)))
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs the tensors `names` (after its own outputs, in order)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    have = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
+    return model
 
 
 def compare(got: list[list[np.ndarray]], want: list[list[np.ndarray]]) -> Comparison:
@@ -103,18 +121,19 @@ class CheckResult:
 
 
 def check_outputs(result: BuildResult, samples: list[list[np.ndarray]], outputs: list[list[np.ndarray]],
-                  tolerance: float) -> CheckResult:  # fmt: skip
-    """Compare a build's outputs for `samples` with what it must output (see expected_outputs)."""
+                  tolerance: float = DEFAULT_TOLERANCE, atol: float = DEFAULT_ATOL) -> CheckResult:  # fmt: skip
+    """Compare a build's outputs for `samples` with what it must output (see expected_outputs):
+    a float build within atol + tolerance * max |reference|, an integer one bit for bit."""
     expected = expected_outputs(result, samples)
     if result.int_graph is None:
         cmp = compare(outputs, expected)
-        verdict = "[green]match[/green]" if cmp.rel_error <= tolerance else "[red]MISMATCH[/red]"
+        ok = cmp.within(tolerance, atol)
+        verdict = "[green]match[/green]" if ok else "[red]MISMATCH[/red]"
         line = (f"vs onnxruntime: max abs error {cmp.max_abs_error:.3g}, relative {cmp.rel_error:.3g} "
-                f"(tolerance {tolerance:g}), argmax agreement {cmp.argmax_agreement:.0%}: {verdict}")  # fmt: skip
-        ok = cmp.rel_error <= tolerance
+                f"(tolerance {tolerance:g}, atol {atol:g}), argmax agreement {cmp.argmax_agreement:.0%}: {verdict}")  # fmt: skip
         failure = "" if ok else (
             f"outputs differ from onnxruntime: max abs error {cmp.max_abs_error:.3g} "
-            f"= {cmp.rel_error:.3g} of max |reference|, over the tolerance {tolerance:g}"
+            f"= {cmp.rel_error:.3g} of max |reference|, over atol {atol:g} + tolerance {tolerance:g} x max |reference|"
         )  # fmt: skip
         return CheckResult(ok, [line], failure, cmp.as_dict())
     return _check_integer(result, samples, outputs, expected)

@@ -125,3 +125,25 @@ def test_micro_kernels_asan_ubsan_clean(name, tmp_path):
     assert "ec_mk" in (result.outdir / "model_kernels.c").read_text()
     (run,) = run_samples(result, [random_inputs(model, 0)])  # a sanitizer report fails the run
     assert run.outputs[0].shape == tuple(result.report["outputs"][0]["shape"])
+
+
+@pytest.mark.parametrize("target", ["host"] + (["cortex-m7"] if HAVE_ARM else []))
+def test_a_model_without_inputs_and_the_extreme_int64_constants_compile_warning_free(target, tmp_path):
+    """No inputs: no zero-length arrays, no always-false `i < 0u`; INT64_MIN and the largest uint64
+    as C literals that are not warnings (the minus of a too-large constant)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    big = np.array([np.iinfo(np.int64).min, 5, np.iinfo(np.int64).max], dtype=np.int64)
+    ubig = np.array([np.iinfo(np.uint64).max, 0, 1 << 63], dtype=np.uint64)
+    nodes = [helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(big, "k")),
+             helper.make_node("Constant", [], ["u"], value=numpy_helper.from_array(ubig, "u")),
+             helper.make_node("Identity", ["k"], ["y"]), helper.make_node("Identity", ["u"], ["z"])]  # fmt: skip
+    graph = helper.make_graph(nodes, "consts", [], [helper.make_tensor_value_info("y", TensorProto.INT64, [3]),
+                                                    helper.make_tensor_value_info("z", TensorProto.UINT64, [3])])  # fmt: skip
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    options = BuildOptions(extra_cflags="-Werror", sanitize=target == "host")
+    result = build(path, load_target(target), tmp_path / "o", options, log=lambda *_: None)
+    y, z = run_samples(result, [[]])[0].outputs
+    np.testing.assert_array_equal(y, big)
+    np.testing.assert_array_equal(z, ubig)

@@ -3,6 +3,7 @@ for MCU targets, a firmware project. Python decides; the templates only print.""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +12,9 @@ import jinja2
 import numpy as np
 
 from edgecomp import __version__
-from edgecomp.codegen.cnames import c_identifier, c_literals, c_type, dl_type
+from edgecomp.codegen.cnames import c_comment, c_identifier, c_literals, c_string, c_type, dl_type
 from edgecomp.codegen.memory import ArenaPlan, place_external, plan_model, workspace_name
+from edgecomp.errors import DoesNotFitError, UserError
 from edgecomp.lower.model import LoweredModel
 from edgecomp.resources import data_dir
 from edgecomp.targets import FEATURES, Target
@@ -55,6 +57,7 @@ class CStep:
 class GeneratedProject:
     files: dict[str, str]  # relative path -> content
     plan: ArenaPlan
+    weights_sha256: str  # SHA-256 (hex) of the constants as model_verify checks them
     copied: dict[str, Path] = field(default_factory=dict)  # relative path -> source file
 
     def write(self, outdir: Path) -> None:
@@ -69,13 +72,17 @@ class GeneratedProject:
 
 
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    # A model's own names reach the C only through these (and c_identifier).
+    env.filters["c_string"] = c_string
+    env.filters["c_comment"] = c_comment
+    return env
 
 
 def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
@@ -93,7 +100,7 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
     for name in order:
         t = model.tensors[name]
         code, bits = dl_type(t.dtype)
-        ident = c_identifier(name if t.kind in ("input", "output") else f"ec_{name}", used)
+        ident = c_identifier(name, used) if t.kind in ("input", "output") else "ec_" + c_identifier(name, used)
         offset = plan.offsets.get(name, -1)
         storage = ident if t.kind == "const" else f"ec_arena + {offset}"
         result[name] = CTensor(
@@ -118,10 +125,45 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
     return result
 
 
+def weights_digest(consts: list) -> bytes:
+    """SHA-256 of the constants (lower.model.Tensor) one after the other, little-endian as on every
+    target: what the firmware's model_verify recomputes from flash, block by block."""
+    h = hashlib.sha256()
+    for t in consts:
+        h.update(np.ascontiguousarray(t.data).astype(t.data.dtype.newbyteorder("<")).tobytes())
+    return h.digest()
+
+
+REGION_FORMAT = 1  # of the model region's header (model.h model_region_header)
+
+
+def model_region_layout(target: Target, weights_bytes: int) -> dict:
+    """Where the model region goes: the target's [model_region] origin/length, else the upper half
+    of the chip's flash (its budget, or the memory map's flash), 4 KiB aligned."""
+    if target.port != "cortex-m":
+        raise UserError(f"--model-region is supported on Cortex-M targets; {target.name} is {target.port}")
+    mem = target.memory
+    region = target.model_region
+    if region:
+        origin, length = int(region["origin"]), int(region["length"])
+    else:
+        flash = target.flash_budget or mem["flash_length"]
+        length = (flash // 2) // 4096 * 4096
+        origin = mem["flash_origin"] + flash - length
+    if weights_bytes + 128 > length:
+        raise DoesNotFitError(
+            f"the weights ({weights_bytes:,} B) do not fit {target.name}'s model region ({length:,} B at "
+            f"0x{origin:08X}) by {weights_bytes + 128 - length:,} B: set [model_region] in the target file"
+        )
+    return {"origin": origin, "length": length, "format": REGION_FORMAT, "weights_bytes": weights_bytes}
+
+
 def generate_project(model: LoweredModel, target: Target, model_name: str, provenance: dict,
-                     per_layer: bool = False, boot2: bytes | None = None) -> GeneratedProject:  # fmt: skip
+                     per_layer: bool = False, boot2: bytes | None = None,
+                     integrity: bool = True, model_region: bool = False) -> GeneratedProject:  # fmt: skip
     """Plan the arena and render every source file for `target` (with `boot2`, the second-stage
-    boot loader image placed at the start of flash)."""
+    boot loader image placed at the start of flash; with `integrity`, model_verify: the weights'
+    SHA-256 recomputed on the device and compared with the build's)."""
     env = _env()
     plan = plan_model(model)
     tensors = _c_tensors(model, plan)
@@ -141,13 +183,11 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
         )
         for i, c in enumerate(model.calls)
     ]
-    micro_c = [
-        env.get_template(c.micro.template).render(symbol=c.micro.symbol, p=dict(c.micro.params))
-        for c in model.calls
-        if c.micro is not None
-    ]
+    micro = {c.micro.symbol: c.micro for c in model.calls if c.micro is not None}  # calls may share one
+    micro_c = [env.get_template(k.template).render(symbol=k.symbol, p=dict(k.params)) for k in micro.values()]
     weights = sum(t.nbytes for t in model.tensors.values() if t.kind == "const")
     weights_out, arena_out = place_external(target, weights, plan.arena_bytes)
+    digest = weights_digest([model.tensors[t.name] for t in tensors.values() if t.kind == "const"])
     ctx = {
         "weights_section": ".ext_rodata" if weights_out else None,
         "arena_section": ".ext_bss" if arena_out else None,
@@ -166,14 +206,25 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
         "macs": model.macs,
         "params": model.params,
         "per_layer": per_layer,
+        "integrity": integrity or model_region,
+        "model_region": None,
+        "weights_sha256": list(digest),
     }
+    kernels_c = env.get_template("model_kernels.c.j2").render(ctx, kernels_c=model.kernels_c, micro_c=micro_c)
+    if model_region:
+        region = model_region_layout(target, sum(t.nbytes for t in ctx["consts"]))
+        # The code id: a hash of the code that reads the weights, rendered without what depends on the
+        # weights' values (their digest; the model file's name and hash in the header comment), with a zero id.
+        ctx["model_region"] = {**region, "code_id": [0] * 32}
+        neutral = {**ctx, "weights_sha256": [0] * 32, "model_name": "", "provenance": {"model_sha256": "", "options": ""}}
+        code = env.get_template("model.c.j2").render(neutral) + env.get_template("model_kernels.c.j2").render(
+            neutral, kernels_c=model.kernels_c, micro_c=micro_c)  # fmt: skip
+        ctx["model_region"]["code_id"] = list(hashlib.sha256(code.encode()).digest())
     files = {
         "model.h": env.get_template("model.h.j2").render(ctx),
         "model.c": env.get_template("model.c.j2").render(ctx),
         "model_weights.c": env.get_template("model_weights.c.j2").render(ctx),
-        "model_kernels.c": env.get_template("model_kernels.c.j2").render(
-            ctx, kernels_c=model.kernels_c, micro_c=micro_c
-        ),
+        "model_kernels.c": kernels_c,
     }
     fw = data_dir("firmware")
     copied = {f"ec/{p.name}": p for p in sorted((fw / "common").iterdir()) if p.suffix in (".c", ".h")}
@@ -200,4 +251,4 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
         if boot2:
             rows = [", ".join(f"0x{b:02X}" for b in boot2[i : i + 16]) for i in range(0, len(boot2), 16)]
             files["ec/ec_boot2.c"] = env.get_template("ec_boot2.c.j2").render(ctx, rows=rows, size=len(boot2))
-    return GeneratedProject(files=files, plan=plan, copied=copied)
+    return GeneratedProject(files=files, plan=plan, weights_sha256=digest.hex(), copied=copied)

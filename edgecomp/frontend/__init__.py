@@ -4,6 +4,7 @@ Every user-facing problem with a model (unreadable file, unsupported op, dynamic
 raised here as a UserError naming the node, before anything reaches TVM.
 """
 
-from edgecomp.frontend.load import load_model, parse_input_shapes
+from edgecomp.frontend.inputs import parse_freeze, parse_input_shapes
+from edgecomp.frontend.load import load_model
 
-__all__ = ["load_model", "parse_input_shapes"]
+__all__ = ["load_model", "parse_freeze", "parse_input_shapes"]

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, shape_inference, version_converter
+from onnx import TensorProto, helper, version_converter
 
 from edgecomp.errors import UnsupportedModelError, UserError
+from edgecomp.frontend.inputs import (
+    Number,
+    constant_initializer_inputs,
+    dims_text,
+    freeze_inputs,
+    is_dynamic,
+    pin_input_shapes,
+    real_inputs,
+    shape_hint,
+)
 from edgecomp.frontend.ops import check_ops
+from edgecomp.frontend.settle import clear_declared_shapes, settle_shapes
 
 # Opsets below this are converted up (TVM's importer and our tests cover 11+); the newest opset
 # onnx itself knows is accepted as is.
@@ -24,24 +36,13 @@ SUPPORTED_IO_DTYPES = {
 }  # fmt: skip
 
 
-def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
-    """Parse --input-shape values of the form name=1,3,32,32."""
-    shapes: dict[str, list[int]] = {}
-    for spec in specs or []:
-        name, sep, dims = spec.partition("=")
-        try:
-            values = [int(d) for d in dims.split(",")] if sep else []
-        except ValueError:
-            values = []
-        if not name or not values or any(v <= 0 for v in values):
-            raise UserError(f"bad --input-shape '{spec}': expected NAME=D0,D1,... with positive integers")
-        shapes[name] = values
-    return shapes
+def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = None,
+               freeze: dict[str, list[Number]] | None = None, keep_inputs: tuple[str, ...] | list[str] = ()
+               ) -> onnx.ModelProto:  # fmt: skip
+    """Read `path`, fix its inputs, convert old opsets, settle shapes and constants, check every node.
 
-
-def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = None) -> onnx.ModelProto:
-    """Read `path`, pin input shapes, convert old opsets, infer shapes and check every node.
-
+    `input_shapes` (--input-shape) pins dynamic dimensions, `freeze` (--freeze) makes inputs
+    constants, `keep_inputs` (--keep-input) keeps initializers listed as inputs as real inputs.
     Raises UserError (or UnsupportedModelError) with a one-line reason for anything that cannot
     be compiled.
     """
@@ -52,10 +53,11 @@ def load_model(path: str | Path, input_shapes: dict[str, list[int]] | None = Non
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ValueError...
         raise UserError(f"{path} is not a readable ONNX model: {_first_line(exc)}") from exc
-    return load_model_proto(model, path, input_shapes)
+    return load_model_proto(model, path, input_shapes, freeze, keep_inputs)
 
 
-def load_model_proto(model: onnx.ModelProto, path: Path, input_shapes: dict[str, list[int]] | None = None
+def load_model_proto(model: onnx.ModelProto, path: Path, input_shapes: dict[str, list[int]] | None = None,
+                     freeze: dict[str, list[Number]] | None = None, keep_inputs: tuple[str, ...] | list[str] = ()
                      ) -> onnx.ModelProto:  # fmt: skip
     """load_model for a model already in memory (`path` names it in messages)."""
     if not model.graph.node and not model.graph.output:
@@ -66,13 +68,15 @@ def load_model_proto(model: onnx.ModelProto, path: Path, input_shapes: dict[str,
         onnx.checker.check_model(model)
     except Exception as exc:  # ValidationError, and UnicodeDecodeError for strings that are not UTF-8
         raise UserError(f"{path} is not a valid ONNX model: {_first_line(exc)}") from exc
-    model = _pin_input_shapes(model, input_shapes or {})
+    before = model
+    model = constant_initializer_inputs(model, keep_inputs)
+    model = pin_input_shapes(model, input_shapes or {})
+    model = freeze_inputs(model, freeze or {})
+    model = clear_declared_shapes(model, all_outputs=model is not before)
+    _check_static_inputs(model)
     model = _normalise_opset(model)
     model = widen_subbyte(model)
-    try:
-        model = shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    except Exception as exc:
-        raise UserError(f"shape inference failed on {path}: {_first_line(exc)}") from exc
+    model = settle_shapes(model, path)
     check_ops(model)
     _check_io(model)
     return model
@@ -143,37 +147,7 @@ def widen_subbyte(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """The model's real inputs (graph inputs that are not initializers)."""
-    inits = {i.name for i in model.graph.initializer}
-    return [i for i in model.graph.input if i.name not in inits]
-
-
-def _pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
-    names = {i.name for i in graph_inputs(model)}
-    unknown = sorted(set(shapes) - names)
-    if unknown:
-        raise UserError(
-            f"--input-shape names unknown input(s) {unknown}; the model's inputs are {sorted(names)}"
-        )
-    if not shapes:
-        return model
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    for inp in model.graph.input:
-        if inp.name in shapes:
-            dims = inp.type.tensor_type.shape.dim
-            if len(dims) != len(shapes[inp.name]):
-                raise UserError(
-                    f"--input-shape {inp.name} has {len(shapes[inp.name])} dimensions; the model's input has {len(dims)}"
-                )
-            for d, v in zip(dims, shapes[inp.name], strict=True):
-                if d.HasField("dim_value") and d.dim_value != v:
-                    raise UserError(
-                        f"--input-shape {inp.name}: dimension {d.dim_value} is fixed in the model, not {v}"
-                    )
-                d.Clear()
-                d.dim_value = v
-    # Intermediate value_info may carry the old symbolic dims; shape inference recomputes them.
-    del model.graph.value_info[:]
-    return model
+    return real_inputs(model)
 
 
 def _normalise_opset(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -190,33 +164,50 @@ def _normalise_opset(model: onnx.ModelProto) -> onnx.ModelProto:
         ) from exc
 
 
+def _check_static_inputs(model: onnx.ModelProto) -> None:
+    """Every input tensor has a static shape (before anything is inferred from them); a dynamic
+    one is refused with the --input-shape options that pin them all, as a working command line."""
+    dynamic = []
+    for v in real_inputs(model):
+        tt = v.type.tensor_type
+        if not v.type.HasField("tensor_type"):
+            continue  # _check_io says so
+        if not tt.HasField("shape"):
+            raise UnsupportedModelError(f"model input '{v.name}' has no known shape; pin it with "
+                                        f"--input-shape {shlex.quote(v.name + '=D0,D1,...')}")  # fmt: skip
+        if any(is_dynamic(d) for d in tt.shape.dim):
+            dynamic.append(v)
+    if dynamic:
+        v = dynamic[0]
+        more = f" (and {len(dynamic) - 1} more input(s))" if len(dynamic) > 1 else ""
+        raise UnsupportedModelError(f"model input '{v.name}' has dynamic shape {dims_text(v.type.tensor_type.shape)}"
+                                    f"{more}; pin it with {shape_hint(dynamic)} (any sizes you need)")  # fmt: skip
+
+
 def _check_io(model: onnx.ModelProto) -> None:
-    for kind, values in (("input", graph_inputs(model)), ("output", list(model.graph.output))):
+    """Every model input and output is a tensor of a C type with a static shape."""
+    for kind, values in (("input", real_inputs(model)), ("output", list(model.graph.output))):
         for v in values:
             tt = v.type.tensor_type
             if not v.type.HasField("tensor_type"):
                 raise UnsupportedModelError(f"model {kind} '{v.name}' is not a tensor")
             if tt.elem_type not in SUPPORTED_IO_DTYPES:
-                dtype = TensorProto.DataType.Name(tt.elem_type)
+                known = tt.elem_type in TensorProto.DataType.values()
+                dtype = TensorProto.DataType.Name(tt.elem_type) if known else f"{tt.elem_type} (unknown)"
                 raise UnsupportedModelError(
                     f"model {kind} '{v.name}' has element type {dtype}; edgecomp's model I/O takes "
                     "float32/64, bool and 8- to 64-bit integers"
                 )
             if not tt.HasField("shape"):
                 raise UnsupportedModelError(
-                    f"model {kind} '{v.name}' has no known shape; pin it with --input-shape NAME=D0,D1,..."
+                    f"model {kind} '{v.name}' has no known shape: shape inference cannot follow the ops that compute it"
                 )
-            dynamic = [d.dim_param or "?" for d in tt.shape.dim if not d.HasField("dim_value")]
-            if dynamic or any(d.dim_value < 0 for d in tt.shape.dim):
-                shape = [
-                    d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim
-                ]
-                hint = (
-                    f"pin it with --input-shape {v.name}={','.join(str(s) if isinstance(s, int) else '1' for s in shape)}"
-                    if kind == "input"
-                    else "pin the inputs it depends on with --input-shape"
+            if any(is_dynamic(d) for d in tt.shape.dim):
+                raise UnsupportedModelError(
+                    f"model {kind} '{v.name}' has dynamic shape {dims_text(tt.shape)} although every input is "
+                    "static: its size depends on values computed at run time (freeze configuration inputs with "
+                    "--freeze NAME=VALUE)"
                 )
-                raise UnsupportedModelError(f"model {kind} '{v.name}' has dynamic shape {shape}; {hint}")
 
 
 def _first_line(exc: BaseException) -> str:

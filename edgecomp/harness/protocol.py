@@ -18,11 +18,15 @@ CMD_INVOKE = 0x03
 CMD_READ_OUTPUT = 0x04
 CMD_EXIT = 0x05
 CMD_STEP_TICKS = 0x06
+CMD_VERIFY = 0x07
+CMD_STEP = 0x08
+CMD_READ_ARENA = 0x09
 RESP = 0x80
 NAK = 0xFD
 FAULT = 0xFE
 
-STATUS_TEXT = {0: "ok", 1: "unknown command", 2: "bad arguments", 3: "model_run failed"}
+STATUS_TEXT = {0: "ok", 1: "unknown command", 2: "bad arguments", 3: "model_run failed",
+               4: "weights integrity check failed"}  # fmt: skip
 MAX_FRAME_PAYLOAD = 4096  # anything longer is noise, whatever the target's own limit
 
 

@@ -35,7 +35,17 @@ class DeviceInfo:
     per_layer: bool  # the firmware records each step's ticks
     input_bytes: tuple[int, ...]
     output_bytes: tuple[int, ...]
+    integrity: bool = False  # the firmware checks its weights (at boot and on VERIFY)
+    integrity_failed: bool = False  # ...and that check failed: it refuses to infer
 
+
+@dataclass(frozen=True)
+class IntegrityCheck:
+    ok: bool
+    ticks: int  # timer ticks the check took on the device
+    expected: str  # SHA-256 of the weights as built (hex)
+    computed: str  # as the device read them from flash
+    reason: int = 0  # 1 weights changed, 2 no valid model region, 3 a model region built for other code
 
 @dataclass(frozen=True)
 class InferenceResult:
@@ -125,26 +135,38 @@ class Session:
             sizes = struct.unpack_from(f"<{n_in + n_out}I", p, 23)
             self._info = DeviceInfo(
                 version, TIMER_KINDS.get(timer, str(timer)), max_payload, clock, arena, stack, steps,
-                bool(flags & 1), tuple(sizes[:n_in]), tuple(sizes[n_in:]),
+                bool(flags & 1), tuple(sizes[:n_in]), tuple(sizes[n_in:]), bool(flags & 2), bool(flags & 4),
             )  # fmt: skip
         return self._info
+
+    def verify(self) -> IntegrityCheck:
+        """Have the firmware check its weights again (SHA-256 over flash) and report."""
+        p = self.request(P.CMD_VERIFY, timeout=max(self.timeout, 60.0))
+        if len(p) < 73:
+            raise DeviceError("device VERIFY reply is too short")
+        ok, lo, hi = struct.unpack_from("<BII", p)
+        return IntegrityCheck(bool(ok), lo | hi << 32, p[9:41].hex(), p[41:73].hex(), p[73] if len(p) > 73 else 1)
+
+    def _refuse_corrupt_weights(self) -> None:
+        if not self.info().integrity_failed:
+            return
+        check = self.verify()
+        if check.reason == 2:
+            raise DeviceError("the model region holds no valid model (bad magic or format): flash one "
+                              "(edgecomp flash BUILD --model-only); no inference was run")  # fmt: skip
+        if check.reason == 3:
+            raise DeviceError("the model region was built for other code (its code id is not this firmware's): "
+                              "flash the model built with this firmware; no inference was run")  # fmt: skip
+        raise DeviceError(
+            f"weights integrity check failed (expected {check.expected}, got {check.computed}): the "
+            "weights in the device's flash are not the ones built; no inference was run"
+        )
 
     def infer(self, inputs: list[np.ndarray], output_dtypes: list[np.dtype], output_shapes: list[tuple],
               invoke_timeout: float = 120.0) -> InferenceResult:  # fmt: skip
         """Send the inputs, run one inference, read back the outputs and the device's figures."""
         info = self.info()
-        if len(inputs) != len(info.input_bytes):
-            raise DeviceError(f"device expects {len(info.input_bytes)} inputs, got {len(inputs)}")
-        chunk = info.max_payload - 8
-        for i, arr in enumerate(inputs):
-            data = np.ascontiguousarray(arr).tobytes()
-            if len(data) != info.input_bytes[i]:
-                raise DeviceError(
-                    f"input {i} is {len(data)} bytes; the firmware on the device expects {info.input_bytes[i]} "
-                    "(is it running a different model?)"
-                )
-            for off in range(0, len(data), chunk):
-                self.request(P.CMD_WRITE_INPUT, struct.pack("<BI", i, off) + data[off : off + chunk])
+        self.write_inputs(inputs)
         reply = self.request(P.CMD_INVOKE, timeout=invoke_timeout)
         rc, ticks, stack = struct.unpack_from("<iQI", reply)
         if rc != 0:
@@ -163,6 +185,43 @@ class Session:
             outputs.append(np.frombuffer(bytes(buf), dtype=dtype).reshape(shape).copy())
         return InferenceResult(outputs, ticks, None if stack == 0xFFFFFFFF else stack, info.timer, info.clock_hz,
                                self.step_ticks() if info.per_layer else ())  # fmt: skip
+
+    def write_inputs(self, inputs: list[np.ndarray]) -> None:
+        """Write the inputs where the model reads them (refused while the weights check fails)."""
+        info = self.info()
+        self._refuse_corrupt_weights()
+        if len(inputs) != len(info.input_bytes):
+            raise DeviceError(f"device expects {len(info.input_bytes)} inputs, got {len(inputs)}")
+        chunk = info.max_payload - 8
+        for i, arr in enumerate(inputs):
+            data = np.ascontiguousarray(arr).tobytes()
+            if len(data) != info.input_bytes[i]:
+                raise DeviceError(
+                    f"input {i} is {len(data)} bytes; the firmware on the device expects {info.input_bytes[i]} "
+                    "(is it running a different model?)"
+                )
+            for off in range(0, len(data), chunk):
+                self.request(P.CMD_WRITE_INPUT, struct.pack("<BI", i, off) + data[off : off + chunk])
+
+    def step(self, index: int, timeout: float = 120.0) -> int:
+        """Run step `index` of the model alone (after the inputs and the steps before it); its ticks."""
+        reply = self.request(P.CMD_STEP, struct.pack("<H", index), timeout=timeout)
+        rc, ticks, _ = struct.unpack_from("<iQI", reply)
+        if rc != 0:
+            raise DeviceError(f"step {index} of the model failed (returned {rc})")
+        return ticks
+
+    def read_arena(self, offset: int, size: int) -> bytes:
+        """`size` bytes of the model's arena from `offset` (where the memory plan put a tensor)."""
+        chunk = self.info().max_payload - 1
+        buf = bytearray()
+        for off in range(offset, offset + size, chunk):
+            n = min(chunk, offset + size - off)
+            part = self.request(P.CMD_READ_ARENA, struct.pack("<IH", off, n))
+            if len(part) != n:
+                raise DeviceError(f"device sent {len(part)} bytes of its arena at {off}, expected {n}")
+            buf += part
+        return bytes(buf)
 
     def step_ticks(self) -> tuple[int, ...]:
         """Timer ticks of each step of the last inference (firmware built with --per-layer)."""

@@ -12,6 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecomp.errors import UnsupportedModelError
+from edgecomp.lower.recurrent import recurrent
 from edgecomp.lower.resize import resize_taps
 
 
@@ -39,17 +40,21 @@ def legalize(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 class _Graph:
-    """Constants, shapes and element types of a shape-inferred model, and fresh names."""
+    """Constants, shapes and element types of a shape-inferred model, and fresh names. A
+    dimension shape inference could not tell (e.g. set by a computed TopK K) is -1, never 0:
+    0 means an empty tensor."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.consts = _Constants(model.graph.initializer)
         self.types: dict[str, tuple[int, tuple[int, ...]]] = {}
         for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
             tt = vi.type.tensor_type
-            self.types[vi.name] = (tt.elem_type, tuple(d.dim_value for d in tt.shape.dim))
+            dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
+            self.types[vi.name] = (tt.elem_type, dims)
         for t in model.graph.initializer:
             self.types[t.name] = (t.data_type, tuple(t.dims))
         self.new_inits: list[onnx.TensorProto] = []
+        self.opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         self._n = 0
 
     def name(self, hint: str) -> str:
@@ -370,7 +375,184 @@ def _split_empty(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None
     return nodes
 
 
+def _topk(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """TopK with a constant K -> K selection steps of elementwise ops and reductions (TVM's topk
+    is a call into its runtime's sort, which no microcontroller build has).
+
+    Step r finds the extreme value m of the positions not yet taken (ReduceMax/ReduceMin) and
+    takes the first not-taken position holding it (ArgMax of a 0/1 mask picks the lowest index):
+    ONNX's order, equal values by lower index first. Taken positions are masked with the
+    smallest value of the input (largest=0: the largest), found at run time, so no value needs
+    a sentinel. TVM's max/min reductions start from the largest finite value, not infinity, so
+    infinities are clamped to it for the comparisons (they then tie with it), and the values
+    are gathered from the input itself. sorted=0 leaves the order to the implementation: it
+    gets this sorted one. Cost: K passes over the axis, scratch O(axis length).
+    """
+    k = g.constant_input(node, 1)
+    if k is None or k.size != 1:
+        raise UnsupportedModelError(
+            f"TopK node '{node.name}': K must be a constant (the output shape depends on it)"
+        )
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    elem, shape = g.types[node.input[0]]
+    axis = attrs.get("axis", -1) % len(shape)
+    largest = attrs.get("largest", 1)
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    nodes: list[onnx.NodeProto] = []
+    key = node.input[0]
+    if dtype.kind == "f":
+        finite = np.finfo(dtype)
+        key = g.name("key")
+        bound = g.const("finite", np.array(finite.min if largest else finite.max, dtype))
+        nodes.append(helper.make_node("Max" if largest else "Min", [node.input[0], bound], [key]))
+    fill = g.name("fill")
+    nodes.append(_reduce(g, "ReduceMin" if largest else "ReduceMax", key, [axis], fill))
+    position = g.const("iota", np.arange(shape[axis]).reshape((-1,) + (1,) * (len(shape) - axis - 1)))
+    taken: str | None = None
+    indices = []
+    for _ in range(int(k.reshape(-1)[0])):
+        idx, taken = _topk_step(g, nodes, key, fill, taken, position, axis, largest)
+        indices.append(idx)
+    index_out = node.output[1] if len(node.output) > 1 and node.output[1] else g.name("indices")
+    nodes.append(helper.make_node("Concat", indices, [index_out], axis=axis))
+    nodes.append(helper.make_node("GatherElements", [node.input[0], index_out], [node.output[0]], axis=axis))
+    return nodes
+
+
+def _topk_step(g: _Graph, nodes: list, key: str, fill: str, taken: str | None, position: str, axis: int,
+               largest: int) -> tuple[str, str]:  # fmt: skip
+    """One TopK selection: the index of the first not-taken position holding the extreme of the
+    not-taken values (keepdims), and the taken mask with it added. `taken` None: nothing yet."""
+    free, m, cand, cand_f, idx, hit = (g.name(h) for h in ("free", "m", "cand", "cand_f", "idx", "hit"))
+    if taken is None:
+        nodes.append(helper.make_node("Identity", [key], [free]))
+    else:
+        nodes.append(helper.make_node("Where", [taken, fill, key], [free]))
+    nodes.append(_reduce(g, "ReduceMax" if largest else "ReduceMin", free, [axis], m))
+    if taken is None:
+        nodes.append(helper.make_node("Equal", [key, m], [cand]))
+    else:
+        at_m, not_taken = g.name("at_m"), g.name("not_taken")
+        nodes += [
+            helper.make_node("Equal", [key, m], [at_m]),
+            helper.make_node("Not", [taken], [not_taken]),
+            helper.make_node("And", [at_m, not_taken], [cand]),
+        ]
+    nodes += [
+        helper.make_node("Cast", [cand], [cand_f], to=TensorProto.FLOAT),
+        helper.make_node("ArgMax", [cand_f], [idx], axis=axis, keepdims=1),
+        helper.make_node("Equal", [position, idx], [hit]),
+    ]
+    if taken is None:
+        return idx, hit
+    now = g.name("taken")
+    nodes.append(helper.make_node("Or", [taken, hit], [now]))
+    return idx, now
+
+
+def _reduce(g: _Graph, op: str, x: str, axes: list[int], out: str) -> onnx.NodeProto:
+    """A keepdims reduction in the form the model's opset defines (axes became an input in
+    opset 18, ReduceSum's in 13), which is the form TVM's importer reads."""
+    since = 13 if op == "ReduceSum" else 18
+    if g.opset >= since:
+        return helper.make_node(op, [x, g.const("axes", np.array(axes, np.int64))], [out], keepdims=1)
+    return helper.make_node(op, [x], [out], axes=axes, keepdims=1)
+
+
+def _layer_norm(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """LayerNormalization whose Mean or InvStdDev output is used -> its function body
+    (ReduceMean, Sub, Mul, Sqrt, Reciprocal): TVM's converter returns placeholders for those two.
+    With only Y used, TVM's fused layer_norm is kept."""
+    outputs = list(node.output) + [""] * (3 - len(node.output))
+    if not outputs[1] and not outputs[2]:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("stash_type", 1) != 1:
+        raise UnsupportedModelError(f"LayerNormalization node '{node.name}': stash_type other than float is not compiled")
+    elem, shape = g.types[node.input[0]]
+    if elem != TensorProto.FLOAT:
+        return None
+    axes = list(range(attrs.get("axis", -1) % len(shape), len(shape)))
+    mean, centred, square, var, shifted, std = (g.name(h) for h in ("mean", "xc", "sq", "var", "ve", "std"))
+    inv, normed = outputs[2] or g.name("inv"), g.name("normed")
+    eps = g.const("eps", np.float32(attrs.get("epsilon", 1e-5)))
+    nodes = [
+        _reduce(g, "ReduceMean", node.input[0], axes, mean),
+        helper.make_node("Sub", [node.input[0], mean], [centred]),
+        helper.make_node("Mul", [centred, centred], [square]),
+        _reduce(g, "ReduceMean", square, axes, var),
+        helper.make_node("Add", [var, eps], [shifted]),
+        helper.make_node("Sqrt", [shifted], [std]),
+        helper.make_node("Reciprocal", [std], [inv]),
+        helper.make_node("Mul", [centred, inv], [normed]),
+    ]
+    if outputs[1]:
+        nodes.append(helper.make_node("Identity", [mean], [outputs[1]]))
+    if outputs[0]:
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        scaled = outputs[0] if bias is None else g.name("scaled")
+        nodes.append(helper.make_node("Mul", [normed, node.input[1]], [scaled]))
+        if bias is not None:
+            nodes.append(helper.make_node("Add", [scaled, bias], [outputs[0]]))
+    return nodes
+
+
+def _pow(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+    """Pow of mixed or integer types -> Pow in floating point (TVM's power takes one float type):
+    an integer exponent of a float base is cast to the base's type; an integer base is raised in
+    double and cast back (integer exponents rounded first, as exact integer powers; float
+    exponents truncated, as onnxruntime casts)."""
+    base_elem, _ = g.types[node.input[0]]
+    exp_elem, _ = g.types[node.input[1]]
+    base_float = helper.tensor_dtype_to_np_dtype(base_elem).kind == "f"
+    exp_float = helper.tensor_dtype_to_np_dtype(exp_elem).kind == "f"
+    if base_float and exp_elem == base_elem:
+        return None
+    if base_float:
+        exp = g.name("exp")
+        return [
+            helper.make_node("Cast", [node.input[1]], [exp], to=base_elem),
+            helper.make_node("Pow", [node.input[0], exp], [node.output[0]]),
+        ]
+    wide_base, wide_exp, raised = g.name("base"), g.name("exp"), g.name("pow")
+    nodes = [
+        helper.make_node("Cast", [node.input[0]], [wide_base], to=TensorProto.DOUBLE),
+        helper.make_node("Cast", [node.input[1]], [wide_exp], to=TensorProto.DOUBLE),
+        helper.make_node("Pow", [wide_base, wide_exp], [raised]),
+    ]
+    if not exp_float:
+        rounded = g.name("round")
+        nodes.append(helper.make_node("Round", [raised], [rounded]))
+        raised = rounded
+    nodes.append(helper.make_node("Cast", [raised], [node.output[0]], to=base_elem))
+    return nodes
+
+
+def _dropout(g: _Graph, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """Dropout at inference -> its input unchanged, and a mask (if asked for) of all true: TVM's
+    converter gives the mask as float ones. training_mode=1 draws random masks: refused."""
+    training = g.constant_input(node, 2)
+    if training is None or (training.size and bool(training.reshape(-1)[0])):
+        raise UnsupportedModelError(
+            f"Dropout node '{node.name}': training_mode must be a constant false (inference)"
+        )
+    nodes = [helper.make_node("Identity", [node.input[0]], [node.output[0]])]
+    if len(node.output) > 1 and node.output[1]:
+        _, shape = g.types[node.output[1]]
+        true = g.const("true", np.array(True))
+        dims = g.const("mask_shape", np.array(shape, np.int64))
+        nodes.append(helper.make_node("Expand", [true, dims], [node.output[1]]))
+    return nodes
+
+
 _REWRITES = {
+    "LayerNormalization": _layer_norm,
+    "Pow": _pow,
+    "LSTM": recurrent,
+    "GRU": recurrent,
+    "RNN": recurrent,
+    "TopK": _topk,
+    "Dropout": _dropout,
     "Split": _split_empty,
     "ReduceMax": _reduce_extreme,
     "ReduceMin": _reduce_extreme,

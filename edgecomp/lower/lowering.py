@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -10,6 +12,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.ir.expr import GenericConst as _CONST
 
+from edgecomp.codegen.cnames import c_identifier
 from edgecomp.errors import ToolError, UnsupportedModelError
 from edgecomp.lower.model import Call, LoweredModel, MicroKernel, Tensor
 from edgecomp.lower.qops import int_graph_to_relax
@@ -56,17 +59,23 @@ def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, ke
     """
     chosen: dict[str, MicroKernel] = {}
     if graph is not None:
-        mod, chosen = int_graph_to_relax(graph, features if kernels == "auto" else None)
-        mod = fuse(mod)
+        mod, chosen, sources = int_graph_to_relax(graph, features if kernels == "auto" else None)
+        mod, sources = fuse(mod, sources)
     else:
-        mod = import_and_fuse(model)
+        renamed, original = with_c_names(model)
+        mod, sources = import_and_fuse(renamed)
+        sources = {var: original.get(name, name) for var, name in sources.items()}
     if model is not None:
         inits = {i.name for i in model.graph.initializer}
         names = ([i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output])
     else:
         names = (list(graph.inputs), list(graph.outputs))
-    tensors, all_calls, inputs, outputs, copies = _walk_main(mod, *names)
+    tensors, all_calls, inputs, outputs, copies, computes = _walk_main(mod, *names, sources)
     micro = {**chosen, **copies}
+    # Kernels specialised identically (the patches of patch-based execution, repeated blocks) are one.
+    first: dict[tuple, str] = {}
+    same = {sym: first.setdefault((k.template, k.params, k.scratch_bytes, k.inplace), sym) for sym, k in micro.items()}
+    all_calls = [replace(c, kernel=same.get(c.kernel, c.kernel)) for c in all_calls]
     # A call whose outputs are all empty (a zero-size Slice...) has nothing to do.
     all_calls = [c for c in all_calls if any(tensors[o].size for o in c.outputs)]
     micro_calls = {i: micro[c.kernel] for i, c in enumerate(all_calls) if c.kernel in micro}
@@ -103,7 +112,42 @@ def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, ke
             if t.dtype != "float32":
                 qparams[onnx_name] = (t.scale, t.zero_point)
     return LoweredModel(kernels_c=source, tensors=tensors, calls=calls, inputs=inputs, outputs=outputs,
-                        qparams=qparams)  # fmt: skip
+                        qparams=qparams, sources=computes)  # fmt: skip
+
+
+def with_c_names(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of `model` whose every tensor name is a valid, unique C identifier (c_identifier),
+    and the original name of each (by new name).
+
+    TVM names the parameters and locals of the C it generates after the Relax variables, that is
+    after the ONNX names ('gpu_0/data_0' gave `void* gpu_0/data_0 = ...`). The call sequence keeps
+    the model's own names for its inputs and outputs (lower_model passes them to _walk_main), so
+    report.json and model.h show those; model.c names them through c_identifier and c_string."""
+    used: set[str] = set()
+    rename: dict[str, str] = {}
+
+    def safe(name: str) -> str:
+        if name and name not in rename:
+            rename[name] = c_identifier(name, used)
+        return rename.get(name, name)
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    _rename_graph(model.graph, safe)
+    return model, {new: old for old, new in rename.items()}
+
+
+def _rename_graph(graph: onnx.GraphProto, safe) -> None:
+    """Apply `safe` to every tensor name of `graph` and of its nodes' subgraphs."""
+    for v in [*graph.input, *graph.output, *graph.value_info, *graph.initializer]:
+        v.name = safe(v.name)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            node.input[i] = safe(name)
+        for i, name in enumerate(node.output):
+            node.output[i] = safe(name)
+        for attr in node.attribute:
+            for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                _rename_graph(g, safe)
 
 
 def _emit_c(mod: tvm.IRModule) -> str:
@@ -148,9 +192,10 @@ def _sinfo_tensors(sinfo) -> list[tuple[tuple[int, ...], str]]:
     return [(shape, str(sinfo.dtype))]
 
 
-def _walk_main(mod: tvm.IRModule, onnx_inputs: list[str], onnx_outputs: list[str]):
+def _walk_main(mod: tvm.IRModule, onnx_inputs: list[str], onnx_outputs: list[str], sources: dict):
     """Turn Relax main's dataflow into tensors and a call sequence (model inputs and outputs named
-    `onnx_inputs`, `onnx_outputs`)."""
+    `onnx_inputs`, `onnx_outputs`), and the model tensor each intermediate holds (from `sources`,
+    by binding variable)."""
     main = mod["main"]
     tensors: dict[str, Tensor] = {}
     env: dict = {}  # relax Var -> list of tensor names (several for a tuple)
@@ -176,21 +221,25 @@ def _walk_main(mod: tvm.IRModule, onnx_inputs: list[str], onnx_outputs: list[str
             name += "_"
         return name
 
+    by_content: dict[tuple, str] = {}  # equal constants are stored once
+
     def arg_names(expr) -> list[str]:
         if isinstance(expr, _CONST):
             if expr not in consts:
-                data = expr.value.numpy()
-                name = fresh("c", len(consts))
-                consts[expr] = name
-                tensors[name] = Tensor(
-                    name, tuple(data.shape), str(data.dtype), "const", np.ascontiguousarray(data)
-                )
+                data = np.ascontiguousarray(expr.value.numpy())
+                key = (str(data.dtype), data.shape, hashlib.sha256(data.tobytes()).digest())
+                if key not in by_content:
+                    name = fresh("c", len(by_content))
+                    by_content[key] = name
+                    tensors[name] = Tensor(name, tuple(data.shape), str(data.dtype), "const", data)
+                consts[expr] = by_content[key]
             return [consts[expr]]
         if isinstance(expr, relax.Var) and expr in env:
             return env[expr]
         raise UnsupportedModelError(f"after lowering, an argument is not a tensor: {expr}")
 
     calls: list[Call] = []
+    computes: dict[str, str] = {}
     body = main.body
     for block in body.blocks:
         for binding in block.bindings:
@@ -211,8 +260,12 @@ def _walk_main(mod: tvm.IRModule, onnx_inputs: list[str], onnx_outputs: list[str
                     outs.append(name)
                 env[binding.var] = outs
                 calls.append(Call(kernel, "", tuple(ins), tuple(outs), 0, 0))
+                if len(outs) == 1 and binding.var in sources:
+                    computes[outs[0]] = sources[binding.var]
             elif isinstance(value, relax.TupleGetItem):
                 env[binding.var] = [arg_names(value.tuple_value)[value.index]]
+                if binding.var in sources:
+                    computes.setdefault(env[binding.var][0], sources[binding.var])
             elif isinstance(value, relax.Var | _CONST):
                 env[binding.var] = arg_names(value)
             elif isinstance(value, relax.Tuple):
@@ -258,4 +311,5 @@ def _walk_main(mod: tvm.IRModule, onnx_inputs: list[str], onnx_outputs: list[str
         )
         for c in calls
     ]
-    return tensors, calls, tuple(inputs), tuple(onnx_outputs), copies
+    computes = {rename.get(k, k): v for k, v in computes.items()}
+    return tensors, calls, tuple(inputs), tuple(onnx_outputs), copies, computes

@@ -66,6 +66,9 @@ class LoweredModel:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     qparams: dict[str, tuple[float, int]] = field(default_factory=dict)  # integer I/O: (scale, zero point)
+    # tensor -> the model tensor (ONNX, or integer graph) whose value it holds, where known: what
+    # `edgecomp validate` compares it with
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def macs(self) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
+from edgecomp.codegen.cnames import c_identifier
 from edgecomp.errors import UnsupportedModelError
 from edgecomp.lower import kernels
 from edgecomp.lower.kernels import Chosen
@@ -383,6 +384,29 @@ def _pad(x, *, a, dtype, shape):
     return te.compute(tuple(shape), f, name="pad")
 
 
+def _crop(x, *, a, dtype):
+    """quant/ops/patch.py Crop: a spatial window of an NCHW tensor."""
+    r0, r1, c0, c1 = a.box
+    n, c = (int(d) for d in x.shape[:2])
+    return te.compute((n, c, r1 - r0, c1 - c0), lambda b, ch, y, w: x[b, ch, y + r0, w + c0].astype(dtype),
+                      name="crop")  # fmt: skip
+
+
+def _place(*xs, a, dtype):
+    """quant/ops/patch.py Place: the patch in its box, the rest from the tensor placed so far (or 0).
+    (Copies the whole tensor: the micro-kernel place.c.j2 writes the box in place instead.)"""
+    r0, r1, c0, c1 = a.box
+    patch = xs[-1]
+
+    def f(b, ch, y, w):
+        inside = tirx.all(y >= r0, y < r1, w >= c0, w < c1)
+        src = patch[b, ch, tirx.Max(tirx.Min(y - r0, r1 - r0 - 1), 0), tirx.Max(tirx.Min(w - c0, c1 - c0 - 1), 0)]
+        rest = xs[0][b, ch, y, w] if len(xs) == 2 else tirx.const(0, dtype)
+        return tirx.if_then_else(inside, src, rest)
+
+    return te.compute(tuple(a.shape), f, name="place")
+
+
 def _const(arr, dtype) -> relax.Expr:
     return relax.const(np.ascontiguousarray(np.asarray(arr, dtype=dtype)))
 
@@ -417,6 +441,8 @@ TE_KERNELS = {
         g.tensors[op.inputs[0]].shape[2:], op.kernel, op.strides, op.pads), I32)]),
     ops.TflMean: lambda op, g: (partial(_mean_tfl, a=op, shape=_out_shape(op, g)), []),
     ops.Pad: lambda op, g: (partial(_pad, a=op, shape=_out_shape(op, g)), []),
+    ops.Crop: lambda op, g: (partial(_crop, a=op), []),
+    ops.Place: lambda op, g: (partial(_place, a=op), []),
 }  # fmt: skip
 
 
@@ -443,16 +469,19 @@ def _emit_micro(bb: relax.BlockBuilder, chosen: Chosen, env: dict, graph: IntGra
 
 
 def int_graph_to_relax(graph: IntGraph, features: frozenset[str] | None = None
-                       ) -> tuple[tvm.IRModule, dict[str, MicroKernel]]:  # fmt: skip
-    """A Relax module whose main runs `graph`, and the micro-kernels it calls (by symbol).
+                       ) -> tuple[tvm.IRModule, dict[str, MicroKernel], dict]:  # fmt: skip
+    """A Relax module whose main runs `graph`, the micro-kernels it calls (by symbol), and the
+    graph tensor each binding of main computes (by binding variable).
 
     With `features` (the target's ISA capabilities; None: TVM's kernels only), each op that a kernel
     variant of kernels.py covers on those features becomes a call_dps_packed to it (a convolution
     together with the residual Add that follows it, where the variant fuses it); every other op one
     emit_te kernel."""
     bb = relax.BlockBuilder()
+    used: set[str] = set()  # TVM names its C after these: valid C identifiers (see lowering.with_c_names)
     params = [
-        relax.Var(n, relax.TensorType(graph.tensors[n].shape, graph.tensors[n].dtype)) for n in graph.inputs
+        relax.Var(c_identifier(n, used), relax.TensorType(graph.tensors[n].shape, graph.tensors[n].dtype))
+        for n in graph.inputs
     ]
     env = dict(zip(graph.inputs, params, strict=True))
     if features is None:  # TVM's kernels, but for ops that only have a C kernel
@@ -460,6 +489,7 @@ def int_graph_to_relax(graph: IntGraph, features: frozenset[str] | None = None
     else:
         plan = kernels.choose(graph, features)
     chosen_kernels: dict[str, MicroKernel] = {}
+    sources: dict = {}  # binding variable -> graph tensor
     with bb.function("main", params):
         with bb.dataflow():
             for i, op in enumerate(graph.ops):
@@ -467,11 +497,13 @@ def int_graph_to_relax(graph: IntGraph, features: frozenset[str] | None = None
                     continue  # computed by a fused kernel
                 choice = plan.get(i)
                 if choice is not None:
-                    env[choice.outputs] = _emit_micro(bb, choice, env, graph)
+                    out = env[choice.outputs] = _emit_micro(bb, choice, env, graph)
                     chosen_kernels[choice.kernel.symbol] = replace(choice.kernel, variant=choice.variant)
+                    sources[out] = choice.outputs
                 else:
-                    env[op.output] = _emit(bb, op, env, graph)
+                    out = env[op.output] = _emit(bb, op, env, graph)
+                    sources[out] = op.output
             outs = [env[o] for o in graph.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)
-    return bb.get(), chosen_kernels
+    return bb.get(), chosen_kernels, sources

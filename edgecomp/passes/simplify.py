@@ -67,11 +67,20 @@ def _bypass(graph: onnx.GraphProto, node: onnx.NodeProto) -> bool:
 def _remove_passthrough(model: onnx.ModelProto, stats: Counter) -> None:
     graph = model.graph
     for node in list(graph.node):
-        if node.op_type not in ("Identity", "Dropout"):
+        if node.op_type not in ("Identity", "Dropout") or _training_dropout(graph, node):
             continue
         mask_unused = len(node.output) == 1 or not _consumers(graph).get(node.output[1])
         if mask_unused and _bypass(graph, node):
             stats[f"{node.op_type.lower()}_removed"] += 1
+
+
+def _training_dropout(graph: onnx.GraphProto, node: onnx.NodeProto) -> bool:
+    """A Dropout whose training_mode is given and not a constant false: random, not a
+    passthrough (kept, so that lowering refuses it by name)."""
+    if node.op_type != "Dropout" or len(node.input) < 3 or not node.input[2]:
+        return False
+    init = _init_map(graph).get(node.input[2])
+    return init is None or bool(numpy_helper.to_array(init).reshape(-1)[0])
 
 
 def _init_map(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:

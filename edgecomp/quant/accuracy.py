@@ -12,7 +12,7 @@ import onnx
 from edgecomp.quant.interpret import run_int_graph
 from edgecomp.quant.ir import IntGraph
 from edgecomp.quant.ops import Dequantize
-from edgecomp.verify import Reference
+from edgecomp.verify import Reference, with_outputs
 
 
 def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
@@ -25,19 +25,12 @@ def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     return 10 * np.log10(signal / noise) if signal > 0 else float("-inf")
 
 
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    have = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
-    return model
-
-
 def evaluate(float_model: onnx.ModelProto, graph: IntGraph, samples: list[list[np.ndarray]],
              labels: np.ndarray | None = None) -> dict:  # fmt: skip
     """Float vs quantized: output SQNR, max abs error, argmax agreement, top-1 with labels, per-layer SQNR."""
     float_names = {n for node in float_model.graph.node for n in node.output}
     layers = [t for t in graph.tensors.values() if t.dtype != "float32" and t.float_name in float_names]
-    ref = Reference(_with_outputs(float_model, [t.float_name for t in layers]))
+    ref = Reference(with_outputs(float_model, [t.float_name for t in layers]))
     n_out = len(float_model.graph.output)
     f_out, q_out, f_layers, q_layers = [], [], {t.name: [] for t in layers}, {t.name: [] for t in layers}
     for sample in samples:

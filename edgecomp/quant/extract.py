@@ -50,7 +50,78 @@ def extract_int_graph(model: onnx.ModelProto) -> IntGraph:
     """Turn a shape-inferred QDQ model (constants folded) into an IntGraph."""
     import edgecomp.quant.ops  # noqa: F401  (registers the handlers)
 
-    return Extractor(model).run()
+    return Extractor(uint8_as_int8(model)).run()
+
+
+def uint8_as_int8(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same QDQ model with its uint8 quantized tensors as int8: q - 128 with zero point - 128.
+
+    onnxruntime's quantizer makes uint8 activations by default; the integer kernels take int8. The
+    shift is exact: QuantizeLinear saturates round(x / s) + zp to [0, 255], and that minus 128 is
+    round(x / s) + (zp - 128) saturated to [-128, 127]; DequantizeLinear's (q - zp) * s does not
+    change. Rewritten: QuantizeLinear nodes whose uint8 output only DequantizeLinear nodes read
+    (their zero point, or a new -128 one when they had none, becomes int8), and the uint8
+    constants (weights) that DequantizeLinear nodes read, with their zero points."""
+    g = model.graph
+    consts = {t.name: t for t in g.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    outputs = {o.name for o in g.output}
+    u8 = onnx.TensorProto.UINT8
+
+    def uint8_q(n: onnx.NodeProto) -> bool:
+        zp = consts.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        out_type = next((a.i for a in n.attribute if a.name == "output_dtype"), 0)
+        is_u8 = zp.data_type == u8 if zp is not None else out_type in (0, u8)
+        readers = consumers.get(n.output[0], [])
+        return (is_u8 and n.output[0] not in outputs and bool(readers)
+                and all(r.op_type == "DequantizeLinear" and r.input[0] == n.output[0] for r in readers))  # fmt: skip
+
+    qs = [n for n in g.node if n.op_type == "QuantizeLinear" and uint8_q(n)]
+    weights = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in consts
+               and consts[n.input[0]].data_type == u8]  # fmt: skip
+    if not qs and not weights:
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    shifted: dict[str, str] = {}  # uint8 constant -> its int8 copy
+
+    def int8_const(name: str | None) -> str:
+        if name is None:  # an omitted zero point: uint8 0
+            name, value = "", np.zeros((), np.uint8)
+        else:
+            value = numpy_helper.to_array(consts[name])
+        if name not in shifted:
+            new = f"{name or 'zero_point'}__int8_{len(shifted)}"
+            arr = (value.astype(np.int16) - 128).astype(np.int8)
+            g.initializer.append(numpy_helper.from_array(arr, new))
+            shifted[name] = new
+        return shifted[name]
+
+    q_names = {n.output[0] for n in qs}
+    w_names = {n.input[0] for n in weights}
+    for n in g.node:
+        zp = n.input[2] if len(n.input) > 2 and n.input[2] else None
+        if n.op_type == "QuantizeLinear" and n.output[0] in q_names:
+            _set_zero_point(n, int8_const(zp))
+            for a in n.attribute:
+                if a.name == "output_dtype":
+                    a.i = onnx.TensorProto.INT8
+        elif n.op_type == "DequantizeLinear" and (n.input[0] in q_names or n.input[0] in w_names):
+            if n.input[0] in w_names:
+                n.input[0] = int8_const(n.input[0])
+            _set_zero_point(n, int8_const(zp))
+    # The types of the rewritten tensors changed: inference says them again.
+    del g.value_info[:]
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _set_zero_point(node: onnx.NodeProto, name: str) -> None:
+    while len(node.input) < 3:
+        node.input.append("")
+    node.input[2] = name
 
 
 class Extractor:

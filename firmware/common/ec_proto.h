@@ -24,6 +24,9 @@ enum {
   EC_CMD_READ_OUTPUT = 0x04,
   EC_CMD_EXIT = 0x05,
   EC_CMD_STEP_TICKS = 0x06,
+  EC_CMD_VERIFY = 0x07,
+  EC_CMD_STEP = 0x08,
+  EC_CMD_READ_ARENA = 0x09,
   EC_RESP = 0x80,
   EC_NAK = 0xFD,
   EC_FAULT = 0xFE,
@@ -34,6 +37,7 @@ enum {
   EC_ERR_COMMAND = 1,
   EC_ERR_ARGS = 2,
   EC_ERR_MODEL = 3,
+  EC_ERR_INTEGRITY = 4, /* the weights in flash are not the ones built: no inference */
 };
 
 uint32_t ec_crc32(uint32_t crc, const uint8_t *data, uint32_t len);

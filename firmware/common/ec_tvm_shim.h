@@ -14,8 +14,10 @@
 #include <stddef.h>
 #include <math.h>
 
-/* TVM's C printer writes a float32 infinity as `inff` (float->int casts test for it). */
+/* TVM's C printer writes a float32 infinity as `inff` and a float64 one as `inf` (float->int
+ * casts test for it). */
 #define inff INFINITY
+#define inf ((double)INFINITY)
 
 #define TVM_DLL
 
