@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from edgecomp.errors import UserError
-from edgecomp.options import CHOICES, BuildOptions, parse_prune
+from edgecomp.options import CHOICES, BuildOptions, parse_patch, parse_prune
 
 # grid key -> BuildOptions field: the build options a sweep combines.
 SWEEPABLE = {
@@ -32,6 +32,7 @@ SWEEPABLE = {
     "prune-importance": "prune_importance",
     "dead-channels": "dead_channels",
     "cflags": "extra_cflags",
+    "patch": "patch",
 }
 # The other BuildOptions fields, and why a grid does not take them.
 NOT_SWEPT = {
@@ -39,9 +40,16 @@ NOT_SWEPT = {
     "fit_check": "every point is built without the fit check and its row says whether it fits",
     "per_layer": "points are profiled as deployed, without per-layer timers",
     "sanitize": "sanitizer builds are for the host target's checks, not for deployment",
+    "freeze": "inputs made constants change the model, not how it is compressed",
+    "keep_inputs": "inputs kept as inputs change the model, not how it is compressed",
+    "integrity": "points are built as deployed, with the weights check at boot (the default)",
+    "model_region": "where the weights sit in flash is a deployment choice, not a compression option",
+    "sign": "signing changes no figure a sweep measures",
+    "sign_version": "signing changes no figure a sweep measures",
+    "max_ram": "a RAM budget is a constraint, not an option: sweep patch = [...] and read the RAM column",
 }
 NONE_VALUES = {"quantize": ("none", "fp32", "float"), "io": ("none",), "prune": ("none",)}
-QUANTIZED_ONLY = ("calib_method", "dead_channels", "io")  # no effect on a float configuration
+QUANTIZED_ONLY = ("calib_method", "dead_channels", "io", "patch")  # no effect on a float configuration
 DEFAULTS = BuildOptions(fit_check=False)
 
 
@@ -126,6 +134,12 @@ def _value(field: str, key: str, value, where: str, base: Path):
         raise UserError(f"{where}: option '{key}' takes strings, not {value!r}")
     if value in NONE_VALUES.get(field, ()):
         return None
+    if field == "patch":
+        try:
+            parse_patch(value)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        return value
     if field in CHOICES:
         if value not in CHOICES[field]:
             allowed = [*CHOICES[field], *NONE_VALUES.get(field, ())]
