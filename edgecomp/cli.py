@@ -1,5 +1,6 @@
-"""Command line: build, export, run, profile, validate, analyze, finetune, flash, keygen, qemu, targets, ops. Thin: parse the
-arguments, call the pipeline (or the command's module), print, and map errors to exit codes.
+"""Command line: build, export, run, profile, validate, analyze, finetune, sweep, flash, keygen, qemu,
+targets, ops. Thin: parse the arguments, call the pipeline (or the command's module), print, and
+map errors to exit codes.
 
 Exit codes: 0 ok, 1 outputs disagree with the reference, 2 user error (bad model, bad arguments,
 does not fit), 3 tool or device failure.
@@ -17,6 +18,7 @@ from pathlib import Path
 from edgecomp import __version__
 from edgecomp.errors import EdgecompError, MismatchError, UserError
 from edgecomp.frontend import parse_freeze, parse_input_shapes
+from edgecomp.options import CHOICES
 from edgecomp.pipeline import BuildOptions, BuildResult, build, default_outdir
 from edgecomp.targets import available_targets, load_target
 from edgecomp.verify import DEFAULT_ATOL, DEFAULT_TOLERANCE
@@ -42,24 +44,24 @@ def _build_parent() -> argparse.ArgumentParser:
     p.add_argument("--cflags", default="", help="extra C compiler flags for the generated code")
     q = p.add_argument_group("quantization")
     q.add_argument(
-        "--quantize", choices=["int8", "int16x8"], help="post-training quantization before compiling"
+        "--quantize", choices=CHOICES["quantize"], help="post-training quantization before compiling"
     )
     q.add_argument(
         "--calib",
         type=Path,
         help="calibration inputs: .npy (leading batch dim), .npz (x) or a folder of .npy",
     )
-    q.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax",
+    q.add_argument("--calib-method", choices=CHOICES["calib_method"], default="minmax",
                    help="how activation ranges are chosen [minmax]")  # fmt: skip
-    q.add_argument("--io", choices=["float", "int8"], default=None,
+    q.add_argument("--io", choices=CHOICES["io"], default=None,
                    help="quantized models: float I/O (quantized at the edges) or the integer tensors "
                         "(int16 for int16x8 models) [the model's own: float for ONNX, int8 for an int8 TFLite model]")  # fmt: skip
     q.add_argument("--prune", metavar="channels=RATIO|channels=RATIOS.json",
                    help="structured channel pruning before quantization: a global ratio, or per-layer ratios "
                         "(JSON: Conv/Gemm node name -> ratio)")  # fmt: skip
-    q.add_argument("--prune-importance", choices=["l1", "l2", "activation"], default="l1",
+    q.add_argument("--prune-importance", choices=CHOICES["prune_importance"], default="l1",
                    help="which channels go first: smallest weight norm, or smallest mean activation on --calib [l1]")  # fmt: skip
-    q.add_argument("--dead-channels", choices=["proven", "calib", "none"], default="proven",
+    q.add_argument("--dead-channels", choices=CHOICES["dead_channels"], default="proven",
                    help="quantized builds: remove Conv/Gemm channels that are zero after their ReLU for every "
                         "input in the calibrated input range (proven by interval arithmetic), also those zero on "
                         "every --calib sample (calib: not a proof), or neither [proven]")  # fmt: skip
@@ -80,7 +82,7 @@ def _build_parent() -> argparse.ArgumentParser:
         action="store_true",
         help="instrument the call sequence to time every step (profile shows them; off: zero cost)",
     )
-    q.add_argument("--kernels", choices=["auto", "tvm"], default="auto",
+    q.add_argument("--kernels", choices=CHOICES["kernels"], default="auto",
                    help="int8 convolutions and dense layers: templated DSP micro-kernels (auto) or "
                         "TVM's generic kernels (tvm) [auto]")  # fmt: skip
     q.add_argument("--save-quantized", type=Path, metavar="Q.onnx", help="also write the quantized QDQ model")
@@ -170,7 +172,7 @@ def make_parser() -> argparse.ArgumentParser:
     an.add_argument(
         "--ratios", default="0.25,0.5,0.75", help="pruning ratios to try per group [0.25,0.5,0.75]"
     )
-    an.add_argument("--prune-importance", choices=["l1", "l2", "activation"], default="l1")
+    an.add_argument("--prune-importance", choices=CHOICES["prune_importance"], default="l1")
     an.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
     an.add_argument("--json", type=Path, help="write the table as JSON")
     an.add_argument("--plot", type=Path, metavar="SENSITIVITY.png", help="quality vs MACs saved, per group")
@@ -201,6 +203,25 @@ def make_parser() -> argparse.ArgumentParser:
     fl.add_argument("--model-only", action="store_true",
                     help="write only the model region of a --model-region build (a model update)")  # fmt: skip
     fl.add_argument("-q", "--quiet", action="store_true")
+    sw = sub.add_parser("sweep", help="design-space exploration: every combination of a grid of build options on "
+                        "every target, built, profiled and scored; Pareto fronts (docs/sweep.md)")  # fmt: skip
+    sw.add_argument("models", type=Path, nargs="+", metavar="MODEL", help="float ONNX model files")
+    sw.add_argument("--targets", "-t", required=True, help="comma-separated target names or .toml files")
+    sw.add_argument("--grid", type=Path, required=True, metavar="GRID.toml",
+                    help="the build options to combine, as lists (e.g. quantize = [\"fp32\", \"int8\"])")  # fmt: skip
+    sw.add_argument("--calib", action="append", metavar="[MODEL=]DATA",
+                    help="calibration data as build takes it; one for all models, or MODEL=DATA per model")  # fmt: skip
+    sw.add_argument("--eval", action="append", metavar="[MODEL=]DATA",
+                    help="accuracy samples: .npz with x and optional labels y (top-1), or what --calib takes "
+                         "[the calibration data]")  # fmt: skip
+    sw.add_argument("-o", "--output-dir", type=Path, required=True,
+                    help="results, reports, and the builds (reused by later sweeps)")  # fmt: skip
+    sw.add_argument("-j", "--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                    help="local worker processes [half the CPUs]")  # fmt: skip
+    sw.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                    help="run the points as tasks on a Ray cluster [auto: the one `ray start` runs here]")  # fmt: skip
+    sw.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each device reply [60]")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress; print the table only")
     kg = sub.add_parser("keygen", help="make a key pair for signed images (--sign; MCUboot's imgtool)")
     kg.add_argument("-o", "--output", type=Path, required=True, metavar="KEY.pem", help="the private key to write")
     kg.add_argument("--type", default="ecdsa-p256", help="ecdsa-p256, ed25519, rsa-2048 or rsa-3072 [ecdsa-p256]")
@@ -267,6 +288,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _analyze(args, log)
     if args.command == "finetune":
         return _finetune(args, log)
+    if args.command == "sweep":
+        return _sweep(args, log)
     if args.command == "flash":
         from edgecomp.flash import flash
 
@@ -429,6 +452,27 @@ def _profile(args, result: BuildResult, log) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+def _sweep(args, log) -> int:
+    from edgecomp.sweep import LocalExecutor, RayExecutor, run_sweep
+    from edgecomp.sweep.report import print_table
+
+    if args.jobs < 1 or not args.timeout > 0:
+        raise UserError("--jobs must be >= 1 and --timeout > 0")
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if not targets:
+        raise UserError("--targets takes comma-separated target names")
+    executor = RayExecutor(args.ray) if args.ray else LocalExecutor(args.jobs)
+    result = run_sweep(args.models, targets, args.grid, args.output_dir, executor, args.calib, args.eval,
+                       args.timeout, log, show_progress=not args.quiet)  # fmt: skip
+    print_table(result.rows)
+    log(f"{result.ran} point(s) run, {result.reused} reused, in {result.seconds:.1f} s; wrote "
+        + ", ".join(str(p) for p in result.files))  # fmt: skip
+    if result.mismatches:
+        raise MismatchError(f"{len(result.mismatches)} point(s) whose device output differs from the build's "
+                            "reference: their accuracy is not the device's (see the reason column)")  # fmt: skip
     return 0
 
 

@@ -8,6 +8,17 @@ from dataclasses import asdict, dataclass, field
 
 from edgecomp.errors import UserError
 
+# The options that take one of a few values: the CLI offers them as choices, sweep grids are
+# checked against them.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "quantize": ("int8", "int16x8"),
+    "calib_method": ("minmax", "percentile", "entropy"),
+    "io": ("float", "int8"),
+    "kernels": ("auto", "tvm"),
+    "prune_importance": ("l1", "l2", "activation"),
+    "dead_channels": ("proven", "calib", "none"),
+}
+
 
 @dataclass(frozen=True)
 class BuildOptions:

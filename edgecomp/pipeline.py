@@ -6,6 +6,7 @@ then talk to the device through the harness.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -82,12 +83,44 @@ def build_key(model_bytes: bytes, target: Target, options: BuildOptions, data_fi
     h = hashlib.sha256()
     h.update(__version__.encode())
     h.update(model_bytes)
-    for path in data_files:
-        for p in sorted(path.rglob("*")) if path.is_dir() else [path]:
-            if p.is_file():
-                h.update(p.read_bytes())
+    hash_files(h, data_files)
     h.update(json.dumps(options.as_dict(), sort_keys=True).encode())
     h.update(target.source.read_bytes())
+    h.update(source_digest().encode())
+    return h.hexdigest()
+
+
+def build_inputs_key(model_path: Path, target: Target, options: BuildOptions, calib: Path | None = None,
+                     eval_data: Path | None = None) -> str:  # fmt: skip
+    """The key `build` gives these inputs, known before building (a folder name for a cache keyed
+    by content, as the sweep's)."""
+    return build_key(Path(model_path).read_bytes(), target, options, _data_files(options, calib, eval_data))
+
+
+def _data_files(options: BuildOptions, calib: Path | None, eval_data: Path | None) -> list[Path]:
+    """The files besides the model that a build's key hashes: calibration, evaluation, per-layer
+    ratios, signing key."""
+    prune_spec = parse_prune(options.prune) if options.prune else None
+    ratios_file = (
+        Path(prune_spec["channels"]) if prune_spec and isinstance(prune_spec.get("channels"), str) else None
+    )
+    sign_key = Path(options.sign) if options.sign else None
+    return [p for p in (calib, eval_data, ratios_file, sign_key) if p is not None]
+
+
+def hash_files(h, paths: list[Path]) -> None:
+    """Feed the bytes of each file (a folder: its files, in name order) to the hash `h`."""
+    for path in paths:
+        for p in sorted(Path(path).rglob("*")) if Path(path).is_dir() else [Path(path)]:
+            if p.is_file():
+                h.update(p.read_bytes())
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """Hash of edgecomp itself: its version, Python sources, templates and firmware. A result made
+    by other code is not reused."""
+    h = hashlib.sha256(__version__.encode())
     package = Path(__file__).resolve().parent
     for folder in (data_dir("templates"), data_dir("firmware"), package):
         for p in sorted(folder.rglob("*")):
@@ -151,14 +184,10 @@ def prepare(model_path: Path, options: BuildOptions, calib: Path | None = None, 
         raise UserError(f"--arena must be static or caller, not '{options.arena}'")
     check_prefix(options.name)
     prune_spec = parse_prune(options.prune) if options.prune else None
-    ratios_file = (
-        Path(prune_spec["channels"]) if prune_spec and isinstance(prune_spec.get("channels"), str) else None
-    )
     sign_key = Path(options.sign) if options.sign else None
     if sign_key is not None and not sign_key.is_file():
         raise UserError(f"signing key not found: {sign_key} (make one with: edgecomp keygen -o {sign_key})")
-    data_files = [p for p in (calib, eval_data, ratios_file, sign_key) if p is not None]
-    return Prepared(model, tfl, Path(model_path).read_bytes(), prune_spec, data_files)
+    return Prepared(model, tfl, Path(model_path).read_bytes(), prune_spec, _data_files(options, calib, eval_data))
 
 
 def compile_model(prepared: Prepared, model_path: Path, target: Target, options: BuildOptions, naming: Naming,
