@@ -288,14 +288,19 @@ def markdown(rows: list[dict]) -> str:
     def n(v, fmt="{:,}"):
         return "–" if v is None else fmt.format(v)
 
-    lines = ["| model | exporter | target | compiles | matches | max abs err | rel err | weights B | arena B | "
-             "first failure |", "|---|---|---|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    device = any(r.get("instructions") is not None or r.get("flash_bytes") is not None for r in rows)
+    extra = ("flash B", "RAM B", "instructions") if device else ()
+    head = ("model", "exporter", "target", "compiles", "matches", "max abs err", "rel err", "weights B", "arena B",
+            *extra, "first failure")  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---|---|---|" + "---:|" * (len(head) - 6) + "---|"]
     for r in rows:
         failure = (r.get("error") or "").splitlines()[0][:180].replace("|", "\\|") if r.get("error") else ""
-        lines.append(f"| {r['id']} | {r['exporter']} | {r['target']} | {'yes' if r['compiled'] else 'no'} | "
-                     f"{'yes' if r['matched'] else ('no' if r['compiled'] else '–')} | "
-                     f"{n(r.get('max_abs_error'), '{:.1e}')} | {n(r.get('rel_error'), '{:.1e}')} | "
-                     f"{n(r.get('weights_bytes'))} | {n(r.get('arena_bytes'))} | {failure} |")  # fmt: skip
+        cells = [r["id"], r["exporter"], r["target"], "yes" if r["compiled"] else "no",
+                 "yes" if r["matched"] else ("no" if r["compiled"] else "–"), n(r.get("max_abs_error"), "{:.1e}"),
+                 n(r.get("rel_error"), "{:.1e}"), n(r.get("weights_bytes")), n(r.get("arena_bytes"))]  # fmt: skip
+        if device:
+            cells += [n(r.get("flash_bytes")), n(r.get("ram_bytes")), n(r.get("instructions"))]
+        lines.append("| " + " | ".join(cells + [failure]) + " |")
     return "\n".join(lines) + "\n"
 
 
