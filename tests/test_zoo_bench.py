@@ -18,6 +18,7 @@ import pytest
 from conftest import make_model
 from onnx import helper
 from test_frontend_wild import _if_on_sr, _paddle_style
+from test_recurrent import cell_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +68,7 @@ def test_rows_for_compiled_refused_missing_and_altered_models(zoo, tmp_path):
     assert "sha256 differs" in rows["altered"]["error"]
     assert record["summary"] == {"host": {"models": 5, "compiled": 2, "matched": 2}}
     table = (tmp_path / "zoo.md").read_text()
-    assert "| paddle | test | host | yes | yes |" in table and "| nonzero | test | host | no | – |" in table
+    assert "| paddle | test | host | fp32 | yes | yes |" in table and "| nonzero | test | host | fp32 | no | – |" in table
 
 
 def test_a_mismatch_is_reported(zoo, tmp_path):
@@ -117,3 +118,39 @@ def test_checked_in_list_is_well_formed(zoo):
 def test_unknown_id_is_a_clear_error(zoo, tmp_path, capsys):
     assert zoo.main(["--models", str(tmp_path), "--only", "no_such_model"]) == 2
     assert "no_such_model" in capsys.readouterr().err
+
+
+def test_int8_row_is_bit_exact_with_an_sqnr(zoo, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    onnx.save(_paddle_style(), models / "paddle.onnx")
+    listing = tmp_path / "zoo.toml"
+    listing.write_text(_entry("paddle", models / "paddle.onnx", input_shape='{ "x" = [1, 3, 6, 5] }'))
+    out = tmp_path / "zoo.json"
+    assert zoo.main(["--models", str(models), "--list", str(listing), "--workdir", str(tmp_path / "w"),
+                     "--dtypes", "fp32,int8", "--json", str(out), "--markdown", str(tmp_path / "zoo.md")]) == 0  # fmt: skip
+    record = json.loads(out.read_text())
+    rows = {r["dtype"]: r for r in record["rows"]}
+    assert rows["fp32"]["matched"] and "sqnr_db" not in rows["fp32"]
+    int8 = rows["int8"]
+    assert int8["compiled"] and int8["bit_exact"] and int8["matched"], int8
+    assert int8["differing"] == 0 and int8["total"] == zoo.HELD_OUT * 4 * 6 * 5
+    assert int8["reference"] == "onnxruntime, float file as downloaded"
+    # One Conv+Relu quantized per tensor on 16 random samples: far from float noise, far from garbage.
+    assert len(int8["sqnr_db"]) == 1 and 20 < int8["sqnr_db"][0] < 80, int8["sqnr_db"]
+    assert (tmp_path / "w" / "paddle-calib.npz").exists()
+    assert record["summary"]["host int8"] == {"models": 1, "compiled": 1, "matched": 1}
+    assert f"| paddle | test | host | int8 | yes | yes | – | – | {int8['sqnr_db'][0]:.1f} |" in (tmp_path / "zoo.md").read_text()
+
+
+def test_a_model_that_cannot_be_quantized_is_a_row(zoo, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    onnx.save(cell_model("LSTM"), models / "lstm.onnx")  # inputs x, h0, c0: one calibration array each
+    entry = tomllib.loads(_entry("lstm", models / "lstm.onnx"))["model"][0]
+    rows = zoo.bench([entry], models, ["host"], tmp_path / "w", timeout=300, log=lambda *_: None,
+                     dtypes=("fp32", "int8"))  # fmt: skip
+    assert rows[0]["dtype"] == "fp32" and rows[0]["matched"], rows[0]
+    # No integer LSTM kernel: the quantizer leaves it float, which must not pass for an int8 row.
+    assert rows[1]["dtype"] == "int8" and not rows[1]["compiled"] and not rows[1]["matched"], rows[1]
+    assert "not quantized" in rows[1]["error"] and "LSTM" in rows[1]["error"] and "\n" not in rows[1]["error"]
