@@ -120,6 +120,9 @@ def widen_subbyte(model: onnx.ModelProto) -> onnx.ModelProto:
             ranges[t.name] = (wide, lo, hi)
             arr = numpy_helper.to_array(t).astype(helper.tensor_dtype_to_np_dtype(wide))
             g.initializer[i].CopyFrom(numpy_helper.from_array(arr, t.name))
+    int4 = sorted(name for name, r in ranges.items() if r[1:] == (-8, 7))
+    if int4:  # which int8 constants hold int4 values: the quantized path packs them two per byte again
+        _set_metadata(model, NARROW_INT4_KEY, ",".join(int4))
     nodes = []
     for node in g.node:
         nodes.append(node)
@@ -143,6 +146,24 @@ def widen_subbyte(model: onnx.ModelProto) -> onnx.ModelProto:
     del g.node[:]
     g.node.extend(nodes)
     return model
+
+
+NARROW_INT4_KEY = "edgecomp.int4_initializers"  # metadata: initializers widened from INT4 (comma separated)
+
+
+def int4_initializers(model: onnx.ModelProto) -> set[str]:
+    """The initializers that widen_subbyte held as int8 but were INT4 in the model."""
+    value = next((p.value for p in model.metadata_props if p.key == NARROW_INT4_KEY), "")
+    return {n for n in value.split(",") if n}
+
+
+def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    for p in model.metadata_props:
+        if p.key == key:
+            p.value = value
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, value
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

@@ -4,6 +4,8 @@ Preserves: the model's interface (same input and output names, shapes and float 
 function up to quantization error. Produces a standard QDQ model (QuantizeLinear/DequantizeLinear
 around each op) that onnxruntime and Netron open: weights int8 symmetric per output channel, biases
 int32 at scale x_scale*w_scale, activations int8 (or int16 for "int16x8") per tensor, asymmetric.
+"w4a8": the same with the weights of every Conv/Gemm/MatMul int4 (ONNX INT4, opset 21; see
+passes/int4.py for the scales), and `weight_bits` chooses 4 or 8 bits layer by layer.
 
 The calibration itself is onnxruntime.quantization's (MinMax, Percentile, Entropy): a maintained
 implementation of exactly these methods, rather than a copy of it.
@@ -17,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edgecomp.errors import ToolError, UserError
 from edgecomp.passes.base import PassResult
 
-SCHEMES = ("int8", "int16x8")
+SCHEMES = ("int8", "int16x8", "w4a8")  # "mixed" (passes/mixed.py) chooses 4 or 8 bits per layer
 METHODS = ("minmax", "percentile", "entropy")
 MIN_CALIB_SAMPLES = 4
 
@@ -45,9 +48,31 @@ def _at_least_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
 
 
 def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: str = "int8",
-             method: str = "minmax") -> PassResult:  # fmt: skip
+             method: str = "minmax", weight_bits: dict[str, int] | None = None) -> PassResult:  # fmt: skip
     """Quantize `model` (already checked by the front end) on calibration `samples`: a QDQ model;
-    report: the scheme, calibration method and number of samples."""
+    report: the scheme, calibration method and number of samples. `weight_bits` (layer name, as
+    passes/int4.py layer_name says -> 4 or 8) overrides the weights' width layer by layer."""
+    from edgecomp.passes.int4 import INT4_OPSET, linear_layers, name_layers, set_weight_bits
+
+    if scheme == "w4a8" or weight_bits:
+        model = name_layers(model)
+    if scheme == "w4a8":
+        weight_bits = {**{name: 4 for name in linear_layers(model)}, **(weight_bits or {})}
+    if weight_bits and any(b == 4 for b in weight_bits.values()):
+        base, floats = quantize_base(model, samples, "int16x8" if scheme == "int16x8" else "int8", method,
+                                     INT4_OPSET)  # fmt: skip
+        qmodel, _ = set_weight_bits(base, floats, weight_bits)
+        return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
+    qmodel, _ = quantize_base(model, samples, scheme, method)
+    return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
+
+
+def quantize_base(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: str = "int8",
+                  method: str = "minmax", opset: int = QDQ_OPSET) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:  # fmt: skip
+    """onnxruntime's static quantization with int8 weights (the model converted to at least `opset`
+    first): the QDQ model, and the float initializers of the model it quantized (after
+    onnxruntime's pre-processing, e.g. BatchNormalization folded) by name, for re-quantizing
+    weights to other widths (passes/int4.py)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -57,7 +82,7 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if scheme not in SCHEMES:
+    if scheme not in SCHEMES or scheme == "w4a8":
         raise UserError(f"--quantize must be one of {', '.join(SCHEMES)}, not '{scheme}'")
     if method not in METHODS:
         raise UserError(f"--calib-method must be one of {', '.join(METHODS)}, not '{method}'")
@@ -66,7 +91,7 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
             f"calibration needs at least {MIN_CALIB_SAMPLES} samples, got {len(samples)}: "
             "pass more representative inputs with --calib"
         )
-    model = _at_least_opset(model, QDQ_OPSET)
+    model = _at_least_opset(model, opset)
     names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
 
     class Reader(CalibrationDataReader):
@@ -103,7 +128,9 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
             raise ToolError(
                 f"quantization failed in onnxruntime: {str(exc).strip().splitlines()[-1][:300]}"
             ) from exc
-        return PassResult(onnx.load(str(dst)), {"scheme": scheme, "calib_method": method, "samples": len(samples)})
+        floats = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(pre)).graph.initializer
+                  if t.data_type == onnx.TensorProto.FLOAT}  # fmt: skip
+        return onnx.load(str(dst)), floats
 
 
 def _op_types() -> list[str]:
