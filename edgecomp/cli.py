@@ -41,8 +41,10 @@ def _build_parent() -> argparse.ArgumentParser:
     p.add_argument("--cflags", default="", help="extra C compiler flags for the generated code")
     q = p.add_argument_group("quantization")
     q.add_argument(
-        "--quantize", choices=["int8", "int16x8"], help="post-training quantization before compiling"
-    )
+        "--quantize", choices=["int8", "int16x8", "w4a8", "mixed"],
+        help="post-training quantization before compiling (w4a8: int4 weights, int8 activations; mixed: 4 or "
+             "8 bits per layer, by measured sensitivity, to fit --max-flash/--max-ram)",
+    )  # fmt: skip
     q.add_argument(
         "--calib",
         type=Path,
@@ -65,8 +67,10 @@ def _build_parent() -> argparse.ArgumentParser:
     q.add_argument("--fit", action="store_true",
                    help="search pruning ratio and quantization for the least accuracy loss that fits the budget "
                         "(needs --calib and --eval)")  # fmt: skip
-    q.add_argument("--max-flash", metavar="SIZE", help="--fit budget, e.g. 256K [the target's flash]")
-    q.add_argument("--max-ram", metavar="SIZE", help="--fit budget incl. stack, e.g. 64K [the target's RAM]")
+    q.add_argument("--max-flash", metavar="SIZE",
+                   help="--fit / --quantize mixed budget, e.g. 256K [the target's flash]")  # fmt: skip
+    q.add_argument("--max-ram", metavar="SIZE",
+                   help="--fit / --quantize mixed budget incl. stack, e.g. 64K [the target's RAM]")  # fmt: skip
     q.add_argument("--save-pruned", type=Path, metavar="P.onnx", help="also write the pruned float model")
     q.add_argument(
         "--per-layer",
@@ -293,8 +297,23 @@ def _build(args, reuse: bool, log) -> BuildResult:
 
         report.print_fit(summary)
         return result
+    if args.quantize == "mixed":
+        from edgecomp.mixed import mixed
+        from edgecomp.options import parse_size
+
+        if args.calib is None:
+            raise UserError("--quantize mixed needs calibration data: --calib DATA")
+        outdir = Path(args.output_dir or default_outdir(args.model, target))
+        result = mixed(args.model, target, outdir, options, args.calib, args.eval,
+                       parse_size(args.max_flash) if args.max_flash else None,
+                       parse_size(args.max_ram) if args.max_ram else None, log,
+                       save_quantized=args.save_quantized, save_pruned=args.save_pruned)  # fmt: skip
+        from edgecomp import report
+
+        report.print_precision(result.report.get("mixed", {}), result.report.get("precision", []))
+        return result
     if args.max_flash or args.max_ram:
-        raise UserError("--max-flash and --max-ram are budgets for --fit")
+        raise UserError("--max-flash and --max-ram are budgets for --fit and --quantize mixed")
     result = build(args.model, target, args.output_dir, options, reuse=reuse, log=log, calib=args.calib,
                    eval_data=args.eval, save_quantized=args.save_quantized, save_pruned=args.save_pruned)  # fmt: skip
     if result.cached:

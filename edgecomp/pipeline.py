@@ -50,7 +50,7 @@ from edgecomp.passes import (
 )
 from edgecomp.passes.quantize import quantize
 from edgecomp.quant import IntGraph, int_graph_for, is_quantized
-from edgecomp.quant.accuracy import evaluate
+from edgecomp.quant.accuracy import evaluate, precision
 from edgecomp.quant.from_tflite import tflite_int_graph
 from edgecomp.resources import data_dir
 from edgecomp.targets import Target
@@ -96,6 +96,8 @@ def build_key(model_bytes: bytes, target: Target, options: BuildOptions, data_fi
     return h.hexdigest()
 
 
+LOW_BIT_SCHEMES = ("w4a8", "mixed")  # builds whose report lists each layer's precision
+PRECISION_SAMPLES = 8  # calibration samples the per-layer SQNR of report["precision"] is measured on without --eval
 MODEL_REGION_BIN = "model_region.bin"  # --model-region: the region's bytes, at report["model_region"]["origin"]
 COMPILED_MODEL = "model.onnx"  # in the build folder: the model as compiled (QDQ when quantized)
 FLOAT_MODEL = "model_float.onnx"  # quantized builds: the float model it was quantized from
@@ -150,7 +152,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
             return cached
 
     t0 = time.monotonic()
-    float_model, graph_report = None, {}
+    float_model, graph_report, calib_samples = None, {}, None
     if tfl is not None:  # an integer TFLite model: its own integer graph, TFLite's arithmetic
         int_graph = tflite_int_graph(tfl, options.io)
     else:
@@ -160,8 +162,9 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         if options.quantize:
             log(f"quantizing to {options.quantize} ({options.calib_method} calibration)")
             model = onnx.shape_inference.infer_shapes(
-                quantize(model, calib_samples, options.quantize, options.calib_method).model
-            )
+                quantize(model, calib_samples, options.quantize, options.calib_method,
+                         dict(options.weight_bits) or None).model
+            )  # fmt: skip
         _save_models(model, float_model if options.quantize else None, save_quantized, save_pruned)
         int_graph = int_graph_for(fold_constants(model).model, options.io or "float") if is_quantized(model) else None
 
@@ -197,6 +200,13 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
             log(f"evaluating float vs {options.quantize} on {eval_data}")
             samples, labels = load_eval(eval_data, io_specs(float_model))
             report["accuracy"] = evaluate(float_model, int_graph_for(fold_constants(model).model), samples, labels)
+        if options.quantize in LOW_BIT_SCHEMES or options.weight_bits:
+            # Each layer's widths, bytes and SQNR (on --eval, else on a few calibration samples).
+            per_layer = report.get("accuracy", {}).get("per_layer_sqnr_db")
+            if per_layer is None and calib_samples:
+                graph = int_graph_for(fold_constants(model).model)
+                per_layer = evaluate(float_model, graph, calib_samples[:PRECISION_SAMPLES])["per_layer_sqnr_db"]
+            report["precision"] = precision(int_graph_for(fold_constants(model).model), per_layer)
         if sizes is not None and options.fit_check:
             _check_fit(target, sizes)
         if options.model_region:  # the region on its own, for `edgecomp flash --model-only`

@@ -83,12 +83,81 @@ def _int4_tensor(values: np.ndarray, name: str) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(values, np.int8).astype(ml_dtypes.int4), name)
 
 
+def _float_weights(dq: onnx.NodeProto, inits: dict, floats: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:
+    """The float weights behind a weight DequantizeLinear (its float original, else the dequantized
+    int8 values) and the DequantizeLinear's channel axis."""
+    q = numpy_helper.to_array(inits[dq.input[0]])
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim
+    src = dq.input[0][: -len("_quantized")] if dq.input[0].endswith("_quantized") else None
+    if src in floats and floats[src].shape == q.shape:
+        return np.asarray(floats[src], np.float64), axis
+    scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64).reshape(-1)
+    shape = [1] * q.ndim
+    shape[axis] = -1
+    return q.astype(np.float64) * (scale.reshape(shape) if scale.size > 1 else scale[0]), axis
+
+
+def _weight_dqs(model: onnx.ModelProto):
+    """(layer name, node, weight DequantizeLinear) of each Conv/Gemm/MatMul with a constant weight."""
+    inits = {t.name for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type not in LINEAR_OPS or len(node.input) < 2:
+            continue
+        dq = producer.get(node.input[1])
+        if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
+            yield layer_name(node), node, dq
+
+
+def bias_corrections(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, floats: dict[str, np.ndarray],
+                     samples: list[list[np.ndarray]], clip: str = "mse") -> dict[str, np.ndarray]:  # fmt: skip
+    """Per Conv/Gemm layer (by name) and output channel, the mean over `samples` of the error its
+    int4 weights add to its output, E[x * (Wq - W)] with float inputs x: subtracting it from the
+    bias removes the shift that rounding 15 levels leaves (bias correction, Nagel et al. 2019). The
+    error of each layer is computed beside it in the float model (one onnxruntime run for all)."""
+    from edgecomp.verify import Reference
+
+    inits = {t.name: t for t in qmodel.graph.initializer}
+    by_name = {layer_name(n): n for n in float_model.graph.node if n.op_type in ("Conv", "Gemm")}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(float_model)
+    outputs: list[tuple[str, str, int]] = []
+    for name, node, dq in _weight_dqs(qmodel):
+        fnode = by_name.get(name)
+        if fnode is None or node.op_type not in ("Conv", "Gemm"):
+            continue
+        w, axis = _float_weights(dq, inits, floats)
+        q4, scale = int4_channels(w, axis, clip)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        delta = (q4.astype(np.float64) * scale.astype(np.float64).reshape(shape) - w).astype(np.float32)
+        dname, oname = f"{name}__int4_delta_w", f"{name}__int4_delta"
+        probe.graph.initializer.append(numpy_helper.from_array(delta, dname))
+        extra = onnx.helper.make_node(fnode.op_type, [fnode.input[0], dname], [oname], f"{name}__int4_delta")
+        extra.attribute.extend(fnode.attribute)
+        probe.graph.node.append(extra)
+        outputs.append((name, oname, 1))
+    if not outputs or not samples:
+        return {}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=o) for _, o, _ in outputs)
+    ref = Reference(probe)
+    n_out = len(float_model.graph.output)
+    sums: dict[str, np.ndarray] = {}
+    for sample in samples:
+        for (name, _, axis), value in zip(outputs, ref.run(sample)[n_out:], strict=True):
+            v = np.moveaxis(value.astype(np.float64), axis, 0).reshape(value.shape[axis], -1).mean(axis=1)
+            sums[name] = sums.get(name, 0) + v
+    return {name: v / len(samples) for name, v in sums.items()}
+
+
 def set_weight_bits(qmodel: onnx.ModelProto, floats: dict[str, np.ndarray], bits: dict[str, int],
-                    clip: str = "mse") -> tuple[onnx.ModelProto, list[dict]]:  # fmt: skip
+                    clip: str = "mse", corrections: dict[str, np.ndarray] | None = None
+                    ) -> tuple[onnx.ModelProto, list[dict]]:  # fmt: skip
     """A copy of QDQ `qmodel` (int8 weights, opset >= 21) with the weights of the layers that `bits`
     maps to 4 re-quantized to int4 from their float values (`floats`, by the float initializer's
-    name; onnxruntime names the quantized one NAME_quantized), biases re-quantized to match; and
-    per layer {"layer", "weight_bits", "weights", "weights_bytes"}."""
+    name; onnxruntime names the quantized one NAME_quantized), biases re-quantized to match (less
+    the layer's bias correction, when `corrections` has one); and per layer {"layer",
+    "weight_bits", "weights", "weights_bytes"}."""
     model = onnx.ModelProto()
     model.CopyFrom(qmodel)
     g = model.graph
@@ -97,32 +166,16 @@ def set_weight_bits(qmodel: onnx.ModelProto, floats: dict[str, np.ndarray], bits
     producer = {o: n for n in g.node for o in n.output}
     layers: list[dict] = []
     used_new: list[onnx.TensorProto] = []
-    for node in g.node:
-        if node.op_type not in LINEAR_OPS or len(node.input) < 2:
-            continue
-        dq = producer.get(node.input[1])
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
-            continue
-        name = layer_name(node)
-        q_init = inits[dq.input[0]]
-        q = numpy_helper.to_array(q_init)
-        want = bits.get(name, 8)
-        if want != 4:
-            layers.append({"layer": name, "weight_bits": 8, "weights": int(q.size),
-                           "weights_bytes": int(q.size) * (1 if q.dtype.itemsize == 1 else q.dtype.itemsize)})  # fmt: skip
+    for name, node, dq in list(_weight_dqs(model)):
+        q = numpy_helper.to_array(inits[dq.input[0]])
+        if bits.get(name, 8) != 4:
+            layers.append({"layer": name, "weight_bits": 8, "weights": int(q.size), "weights_bytes": int(q.nbytes)})
             continue
         if opset < INT4_OPSET and dq.domain in ("", "ai.onnx"):
             raise ValueError(f"int4 weights need opset {INT4_OPSET} (the model has {opset})")
-        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim
         old_scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64).reshape(-1)
-        src = dq.input[0][: -len("_quantized")] if dq.input[0].endswith("_quantized") else None
-        if src in floats and floats[src].shape == q.shape:
-            w = floats[src]
-        else:  # no float original: the dequantized values
-            shape = [1] * q.ndim
-            shape[axis] = -1
-            w = q.astype(np.float64) * old_scale.reshape(shape) if old_scale.size > 1 else q * old_scale[0]
-        q4, scale = int4_channels(np.asarray(w), axis, clip)
+        w, axis = _float_weights(dq, inits, floats)
+        q4, scale = int4_channels(w, axis, clip)
         base = dq.input[0]
         used_new += [_int4_tensor(q4, f"{base}_int4"), numpy_helper.from_array(scale, f"{base}_int4_scale"),
                      _int4_tensor(np.zeros(scale.shape, np.int8), f"{base}_int4_zero_point")]  # fmt: skip
@@ -130,15 +183,17 @@ def set_weight_bits(qmodel: onnx.ModelProto, floats: dict[str, np.ndarray], bits
         while len(dq.input) < 3:
             dq.input.append("")
         dq.input[2] = f"{base}_int4_zero_point"
-        _requantize_bias(node, producer, inits, floats, old_scale, scale, used_new)
+        _requantize_bias(node, producer, inits, floats, old_scale, scale, used_new, (corrections or {}).get(name))
         layers.append({"layer": name, "weight_bits": 4, "weights": int(q4.size), "weights_bytes": -(-q4.size // 2)})
     g.initializer.extend(used_new)
     _drop_unused(model)
     return model, layers
 
 
-def _requantize_bias(node, producer, inits, floats, old_w_scale, new_w_scale, out: list) -> None:
-    """The int32 bias of `node` (index 2 of Conv/Gemm) at the accumulator scale of the new weight scales."""
+def _requantize_bias(node, producer, inits, floats, old_w_scale, new_w_scale, out: list,
+                     correction: np.ndarray | None = None) -> None:  # fmt: skip
+    """The int32 bias of `node` (index 2 of Conv/Gemm) at the accumulator scale of the new weight
+    scales, less `correction` (float, per output channel)."""
     if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not node.input[2]:
         return
     dq = producer.get(node.input[2])
@@ -148,6 +203,8 @@ def _requantize_bias(node, producer, inits, floats, old_w_scale, new_w_scale, ou
     b_scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64).reshape(-1)
     src = dq.input[0][: -len("_quantized")] if dq.input[0].endswith("_quantized") else None
     b = floats[src].astype(np.float64).reshape(-1) if src in floats else b_q * b_scale
+    if correction is not None and correction.shape == b.shape:
+        b = b - correction
     x_dq = producer.get(node.input[0])
     if x_dq is not None and x_dq.op_type == "DequantizeLinear" and x_dq.input[1] in inits:
         x_scale = float(numpy_helper.to_array(inits[x_dq.input[1]]).reshape(-1)[0])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -24,9 +25,10 @@ from onnx import numpy_helper
 from edgecomp.errors import ToolError, UserError
 from edgecomp.passes.base import PassResult
 
-SCHEMES = ("int8", "int16x8", "w4a8")  # "mixed" (passes/mixed.py) chooses 4 or 8 bits per layer
+SCHEMES = ("int8", "int16x8", "w4a8", "mixed")  # mixed: `weight_bits` per layer (edgecomp/mixed.py)
 METHODS = ("minmax", "percentile", "entropy")
 MIN_CALIB_SAMPLES = 4
+CORRECTION_SAMPLES = 64  # calibration samples int4 bias correction averages over (passes/int4.py)
 
 
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (their `axis`) need opset 13
@@ -52,27 +54,38 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
     """Quantize `model` (already checked by the front end) on calibration `samples`: a QDQ model;
     report: the scheme, calibration method and number of samples. `weight_bits` (layer name, as
     passes/int4.py layer_name says -> 4 or 8) overrides the weights' width layer by layer."""
-    from edgecomp.passes.int4 import INT4_OPSET, linear_layers, name_layers, set_weight_bits
+    from edgecomp.passes.int4 import INT4_OPSET, bias_corrections, linear_layers, name_layers, set_weight_bits
 
+    if scheme == "mixed":  # int8 activations; 4 or 8 bits per layer as `weight_bits` says (passes/mixed.py)
+        scheme, weight_bits = "int8", dict(weight_bits or {})
     if scheme == "w4a8" or weight_bits:
         model = name_layers(model)
     if scheme == "w4a8":
         weight_bits = {**{name: 4 for name in linear_layers(model)}, **(weight_bits or {})}
     if weight_bits and any(b == 4 for b in weight_bits.values()):
-        base, floats = quantize_base(model, samples, "int16x8" if scheme == "int16x8" else "int8", method,
-                                     INT4_OPSET)  # fmt: skip
-        qmodel, _ = set_weight_bits(base, floats, weight_bits)
+        base = quantize_base(model, samples, "int16x8" if scheme == "int16x8" else "int8", method, INT4_OPSET)
+        corrections = bias_corrections(base.float_model, base.model, base.floats, samples[:CORRECTION_SAMPLES])
+        qmodel, _ = set_weight_bits(base.model, base.floats, weight_bits, corrections=corrections)
         return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
-    qmodel, _ = quantize_base(model, samples, scheme, method)
-    return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
+    return PassResult(quantize_base(model, samples, scheme, method).model,
+                      {"scheme": scheme, "calib_method": method, "samples": len(samples)})  # fmt: skip
+
+
+class Base(NamedTuple):
+    """onnxruntime's int8 QDQ model, the float model it quantized (after its pre-processing) and
+    that model's float initializers by name."""
+
+    model: onnx.ModelProto
+    float_model: onnx.ModelProto
+    floats: dict[str, np.ndarray]
 
 
 def quantize_base(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: str = "int8",
-                  method: str = "minmax", opset: int = QDQ_OPSET) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:  # fmt: skip
+                  method: str = "minmax", opset: int = QDQ_OPSET) -> Base:  # fmt: skip
     """onnxruntime's static quantization with int8 weights (the model converted to at least `opset`
-    first): the QDQ model, and the float initializers of the model it quantized (after
-    onnxruntime's pre-processing, e.g. BatchNormalization folded) by name, for re-quantizing
-    weights to other widths (passes/int4.py)."""
+    first): the QDQ model, and the float model it quantized (after onnxruntime's pre-processing,
+    e.g. BatchNormalization folded) with its initializers by name, for re-quantizing weights to
+    other widths (passes/int4.py)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -82,7 +95,7 @@ def quantize_base(model: onnx.ModelProto, samples: list[list[np.ndarray]], schem
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if scheme not in SCHEMES or scheme == "w4a8":
+    if scheme not in SCHEMES or scheme in ("w4a8", "mixed"):
         raise UserError(f"--quantize must be one of {', '.join(SCHEMES)}, not '{scheme}'")
     if method not in METHODS:
         raise UserError(f"--calib-method must be one of {', '.join(METHODS)}, not '{method}'")
@@ -128,9 +141,10 @@ def quantize_base(model: onnx.ModelProto, samples: list[list[np.ndarray]], schem
             raise ToolError(
                 f"quantization failed in onnxruntime: {str(exc).strip().splitlines()[-1][:300]}"
             ) from exc
-        floats = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(pre)).graph.initializer
+        float_model = onnx.load(str(pre))
+        floats = {t.name: numpy_helper.to_array(t) for t in float_model.graph.initializer
                   if t.data_type == onnx.TensorProto.FLOAT}  # fmt: skip
-        return onnx.load(str(dst)), floats
+        return Base(onnx.load(str(dst)), float_model, floats)
 
 
 def _op_types() -> list[str]:
