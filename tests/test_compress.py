@@ -1,0 +1,190 @@
+"""Deeper compression (issue 18): int4 weights (w4a8), per-layer mixed precision under a flash
+budget, int4 QDQ models from onnxruntime's quantizer. The s4 micro-kernels are bit-exact with the
+integer reference on the host (ASan/UBSan), with the DSP extension (Cortex-M7, M4) and on AArch64
+NEON; real accuracy on CNNs trained here on scikit-learn's digits."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from conftest import HAVE_ARM, make_model, random_inputs, weight
+from onnx import helper, numpy_helper
+
+from edgecomp.lower.kernels.int4 import pack_nibbles, pack_s4_pairs, unpack_nibbles
+from edgecomp.passes.int4 import int4_channels
+from edgecomp.passes.quantize import quantize
+from edgecomp.pipeline import BuildOptions, build
+from edgecomp.runner import run_samples
+from edgecomp.targets import load_target
+from edgecomp.verify import expected_outputs
+
+HAVE_A64 = shutil.which("qemu-system-aarch64") is not None and shutil.which("aarch64-linux-gnu-gcc") is not None
+
+
+def _conv(cin, cout, hw, k, stride=1, pads=(1, 1, 1, 1), group=1):
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[stride, stride], pads=list(pads), group=group),
+             helper.make_node("Relu", ["c"], ["y"])]  # fmt: skip
+    oh = (hw[0] + pads[0] + pads[2] - k) // stride + 1
+    ow = (hw[1] + pads[1] + pads[3] - k) // stride + 1
+    return make_model(nodes, [("x", [1, cin, *hw])], [("y", [1, cout, oh, ow])],
+                      [weight("w", [cout, cin // group, k, k]), weight("b", [cout])])  # fmt: skip
+
+
+def _dense(k, n_out, batch=1):
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+    return make_model(nodes, [("x", [batch, k])], [("y", [batch, n_out])], [weight("w", [n_out, k]), weight("b", [n_out])])
+
+
+def _matmul(k, n_out):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    return make_model(nodes, [("x", [2, k])], [("y", [2, n_out])], [weight("w", [k, n_out])])
+
+
+CASES = {
+    # K = 27 (not a multiple of 8: each row's nibbles padded to K8), 35 pixels, 5 channels (odd)
+    "conv_k27_odd": (lambda: _conv(3, 5, (5, 7), 3), "conv_s4"),
+    "conv_stride2_k36": (lambda: _conv(4, 7, (9, 8), 3, stride=2, pads=(0, 1, 2, 1)), "conv_s4"),
+    "conv_1x1_k13": (lambda: _conv(13, 3, (3, 5), 1, pads=(0, 0, 0, 0)), "conv_s4"),
+    "depthwise_odd": (lambda: _conv(5, 5, (7, 5), 3, group=5), "dwconv"),  # 45 taps: the last byte half used
+    "depthwise_stride2": (lambda: _conv(4, 4, (8, 9), 3, stride=2, group=4), "dwconv"),
+    "dense_k30_out7": (lambda: _dense(30, 7), "dense_s4"),
+    "dense_k9_out3_batch2": (lambda: _dense(9, 3, batch=2), "dense_s4"),
+    "matmul_k17": (lambda: _matmul(17, 5), "dense_s4"),
+}
+
+
+def _w4a8(model, tmp_path, target, kernels="auto"):
+    qmodel = quantize(onnx.shape_inference.infer_shapes(model), [random_inputs(model, s) for s in range(8)], "w4a8").model
+    path = tmp_path / "q.onnx"
+    onnx.save(qmodel, path)
+    options = BuildOptions(extra_cflags="-Werror", kernels=kernels, sanitize=target == "host")
+    return build(path, load_target(target), tmp_path / f"{target}-{kernels}", options, log=lambda *_: None)
+
+
+def _bit_exact(name, target, tmp_path, kernels="auto"):
+    make, variant = CASES[name]
+    model = make()
+    result = _w4a8(model, tmp_path, target, kernels)
+    assert all(op.weight_bits == 4 for op in result.int_graph.ops if hasattr(op, "weight_bits"))
+    variants = [layer["variant"] for layer in result.report["layers"]]
+    if kernels == "auto":
+        assert any(variant in v for v in variants), variants
+    else:
+        assert all(v == "tvm" for v in variants)
+    samples = [random_inputs(model, s) for s in range(3)]
+    for run, want in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
+        for got, w in zip(run.outputs, want, strict=True):
+            np.testing.assert_array_equal(got, w)
+    return result
+
+
+def test_nibble_packing_is_low_nibble_first_and_pairs_match_sxtb16_lanes():
+    v = np.array([1, -8, 7, -1, 0, 3, -2], np.int8)
+    packed = pack_nibbles(v)
+    assert packed.tolist() == [0x81, 0xF7, 0x30, 0x0E]  # 7 values: the last high nibble is zero
+    np.testing.assert_array_equal(unpack_nibbles(packed, 7), v)
+    w = np.arange(-8, 8, dtype=np.int8)[:11].reshape(1, 11)
+    word = pack_s4_pairs(w)[0, :4]  # the first eight weights
+    u = int.from_bytes(word.tobytes(), "little")
+
+    def lanes(x):  # SXTB16 and SXTB16 ROR 8 of a word whose nibbles sit at the top of each byte
+        b = [(x >> (8 * i)) & 0xFF for i in range(4)]
+        s = [(v - 256 if v >= 128 else v) // 16 for v in b]
+        return [s[0], s[2]], [s[1], s[3]]
+
+    lo, hi = lanes((u << 4) & 0xF0F0F0F0), lanes(u & 0xF0F0F0F0)
+    assert lo[0] + lo[1] + hi[0] + hi[1] == w[0, :8].tolist()
+
+
+def test_int4_scales_are_per_channel_symmetric_and_clipped_for_least_error():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
+    w[0, 0, 0, 0] = 9.0  # an outlier: clipping it buys a finer step for the rest of the channel
+    q, scale = int4_channels(w, 0)
+    assert q.dtype == np.int8 and q.min() >= -8 and q.max() <= 7 and scale.shape == (6,)
+    assert scale[0] < 9.0 / 7
+    _, plain = int4_channels(w, 0, clip="max")
+    np.testing.assert_allclose(plain, np.abs(w).reshape(6, -1).max(axis=1) / 7, rtol=1e-6)
+    err = ((q * scale[:, None, None, None] - w) ** 2).sum()
+    q_max, _ = int4_channels(w, 0, clip="max")
+    assert err < ((q_max * plain[:, None, None, None] - w) ** 2).sum()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_s4_kernels_host_bit_exact(name, tmp_path):
+    _bit_exact(name, "host", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["conv_k27_odd", "depthwise_odd", "dense_k30_out7"])
+def test_tvm_kernels_unpack_int4_host_bit_exact(name, tmp_path):
+    result = _bit_exact(name, "host", tmp_path, kernels="tvm")
+    op = next(op for op in result.int_graph.ops if hasattr(op, "weight_bits"))
+    # Stored packed, two per byte (plus int32 bias, int32 multiplier, int8 shift per channel, edge scales).
+    assert result.report["weights_bytes"] <= -(-op.weight.size // 2) + 9 * op.weight.shape[0] + 16
+
+
+@pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
+@pytest.mark.parametrize("target", ["cortex-m7", "cortex-m4"])
+@pytest.mark.parametrize("name", ["conv_k27_odd", "depthwise_odd", "dense_k30_out7", "matmul_k17"])
+def test_s4_kernels_dsp_bit_exact(name, target, tmp_path):
+    result = _bit_exact(name, target, tmp_path)
+    assert "ec_sxtb16" in (result.outdir / "model_kernels.c").read_text()
+
+
+@pytest.mark.skipif(not HAVE_A64, reason="needs qemu-system-aarch64 and aarch64-linux-gnu-gcc")
+@pytest.mark.parametrize("name", ["conv_stride2_k36", "depthwise_stride2", "dense_k30_out7"])
+def test_s4_kernels_neon_bit_exact(name, tmp_path):
+    _bit_exact(name, "cortex-a53-virt", tmp_path)
+
+
+def test_onnxruntime_int4_qdq_imports(tmp_path):
+    """onnxruntime's own quantizer with QuantType.QInt4 (per channel; at opset 13 it writes
+    com.microsoft DequantizeLinear nodes) compiles with int4 weights, bit-exact."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    model = CASES["conv_k27_odd"][0]()
+    onnx.save(model, tmp_path / "f.onnx")
+    data = iter([{"x": random_inputs(model, s)[0]} for s in range(8)])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return next(data, None)
+
+    quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt4,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})  # fmt: skip
+    q = onnx.load(tmp_path / "q.onnx")
+    assert any(t.data_type == onnx.TensorProto.INT4 for t in q.graph.initializer)
+    result = build(tmp_path / "q.onnx", load_target("host"), tmp_path / "o", BuildOptions(extra_cflags="-Werror"),
+                   log=lambda *_: None)  # fmt: skip
+    conv = next(op for op in result.int_graph.ops if op.kind == "conv")
+    assert conv.weight_bits == 4
+    samples = [random_inputs(model, s) for s in range(2)]
+    for run, want in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
+        np.testing.assert_array_equal(run.outputs[0], want[0])
+
+
+def test_saved_w4a8_model_is_standard_int4_qdq_and_rebuilds_the_same(tmp_path):
+    model = CASES["dense_k30_out7"][0]()
+    onnx.save(model, tmp_path / "f.onnx")
+    np.save(tmp_path / "calib.npy", np.stack([random_inputs(model, s)[0] for s in range(8)]))
+    first = build(tmp_path / "f.onnx", load_target("host"), tmp_path / "a", BuildOptions(quantize="w4a8"),
+                  log=lambda *_: None, calib=tmp_path / "calib.npy", save_quantized=tmp_path / "q.onnx")  # fmt: skip
+    saved = onnx.load(tmp_path / "q.onnx")
+    onnx.checker.check_model(saved, full_check=True)
+    assert next(o.version for o in saved.opset_import if o.domain in ("", "ai.onnx")) >= 21
+    dq = [n for n in saved.graph.node if n.op_type == "DequantizeLinear" and n.domain in ("", "ai.onnx")]
+    inits = {t.name: t for t in saved.graph.initializer}
+    assert any(inits[n.input[0]].data_type == onnx.TensorProto.INT4 for n in dq if n.input[0] in inits)
+    assert first.report["precision"][0]["weight_bits"] == 4
+    assert first.report["precision"][0]["weights_bytes"] == 30 * 7 // 2
+    again = build(tmp_path / "q.onnx", load_target("host"), tmp_path / "b", BuildOptions(), log=lambda *_: None)
+    assert again.report["weights_bytes"] == first.report["weights_bytes"]
+    x = [random_inputs(model, 5)]
+    np.testing.assert_array_equal(expected_outputs(first, x)[0][0], expected_outputs(again, x)[0][0])
+    w = next(numpy_helper.to_array(inits[n.input[0]]) for n in dq if n.input[0] in inits
+             and inits[n.input[0]].data_type == onnx.TensorProto.INT4)  # fmt: skip
+    assert w.astype(np.int8).min() >= -8 and w.astype(np.int8).max() <= 7
