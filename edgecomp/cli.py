@@ -157,7 +157,15 @@ def make_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="recover a pruned model's accuracy: distillation from the unpruned "
                         "model on user data (needs PyTorch: pip install 'edgecomp[train]')")  # fmt: skip
     ft.add_argument("model", type=Path, help="the pruned ONNX model (e.g. from build --save-pruned)")
-    ft.add_argument("--teacher", type=Path, required=True, help="the unpruned ONNX model to distil from")
+    ft.add_argument("--teacher", type=Path, help="the unpruned ONNX model to distil from (not with --qat: "
+                    "the float model itself is the teacher)")  # fmt: skip
+    ft.add_argument("--qat", choices=["int8", "w4a8", "mixed"],
+                    help="quantization-aware fine-tuning: quantize MODEL (on --calib), train the QDQ model with "
+                         "fake quantization, write it as QDQ ONNX (build it without --quantize)")  # fmt: skip
+    ft.add_argument("--calib", type=Path, help="--qat: calibration inputs (as build --calib)")
+    ft.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax")
+    ft.add_argument("--max-flash", metavar="SIZE", help="--qat mixed: the flash budget that chooses the widths")
+    ft.add_argument("--target", "-t", default="host", help="--qat mixed: the target the budget is for [host]")
     ft.add_argument("--data", type=Path, required=True, metavar="TRAIN.npz",
                     help="training inputs x and optional labels y")  # fmt: skip
     ft.add_argument(
@@ -395,8 +403,35 @@ def _finetune(args, log) -> int:
     if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0 or not 0 <= args.alpha <= 1:
         raise UserError("--epochs and --batch-size must be >= 1, --lr > 0 and --alpha in [0, 1]")
     config = FinetuneConfig(args.epochs, args.lr, args.batch_size, args.temperature, args.alpha, args.seed)
+    if args.qat:
+        return _qat(args, config, log)
+    if args.teacher is None:
+        raise UserError("finetune needs --teacher (the unpruned model), or --qat to fine-tune a quantized model")
     lines = finetune_files(args.model, args.teacher, args.data, args.eval, args.output, config,
                            parse_input_shapes(args.input_shape), log)  # fmt: skip
+    report.print_lines(lines)
+    return 0
+
+
+def _qat(args, config, log) -> int:
+    from edgecomp import report
+    from edgecomp.qat import qat_files
+
+    if args.calib is None:
+        raise UserError("--qat needs calibration data: --calib DATA")
+    bits = None
+    if args.qat == "mixed":  # the widths --quantize mixed chooses for the budget, then trained
+        from edgecomp.mixed import mixed
+        from edgecomp.options import parse_size
+
+        if not args.max_flash:
+            raise UserError("--qat mixed needs --max-flash (and --target for the flash figures)")
+        outdir = args.output.with_name(args.output.stem + "-mixed-build")
+        chosen = mixed(args.model, load_target(args.target), outdir, BuildOptions(calib_method=args.calib_method),
+                       args.calib, args.eval, parse_size(args.max_flash), None, log)  # fmt: skip
+        bits = dict.fromkeys(chosen.report["mixed"]["layers_4bit"], 4)
+    lines = qat_files(args.model, args.qat, args.calib, args.data, args.eval, args.output, config,
+                      parse_input_shapes(args.input_shape), args.calib_method, bits, log)  # fmt: skip
     report.print_lines(lines)
     return 0
 

@@ -188,3 +188,90 @@ def test_saved_w4a8_model_is_standard_int4_qdq_and_rebuilds_the_same(tmp_path):
     w = next(numpy_helper.to_array(inits[n.input[0]]) for n in dq if n.input[0] in inits
              and inits[n.input[0]].data_type == onnx.TensorProto.INT4)  # fmt: skip
     assert w.astype(np.int8).min() >= -8 and w.astype(np.int8).max() <= 7
+
+
+# --- real data: CNNs trained here on scikit-learn's digits (tests/digits.py) -----------------------
+
+
+@pytest.fixture(scope="module", params=["cnn", "dscnn"])
+def digits_model(request, tmp_path_factory):
+    pytest.importorskip("sklearn")
+    from digits import load_split, to_onnx, train
+
+    (xt, yt), (xv, yv) = load_split()
+    folder = tmp_path_factory.mktemp(request.param)
+    onnx.save(to_onnx(train(request.param, xt, yt)), folder / "model.onnx")
+    np.save(folder / "calib.npy", xt[:100][:, None])
+    np.savez(folder / "eval.npz", x=xv[:, None], y=yv)  # 500 held-out images
+    return request.param, folder, xv
+
+
+def test_w4a8_loses_at_most_two_points(digits_model):
+    kind, folder, _ = digits_model
+    result = build(folder / "model.onnx", load_target("host"), folder / "w4a8", BuildOptions(quantize="w4a8"),
+                   log=lambda *_: None, calib=folder / "calib.npy", eval_data=folder / "eval.npz")  # fmt: skip
+    acc = result.report["accuracy"]
+    print(kind, "w4a8", {k: v for k, v in acc.items() if k != "per_layer_sqnr_db"})
+    assert acc["float_top1"] >= 0.93 and acc["top1_delta_pp"] >= -2.0
+    assert all(r["weight_bits"] == 4 and r["act_bits"] == 8 for r in result.report["precision"])
+
+
+def test_mixed_under_a_flash_budget_loses_at_most_one_point(digits_model):
+    """On the host a build's flash is its constants' bytes. The budget is 60 % of the int8 build's
+    for the CNN; the depthwise-separable CNN's per-channel constants (bias, multiplier, shift) are
+    35 % of its constants, so all-int4 is 65 %: its budget is 70 %."""
+    from edgecomp.mixed import mixed
+
+    kind, folder, _ = digits_model
+    int8 = build(folder / "model.onnx", load_target("host"), folder / "int8", BuildOptions(quantize="int8"),
+                 log=lambda *_: None, calib=folder / "calib.npy")  # fmt: skip
+    budget = int(int8.report["weights_bytes"] * (0.6 if kind == "cnn" else 0.7))
+    result = mixed(folder / "model.onnx", load_target("host"), folder / "mixed", BuildOptions(), folder / "calib.npy",
+                   folder / "eval.npz", budget, None, log=lambda *_: None)  # fmt: skip
+    acc, summary = result.report["accuracy"], result.report["mixed"]
+    print(kind, "mixed", budget, summary["layers_4bit"], {k: v for k, v in acc.items() if k != "per_layer_sqnr_db"})
+    assert result.report["weights_bytes"] <= budget and acc["top1_delta_pp"] >= -1.0
+    bits = {r["layer"]: r["weight_bits"] for r in result.report["precision"]}
+    assert set(summary["layers_4bit"]) == {k for k, b in bits.items() if b == 4} and summary["layers_4bit"]
+    assert all({"layer", "weight_bits", "act_bits", "weights_bytes", "sqnr_4bit_db"} <= set(r)
+               for r in result.report["precision"])  # fmt: skip
+
+
+@pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
+def test_w4a8_device_matches_reference_on_held_out_images(digits_model):
+    _, folder, xv = digits_model
+    result = build(folder / "model.onnx", load_target("cortex-m7"), folder / "m7", BuildOptions(quantize="w4a8"),
+                   log=lambda *_: None, calib=folder / "calib.npy")  # fmt: skip
+    samples = [[x[None]] for x in xv[:16]]
+    for run, want in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
+        np.testing.assert_array_equal(run.outputs[0], want[0])
+
+
+def test_qat_recovers_to_half_a_point_and_compiles_bit_exactly(digits_model, tmp_path):
+    pytest.importorskip("torch")
+    from digits import load_split
+
+    from edgecomp.finetune import FinetuneConfig
+    from edgecomp.qat import qat_files
+
+    kind, folder, xv = digits_model
+    (xt, yt), _ = load_split()
+    np.savez(tmp_path / "train.npz", x=xt[:, None], y=yt)
+    lines = qat_files(folder / "model.onnx", "w4a8", folder / "calib.npy", tmp_path / "train.npz", folder / "eval.npz",
+                      tmp_path / "qat.onnx", FinetuneConfig(epochs=4, lr=1e-4), {}, log=lambda *_: None)  # fmt: skip
+    print(kind, lines)
+    result = build(tmp_path / "qat.onnx", load_target("host"), tmp_path / "host", BuildOptions(extra_cflags="-Werror"),
+                   log=lambda *_: None)  # fmt: skip
+    assert all(op.weight_bits == 4 for op in result.int_graph.ops if hasattr(op, "weight_bits"))
+    from edgecomp.quant import run_int_graph
+    from edgecomp.verify import Reference
+
+    ev = np.load(folder / "eval.npz")
+    ref = Reference(onnx.load(folder / "model.onnx"))
+    got = np.array([run_int_graph(result.int_graph, [x[None]])[0].argmax() for x in ev["x"]])
+    want = np.array([ref.run([x[None]])[0].argmax() for x in ev["x"]])
+    delta_pp = 100 * (np.mean(got == ev["y"]) - np.mean(want == ev["y"]))
+    assert delta_pp >= -0.5, delta_pp
+    samples = [[x[None]] for x in xv[:4]]
+    for run, w in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
+        np.testing.assert_array_equal(run.outputs[0], w[0])
