@@ -57,8 +57,10 @@ def linear_layers(model: onnx.ModelProto) -> list[str]:
             if n.op_type in LINEAR_OPS and len(n.input) > 1 and n.input[1] in inits]  # fmt: skip
 
 
-def int4_channels(w: np.ndarray, axis: int, clip: str = "mse") -> tuple[np.ndarray, np.ndarray]:
-    """(int4 values as int8 in [-8, 7], per-channel scales along `axis`) for float weights `w`."""
+def int4_channels(w: np.ndarray, axis: int, clip: str = "mse", floor: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(int4 values as int8 in [-8, 7], per-channel scales along `axis`) for float weights `w`;
+    no scale below `floor` (per channel: what keeps the int32 bias in range)."""
     moved = np.moveaxis(w.astype(np.float64), axis, 0)
     rows = moved.reshape(moved.shape[0], -1)
     absmax = np.abs(rows).max(axis=1)
@@ -72,6 +74,8 @@ def int4_channels(w: np.ndarray, axis: int, clip: str = "mse") -> tuple[np.ndarr
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_scale = np.where(better, s[:, 0], best_scale)
+    if floor is not None and floor.size in (1, best_scale.size):
+        best_scale = np.maximum(best_scale, np.broadcast_to(floor, best_scale.shape))
     q = np.clip(np.round(rows / best_scale[:, None]), -8, 7).astype(np.int8)
     q = np.moveaxis(q.reshape(moved.shape), 0, axis)
     return np.ascontiguousarray(q), best_scale.astype(np.float32)
@@ -175,7 +179,7 @@ def set_weight_bits(qmodel: onnx.ModelProto, floats: dict[str, np.ndarray], bits
             raise ValueError(f"int4 weights need opset {INT4_OPSET} (the model has {opset})")
         old_scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64).reshape(-1)
         w, axis = _float_weights(dq, inits, floats)
-        q4, scale = int4_channels(w, axis, clip)
+        q4, scale = int4_channels(w, axis, clip, _scale_floor(node, producer, inits, floats, old_scale))
         base = dq.input[0]
         used_new += [_int4_tensor(q4, f"{base}_int4"), numpy_helper.from_array(scale, f"{base}_int4_scale"),
                      _int4_tensor(np.zeros(scale.shape, np.int8), f"{base}_int4_zero_point")]  # fmt: skip
@@ -190,26 +194,51 @@ def set_weight_bits(qmodel: onnx.ModelProto, floats: dict[str, np.ndarray], bits
     return model, layers
 
 
-def _requantize_bias(node, producer, inits, floats, old_w_scale, new_w_scale, out: list,
-                     correction: np.ndarray | None = None) -> None:  # fmt: skip
-    """The int32 bias of `node` (index 2 of Conv/Gemm) at the accumulator scale of the new weight
-    scales, less `correction` (float, per output channel)."""
+def _bias_dq(node, producer, inits):
+    """The DequantizeLinear of a Conv/Gemm's constant bias, or None."""
     if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not node.input[2]:
-        return
+        return None
     dq = producer.get(node.input[2])
     if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
-        return
+        return None
+    return dq
+
+
+def _bias_and_x_scale(dq, node, producer, inits, floats, old_w_scale):
+    """The float bias behind bias DequantizeLinear `dq` and the scale of the layer's input."""
     b_q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64).reshape(-1)
     b_scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64).reshape(-1)
     src = dq.input[0][: -len("_quantized")] if dq.input[0].endswith("_quantized") else None
     b = floats[src].astype(np.float64).reshape(-1) if src in floats else b_q * b_scale
-    if correction is not None and correction.shape == b.shape:
-        b = b - correction
     x_dq = producer.get(node.input[0])
     if x_dq is not None and x_dq.op_type == "DequantizeLinear" and x_dq.input[1] in inits:
         x_scale = float(numpy_helper.to_array(inits[x_dq.input[1]]).reshape(-1)[0])
     else:  # the bias scale is x_scale * w_scale
         x_scale = b_scale / np.broadcast_to(old_w_scale, b_scale.shape)
+    return b, x_scale
+
+
+def _scale_floor(node, producer, inits, floats, old_w_scale) -> np.ndarray | None:
+    """Per channel, the least int4 weight scale that keeps the bias within +-2^30 at x_scale * w_scale
+    (room for the input zero point folded in later): a channel with near-zero weights and a bias
+    (BatchNorm folding leaves them) would otherwise overflow int32."""
+    dq = _bias_dq(node, producer, inits)
+    if dq is None:
+        return None
+    b, x_scale = _bias_and_x_scale(dq, node, producer, inits, floats, old_w_scale)
+    return np.abs(b) / (np.asarray(x_scale, np.float64) * 2.0**30)
+
+
+def _requantize_bias(node, producer, inits, floats, old_w_scale, new_w_scale, out: list,
+                     correction: np.ndarray | None = None) -> None:  # fmt: skip
+    """The int32 bias of `node` (index 2 of Conv/Gemm) at the accumulator scale of the new weight
+    scales, less `correction` (float, per output channel)."""
+    dq = _bias_dq(node, producer, inits)
+    if dq is None:
+        return
+    b, x_scale = _bias_and_x_scale(dq, node, producer, inits, floats, old_w_scale)
+    if correction is not None and correction.shape == b.shape:
+        b = b - correction
     new_scale = (x_scale * new_w_scale.astype(np.float64)).astype(np.float32)
     values = np.clip(np.round(b / new_scale.astype(np.float64)), -(2**31), 2**31 - 1).astype(np.int32)
     base = dq.input[0]
