@@ -305,7 +305,7 @@ def test_qat_recovers_to_half_a_point_and_compiles_bit_exactly(digits_model, tmp
     (xt, yt), _ = load_split()
     np.savez(tmp_path / "train.npz", x=xt[:, None], y=yt)
     lines = qat_files(folder / "model.onnx", "w4a8", folder / "calib.npy", tmp_path / "train.npz", folder / "eval.npz",
-                      tmp_path / "qat.onnx", FinetuneConfig(epochs=4, lr=1e-4), {}, log=lambda *_: None)  # fmt: skip
+                      tmp_path / "qat.onnx", FinetuneConfig(epochs=8, lr=1e-4), {}, log=lambda *_: None)  # fmt: skip
     print(kind, lines)
     result = build(tmp_path / "qat.onnx", load_target("host"), tmp_path / "host", BuildOptions(extra_cflags="-Werror"),
                    log=lambda *_: None)  # fmt: skip
@@ -315,8 +315,8 @@ def test_qat_recovers_to_half_a_point_and_compiles_bit_exactly(digits_model, tmp
 
     ev = np.load(folder / "eval.npz")
     ref = Reference(onnx.load(folder / "model.onnx"))
-    got = np.array([run_int_graph(result.int_graph, [x[None]])[0].argmax() for x in ev["x"]])
-    want = np.array([ref.run([x[None]])[0].argmax() for x in ev["x"]])
+    got = np.array([run_int_graph(result.int_graph, [x])[0].argmax() for x in ev["x"]])  # x: [1, 1, 8, 8]
+    want = np.array([ref.run([x])[0].argmax() for x in ev["x"]])
     delta_pp = 100 * (np.mean(got == ev["y"]) - np.mean(want == ev["y"]))
     assert delta_pp >= -0.5, delta_pp
     samples = [[x[None]] for x in xv[:4]]
