@@ -88,7 +88,7 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         model = model.parent / "tflite-int8" / f"{model.stem}_int8.tflite"
         if not model.exists():
             raise EdgecompError(f"{model} not found")
-    if dtype == "int8":
+    if dtype in ("int8", "w4a8", "mixed"):
         m = load_model(model)
         shape = tuple(d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim)
         calib = workdir / f"{model.stem}-calib.npy"
@@ -97,6 +97,11 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         # Integer I/O, as TFLite Micro's int8 models take and give int8 tensors; by default the whole
         # network, as TFLite Micro runs it (`--dead-channels proven` is edgecomp build's default).
         options = BuildOptions(quantize="int8", io="int8", dead_channels=dead_channels, integrity=False)
+        if dtype == "w4a8":
+            options = replace(options, quantize="w4a8")
+        if dtype == "mixed":  # the budget: the int8 build's code and 60 % of its constants (MIXED_RULE)
+            options = replace(options, weight_bits=_mixed_choice(model, target, workdir, options, calib, prune))
+            options = replace(options, quantize="mixed")
     if prune:
         options = replace(options, prune=prune)
     if patch:
@@ -162,6 +167,27 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
     return row
 
 
+MIXED_WEIGHTS_FRACTION = 0.6
+MIXED_RULE = ("flash budget = the int8 build's flash less 40 % of its constants' bytes (its code and 60 % of its "
+              "weights: 60 % of the whole flash is below all-int4 for models whose code outweighs their weights)")
+
+
+def _mixed_choice(model: Path, target, workdir: Path, options: BuildOptions, calib: Path, prune: str | None
+                  ) -> tuple[tuple[str, int], ...]:  # fmt: skip
+    """The layers --quantize mixed puts at 4 bits for MIXED_RULE's budget (sensitivity measured on
+    the calibration samples: output SQNR)."""
+    from edgecomp.mixed import mixed
+
+    opts = replace(options, prune=prune) if prune else options
+    int8 = build(model, target, workdir / f"{model.stem}-{target.name}-int8-formixed", replace(opts, quantize="int8"),
+                 reuse=True, log=lambda *_: None, calib=calib)  # fmt: skip
+    flash8 = int8.report.get("flash_bytes") or int8.report["weights_bytes"]
+    budget = int(flash8 - (1 - MIXED_WEIGHTS_FRACTION) * int8.report["weights_bytes"])
+    result = mixed(model, target, workdir / f"{model.stem}-{target.name}-mixed-search", replace(opts, fit_check=False),
+                   calib, None, budget, None, log=lambda *_: None)  # fmt: skip
+    return tuple(sorted(dict.fromkeys(result.report["mixed"]["layers_4bit"], 4).items()))
+
+
 def _measured_build(
     model: Path, target, outdir: Path, options: BuildOptions, calib: Path | None
 ) -> tuple[float, int, BuildResult]:
@@ -211,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=Path, default=DEFAULT_MODELS)
     ap.add_argument("--targets", default="cortex-m7")
     ap.add_argument("--dtypes", default="fp32,int8",
-                    help="fp32, int8 (quantized by edgecomp), tflite (the official int8 .tflite of "
+                    help="fp32, int8 (quantized by edgecomp), w4a8 (int4 weights), mixed (4 or 8 bits per layer "
+                         "for the budget of MIXED_RULE), tflite (the official int8 .tflite of "
                          "models/tflite-int8, TFLite's arithmetic, checked against TFLM's interpreter)")  # fmt: skip
     ap.add_argument("--only", help="comma-separated model names")
     ap.add_argument("--large", action="store_true",

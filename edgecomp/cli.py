@@ -44,8 +44,10 @@ def _build_parent() -> argparse.ArgumentParser:
     p.add_argument("--cflags", default="", help="extra C compiler flags for the generated code")
     q = p.add_argument_group("quantization")
     q.add_argument(
-        "--quantize", choices=CHOICES["quantize"], help="post-training quantization before compiling"
-    )
+        "--quantize", choices=CHOICES["quantize"],
+        help="post-training quantization before compiling (w4a8: int4 weights, int8 activations; mixed: 4 or "
+             "8 bits per layer, by measured sensitivity, to fit --max-flash/--max-ram)",
+    )  # fmt: skip
     q.add_argument(
         "--calib",
         type=Path,
@@ -68,10 +70,12 @@ def _build_parent() -> argparse.ArgumentParser:
     q.add_argument("--fit", action="store_true",
                    help="search pruning ratio and quantization for the least accuracy loss that fits the budget "
                         "(needs --calib and --eval)")  # fmt: skip
-    q.add_argument("--max-flash", metavar="SIZE", help="--fit budget, e.g. 256K [the target's flash]")
+    q.add_argument("--max-flash", metavar="SIZE",
+                   help="--fit / --quantize mixed budget, e.g. 256K [the target's flash]")  # fmt: skip
     q.add_argument("--max-ram", metavar="SIZE",
-                   help="RAM budget incl. the reserved stack, e.g. 64K: for --fit, or (quantized models) met by "
-                        "running the first stage patch by patch with the fewest extra MACs")  # fmt: skip
+                   help="RAM budget incl. the reserved stack, e.g. 64K: for --fit and --quantize mixed, or "
+                        "(quantized models) met by running the first stage patch by patch with the fewest "
+                        "extra MACs")  # fmt: skip
     q.add_argument("--patch", default="none", metavar="auto|TENSOR:RxC",
                    help="quantized models: run the memory-heavy first stage patch by patch, up to a cut tensor: "
                         "auto (the smallest peak RAM within 1.25x the MACs; auto:1.5 for another cap) or an "
@@ -180,7 +184,15 @@ def make_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="recover a pruned model's accuracy: distillation from the unpruned "
                         "model on user data (needs PyTorch: pip install 'edgecomp[train]')")  # fmt: skip
     ft.add_argument("model", type=Path, help="the pruned ONNX model (e.g. from build --save-pruned)")
-    ft.add_argument("--teacher", type=Path, required=True, help="the unpruned ONNX model to distil from")
+    ft.add_argument("--teacher", type=Path, help="the unpruned ONNX model to distil from (not with --qat: "
+                    "the float model itself is the teacher)")  # fmt: skip
+    ft.add_argument("--qat", choices=["int8", "w4a8", "mixed"],
+                    help="quantization-aware fine-tuning: quantize MODEL (on --calib), train the QDQ model with "
+                         "fake quantization, write it as QDQ ONNX (build it without --quantize)")  # fmt: skip
+    ft.add_argument("--calib", type=Path, help="--qat: calibration inputs (as build --calib)")
+    ft.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax")
+    ft.add_argument("--max-flash", metavar="SIZE", help="--qat mixed: the flash budget that chooses the widths")
+    ft.add_argument("--target", "-t", default="host", help="--qat mixed: the target the budget is for [host]")
     ft.add_argument("--data", type=Path, required=True, metavar="TRAIN.npz",
                     help="training inputs x and optional labels y")  # fmt: skip
     ft.add_argument(
@@ -397,8 +409,23 @@ def _build(args, reuse: bool, log) -> BuildResult:
 
         report.print_fit(summary)
         return result
+    if args.quantize == "mixed":
+        from edgecomp.mixed import mixed
+        from edgecomp.options import parse_size
+
+        if args.calib is None:
+            raise UserError("--quantize mixed needs calibration data: --calib DATA")
+        outdir = Path(args.output_dir or default_outdir(args.model, target))
+        result = mixed(args.model, target, outdir, options, args.calib, args.eval,
+                       parse_size(args.max_flash) if args.max_flash else None,
+                       parse_size(args.max_ram) if args.max_ram else None, log,
+                       save_quantized=args.save_quantized, save_pruned=args.save_pruned)  # fmt: skip
+        from edgecomp import report
+
+        report.print_precision(result.report.get("mixed", {}), result.report.get("precision", []))
+        return result
     if args.max_flash:
-        raise UserError("--max-flash is a budget for --fit")
+        raise UserError("--max-flash is a budget for --fit and --quantize mixed")
     if args.max_ram:
         from edgecomp.options import parse_size
 
@@ -505,8 +532,35 @@ def _finetune(args, log) -> int:
     if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0 or not 0 <= args.alpha <= 1:
         raise UserError("--epochs and --batch-size must be >= 1, --lr > 0 and --alpha in [0, 1]")
     config = FinetuneConfig(args.epochs, args.lr, args.batch_size, args.temperature, args.alpha, args.seed)
+    if args.qat:
+        return _qat(args, config, log)
+    if args.teacher is None:
+        raise UserError("finetune needs --teacher (the unpruned model), or --qat to fine-tune a quantized model")
     lines = finetune_files(args.model, args.teacher, args.data, args.eval, args.output, config,
                            parse_input_shapes(args.input_shape), log)  # fmt: skip
+    report.print_lines(lines)
+    return 0
+
+
+def _qat(args, config, log) -> int:
+    from edgecomp import report
+    from edgecomp.qat import qat_files
+
+    if args.calib is None:
+        raise UserError("--qat needs calibration data: --calib DATA")
+    bits = None
+    if args.qat == "mixed":  # the widths --quantize mixed chooses for the budget, then trained
+        from edgecomp.mixed import mixed
+        from edgecomp.options import parse_size
+
+        if not args.max_flash:
+            raise UserError("--qat mixed needs --max-flash (and --target for the flash figures)")
+        outdir = args.output.with_name(args.output.stem + "-mixed-build")
+        chosen = mixed(args.model, load_target(args.target), outdir, BuildOptions(calib_method=args.calib_method),
+                       args.calib, args.eval, parse_size(args.max_flash), None, log)  # fmt: skip
+        bits = dict.fromkeys(chosen.report["mixed"]["layers_4bit"], 4)
+    lines = qat_files(args.model, args.qat, args.calib, args.data, args.eval, args.output, config,
+                      parse_input_shapes(args.input_shape), args.calib_method, bits, log)  # fmt: skip
     report.print_lines(lines)
     return 0
 

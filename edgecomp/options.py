@@ -11,7 +11,7 @@ from edgecomp.errors import UserError
 # The options that take one of a few values: the CLI offers them as choices, sweep grids are
 # checked against them.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "quantize": ("int8", "int16x8"),
+    "quantize": ("int8", "int16x8", "w4a8", "mixed"),
     "calib_method": ("minmax", "percentile", "entropy"),
     "io": ("float", "int8"),
     "kernels": ("auto", "tvm"),
@@ -32,7 +32,10 @@ class BuildOptions:
     fit_check: bool = True
     per_layer: bool = False
     extra_cflags: str = ""
-    quantize: str | None = None  # "int8" / "int16x8": post-training quantization before lowering
+    quantize: str | None = None  # "int8" / "int16x8" / "w4a8" / "mixed": post-training quantization first
+    # Layers (passes/int4.py layer_name) whose weights are int4, the rest int8: what --quantize mixed
+    # chose (edgecomp/mixed.py), or an override for the other schemes.
+    weight_bits: tuple[tuple[str, int], ...] = ()
     calib_method: str = "minmax"
     # "int8": a quantized model's C API takes and gives its integer tensors; "float": float tensors,
     # quantized at the edges; None: the model's own (float for ONNX, int8 for a full-integer TFLite).

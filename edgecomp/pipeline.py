@@ -52,7 +52,7 @@ from edgecomp.passes import (
 )
 from edgecomp.passes.quantize import quantize
 from edgecomp.quant import IntGraph, int_graph_for, is_quantized
-from edgecomp.quant.accuracy import evaluate
+from edgecomp.quant.accuracy import evaluate, precision
 from edgecomp.quant.from_tflite import tflite_int_graph
 from edgecomp.resources import data_dir
 from edgecomp.targets import Target
@@ -130,6 +130,8 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
+LOW_BIT_SCHEMES = ("w4a8", "mixed")  # builds whose report lists each layer's precision
+PRECISION_SAMPLES = 8  # calibration samples the per-layer SQNR of report["precision"] is measured on without --eval
 MODEL_REGION_BIN = "model_region.bin"  # --model-region: the region's bytes, at report["model_region"]["origin"]
 COMPILED_MODEL = "model.onnx"  # in the build folder: the model as compiled (QDQ when quantized)
 FLOAT_MODEL = "model_float.onnx"  # quantized builds: the float model it was quantized from
@@ -158,6 +160,7 @@ class Compiled:
     graph_report: dict
     provenance: dict  # the model file's hash and the options, for the generated files' header
     patching: dict | None = None  # patch-based execution of the first stage (--patch, --max-ram), as report.json records it
+    calib_samples: list | None = None  # the calibration inputs (report.json precision measures int4 layers on them)
 
 
 def prepare(model_path: Path, options: BuildOptions, calib: Path | None = None, eval_data: Path | None = None,
@@ -196,7 +199,7 @@ def compile_model(prepared: Prepared, model_path: Path, target: Target, options:
     """The graph passes, quantization (on `calib`) and TVM's lowering, kernels named in `naming`'s
     namespace; `save_quantized` / `save_pruned` get the QDQ / pruned float model."""
     model, tfl = prepared.model, prepared.tfl
-    float_model, graph_report = None, {}
+    float_model, graph_report, calib_samples = None, {}, None
     if tfl is not None:  # an integer TFLite model: its own integer graph, TFLite's arithmetic
         int_graph = tflite_int_graph(tfl, options.io)
     else:
@@ -206,8 +209,9 @@ def compile_model(prepared: Prepared, model_path: Path, target: Target, options:
         if options.quantize:
             log(f"quantizing to {options.quantize} ({options.calib_method} calibration)")
             model = onnx.shape_inference.infer_shapes(
-                quantize(model, calib_samples, options.quantize, options.calib_method).model
-            )
+                quantize(model, calib_samples, options.quantize, options.calib_method,
+                         dict(options.weight_bits) or None).model
+            )  # fmt: skip
         _save_models(model, float_model if options.quantize else None, save_quantized, save_pruned)
         int_graph = int_graph_for(fold_constants(model).model, options.io or "float") if is_quantized(model) else None
 
@@ -218,7 +222,7 @@ def compile_model(prepared: Prepared, model_path: Path, target: Target, options:
         "options": json.dumps(options.as_dict(), sort_keys=True),
     }
     return Compiled(model, float_model if options.quantize else None, int_graph, lowered, graph_report, provenance,
-                    patching)  # fmt: skip
+                    patching, calib_samples)  # fmt: skip
 
 
 def build(model_path: Path, target: Target, outdir: Path | None = None, options: BuildOptions | None = None,
@@ -250,7 +254,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
     naming = Naming.for_build(options.name)
     compiled = compile_model(prepared, model_path, target, options, naming, calib, save_quantized, save_pruned, log)
     model, float_model, int_graph, lowered = compiled.model, compiled.float_model, compiled.int_graph, compiled.lowered
-    graph_report, patching = compiled.graph_report, compiled.patching
+    graph_report, patching, calib_samples = compiled.graph_report, compiled.patching, compiled.calib_samples
     mlperf = {"model": options.mlperf_model or Path(model_path).stem}
     project = generate_project(
         lowered, target, model_path.name, compiled.provenance, options.per_layer, boot2_image(target),
@@ -278,6 +282,13 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
             log(f"evaluating float vs {options.quantize} on {eval_data}")
             samples, labels = load_eval(eval_data, io_specs(float_model))
             report["accuracy"] = evaluate(float_model, int_graph_for(fold_constants(model).model), samples, labels)
+        if options.quantize in LOW_BIT_SCHEMES or options.weight_bits:
+            # Each layer's widths, bytes and SQNR (on --eval, else on a few calibration samples).
+            per_layer = report.get("accuracy", {}).get("per_layer_sqnr_db")
+            if per_layer is None and calib_samples:
+                graph = int_graph_for(fold_constants(model).model)
+                per_layer = evaluate(float_model, graph, calib_samples[:PRECISION_SAMPLES])["per_layer_sqnr_db"]
+            report["precision"] = precision(int_graph_for(fold_constants(model).model), per_layer)
         if sizes is not None and options.fit_check:
             _check_fit(target, sizes)
         if sizes is not None and options.max_ram is not None and sizes.ram_bytes + sizes.stack > options.max_ram:

@@ -207,3 +207,17 @@ def print_fit(summary: dict) -> None:
         table.add_row(r["config"] + mark, f"{r['macs']:,}", f"{r['flash_bytes']:,}", f"{r['ram_bytes']:,}",
                       "yes" if r["fits"] else "no", shown)  # fmt: skip
     console.print(table)
+
+
+def print_precision(summary: dict, precision: list[dict]) -> None:
+    """--quantize mixed: each layer's widths, bytes and SQNR, and the budget."""
+    title = "precision per layer"
+    if summary:
+        title = (f"--quantize mixed: {summary.get('flash_bytes', 0):,} B flash (budget {summary['flash_budget']:,} B, "
+                 f"int8 {summary['int8_flash_bytes']:,} B)")  # fmt: skip
+    table = Table("layer", "weights", "act", "weight bytes", "SQNR dB", "alone at 4 bits", title=title)
+    for r in precision:
+        table.add_row(r["layer"], f"int{r['weight_bits']}", f"int{r['act_bits']}", f"{r['weights_bytes']:,}",
+                      "" if r.get("sqnr_db") is None else f"{r['sqnr_db']:.1f}",
+                      "" if r.get("sqnr_4bit_db") is None else f"{r['sqnr_4bit_db']:.1f} dB")  # fmt: skip
+    console.print(table)

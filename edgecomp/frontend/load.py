@@ -75,6 +75,7 @@ def load_model_proto(model: onnx.ModelProto, path: Path, input_shapes: dict[str,
     model = clear_declared_shapes(model, all_outputs=model is not before)
     _check_static_inputs(model)
     model = _normalise_opset(model)
+    model = standard_qdq(model)
     model = widen_subbyte(model)
     model = settle_shapes(model, path)
     check_ops(model)
@@ -120,6 +121,9 @@ def widen_subbyte(model: onnx.ModelProto) -> onnx.ModelProto:
             ranges[t.name] = (wide, lo, hi)
             arr = numpy_helper.to_array(t).astype(helper.tensor_dtype_to_np_dtype(wide))
             g.initializer[i].CopyFrom(numpy_helper.from_array(arr, t.name))
+    int4 = sorted(name for name, r in ranges.items() if r[1:] == (-8, 7))
+    if int4:  # which int8 constants hold int4 values: the quantized path packs them two per byte again
+        _set_metadata(model, NARROW_INT4_KEY, ",".join(int4))
     nodes = []
     for node in g.node:
         nodes.append(node)
@@ -143,6 +147,56 @@ def widen_subbyte(model: onnx.ModelProto) -> onnx.ModelProto:
     del g.node[:]
     g.node.extend(nodes)
     return model
+
+
+QDQ_TYPES_OPSET = 21  # QuantizeLinear/DequantizeLinear take int4 and int16 in the ONNX domain from opset 21
+
+
+def standard_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """com.microsoft's QuantizeLinear/DequantizeLinear (what onnxruntime's quantizer writes for
+    int4 and int16 before opset 21) as the ONNX ops, the model converted to opset 21 where they
+    are standard. Preserves every value: the contrib ops compute the ONNX definition (per tensor
+    or per axis, saturating, round half to even)."""
+    contrib = [n for n in model.graph.node
+               if n.domain == "com.microsoft" and n.op_type in ("QuantizeLinear", "DequantizeLinear")]  # fmt: skip
+    if not contrib:
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for n in model.graph.node:
+        if n.domain == "com.microsoft" and n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            n.domain = ""
+    if not any(n.domain == "com.microsoft" for n in model.graph.node):
+        kept = [o for o in model.opset_import if o.domain != "com.microsoft"]
+        del model.opset_import[:]
+        model.opset_import.extend(kept)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), QDQ_TYPES_OPSET)
+    if opset < QDQ_TYPES_OPSET:
+        try:
+            model = version_converter.convert_version(model, QDQ_TYPES_OPSET)
+        except Exception as exc:  # the converter raises several kinds, all meaning "cannot convert"
+            raise UnsupportedModelError(
+                f"cannot convert the model's com.microsoft QuantizeLinear/DequantizeLinear to the ONNX ops of "
+                f"opset {QDQ_TYPES_OPSET}: {_first_line(exc)}"
+            ) from exc
+    return model
+
+
+NARROW_INT4_KEY = "edgecomp.int4_initializers"  # metadata: initializers widened from INT4 (comma separated)
+
+
+def int4_initializers(model: onnx.ModelProto) -> set[str]:
+    """The initializers that widen_subbyte held as int8 but were INT4 in the model."""
+    value = next((p.value for p in model.metadata_props if p.key == NARROW_INT4_KEY), "")
+    return {n for n in value.split(",") if n}
+
+
+def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
+    for p in model.metadata_props:
+        if p.key == key:
+            p.value = value
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = key, value
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

@@ -76,9 +76,29 @@ def _acc_dtype(x) -> str:
     return I64 if x.dtype == "int16" else I32
 
 
+def _weight_reader(w, a):
+    """Index -> the weight's value expression: w itself, or for int4 weights (a.weight_bits 4) the
+    nibble of the packed byte array w (two per byte, low nibble first, in a.weight's row-major
+    order; lower/kernels/int4.py pack_nibbles) sign-extended, unpacked where it is read."""
+    if a.weight_bits != 4:
+        return lambda *idx: w[idx]
+    dims = a.weight.shape
+
+    def read(*idx):
+        flat = _c(0, I32)
+        for i, d in zip(idx, dims, strict=True):
+            flat = flat * _c(d, I32) + i
+        byte = w[flat >> _c(1, I32)].astype(I32)
+        nib = (byte >> ((flat & _c(1, I32)) * _c(4, I32))) & _c(15, I32)
+        return (nib ^ _c(8, I32)) - _c(8, I32)
+
+    return read
+
+
 def _conv(x, w, bias, mult, shift, *, a, dtype):
     n, cin, h, wd = (int(d) for d in x.shape)
-    cout, cin_g, kh, kw = (int(d) for d in w.shape)
+    cout, cin_g, kh, kw = (int(d) for d in a.weight.shape)
+    wr = _weight_reader(w, a)
     t, left, b, r = a.pads
     sh, sw = a.strides
     dh, dw = a.dilations
@@ -101,7 +121,7 @@ def _conv(x, w, bias, mult, shift, *, a, dtype):
     acc = te.compute(
         (n, cout, oh, ow),
         lambda i, o, y, xx: te.sum(
-            pad[i, (o // cout_g) * cin_g + rc, y * sh + ry * dh, xx * sw + rx * dw] * w[o, rc, ry, rx].astype(acc_t),
+            pad[i, (o // cout_g) * cin_g + rc, y * sh + ry * dh, xx * sw + rx * dw] * wr(o, rc, ry, rx).astype(acc_t),
             axis=[rc, ry, rx]),
         name="acc",
     )  # fmt: skip
@@ -116,11 +136,12 @@ def _conv(x, w, bias, mult, shift, *, a, dtype):
 
 def _dense(x, w, bias, mult, shift, *, a, dtype):
     n, k = (int(d) for d in x.shape)
-    o = int(w.shape[0])
+    o = int(a.weight.shape[0])
+    wr = _weight_reader(w, a)
     rk = te.reduce_axis((0, k), "rk")
     acc_t = _acc_dtype(x)
     acc = te.compute(
-        (n, o), lambda i, j: te.sum(x[i, rk].astype(acc_t) * w[j, rk].astype(acc_t), axis=rk), name="acc"
+        (n, o), lambda i, j: te.sum(x[i, rk].astype(acc_t) * wr(j, rk).astype(acc_t), axis=rk), name="acc"
     )
     return te.compute(
         (n, o),
@@ -412,8 +433,11 @@ def _const(arr, dtype) -> relax.Expr:
 
 
 def _linear(op, fn):
-    return partial(fn, a=op), [_const(op.weight, "int8"), _const(op.bias, str(op.bias.dtype)),
-                               _const(op.mult, I32), _const(op.shift, "int8")]  # fmt: skip
+    from edgecomp.lower.kernels.int4 import pack_nibbles
+
+    weight = _const(pack_nibbles(op.weight.reshape(-1)), "uint8") if op.weight_bits == 4 else _const(op.weight, "int8")
+    return partial(fn, a=op), [weight, _const(op.bias, str(op.bias.dtype)), _const(op.mult, I32),
+                               _const(op.shift, "int8")]  # fmt: skip
 
 
 # Op class -> (op, graph) -> (TE function of the input tensors and constants, the constants).

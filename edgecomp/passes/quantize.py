@@ -4,6 +4,8 @@ Preserves: the model's interface (same input and output names, shapes and float 
 function up to quantization error. Produces a standard QDQ model (QuantizeLinear/DequantizeLinear
 around each op) that onnxruntime and Netron open: weights int8 symmetric per output channel, biases
 int32 at scale x_scale*w_scale, activations int8 (or int16 for "int16x8") per tensor, asymmetric.
+"w4a8": the same with the weights of every Conv/Gemm/MatMul int4 (ONNX INT4, opset 21; see
+passes/int4.py for the scales), and `weight_bits` chooses 4 or 8 bits layer by layer.
 
 The calibration itself is onnxruntime.quantization's (MinMax, Percentile, Entropy): a maintained
 implementation of exactly these methods, rather than a copy of it.
@@ -16,16 +18,19 @@ import io
 import logging
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edgecomp.errors import ToolError, UserError
 from edgecomp.passes.base import PassResult
 
-SCHEMES = ("int8", "int16x8")
+SCHEMES = ("int8", "int16x8", "w4a8", "mixed")  # mixed: `weight_bits` per layer (edgecomp/mixed.py)
 METHODS = ("minmax", "percentile", "entropy")
 MIN_CALIB_SAMPLES = 4
+CORRECTION_SAMPLES = 64  # calibration samples int4 bias correction averages over (passes/int4.py)
 
 
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (their `axis`) need opset 13
@@ -47,9 +52,42 @@ def _at_least_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
 
 
 def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: str = "int8",
-             method: str = "minmax") -> PassResult:  # fmt: skip
+             method: str = "minmax", weight_bits: dict[str, int] | None = None) -> PassResult:  # fmt: skip
     """Quantize `model` (already checked by the front end) on calibration `samples`: a QDQ model;
-    report: the scheme, calibration method and number of samples."""
+    report: the scheme, calibration method and number of samples. `weight_bits` (layer name, as
+    passes/int4.py layer_name says -> 4 or 8) overrides the weights' width layer by layer."""
+    from edgecomp.passes.int4 import INT4_OPSET, bias_corrections, linear_layers, name_layers, set_weight_bits
+
+    if scheme == "mixed":  # int8 activations; 4 or 8 bits per layer as `weight_bits` says (passes/mixed.py)
+        scheme, weight_bits = "int8", dict(weight_bits or {})
+    if scheme == "w4a8" or weight_bits:
+        model = name_layers(model)
+    if scheme == "w4a8":
+        weight_bits = {**{name: 4 for name in linear_layers(model)}, **(weight_bits or {})}
+    if weight_bits and any(b == 4 for b in weight_bits.values()):
+        base = quantize_base(model, samples, "int16x8" if scheme == "int16x8" else "int8", method, INT4_OPSET)
+        corrections = bias_corrections(base.float_model, base.model, base.floats, samples[:CORRECTION_SAMPLES])
+        qmodel, _ = set_weight_bits(base.model, base.floats, weight_bits, corrections=corrections)
+        return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
+    return PassResult(quantize_base(model, samples, scheme, method).model,
+                      {"scheme": scheme, "calib_method": method, "samples": len(samples)})  # fmt: skip
+
+
+class Base(NamedTuple):
+    """onnxruntime's int8 QDQ model, the float model it quantized (after its pre-processing) and
+    that model's float initializers by name."""
+
+    model: onnx.ModelProto
+    float_model: onnx.ModelProto
+    floats: dict[str, np.ndarray]
+
+
+def quantize_base(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: str = "int8",
+                  method: str = "minmax", opset: int = QDQ_OPSET) -> Base:  # fmt: skip
+    """onnxruntime's static quantization with int8 weights (the model converted to at least `opset`
+    first): the QDQ model, and the float model it quantized (after onnxruntime's pre-processing,
+    e.g. BatchNormalization folded) with its initializers by name, for re-quantizing weights to
+    other widths (passes/int4.py)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -59,7 +97,7 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if scheme not in SCHEMES:
+    if scheme not in SCHEMES or scheme in ("w4a8", "mixed"):
         raise UserError(f"--quantize must be one of {', '.join(SCHEMES)}, not '{scheme}'")
     if method not in METHODS:
         raise UserError(f"--calib-method must be one of {', '.join(METHODS)}, not '{method}'")
@@ -68,7 +106,7 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
             f"calibration needs at least {MIN_CALIB_SAMPLES} samples, got {len(samples)}: "
             "pass more representative inputs with --calib"
         )
-    model = _at_least_opset(model, QDQ_OPSET)
+    model = _at_least_opset(model, opset)
     names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
 
     class Reader(CalibrationDataReader):
@@ -106,7 +144,10 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
             raise ToolError(
                 f"quantization failed in onnxruntime: {str(exc).strip().splitlines()[-1][:300]}"
             ) from exc
-        return PassResult(onnx.load(str(dst)), {"scheme": scheme, "calib_method": method, "samples": len(samples)})
+        float_model = onnx.load(str(pre))
+        floats = {t.name: numpy_helper.to_array(t) for t in float_model.graph.initializer
+                  if t.data_type == onnx.TensorProto.FLOAT}  # fmt: skip
+        return Base(onnx.load(str(dst)), float_model, floats)
 
 
 def _op_types() -> list[str]:

@@ -86,3 +86,22 @@ def lsb_agreement(step: float, got: list[np.ndarray], want: list[np.ndarray]) ->
         * np.abs(np.concatenate([w.reshape(-1) for w in want]).astype(np.float64))
     )
     return float(np.mean(diff <= step * 1.0001 + ulps + 1e-12))
+
+
+def precision(graph: IntGraph, per_layer_sqnr: list[dict] | None = None) -> list[dict]:
+    """Each weighted layer's widths and stored weight bytes (int4: two per byte), with the SQNR of its
+    output tensor against float where `per_layer_sqnr` (evaluate's list) has it."""
+    from edgecomp.quant.ir import LinearOp
+
+    sqnr = {e["tensor"]: e["sqnr_db"] for e in per_layer_sqnr or []}
+    rows = []
+    for op in graph.ops:
+        if not isinstance(op, LinearOp):
+            continue
+        x, y = graph.tensors[op.inputs[0]], graph.tensors[op.output]
+        row = {"layer": op.node, "weight_bits": op.weight_bits, "act_bits": 16 if x.dtype == "int16" else 8,
+               "weights": int(op.weight.size), "weights_bytes": -(-op.weight.size * op.weight_bits // 8)}  # fmt: skip
+        if y.float_name in sqnr:
+            row["sqnr_db"] = sqnr[y.float_name]
+        rows.append(row)
+    return rows

@@ -20,6 +20,8 @@ from edgecomp.errors import UnsupportedModelError
 from edgecomp.quant.fixedpoint import multiplier_bits, qrange, quantize_multipliers
 from edgecomp.quant.ir import IntGraph, IntOp, QTensor
 
+INT4_DTYPES = ("int4", "uint4")  # numpy_helper.to_array's dtypes (ml_dtypes) for ONNX INT4 / UINT4
+
 # ONNX op type -> handler(extractor, node), registered by the op modules (quant/ops/).
 HANDLERS: dict[str, Callable[[Extractor, onnx.NodeProto], None]] = {}
 
@@ -135,7 +137,10 @@ class Extractor:
     """The walk, and the helpers op handlers use to read a QDQ pattern."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
+        from edgecomp.frontend.load import int4_initializers
+
         self.graph = model.graph
+        self.int4 = int4_initializers(model)  # INT4 constants the front end holds as int8
         self.consts = {i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
         self.shapes = {}
         for vi in list(self.graph.value_info) + list(self.graph.input) + list(self.graph.output):
@@ -215,11 +220,22 @@ class Extractor:
                 f"node '{node.name}' ({node.op_type}): weight '{name}' is not a quantized constant"
             )
         scale, zp, axis = self.qparams(dq)
-        if np.any(zp != 0):
+        if np.any(zp.astype(np.int64) != 0):
             raise UnsupportedModelError(
                 f"node '{node.name}': asymmetric weights (zero point != 0) are not supported"
             )
-        return self.consts[dq.input[0]], scale.reshape(-1), axis
+        value = self.consts[dq.input[0]]
+        if value.dtype.name in INT4_DTYPES:  # ONNX INT4 (opset 21, or com.microsoft's): int8 values
+            value = value.astype(np.int8)
+        return value, scale.reshape(-1), axis
+
+    def weight_bits(self, name: str) -> int:
+        """4 when the constant behind `name` (through its DequantizeLinear) is an int4 tensor, else 8."""
+        dq = self.producer.get(name)
+        if dq is None or dq.input[0] not in self.consts:
+            return 8
+        value = self.consts[dq.input[0]]
+        return 4 if value.dtype.name == "int4" or (dq.input[0] in self.int4 and value.dtype == np.int8) else 8
 
     def act_range(self, act: onnx.NodeProto) -> tuple[float, float]:
         """The float range a Relu or Clip node lets through (Clip's bounds constant)."""

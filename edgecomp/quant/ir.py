@@ -86,6 +86,11 @@ class IntGraph:
         """Elements of the weights and biases."""
         return sum(op.weight.size + op.bias.size for op in self.ops if isinstance(op, LinearOp))
 
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of the weights as stored: one per int8 weight, one per two int4 weights."""
+        return sum(-(-op.weight.size * op.weight_bits // 8) for op in self.ops if isinstance(op, LinearOp))
+
     def consumers(self) -> dict[str, list[IntOp]]:
         result: dict[str, list[IntOp]] = {}
         for op in self.ops:
@@ -120,7 +125,11 @@ def op_fields(op: IntOp) -> dict:
 @dataclass(frozen=True, kw_only=True, eq=False)
 class LinearOp(IntOp):
     """An op that multiplies by constant int8 weights ([out channels, ...]) and requantizes each
-    output channel: acc + bias -> requant(., mult[c], shift[c]) + out_zp, clamped to [lo, hi]."""
+    output channel: acc + bias -> requant(., mult[c], shift[c]) + out_zp, clamped to [lo, hi].
+
+    `weight_bits` 4: the weights are int4 (symmetric per output channel, in [-8, 7]). They are
+    kept here as int8 values, so the reference is the same arithmetic; only the constants a build
+    emits are packed two per byte (lower/kernels/int4.py)."""
 
     weight: np.ndarray  # int8
     bias: np.ndarray  # int32 (int64 for int16 inputs, whose folded zero point term can exceed int32)
@@ -130,9 +139,14 @@ class LinearOp(IntOp):
     lo: int
     hi: int
     rounding: str = "single"  # fixedpoint.ROUNDINGS: "double" for TFLite's arithmetic
+    weight_bits: int = 8  # 4: int4 weights (values in [-8, 7]), packed two per byte when emitted
 
     def validate(self) -> None:
         n = self.weight.shape[0]
+        self._require(self.weight_bits in (4, 8), f"weight_bits must be 4 or 8, not {self.weight_bits}")
+        if self.weight_bits == 4 and self.weight.size:
+            self._require(int(self.weight.min()) >= -8 and int(self.weight.max()) <= 7,
+                          "int4 weights must lie in [-8, 7]")  # fmt: skip
         self._require(self.rounding in ROUNDINGS, f"unknown rounding '{self.rounding}'")
         self._require(self.weight.dtype == np.int8, f"weights must be int8, not {self.weight.dtype}")
         self._require(self.bias.dtype in (np.int32, np.int64), f"bias must be int32/int64, not {self.bias.dtype}")

@@ -51,6 +51,7 @@ NOT_SWEPT = {
     "arena": "points are profiled with edgecomp's firmware, which owns the arena",
     "harness": "points are profiled over edgecomp's own protocol",
     "mlperf_model": "points are profiled over edgecomp's own protocol",
+    "weight_bits": "per-layer widths are what --quantize mixed chooses for a flash budget, not a grid value",
 }
 NONE_VALUES = {"quantize": ("none", "fp32", "float"), "io": ("none",), "prune": ("none",)}
 QUANTIZED_ONLY = ("calib_method", "dead_channels", "io", "patch")  # no effect on a float configuration
@@ -138,6 +139,9 @@ def _value(field: str, key: str, value, where: str, base: Path):
         raise UserError(f"{where}: option '{key}' takes strings, not {value!r}")
     if value in NONE_VALUES.get(field, ()):
         return None
+    if field == "quantize" and value == "mixed":
+        raise UserError(f"{where}: quantize = mixed needs a flash budget (edgecomp build --quantize mixed "
+                        "--max-flash SIZE); a grid sweeps int8, int16x8 or w4a8")  # fmt: skip
     if field == "patch":
         try:
             parse_patch(value)

@@ -74,4 +74,5 @@ def conv_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
     ex.emit(Conv(inputs=(x.name,), output=out.name, node=node.name, weight=int_array(w, np.int8),
                  bias=int_array(bias, bias.dtype), mult=int_array(mult, np.int64),
                  shift=int_array(shift, np.int64), strides=strides, pads=pads, dilations=dil,
-                 groups=int(a.get("group", 1)), pad_value=x.zero_point, out_zp=out.zero_point, lo=lo, hi=hi))  # fmt: skip
+                 groups=int(a.get("group", 1)), pad_value=x.zero_point, out_zp=out.zero_point, lo=lo, hi=hi,
+                 weight_bits=ex.weight_bits(node.input[1])))  # fmt: skip

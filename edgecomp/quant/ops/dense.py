@@ -39,7 +39,8 @@ def _dense(ex: Extractor, node, x: QTensor, w: np.ndarray, w_scale, bias_idx: in
     bias = acc_bias(bias, x)
     ex.emit(Dense(inputs=(x.name,), output=out.name, node=node.name, weight=int_array(w, np.int8),
                   bias=int_array(bias, bias.dtype), mult=int_array(mult, np.int64),
-                  shift=int_array(shift, np.int64), out_zp=out.zero_point, lo=lo, hi=hi))  # fmt: skip
+                  shift=int_array(shift, np.int64), out_zp=out.zero_point, lo=lo, hi=hi,
+                  weight_bits=ex.weight_bits(node.input[1])))  # fmt: skip
 
 
 @handles("Gemm")
