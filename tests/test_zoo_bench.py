@@ -154,3 +154,23 @@ def test_a_model_that_cannot_be_quantized_is_a_row(zoo, tmp_path):
     # No integer LSTM kernel: the quantizer leaves it float, which must not pass for an int8 row.
     assert rows[1]["dtype"] == "int8" and not rows[1]["compiled"] and not rows[1]["matched"], rows[1]
     assert "not quantized" in rows[1]["error"] and "LSTM" in rows[1]["error"] and "\n" not in rows[1]["error"]
+
+
+def test_an_int8_output_off_the_integer_reference_is_reported(zoo, tmp_path, monkeypatch):
+    import edgecomp.verify
+
+    models = tmp_path / "models"
+    models.mkdir()
+    onnx.save(_paddle_style(), models / "paddle.onnx")
+    entry = tomllib.loads(_entry("paddle", models / "paddle.onnx", input_shape='{ "x" = [1, 3, 6, 5] }'))["model"][0]
+    real = edgecomp.verify.expected_outputs
+
+    def one_off(result, samples):  # the integer reference moved by one output step on one element
+        out = real(result, samples)
+        out[0][0].flat[0] += 1.0
+        return out
+
+    monkeypatch.setattr(edgecomp.verify, "expected_outputs", one_off)  # the forked child inherits it
+    row = zoo.bench([entry], models, ["host"], tmp_path / "w", timeout=300, log=lambda *_: None, dtypes=("int8",))[0]
+    assert row["compiled"] and not row["bit_exact"] and not row["matched"], row
+    assert row["differing"] == 1 and "1 of" in row["error"] and "integer reference" in row["error"]
