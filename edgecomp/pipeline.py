@@ -31,7 +31,7 @@ from edgecomp.build import (
 )
 from edgecomp.codegen import generate_project
 from edgecomp.codegen.naming import Naming, check_prefix
-from edgecomp.errors import DoesNotFitError, UserError
+from edgecomp.errors import DoesNotFitError, UnsupportedModelError, UserError
 from edgecomp.frontend import load_model
 from edgecomp.frontend.load import load_model_proto
 from edgecomp.frontend.tflite import TflModel, is_tflite
@@ -212,6 +212,12 @@ def compile_model(prepared: Prepared, model_path: Path, target: Target, options:
                 quantize(model, calib_samples, options.quantize, options.calib_method,
                          dict(options.weight_bits) or None).model
             )  # fmt: skip
+            if not is_quantized(model):  # asked for integers: a float build would be a silent surprise
+                ops = sorted({n.op_type for n in model.graph.node})
+                raise UnsupportedModelError(
+                    f"--quantize {options.quantize}: onnxruntime's quantizer quantized none of this model's "
+                    f"operators ({', '.join(ops[:8])}{', …' if len(ops) > 8 else ''}); build it as float"
+                )
         _save_models(model, float_model if options.quantize else None, save_quantized, save_pruned)
         int_graph = int_graph_for(fold_constants(model).model, options.io or "float") if is_quantized(model) else None
 

@@ -153,7 +153,7 @@ def test_a_model_that_cannot_be_quantized_is_a_row(zoo, tmp_path):
     assert rows[0]["dtype"] == "fp32" and rows[0]["matched"], rows[0]
     # No integer LSTM kernel: the quantizer leaves it float, which must not pass for an int8 row.
     assert rows[1]["dtype"] == "int8" and not rows[1]["compiled"] and not rows[1]["matched"], rows[1]
-    assert "not quantized" in rows[1]["error"] and "LSTM" in rows[1]["error"] and "\n" not in rows[1]["error"]
+    assert "quantized none" in rows[1]["error"] and "LSTM" in rows[1]["error"] and "\n" not in rows[1]["error"]
 
 
 def test_an_int8_output_off_the_integer_reference_is_reported(zoo, tmp_path, monkeypatch):

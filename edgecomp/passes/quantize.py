@@ -88,6 +88,7 @@ def quantize_base(model: onnx.ModelProto, samples: list[list[np.ndarray]], schem
     first): the QDQ model, and the float model it quantized (after onnxruntime's pre-processing,
     e.g. BatchNormalization folded) with its initializers by name, for re-quantizing weights to
     other widths (passes/int4.py)."""
+    import onnxruntime as ort
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -127,6 +128,7 @@ def quantize_base(model: onnx.ModelProto, samples: list[list[np.ndarray]], schem
     if scheme == "int16x8":
         extra["UseQDQContribOps"] = False
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime warns about pre-processing on every call
+    ort.set_default_logger_severity(3)  # and its C++ side about initializers it drops
     with tempfile.TemporaryDirectory() as tmp:
         src, pre, dst = Path(tmp, "float.onnx"), Path(tmp, "pre.onnx"), Path(tmp, "q.onnx")
         onnx.save(model, src)
