@@ -49,9 +49,15 @@ class Variant:
 VARIANTS: tuple[Variant, ...] = (
     Variant("conv_neon_s8", Conv, "kernels/conv_neon_s8.c.j2", conv.conv_neon_s8, frozenset({"neon"}),
             conv.is_dense_conv, fuses_add=True),
+    Variant("conv_pw_s8", Conv, "kernels/conv_mm_s8.c.j2", conv.conv_pw_s8, applies=conv.is_pointwise,
+            fuses_add=True),
+    Variant("conv_mm_s8", Conv, "kernels/conv_mm_s8.c.j2", conv.conv_mm_s8, applies=conv.is_dense_conv,
+            fuses_add=True),
     Variant("conv_s8", Conv, "kernels/conv_s8.c.j2", conv.conv_s8, applies=conv.is_dense_conv, fuses_add=True),
     Variant("dwconv_neon_s8", Conv, "kernels/dwconv_s8.c.j2", conv.dwconv_neon_s8, frozenset({"neon"}),
             conv.neon_depthwise),
+    Variant("dwconv_rows_s8", Conv, "kernels/dwconv_rows_s8.c.j2", conv.dwconv_rows_s8,
+            applies=conv.is_depthwise_3x3),
     Variant("dwconv_s8", Conv, "kernels/dwconv_s8.c.j2", conv.dwconv_s8, applies=conv.is_depthwise),
     Variant("dense_neon_s8", Dense, "kernels/dense_neon_s8.c.j2", dense.dense_neon_s8, frozenset({"neon"}),
             dense.is_not_sparse),
@@ -114,9 +120,9 @@ def _with_add(conv_op: IntOp, add_op: Add, graph: IntGraph, index: int, features
     add_p = {k: v for k, v in add_mk.params if k in ("mult", "addend", "sh", "lo", "hi", "fn")}
     conv_is_a = add_op.inputs[0] == conv_op.output
     params = {**dict(mk.params), **{f"add_{k}": v for k, v in add_p.items()}, "fuse_add": 1}
-    # Inputs: x, weights, bias, (M, addend) pairs, shifts, the conv result's and the residual's tables, residual.
+    # Inputs: x, the conv's constants, the conv result's and the residual's tables, the residual.
     fused = MicroKernel(f"ec_mk{index}_conv_add_s8", mk.template, tuple(sorted(params.items())),
-                        mk.scratch_bytes, mk.macs, (7,))  # fmt: skip
+                        mk.scratch_bytes, mk.macs, (1 + len(consts) + 2,))  # fmt: skip
     residual = tuple(i for i in add_op.inputs if i != conv_op.output)
     tables = (ta, tb) if conv_is_a else (tb, ta)
     return Chosen(f"{variant.name}+add", fused, conv_op.inputs, (*consts, *tables), residual, add_op.output)
