@@ -87,6 +87,7 @@ CASES = {
     "conv_10x4_kws_like": lambda: _conv(1, 4, (12, 6), (10, 4), stride=2, pads=(5, 1, 4, 2)),
     "depthwise_3x3": lambda: _conv(6, 6, (7, 5), (3, 3), group=6),  # odd width: the 2-output loop's tail
     "depthwise_stride2": lambda: _conv(4, 4, (8, 9), (3, 3), stride=2, group=4),
+    "depthwise_narrow_pad_left2": lambda: _conv(3, 3, (6, 3), (3, 3), pads=(0, 2, 1, 0), group=3),  # width < 4
     "depthwise_5x4_dilated": lambda: _conv(3, 3, (10, 9), (5, 4), dil=2, pads=(4, 3, 4, 3), group=3),
     "dense_k30_out7": lambda: _dense(30, 7),  # K % 4 and rows % 4 left over
     "dense_batch3": lambda: _dense(16, 8, batch=3),
@@ -116,6 +117,7 @@ PATHS = {
     "conv_k27_odd_pixels": [r"conv_mm_s8: .* im2col row3"],
     "conv_10x4_kws_like": [r"conv_mm_s8: .* im2col row4"],
     "conv_dilated_nopad": [r"conv_mm_s8: .* im2col generic"],
+    "depthwise_narrow_pad_left2": [r"ec_mk0_dwconv_rows_s8: "],
 }
 IN_PLACE = {"pointwise_in_place_w8", "depthwise_rows_streamed", "depthwise_rows_streamed_s2"}
 # Cases that take no scratch room beyond the kernels' minimum (the float output would leave room
@@ -161,7 +163,7 @@ def test_microkernel_host_bit_exact(name, tmp_path, monkeypatch):
 @needs_qemu
 @pytest.mark.parametrize("name", ["conv_k27_odd_pixels", "conv_stride2_asym", "depthwise_3x3", "depthwise_5x4_dilated",
                                   "dense_k30_out7", "dense_interleaved_out6", "dense_batch3", "residual_add_fused", "conv_wide_weights",
-                                  "add_standalone", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
+                                  "add_standalone", "depthwise_narrow_pad_left2", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
                                   "conv_dilated_nopad", "pointwise_in_place_w8", "pointwise_widened_w16s",
                                   "depthwise_rows_streamed", "depthwise_rows_streamed_s2"])  # fmt: skip
 def test_microkernel_cortex_m7_bit_exact(name, tmp_path, monkeypatch):
