@@ -79,12 +79,21 @@ def _chain(cin, hw, first, second):
     return make_model(nodes, [("x0", [1, cin, *hw])], [("y", [1, c, *size])], inits)
 
 
+def _global_avgpool(hw):
+    """conv -> relu -> GlobalAveragePool: the pool as global_avgpool_s8 (a count not a multiple of 4)."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["y"])]  # fmt: skip
+    return make_model(nodes, [("x", [1, 3, *hw])], [("y", [1, 6, 1, 1])], [weight("w", [6, 3, 3, 3]), weight("b", [6])])
+
+
 CASES = {
     "conv_k27_odd_pixels": lambda: _conv(3, 5, (5, 7), (3, 3)),  # K=27 (padded to 28), 35 pixels, 5 channels
     "conv_stride2_asym": lambda: _conv(4, 6, (9, 8), (3, 3), stride=2, pads=(0, 1, 2, 1)),
     "conv_dilated_nopad": lambda: _conv(8, 4, (9, 9), (3, 3), dil=2, pads=(0, 0, 0, 0)),
     "conv_1x1_batch2": lambda: _conv(6, 7, (3, 3), (1, 1), pads=(0, 0, 0, 0), batch=2, relu=False),
     "conv_10x4_kws_like": lambda: _conv(1, 4, (12, 6), (10, 4), stride=2, pads=(5, 1, 4, 2)),
+    "conv_4x4_row4_cin3": lambda: _conv(3, 5, (9, 10), (4, 4), pads=(1, 1, 2, 2)),  # row4: interior and border
     "depthwise_3x3": lambda: _conv(6, 6, (7, 5), (3, 3), group=6),  # odd width: the 2-output loop's tail
     "depthwise_stride2": lambda: _conv(4, 4, (8, 9), (3, 3), stride=2, group=4),
     "depthwise_narrow_pad_left2": lambda: _conv(3, 3, (6, 3), (3, 3), pads=(0, 2, 1, 0), group=3),  # width < 4
@@ -97,6 +106,7 @@ CASES = {
     "conv_wide_weights": lambda: _conv(3, 5, (23, 23), (3, 3)),
     "residual_add_fused_wide": lambda: _residual(4, (24, 22)),
     "add_standalone": _add_of_pools,
+    "global_avgpool": lambda: _global_avgpool((7, 6)),
     # conv_pw_s8 in place of its input: int8 records (w8), odd pixel count, fewer outputs than inputs
     "pointwise_in_place_w8": lambda: _chain(3, (5, 5), (64, 3, 1, (1, 1, 1, 1), 1), (47, 1, 1, (0,) * 4, 1)),
     # room under the first layer's peak: int8 records widened into scratch per block (w16s), odd cout
@@ -116,6 +126,8 @@ PATHS = {
     "depthwise_rows_streamed_s2": [r"ec_mk1_dwconv_rows_s8: .* stride 2, .* (\d+) of (?!\1\b)\d+ buffered"],
     "conv_k27_odd_pixels": [r"conv_mm_s8: .* im2col row3"],
     "conv_10x4_kws_like": [r"conv_mm_s8: .* im2col row4"],
+    "conv_4x4_row4_cin3": [r"conv_mm_s8: .* im2col row4"],
+    "global_avgpool": [r"ec_mk1_global_avgpool_s8: "],
     "conv_dilated_nopad": [r"conv_mm_s8: .* im2col generic"],
     "depthwise_narrow_pad_left2": [r"ec_mk0_dwconv_rows_s8: "],
 }
@@ -163,7 +175,7 @@ def test_microkernel_host_bit_exact(name, tmp_path, monkeypatch):
 @needs_qemu
 @pytest.mark.parametrize("name", ["conv_k27_odd_pixels", "conv_stride2_asym", "depthwise_3x3", "depthwise_5x4_dilated",
                                   "dense_k30_out7", "dense_interleaved_out6", "dense_batch3", "residual_add_fused", "conv_wide_weights",
-                                  "add_standalone", "depthwise_narrow_pad_left2", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
+                                  "add_standalone", "global_avgpool", "depthwise_narrow_pad_left2", "conv_4x4_row4_cin3", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
                                   "conv_dilated_nopad", "pointwise_in_place_w8", "pointwise_widened_w16s",
                                   "depthwise_rows_streamed", "depthwise_rows_streamed_s2"])  # fmt: skip
 def test_microkernel_cortex_m7_bit_exact(name, tmp_path, monkeypatch):

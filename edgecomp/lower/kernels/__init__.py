@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecomp.lower.kernels import add, conv, dense, softmax
+from edgecomp.lower.kernels import add, conv, dense, pool, softmax
 from edgecomp.lower.model import MicroKernel
 from edgecomp.quant.ir import IntGraph, IntOp
-from edgecomp.quant.ops import Add, Conv, Dense, TflSoftmax
+from edgecomp.quant.ops import Add, AvgPool, Conv, Dense, TflSoftmax
 
 Make = Callable[[int, IntOp, IntGraph], "tuple[MicroKernel, list[np.ndarray]] | None"]
 
@@ -65,6 +65,8 @@ VARIANTS: tuple[Variant, ...] = (
             applies=dense.is_sparse),
     Variant("dense_s8", Dense, "kernels/dense_s8.c.j2", dense.dense_s8),
     Variant("add_s8", Add, "kernels/add_s8.c.j2", add.add_s8, applies=add.same_shapes),
+    Variant("global_avgpool_s8", AvgPool, "kernels/global_avgpool_s8.c.j2", pool.global_avgpool_s8,
+            applies=pool.is_global),
     Variant("softmax_tfl_s8", TflSoftmax, "kernels/softmax_tfl_s8.c.j2", softmax.softmax_tfl_s8),
 )  # fmt: skip
 

@@ -1,7 +1,7 @@
 """Convolution micro-kernels: the blocked matrix product of Cortex-M DSP cores (conv_mm_s8, its
 pointwise form conv_pw_s8: lower/kernels/mm.py), im2col + SMLAD (conv_s8, for the requantizations
-conv_mm_s8 leaves out), NEON pointwise/im2col (conv_neon_s8) and depthwise (dwconv_s8, with a NEON
-path)."""
+conv_mm_s8 leaves out), NEON pointwise/im2col (conv_neon_s8), 3x3 depthwise over buffered int16 rows
+(dwconv_rows_s8) and any other depthwise (dwconv_s8, with a NEON path)."""
 
 from __future__ import annotations
 
