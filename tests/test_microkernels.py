@@ -109,6 +109,11 @@ CASES = {
     "global_avgpool": lambda: _global_avgpool((7, 6)),
     # conv_pw_s8 in place of its input: int8 records (w8), odd pixel count, fewer outputs than inputs
     "pointwise_in_place_w8": lambda: _chain(3, (5, 5), (64, 3, 1, (1, 1, 1, 1), 1), (47, 1, 1, (0,) * 4, 1)),
+    # odd pixel count, even cout: the last pixel as an overlapping pair of the last block, in place
+    "pointwise_in_place_w8_odd_pixels": lambda: _chain(3, (5, 5), (64, 3, 1, (1, 1, 1, 1), 1),
+                                                       (46, 1, 1, (0,) * 4, 1)),  # fmt: skip
+    "pointwise_w16s_odd_pixels": lambda: _chain(16, (18, 18), (64, 3, 4, (1, 1, 1, 1), 1), (62, 1, 1, (0,) * 4, 1)),
+    "conv_odd_pixels_even_cout": lambda: _conv(3, 6, (5, 7), (3, 3)),
     # room under the first layer's peak: int8 records widened into scratch per block (w16s), odd cout
     "pointwise_widened_w16s": lambda: _chain(16, (16, 16), (64, 3, 4, (1, 1, 1, 1), 1), (63, 1, 1, (0,) * 4, 1)),
     # dwconv_rows_s8 with fewer buffered rows than the padded plane, in place, strides 1 and 2
@@ -122,6 +127,9 @@ CASES = {
 PATHS = {
     "pointwise_in_place_w8": [r"ec_mk1_conv_pw_s8: .* records w8,"],
     "pointwise_widened_w16s": [r"ec_mk1_conv_pw_s8: .* records w16s,"],
+    "pointwise_in_place_w8_odd_pixels": [r"ec_mk1_conv_pw_s8: .* records w8,", r"const int32_t last = "],
+    "pointwise_w16s_odd_pixels": [r"ec_mk1_conv_pw_s8: .* records w16s,", r"const int32_t last = "],
+    "conv_odd_pixels_even_cout": [r"ec_mk0_conv_mm_s8: .* records w16,", r"const int32_t last = "],
     "depthwise_rows_streamed": [r"ec_mk1_dwconv_rows_s8: .* stride 1, .* (\d+) of (?!\1\b)\d+ buffered"],
     "depthwise_rows_streamed_s2": [r"ec_mk1_dwconv_rows_s8: .* stride 2, .* (\d+) of (?!\1\b)\d+ buffered"],
     "conv_k27_odd_pixels": [r"conv_mm_s8: .* im2col row3"],
@@ -131,11 +139,12 @@ PATHS = {
     "conv_dilated_nopad": [r"conv_mm_s8: .* im2col generic"],
     "depthwise_narrow_pad_left2": [r"ec_mk0_dwconv_rows_s8: "],
 }
-IN_PLACE = {"pointwise_in_place_w8", "depthwise_rows_streamed", "depthwise_rows_streamed_s2"}
+IN_PLACE = {"pointwise_in_place_w8", "pointwise_in_place_w8_odd_pixels", "depthwise_rows_streamed", "depthwise_rows_streamed_s2"}
 # Cases that take no scratch room beyond the kernels' minimum (the float output would leave room
 # for the whole plane or widened records): the row buffer then holds fewer rows than the padded
 # plane, the pointwise layer reads int8 records.
-NO_ROOM = {"depthwise_rows_streamed", "depthwise_rows_streamed_s2", "pointwise_in_place_w8"}
+NO_ROOM = {"depthwise_rows_streamed", "depthwise_rows_streamed_s2", "pointwise_in_place_w8",
+           "pointwise_in_place_w8_odd_pixels"}
 
 
 def _build(model, target, tmp_path, kernels="auto", io="float"):
@@ -175,7 +184,8 @@ def test_microkernel_host_bit_exact(name, tmp_path, monkeypatch):
 @needs_qemu
 @pytest.mark.parametrize("name", ["conv_k27_odd_pixels", "conv_stride2_asym", "depthwise_3x3", "depthwise_5x4_dilated",
                                   "dense_k30_out7", "dense_interleaved_out6", "dense_batch3", "residual_add_fused", "conv_wide_weights",
-                                  "add_standalone", "global_avgpool", "depthwise_narrow_pad_left2", "conv_4x4_row4_cin3", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
+                                  "add_standalone", "global_avgpool", "pointwise_in_place_w8_odd_pixels",
+                                  "pointwise_w16s_odd_pixels", "conv_odd_pixels_even_cout", "depthwise_narrow_pad_left2", "conv_4x4_row4_cin3", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
                                   "conv_dilated_nopad", "pointwise_in_place_w8", "pointwise_widened_w16s",
                                   "depthwise_rows_streamed", "depthwise_rows_streamed_s2"])  # fmt: skip
 def test_microkernel_cortex_m7_bit_exact(name, tmp_path, monkeypatch):

@@ -149,7 +149,7 @@ def conv_mm_s8(index: int, op: Conv, graph: IntGraph, name: str = "conv_mm_s8"):
     p.update(shift=shift, dbl=int(dbl))
     p["rec16"] = 16 + 16 * p["g"] + 16 + (8 if shift < 0 else 0)
     p["rec8"] = p["rec16"] - 8 * p["g"]
-    xblock = p["block"] // 2 * 16 * p["g"]
+    xblock = (p["block"] // 2 + p["oh"] * p["ow"] % 2) * 16 * p["g"]  # an odd last pixel's pair
     scratch = xblock + (p["rec16"] if p["mode"] == "w16s" else 0)
     macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * k
     inplace = (0,) if kind == "pw" and p["cout"] <= p["cin"] else ()
