@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -46,14 +48,16 @@ tirx.register_intrin_lowering("tirx.fabs", target="c", f=_lower_fabs, level=99)
 
 
 def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, kernels: str = "auto",
-                features: frozenset[str] = frozenset()) -> LoweredModel:  # fmt: skip
+                features: frozenset[str] = frozenset(), symbol_prefix: str = SYMBOL_PREFIX) -> LoweredModel:  # fmt: skip
     """Lower a checked, static-shape model to C kernels plus a call sequence.
 
     A quantized build passes its integer graph (`graph`, with the I/O it compiles: float edges or
     the integer tensors); `model` (None for a TFLite model) then only gives the input and output
     names, else the graph's own names are used. kernels="auto"
     lets the micro-kernel variants (kernels/) that the target's ISA `features` allow take the ops
-    they cover; "tvm" keeps TVM's kernels for every op.
+    they cover; "tvm" keeps TVM's kernels for every op. TVM names its kernels
+    `__tvm_ffi_<symbol_prefix><kernel>`: a model built with --name has its own namespace
+    (codegen/naming.py), so two models' kernels link into one program.
     """
     chosen: dict[str, MicroKernel] = {}
     if graph is not None:
@@ -70,6 +74,10 @@ def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, ke
         names = (list(graph.inputs), list(graph.outputs))
     tensors, all_calls, inputs, outputs, copies, computes = _walk_main(mod, *names, sources)
     micro = {**chosen, **copies}
+    # Kernels specialised identically (the patches of patch-based execution, repeated blocks) are one.
+    first: dict[tuple, str] = {}
+    same = {sym: first.setdefault((k.template, k.params, k.scratch_bytes, k.inplace), sym) for sym, k in micro.items()}
+    all_calls = [replace(c, kernel=same.get(c.kernel, c.kernel)) for c in all_calls]
     # A call whose outputs are all empty (a zero-size Slice...) has nothing to do.
     all_calls = [c for c in all_calls if any(tensors[o].size for o in c.outputs)]
     micro_calls = {i: micro[c.kernel] for i, c in enumerate(all_calls) if c.kernel in micro}
@@ -80,8 +88,8 @@ def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, ke
     for name in kernel_names:
         func = mod[name]
         macs[name] = tir_macs(func)
-        funcs[SYMBOL_PREFIX + name] = schedule_for_mcu(func, vector="neon" in features).with_attr(
-            "global_symbol", SYMBOL_PREFIX + name
+        funcs[symbol_prefix + name] = schedule_for_mcu(func, vector="neon" in features).with_attr(
+            "global_symbol", symbol_prefix + name
         )
     source = _emit_c(tvm.IRModule(funcs))
     workspace = _workspace_per_function(source)
@@ -91,10 +99,10 @@ def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, ke
         if i in micro_calls
         else Call(
             kernel=c.kernel,
-            symbol=f"__tvm_ffi_{SYMBOL_PREFIX}{c.kernel}",
+            symbol=f"__tvm_ffi_{symbol_prefix}{c.kernel}",
             inputs=c.inputs,
             outputs=c.outputs,
-            workspace_bytes=workspace.get(SYMBOL_PREFIX + c.kernel, 0),
+            workspace_bytes=workspace.get(symbol_prefix + c.kernel, 0),
             macs=macs[c.kernel],
         )
         for i, c in enumerate(all_calls)
@@ -215,15 +223,18 @@ def _walk_main(mod: tvm.IRModule, onnx_inputs: list[str], onnx_outputs: list[str
             name += "_"
         return name
 
+    by_content: dict[tuple, str] = {}  # equal constants are stored once
+
     def arg_names(expr) -> list[str]:
         if isinstance(expr, _CONST):
             if expr not in consts:
-                data = expr.value.numpy()
-                name = fresh("c", len(consts))
-                consts[expr] = name
-                tensors[name] = Tensor(
-                    name, tuple(data.shape), str(data.dtype), "const", np.ascontiguousarray(data)
-                )
+                data = np.ascontiguousarray(expr.value.numpy())
+                key = (str(data.dtype), data.shape, hashlib.sha256(data.tobytes()).digest())
+                if key not in by_content:
+                    name = fresh("c", len(by_content))
+                    by_content[key] = name
+                    tensors[name] = Tensor(name, tuple(data.shape), str(data.dtype), "const", data)
+                consts[expr] = by_content[key]
             return [consts[expr]]
         if isinstance(expr, relax.Var) and expr in env:
             return env[expr]

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecomp.lower.kernels import add, conv, dense, pool, softmax
+from edgecomp.lower.kernels import add, conv, dense, place, pool, softmax
 from edgecomp.lower.model import MicroKernel
 from edgecomp.quant.ir import IntGraph, IntOp
-from edgecomp.quant.ops import Add, AvgPool, Conv, Dense, TflSoftmax
+from edgecomp.quant.ops import Add, AvgPool, Conv, Dense, Place, TflSoftmax
 
 Make = Callable[[int, IntOp, IntGraph], "tuple[MicroKernel, list[np.ndarray]] | None"]
 
@@ -68,6 +68,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("global_avgpool_s8", AvgPool, "kernels/global_avgpool_s8.c.j2", pool.global_avgpool_s8,
             applies=pool.is_global),
     Variant("softmax_tfl_s8", TflSoftmax, "kernels/softmax_tfl_s8.c.j2", softmax.softmax_tfl_s8),
+    Variant("place", Place, "kernels/place.c.j2", place.place, dtypes=("int8", "int16")),
 )  # fmt: skip
 
 
@@ -75,8 +76,6 @@ def select(op: IntOp, graph: IntGraph, index: int, features: frozenset[str]
            ) -> tuple[Variant, MicroKernel, list[np.ndarray]] | None:  # fmt: skip
     """The first variant that computes `op` on a target with `features`, its kernel (symbols
     numbered by `index`) and constant arguments; None keeps TVM's kernel."""
-    if any(graph.tensors[n].dtype not in ("int8",) for n in (*op.inputs, op.output)):
-        return None
     for v in VARIANTS:
         if not isinstance(op, v.op) or not v.requires <= features or not v.applies(op, graph):
             continue
