@@ -114,6 +114,7 @@ CASES = {
                                                        (46, 1, 1, (0,) * 4, 1)),  # fmt: skip
     "pointwise_w16s_odd_pixels": lambda: _chain(16, (18, 18), (64, 3, 4, (1, 1, 1, 1), 1), (62, 1, 1, (0,) * 4, 1)),
     "conv_odd_pixels_even_cout": lambda: _conv(3, 6, (5, 7), (3, 3)),
+    "conv_single_pixel": lambda: _conv(4, 6, (3, 3), (3, 3), pads=(0, 0, 0, 0)),  # no pixel pair: one-lane path only
     # room under the first layer's peak: int8 records widened into scratch per block (w16s), odd cout
     "pointwise_widened_w16s": lambda: _chain(16, (16, 16), (64, 3, 4, (1, 1, 1, 1), 1), (63, 1, 1, (0,) * 4, 1)),
     # dwconv_rows_s8 with fewer buffered rows than the padded plane, in place, strides 1 and 2
@@ -130,6 +131,7 @@ PATHS = {
     "pointwise_in_place_w8_odd_pixels": [r"ec_mk1_conv_pw_s8: .* records w8,", r"const int32_t last = "],
     "pointwise_w16s_odd_pixels": [r"ec_mk1_conv_pw_s8: .* records w16s,", r"const int32_t last = "],
     "conv_odd_pixels_even_cout": [r"ec_mk0_conv_mm_s8: .* records w16,", r"const int32_t last = "],
+    "conv_single_pixel": [r"ec_mk0_conv_mm_s8: "],
     "depthwise_rows_streamed": [r"ec_mk1_dwconv_rows_s8: .* stride 1, .* (\d+) of (?!\1\b)\d+ buffered"],
     "depthwise_rows_streamed_s2": [r"ec_mk1_dwconv_rows_s8: .* stride 2, .* (\d+) of (?!\1\b)\d+ buffered"],
     "conv_k27_odd_pixels": [r"conv_mm_s8: .* im2col row3"],
@@ -185,7 +187,7 @@ def test_microkernel_host_bit_exact(name, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["conv_k27_odd_pixels", "conv_stride2_asym", "depthwise_3x3", "depthwise_5x4_dilated",
                                   "dense_k30_out7", "dense_interleaved_out6", "dense_batch3", "residual_add_fused", "conv_wide_weights",
                                   "add_standalone", "global_avgpool", "pointwise_in_place_w8_odd_pixels",
-                                  "pointwise_w16s_odd_pixels", "conv_odd_pixels_even_cout", "depthwise_narrow_pad_left2", "conv_4x4_row4_cin3", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
+                                  "pointwise_w16s_odd_pixels", "conv_odd_pixels_even_cout", "conv_single_pixel", "depthwise_narrow_pad_left2", "conv_4x4_row4_cin3", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
                                   "conv_dilated_nopad", "pointwise_in_place_w8", "pointwise_widened_w16s",
                                   "depthwise_rows_streamed", "depthwise_rows_streamed_s2"])  # fmt: skip
 def test_microkernel_cortex_m7_bit_exact(name, tmp_path, monkeypatch):
