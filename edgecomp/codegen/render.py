@@ -96,7 +96,8 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan, ns: str = "ec_") -> dict[st
     described: list[str] = []
     for call in model.calls:
         if call.micro is None:
-            described += [n for n in call.inputs + call.outputs if n not in described]
+            # dict.fromkeys: a call may take one tensor twice (equal constants are stored once)
+            described += [n for n in dict.fromkeys(call.inputs + call.outputs) if n not in described]
     # Only tensors the calls use get a descriptor; order: I/O first, then call order.
     order = list(model.inputs) + list(model.outputs)
     for call in model.calls:
