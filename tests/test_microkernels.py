@@ -5,6 +5,8 @@ with SMLAD/SXTB16 on a Cortex-M7."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -61,14 +63,40 @@ def _add_of_pools():
     )
 
 
+def _chain(cin, hw, first, second):
+    """A convolution feeding another, so that the second may run in place of its input (an
+    intermediate) and has scratch room under the first one's peak. `first`/`second`: (cout, k, stride,
+    pads, group); cout None = its input's channels (depthwise)."""
+    nodes, inits, c, size = [], [], cin, list(hw)
+    for i, (cout, k, stride, pads, group) in enumerate((first, second)):
+        cout = c if cout is None else cout
+        nodes.append(helper.make_node("Conv", [f"x{i}", f"w{i}", f"b{i}"], [f"c{i}"], strides=[stride, stride],
+                                      pads=list(pads), group=group))  # fmt: skip
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"x{i + 1}" if i == 0 else "y"]))
+        inits += [weight(f"w{i}", [cout, c // group, k, k]), weight(f"b{i}", [cout])]
+        size = [(s + pads[j] + pads[j + 2] - k) // stride + 1 for j, s in enumerate(size)]
+        c = cout
+    return make_model(nodes, [("x0", [1, cin, *hw])], [("y", [1, c, *size])], inits)
+
+
+def _global_avgpool(hw):
+    """conv -> relu -> GlobalAveragePool: the pool as global_avgpool_s8 (a count not a multiple of 4)."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["y"])]  # fmt: skip
+    return make_model(nodes, [("x", [1, 3, *hw])], [("y", [1, 6, 1, 1])], [weight("w", [6, 3, 3, 3]), weight("b", [6])])
+
+
 CASES = {
     "conv_k27_odd_pixels": lambda: _conv(3, 5, (5, 7), (3, 3)),  # K=27 (padded to 28), 35 pixels, 5 channels
     "conv_stride2_asym": lambda: _conv(4, 6, (9, 8), (3, 3), stride=2, pads=(0, 1, 2, 1)),
     "conv_dilated_nopad": lambda: _conv(8, 4, (9, 9), (3, 3), dil=2, pads=(0, 0, 0, 0)),
     "conv_1x1_batch2": lambda: _conv(6, 7, (3, 3), (1, 1), pads=(0, 0, 0, 0), batch=2, relu=False),
     "conv_10x4_kws_like": lambda: _conv(1, 4, (12, 6), (10, 4), stride=2, pads=(5, 1, 4, 2)),
+    "conv_4x4_row4_cin3": lambda: _conv(3, 5, (9, 10), (4, 4), pads=(1, 1, 2, 2)),  # row4: interior and border
     "depthwise_3x3": lambda: _conv(6, 6, (7, 5), (3, 3), group=6),  # odd width: the 2-output loop's tail
     "depthwise_stride2": lambda: _conv(4, 4, (8, 9), (3, 3), stride=2, group=4),
+    "depthwise_narrow_pad_left2": lambda: _conv(3, 3, (6, 3), (3, 3), pads=(0, 2, 1, 0), group=3),  # width < 4
     "depthwise_5x4_dilated": lambda: _conv(3, 3, (10, 9), (5, 4), dil=2, pads=(4, 3, 4, 3), group=3),
     "dense_k30_out7": lambda: _dense(30, 7),  # K % 4 and rows % 4 left over
     "dense_batch3": lambda: _dense(16, 8, batch=3),
@@ -78,7 +106,47 @@ CASES = {
     "conv_wide_weights": lambda: _conv(3, 5, (23, 23), (3, 3)),
     "residual_add_fused_wide": lambda: _residual(4, (24, 22)),
     "add_standalone": _add_of_pools,
+    "global_avgpool": lambda: _global_avgpool((7, 6)),
+    # conv_pw_s8 in place of its input: int8 records (w8), odd pixel count, fewer outputs than inputs
+    "pointwise_in_place_w8": lambda: _chain(3, (5, 5), (64, 3, 1, (1, 1, 1, 1), 1), (47, 1, 1, (0,) * 4, 1)),
+    # odd pixel count, even cout: the last pixel as an overlapping pair of the last block, in place
+    "pointwise_in_place_w8_odd_pixels": lambda: _chain(3, (5, 5), (64, 3, 1, (1, 1, 1, 1), 1),
+                                                       (46, 1, 1, (0,) * 4, 1)),  # fmt: skip
+    "pointwise_w16s_odd_pixels": lambda: _chain(16, (18, 18), (64, 3, 4, (1, 1, 1, 1), 1), (62, 1, 1, (0,) * 4, 1)),
+    "conv_odd_pixels_even_cout": lambda: _conv(3, 6, (5, 7), (3, 3)),
+    "conv_single_pixel": lambda: _conv(4, 6, (3, 3), (3, 3), pads=(0, 0, 0, 0)),  # no pixel pair: one-lane path only
+    # room under the first layer's peak: int8 records widened into scratch per block (w16s), odd cout
+    "pointwise_widened_w16s": lambda: _chain(16, (16, 16), (64, 3, 4, (1, 1, 1, 1), 1), (63, 1, 1, (0,) * 4, 1)),
+    # dwconv_rows_s8 with fewer buffered rows than the padded plane, in place, strides 1 and 2
+    "depthwise_rows_streamed": lambda: _chain(1, (60, 61), (4, 3, 1, (1, 1, 1, 1), 1), (None, 3, 1, (1, 1, 1, 1), 4)),
+    "depthwise_rows_streamed_s2": lambda: _chain(1, (61, 60), (4, 3, 1, (1, 1, 1, 1), 1),
+                                                 (None, 3, 2, (0, 1, 2, 1), 4)),  # fmt: skip
 }
+
+
+# What the generated kernels must show for a case (regular expressions on model_kernels.c).
+PATHS = {
+    "pointwise_in_place_w8": [r"ec_mk1_conv_pw_s8: .* records w8,"],
+    "pointwise_widened_w16s": [r"ec_mk1_conv_pw_s8: .* records w16s,"],
+    "pointwise_in_place_w8_odd_pixels": [r"ec_mk1_conv_pw_s8: .* records w8,", r"const int32_t last = "],
+    "pointwise_w16s_odd_pixels": [r"ec_mk1_conv_pw_s8: .* records w16s,", r"const int32_t last = "],
+    "conv_odd_pixels_even_cout": [r"ec_mk0_conv_mm_s8: .* records w16,", r"const int32_t last = "],
+    "conv_single_pixel": [r"ec_mk0_conv_mm_s8: "],
+    "depthwise_rows_streamed": [r"ec_mk1_dwconv_rows_s8: .* stride 1, .* (\d+) of (?!\1\b)\d+ buffered"],
+    "depthwise_rows_streamed_s2": [r"ec_mk1_dwconv_rows_s8: .* stride 2, .* (\d+) of (?!\1\b)\d+ buffered"],
+    "conv_k27_odd_pixels": [r"conv_mm_s8: .* im2col row3"],
+    "conv_10x4_kws_like": [r"conv_mm_s8: .* im2col row4"],
+    "conv_4x4_row4_cin3": [r"conv_mm_s8: .* im2col row4"],
+    "global_avgpool": [r"ec_mk1_global_avgpool_s8: "],
+    "conv_dilated_nopad": [r"conv_mm_s8: .* im2col generic"],
+    "depthwise_narrow_pad_left2": [r"ec_mk0_dwconv_rows_s8: "],
+}
+IN_PLACE = {"pointwise_in_place_w8", "pointwise_in_place_w8_odd_pixels", "depthwise_rows_streamed", "depthwise_rows_streamed_s2"}
+# Cases that take no scratch room beyond the kernels' minimum (the float output would leave room
+# for the whole plane or widened records): the row buffer then holds fewer rows than the padded
+# plane, the pointwise layer reads int8 records.
+NO_ROOM = {"depthwise_rows_streamed", "depthwise_rows_streamed_s2", "pointwise_in_place_w8",
+           "pointwise_in_place_w8_odd_pixels"}
 
 
 def _build(model, target, tmp_path, kernels="auto", io="float"):
@@ -89,11 +157,19 @@ def _build(model, target, tmp_path, kernels="auto", io="float"):
     return build(path, load_target(target), tmp_path / f"{target}-{kernels}", options, log=lambda *_: None)
 
 
-def _check(name, target, tmp_path):
+def _check(name, target, tmp_path, monkeypatch=None):
+    if name in NO_ROOM:
+        from edgecomp.lower.kernels import mm
+
+        monkeypatch.setattr(mm, "ROOM_SHARE", 0.0)
     model = CASES[name]()
     result = _build(model, target, tmp_path)
     kernels_c = (result.outdir / "model_kernels.c").read_text()
     assert "ec_mk0_" in kernels_c  # a micro-kernel took the layer, not TVM
+    for pattern in PATHS.get(name, ()):  # the kernel path the case is there for was taken
+        assert re.search(pattern, kernels_c), pattern
+    if name in IN_PLACE:
+        assert any("in_place_of" in b for b in result.report["memory_plan"])
     samples = [random_inputs(model, s) for s in range(3)]
     got = [r.outputs for r in run_samples(result, samples)]
     for outs, wants in zip(got, expected_outputs(result, samples), strict=True):
@@ -103,16 +179,19 @@ def _check(name, target, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_microkernel_host_bit_exact(name, tmp_path):
-    _check(name, "host", tmp_path)
+def test_microkernel_host_bit_exact(name, tmp_path, monkeypatch):
+    _check(name, "host", tmp_path, monkeypatch)
 
 
 @needs_qemu
 @pytest.mark.parametrize("name", ["conv_k27_odd_pixels", "conv_stride2_asym", "depthwise_3x3", "depthwise_5x4_dilated",
                                   "dense_k30_out7", "dense_interleaved_out6", "dense_batch3", "residual_add_fused", "conv_wide_weights",
-                                  "add_standalone"])  # fmt: skip
-def test_microkernel_cortex_m7_bit_exact(name, tmp_path):
-    _check(name, "cortex-m7", tmp_path)
+                                  "add_standalone", "global_avgpool", "pointwise_in_place_w8_odd_pixels",
+                                  "pointwise_w16s_odd_pixels", "conv_odd_pixels_even_cout", "conv_single_pixel", "depthwise_narrow_pad_left2", "conv_4x4_row4_cin3", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
+                                  "conv_dilated_nopad", "pointwise_in_place_w8", "pointwise_widened_w16s",
+                                  "depthwise_rows_streamed", "depthwise_rows_streamed_s2"])  # fmt: skip
+def test_microkernel_cortex_m7_bit_exact(name, tmp_path, monkeypatch):
+    _check(name, "cortex-m7", tmp_path, monkeypatch)
 
 
 def test_fused_add_runs_in_place_and_matches_tvm_kernels(tmp_path):

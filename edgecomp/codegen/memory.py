@@ -92,9 +92,11 @@ def arena_buffers(model: LoweredModel) -> tuple[list[Buffer], dict[str, str]]:
 
 
 def _inplace_aliases(model: LoweredModel, last: dict[str, int]) -> dict[str, str]:
-    """Outputs that take over an input's buffer: an elementwise kernel that allows it (inplace),
-    an input of the same size that this step reads for the last time and that is an intermediate
-    (model inputs stay intact for another model_invoke). Maps output -> the buffer it shares."""
+    """Outputs that take over an input's buffer: a kernel that allows it (inplace: elementwise
+    kernels, pointwise and depthwise convolutions that write each output after reading what it
+    overlays), an input at least as large that this step reads for the last time and that is an
+    intermediate (model inputs stay intact for another model_invoke). Maps output -> the buffer it
+    shares."""
     alias: dict[str, str] = {}
     for step, call in enumerate(model.calls):
         if call.micro is None or len(call.outputs) != 1:
@@ -108,7 +110,7 @@ def _inplace_aliases(model: LoweredModel, last: dict[str, int]) -> dict[str, str
                 t.kind == "intermediate"
                 and shared
                 and last[src] == step
-                and t.nbytes == model.tensors[out].nbytes
+                and model.tensors[out].nbytes <= t.nbytes
             ):
                 alias[out] = alias.get(src, src)
                 break

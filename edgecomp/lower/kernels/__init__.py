@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecomp.lower.kernels import add, conv, dense, int4, place, softmax
+from edgecomp.lower.kernels import add, conv, dense, int4, place, pool, softmax
 from edgecomp.lower.model import MicroKernel
 from edgecomp.quant.ir import IntGraph, IntOp
-from edgecomp.quant.ops import Add, Conv, Dense, Place, TflSoftmax
+from edgecomp.quant.ops import Add, AvgPool, Conv, Dense, Place, TflSoftmax
 
 Make = Callable[[int, IntOp, IntGraph], "tuple[MicroKernel, list[np.ndarray]] | None"]
 
@@ -57,9 +57,15 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("dense_s4", Dense, "kernels/dense_s4.c.j2", int4.dense_s4, applies=int4.is_int4),
     Variant("conv_neon_s8", Conv, "kernels/conv_neon_s8.c.j2", conv.conv_neon_s8, frozenset({"neon"}),
             conv.is_dense_conv, fuses_add=True),
+    Variant("conv_pw_s8", Conv, "kernels/conv_mm_s8.c.j2", conv.conv_pw_s8, applies=conv.is_pointwise,
+            fuses_add=True),
+    Variant("conv_mm_s8", Conv, "kernels/conv_mm_s8.c.j2", conv.conv_mm_s8, applies=conv.is_dense_conv,
+            fuses_add=True),
     Variant("conv_s8", Conv, "kernels/conv_s8.c.j2", conv.conv_s8, applies=conv.is_dense_conv, fuses_add=True),
     Variant("dwconv_neon_s8", Conv, "kernels/dwconv_s8.c.j2", conv.dwconv_neon_s8, frozenset({"neon"}),
             conv.neon_depthwise),
+    Variant("dwconv_rows_s8", Conv, "kernels/dwconv_rows_s8.c.j2", conv.dwconv_rows_s8,
+            applies=conv.is_depthwise_3x3),
     Variant("dwconv_s8", Conv, "kernels/dwconv_s8.c.j2", conv.dwconv_s8, applies=conv.is_depthwise),
     Variant("dense_neon_s8", Dense, "kernels/dense_neon_s8.c.j2", dense.dense_neon_s8, frozenset({"neon"}),
             dense.is_not_sparse),
@@ -67,6 +73,8 @@ VARIANTS: tuple[Variant, ...] = (
             applies=dense.is_sparse),
     Variant("dense_s8", Dense, "kernels/dense_s8.c.j2", dense.dense_s8),
     Variant("add_s8", Add, "kernels/add_s8.c.j2", add.add_s8, applies=add.same_shapes),
+    Variant("global_avgpool_s8", AvgPool, "kernels/global_avgpool_s8.c.j2", pool.global_avgpool_s8,
+            applies=pool.is_global),
     Variant("softmax_tfl_s8", TflSoftmax, "kernels/softmax_tfl_s8.c.j2", softmax.softmax_tfl_s8),
     Variant("place", Place, "kernels/place.c.j2", place.place, dtypes=("int8", "int16")),
 )  # fmt: skip
@@ -121,9 +129,9 @@ def _with_add(conv_op: IntOp, add_op: Add, graph: IntGraph, index: int, features
     add_p = {k: v for k, v in add_mk.params if k in ("mult", "addend", "sh", "lo", "hi", "fn")}
     conv_is_a = add_op.inputs[0] == conv_op.output
     params = {**dict(mk.params), **{f"add_{k}": v for k, v in add_p.items()}, "fuse_add": 1}
-    # Inputs: x, weights, bias, (M, addend) pairs, shifts, the conv result's and the residual's tables, residual.
+    # Inputs: x, the conv's constants, the conv result's and the residual's tables, the residual.
     fused = MicroKernel(f"ec_mk{index}_conv_add_s8", mk.template, tuple(sorted(params.items())),
-                        mk.scratch_bytes, mk.macs, (7,))  # fmt: skip
+                        mk.scratch_bytes, mk.macs, (1 + len(consts) + 2,))  # fmt: skip
     residual = tuple(i for i in add_op.inputs if i != conv_op.output)
     tables = (ta, tb) if conv_is_a else (tb, ta)
     return Chosen(f"{variant.name}+add", fused, conv_op.inputs, (*consts, *tables), residual, add_op.output)

@@ -1,10 +1,13 @@
-"""Convolution micro-kernels: im2col + SMLAD (conv_s8), NEON pointwise/im2col (conv_neon_s8) and
-depthwise (dwconv_s8, with a NEON path)."""
+"""Convolution micro-kernels: the blocked matrix product of Cortex-M DSP cores (conv_mm_s8, its
+pointwise form conv_pw_s8: lower/kernels/mm.py), im2col + SMLAD (conv_s8, for the requantizations
+conv_mm_s8 leaves out), NEON pointwise/im2col (conv_neon_s8), 3x3 depthwise over buffered int16 rows
+(dwconv_rows_s8) and any other depthwise (dwconv_s8, with a NEON path)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from edgecomp.lower.kernels import mm
 from edgecomp.lower.kernels.packing import pack_conv, pack_conv_wide, pack_pointwise
 from edgecomp.lower.kernels.requant import requant_consts
 from edgecomp.lower.model import MicroKernel
@@ -20,6 +23,11 @@ WIDE_MIN_PIXELS = 512
 
 def is_dense_conv(op: Conv, graph: IntGraph) -> bool:
     return op.groups == 1
+
+
+def is_pointwise(op: Conv, graph: IntGraph) -> bool:
+    """1x1, stride 1, unpadded: each output pixel reads only its own input pixel."""
+    return op.groups == 1 and op.weight.shape[2:] == (1, 1) and tuple(op.strides) == (1, 1) and not any(op.pads)
 
 
 def is_depthwise(op: Conv, graph: IntGraph) -> bool:
@@ -100,3 +108,102 @@ def dwconv_neon_s8(index: int, op: Conv, graph: IntGraph):
 
 def neon_depthwise(op: Conv, graph: IntGraph) -> bool:
     return is_depthwise(op, graph) and op.strides[1] in (1, 2)
+
+
+# Requantizations the matrix-product kernel's epilogue implements (others: conv_s8).
+MM_REQUANT = ("ec_requant_s8", "ec_requant_s8_q31", "ec_requant_s8_dbl31")
+
+
+def conv_mm_s8(index: int, op: Conv, graph: IntGraph, name: str = "conv_mm_s8"):
+    """Two channels x two pixels per step over an int16 im2col block (mm.py): weights as int16
+    records in flash (w16), int8 records widened into scratch per block of pixels (w16s), or int8
+    records widened in the loop (w8). A pointwise layer with no more outputs than inputs may write
+    its output over its input (MicroKernel.inplace): every block of pixels is gathered into scratch
+    before its outputs are written, and output (c, p) lands on input (c, p)."""
+    p, (bias, pairs, sh) = _params(op, graph)
+    if p["rq"] not in MM_REQUANT or p["n"] * p["oh"] * p["ow"] < 1:
+        return None
+    kind = mm.im2col_kind(p)
+    order = mm.slot_order(kind, p["cin"], p["kh"], p["kw"])
+    k = p["cin"] * p["kh"] * p["kw"]
+    p.update(kind=kind, k=k, k4=order.size, g=order.size // 4, fuse_add=0)
+    p.update(mm.plan(p, mm.scratch_room(op, graph)))
+    dbl = p["rq"] == "ec_requant_s8_dbl31"
+    w2d = op.weight.reshape(p["cout"], -1).astype(np.int64)
+    bias = bias.astype(np.int64)
+    mult, second, sh = pairs[0::2].astype(np.int64), pairs[1::2].astype(np.int64), sh.astype(np.int64)
+    live = mult != 0
+    shift = int(sh[live][0]) if live.any() and np.all(sh[live] == sh[live][0]) else -1
+    if not live.any():
+        shift = 0
+    if shift > 0:  # constant channels (sh 0) take the common shift in their addend
+        second = np.where(live, second, second << shift)
+    if p["mode"] == "w16" and dbl:  # the accumulator doubled in the weights and bias (SMMLAR's 2 acc)
+        w2d, bias = w2d * 2, bias * 2
+    elif p["mode"] == "w16" and shift < 0:
+        common = mm.common_shift(w2d, bias, mult, second, sh)
+        if common is not None:
+            shift, d, second = common
+            w2d, bias = w2d << d[:, None], bias << d
+    stream = mm.records(w2d, bias, mult, second, None if shift >= 0 else sh, order, wide=p["mode"] == "w16")
+    p.update(shift=shift, dbl=int(dbl))
+    p["rec16"] = 16 + 16 * p["g"] + 16 + (8 if shift < 0 else 0)
+    p["rec8"] = p["rec16"] - 8 * p["g"]
+    xblock = (p["block"] // 2 + p["oh"] * p["ow"] % 2) * 16 * p["g"]  # an odd last pixel's pair
+    scratch = xblock + (p["rec16"] if p["mode"] == "w16s" else 0)
+    macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * k
+    inplace = (0,) if kind == "pw" and p["cout"] <= p["cin"] else ()
+    mk = MicroKernel(f"ec_mk{index}_{name}", "kernels/conv_mm_s8.c.j2", tuple(sorted(p.items())), scratch, macs,
+                     inplace)  # fmt: skip
+    return mk, [stream]
+
+
+def conv_pw_s8(index: int, op: Conv, graph: IntGraph):
+    return conv_mm_s8(index, op, graph, "conv_pw_s8")
+
+
+def is_depthwise_3x3(op: Conv, graph: IntGraph) -> bool:
+    return (is_depthwise(op, graph) and op.weight.shape[2:] == (3, 3) and tuple(op.dilations) == (1, 1)
+            and op.strides[0] == op.strides[1] in (1, 2))  # fmt: skip
+
+
+# Scratch a depthwise layer may always take for its rows (the whole padded plane of a small layer).
+DW_MIN_SCRATCH = 2048
+
+
+def dwconv_rows_s8(index: int, op: Conv, graph: IntGraph):
+    """3x3 depthwise convolution over a buffer of padded input rows (templates/kernels/dwconv_rows_s8.c.j2):
+    each row widened once into int16 and split into even and odd columns, so that one LDR gives a
+    window's (kx0, kx2) and another its kx1 for two neighbouring outputs; four outputs per step.
+    The buffer holds as many rows as the scratch room allows (the whole plane when it can), rows
+    moved up when it is full. In place: a channel's output row is written only after the input rows
+    it overlays are in the buffer, so the output may take the input's buffer."""
+    p, (bias, pairs, sh) = _params(op, graph)
+    if p["rq"] not in ("ec_requant_s8", "ec_requant_s8_q31"):
+        return None
+    c = p["cout"]
+    w = op.weight.reshape(c, 9).astype(np.int64)
+    mult, addend, sh = pairs[0::2].astype(np.int64), pairs[1::2].astype(np.int64), sh.astype(np.int64)
+    common = mm.common_shift(w, bias.astype(np.int64), mult, addend, sh)
+    if common is None:
+        return None
+    shift, d, addend = common
+    w, b = w << d[:, None], bias.astype(np.int64) << d
+    lo16 = lambda v: v & 0xFFFF  # noqa: E731
+    recs = np.stack([lo16(w[:, 0]) | (w[:, 2] << 16), lo16(w[:, 3]) | (w[:, 5] << 16), lo16(w[:, 6]) | (w[:, 8] << 16),
+                     lo16(w[:, 1]) | (w[:, 4] << 16), lo16(w[:, 7]), b, mult, addend], axis=1)  # fmt: skip
+    recs = ((recs + 2**31) % 2**32 - 2**31).astype(np.int32)
+    s = p["sh"]
+    pb, pr = int(op.pads[2]), int(op.pads[3])
+    wp = p["pl"] + p["w"] + pr
+    we = -(-wp // 2) + 2  # even and odd columns, each with slack for the last step's word loads
+    hp = p["pt"] + p["h"] + pb
+    rowb = 4 * we
+    room = max(mm.scratch_room(op, graph), DW_MIN_SCRATCH)
+    rows = hp if hp * rowb <= room else max(3 + s, room // rowb)
+    p.update(shift=shift, we=we, hp=hp, rows=rows, rowb=rowb)
+    inplace = (0,) if p["oh"] <= p["h"] and p["ow"] <= p["w"] and p["pt"] <= 2 else ()
+    macs = p["n"] * c * p["oh"] * p["ow"] * 9
+    mk = MicroKernel(f"ec_mk{index}_dwconv_rows_s8", "kernels/dwconv_rows_s8.c.j2", tuple(sorted(p.items())),
+                     rows * rowb, macs, inplace)  # fmt: skip
+    return mk, [recs]
