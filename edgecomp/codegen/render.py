@@ -36,7 +36,7 @@ class CTensor:
     offset: int = -1  # arena offset (all but consts)
     qscale: str = ""  # integer model I/O: scale as an exact C float literal, and zero point
     qzero_point: int = 0
-    rows: tuple[str, ...] = ()  # literal rows, for consts
+    bin_offset: int = -1  # consts: where their bytes start in the weights file (WEIGHTS_FILE)
 
 
 @dataclass(frozen=True)
@@ -53,18 +53,31 @@ class CStep:
     ptrs: tuple[str, ...] = ()
 
 
+WEIGHTS_FILE = "model_weights.bin"  # the constants' bytes, which model_weights.c includes (.incbin)
+WEIGHTS_ALIGN = 16  # of each constant, in the file and in flash
+
+
 @dataclass(frozen=True)
 class GeneratedProject:
     files: dict[str, str]  # relative path -> content
     plan: ArenaPlan
     weights_sha256: str  # SHA-256 (hex) of the constants as model_verify checks them
     copied: dict[str, Path] = field(default_factory=dict)  # relative path -> source file
+    # relative path -> arrays written one after the other, each from a WEIGHTS_ALIGN boundary
+    binaries: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
 
     def write(self, outdir: Path) -> None:
         for rel, text in self.files.items():
             path = outdir / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+        for rel, arrays in self.binaries.items():
+            path = outdir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as f:
+                for a in arrays:
+                    f.write(bytes(-f.tell() % WEIGHTS_ALIGN))
+                    f.write(_little_endian(a))
         for rel, src in self.copied.items():
             path = outdir / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,8 +98,14 @@ def _env() -> jinja2.Environment:
     return env
 
 
+def _little_endian(data: np.ndarray) -> np.ndarray:
+    """`data` contiguous and little-endian, as on every target (a view when it already is)."""
+    return np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
+
+
 def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
     used: set[str] = set()
+    weights_end = 0
     result: dict[str, CTensor] = {}
     # TVM's kernels take DLTensor descriptors; micro-kernels take plain pointers.
     described: list[str] = []
@@ -103,6 +122,10 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
         ident = c_identifier(name, used) if t.kind in ("input", "output") else "ec_" + c_identifier(name, used)
         offset = plan.offsets.get(name, -1)
         storage = ident if t.kind == "const" else f"ec_arena + {offset}"
+        bin_offset = -1
+        if t.kind == "const":
+            bin_offset = -(-weights_end // WEIGHTS_ALIGN) * WEIGHTS_ALIGN
+            weights_end = bin_offset + t.nbytes
         result[name] = CTensor(
             name=name,
             ident=ident,
@@ -116,7 +139,7 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
             storage=storage,
             desc_index=described.index(name) if name in described else -1,
             offset=offset,
-            rows=tuple(c_literals(t.data)) if t.kind == "const" else (),
+            bin_offset=bin_offset,
             qscale=c_literals(np.array([model.qparams[name][0]], np.float32))[0]
             if name in model.qparams
             else "",
@@ -130,7 +153,7 @@ def weights_digest(consts: list) -> bytes:
     target: what the firmware's model_verify recomputes from flash, block by block."""
     h = hashlib.sha256()
     for t in consts:
-        h.update(np.ascontiguousarray(t.data).astype(t.data.dtype.newbyteorder("<")).tobytes())
+        h.update(_little_endian(t.data))
     return h.digest()
 
 
@@ -212,6 +235,7 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
         "integrity": integrity or model_region,
         "model_region": None,
         "weights_sha256": list(digest),
+        "weights_file": WEIGHTS_FILE,
     }
     kernels_c = env.get_template("model_kernels.c.j2").render(ctx, kernels_c=model.kernels_c, micro_c=micro_c)
     if model_region:
@@ -254,4 +278,5 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
         if boot2:
             rows = [", ".join(f"0x{b:02X}" for b in boot2[i : i + 16]) for i in range(0, len(boot2), 16)]
             files["ec/ec_boot2.c"] = env.get_template("ec_boot2.c.j2").render(ctx, rows=rows, size=len(boot2))
-    return GeneratedProject(files=files, plan=plan, weights_sha256=digest.hex(), copied=copied)
+    binaries = {WEIGHTS_FILE: tuple(model.tensors[t.name].data for t in ctx["consts"])}
+    return GeneratedProject(files=files, plan=plan, weights_sha256=digest.hex(), copied=copied, binaries=binaries)
