@@ -76,7 +76,7 @@ def tflm_baseline() -> dict:
 
 
 def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: Path, prune: str | None = None,
-              dead_channels: str = "none", integrity: bool = False) -> dict:  # fmt: skip
+              dead_channels: str = "none", integrity: bool = False, patch: str | None = None) -> dict:  # fmt: skip
     """One row. Builds leave out the weights check (--no-integrity), as TFLite Micro has none; with
     `integrity` the row also gets what the check (edgecomp's default) adds: flash and boot time."""
     target = load_target(target_name)
@@ -100,9 +100,11 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         options = BuildOptions(quantize="int8", io="int8", dead_channels=dead_channels, integrity=False)
     if prune:
         options = replace(options, prune=prune)
+    if patch:
+        options = replace(options, patch=patch)
     tag = (f"-{prune.replace('=', '')}" if prune else "") + (
         f"-dead{dead_channels}" if dead_channels != "none" else ""
-    )
+    ) + (f"-patch{patch.replace(':', '')}" if patch else "")
     outdir = workdir / f"{model.stem}-{target_name}-{dtype}{tag}"
     # The compiler's own time and peak memory, measured in a child process that builds and exits.
     compile_s, peak_rss, result = _measured_build(model, target, outdir, options, calib)
@@ -119,7 +121,7 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
     ref_model = result.float_model or result.model or load_model(float_model)
     floats = [Reference(ref_model).run(s) for s in float_samples[: len(runs)]]
     row = {
-        "model": float_model.stem + (f" ({prune})" if prune else "")
+        "model": float_model.stem + (f" ({prune})" if prune else "") + (f" (patch {patch})" if patch else "")
         + (f" (dead channels {dead_channels})" if dtype == "int8" and dead_channels != "none" else ""),
         "target": target_name, "dtype": dtype,
         "macs": rec["macs"],
@@ -128,6 +130,8 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         "arena_bytes": rec["arena_bytes"], "stack_bytes": rec["stack_bytes"], "compile_time_s": round(compile_s, 2),
         "compiler_peak_rss_mb": round(peak_rss / 2**20, 1), "device": rec["device"],
     }  # fmt: skip
+    if result.report.get("patches"):
+        row["patches"] = result.report["patches"]
     check = check_outputs(result, samples[: len(runs)], [r.outputs for r in runs], tolerance=1e-4)
     if dtype == "fp32":
         row["rel_error_vs_onnxruntime"] = check.figures["rel_error"]
@@ -223,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--integrity", action="store_true",
                     help="also build each row with the weights check (edgecomp's default; the rows leave it "
                          "out, as TFLite Micro has none) and report its flash and its instructions at boot")  # fmt: skip
+    ap.add_argument("--patch", help="int8/tflite: also build every model with this --patch (e.g. auto) and "
+                                    "show its RAM and instructions beside the unpatched row")  # fmt: skip
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
     ap.add_argument("--workdir", type=Path, default=REPO / "build" / "bench")
     ap.add_argument(
@@ -259,10 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in args.dtypes.split(","):
             for name in names:
                 console.print(f"[dim]bench: {name} {dtype} on {target}[/dim]")
-                for prune in [None, args.prune] if args.prune else [None]:
+                variants = [(None, None)] + ([(args.prune, None)] if args.prune else []) + (
+                    [(None, args.patch)] if args.patch and dtype in ("int8", "tflite") else [])
+                for prune, patch in variants:
                     try:
                         row = bench_one(*paths[name], target, dtype, args.workdir, prune, args.dead_channels,
-                                        args.integrity)  # fmt: skip
+                                        args.integrity and patch is None, patch)  # fmt: skip
                     except EdgecompError as exc:
                         console.print(f"[red]bench: {name} on {target}: {exc}[/red]")
                         rows.append({"model": name, "target": target, "dtype": dtype, "error": str(exc)})

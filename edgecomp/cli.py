@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from edgecomp import __version__
@@ -66,7 +67,13 @@ def _build_parent() -> argparse.ArgumentParser:
                    help="search pruning ratio and quantization for the least accuracy loss that fits the budget "
                         "(needs --calib and --eval)")  # fmt: skip
     q.add_argument("--max-flash", metavar="SIZE", help="--fit budget, e.g. 256K [the target's flash]")
-    q.add_argument("--max-ram", metavar="SIZE", help="--fit budget incl. stack, e.g. 64K [the target's RAM]")
+    q.add_argument("--max-ram", metavar="SIZE",
+                   help="RAM budget incl. the reserved stack, e.g. 64K: for --fit, or (quantized models) met by "
+                        "running the first stage patch by patch with the fewest extra MACs")  # fmt: skip
+    q.add_argument("--patch", default="none", metavar="auto|TENSOR:RxC",
+                   help="quantized models: run the memory-heavy first stage patch by patch, up to a cut tensor: "
+                        "auto (the smallest peak RAM within 1.25x the MACs; auto:1.5 for another cap) or an "
+                        "explicit cut and grid [none]")  # fmt: skip
     q.add_argument("--save-pruned", type=Path, metavar="P.onnx", help="also write the pruned float model")
     q.add_argument(
         "--per-layer",
@@ -274,7 +281,11 @@ def _build(args, reuse: bool, log) -> BuildResult:
         model_region=args.model_region,
         sign=str(args.sign) if args.sign else None,
         sign_version=args.sign_version,
+        patch=args.patch,
     )
+    from edgecomp.options import parse_patch
+
+    parse_patch(args.patch)  # a bad spelling fails before any work
     if args.sanitize and not target.is_host:
         raise UserError("--sanitize builds the host target only (use --target host)")
     if args.fit:
@@ -293,8 +304,12 @@ def _build(args, reuse: bool, log) -> BuildResult:
 
         report.print_fit(summary)
         return result
-    if args.max_flash or args.max_ram:
-        raise UserError("--max-flash and --max-ram are budgets for --fit")
+    if args.max_flash:
+        raise UserError("--max-flash is a budget for --fit")
+    if args.max_ram:
+        from edgecomp.options import parse_size
+
+        options = replace(options, max_ram=parse_size(args.max_ram))
     result = build(args.model, target, args.output_dir, options, reuse=reuse, log=log, calib=args.calib,
                    eval_data=args.eval, save_quantized=args.save_quantized, save_pruned=args.save_pruned)  # fmt: skip
     if result.cached:

@@ -37,6 +37,10 @@ class BuildOptions:
     model_region: bool = False  # weights in their own flash region behind a header (updatable apart)
     sign: str | None = None  # a private key: firmware.signed.bin in MCUboot's format (edgecomp/sign.py)
     sign_version: str = "0.0.0"  # the image version MCUboot's header records
+    # Patch-based execution of the first stage (quant/patches.py): "none", "auto" (the smallest peak
+    # within PATCH_MAC_CAP times the MACs; "auto:1.5" another cap) or "TENSOR:GHxGW" (that cut and grid)
+    patch: str = "none"
+    max_ram: int | None = None  # a RAM budget (static RAM + the reserved stack) patching must meet
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -72,3 +76,25 @@ def parse_size(text: str) -> int:
     if not m:
         raise UserError(f"not a size: '{text}' (use e.g. 65536, 64K or 1M)")
     return int(float(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()])
+
+
+PATCH_MAC_CAP = 1.25  # --patch auto: at most this many times the MACs of the unpatched model
+
+
+def parse_patch(spec: str) -> tuple[str, float | str, tuple[int, int] | None]:
+    """'none' | 'auto' | 'auto:CAP' | 'TENSOR:GHxGW' -> (mode, cap or tensor, grid)."""
+    if spec in ("none", "auto"):
+        return spec, PATCH_MAC_CAP, None
+    head, _, tail = spec.rpartition(":")
+    if head == "auto":
+        try:
+            cap = float(tail)
+        except ValueError:
+            cap = 0.0
+        if cap < 1.0:
+            raise UserError(f"--patch auto:CAP takes a MAC ratio >= 1 (e.g. auto:1.5), not '{tail}'")
+        return "auto", cap, None
+    m = re.fullmatch(r"(\d+)x(\d+)", tail)
+    if not head or m is None or min(int(m[1]), int(m[2])) < 1:
+        raise UserError(f"--patch takes none, auto, auto:CAP or TENSOR:ROWSxCOLS (e.g. conv3:4x4), not '{spec}'")
+    return "cut", head, (int(m[1]), int(m[2]))

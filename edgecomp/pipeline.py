@@ -166,9 +166,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         int_graph = int_graph_for(fold_constants(model).model, options.io or "float") if is_quantized(model) else None
 
     log(f"lowering {model_path.name} through TVM for {target.name}")
-    from edgecomp.lower import lower_model  # TVM: loaded only by builds that compile
-    lowered = lower_model(model if int_graph is not None else fold_constants(model).model, int_graph,
-                          options.kernels, target.features)  # fmt: skip
+    int_graph, lowered, patching = _patch_and_lower(model, int_graph, options, target, log)
     provenance = {
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "options": json.dumps(options.as_dict(), sort_keys=True),
@@ -191,6 +189,8 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         report = _report(model_path, model, int_graph, target, options, key, lowered, project.plan, sizes, t_gen,
                          time.monotonic() - t0)  # fmt: skip
         report.update(graph_report)
+        if patching is not None:
+            report["patches"] = patching
         report["integrity"] = {"enabled": options.integrity, "weights_sha256": project.weights_sha256,
                                "code_sha256": code_digest(binary)}  # fmt: skip
         if eval_data is not None:
@@ -199,6 +199,12 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
             report["accuracy"] = evaluate(float_model, int_graph_for(fold_constants(model).model), samples, labels)
         if sizes is not None and options.fit_check:
             _check_fit(target, sizes)
+        if sizes is not None and options.max_ram is not None and sizes.ram_bytes + sizes.stack > options.max_ram:
+            raise DoesNotFitError(
+                f"RAM {sizes.ram_bytes + sizes.stack:,} B (static {sizes.ram_bytes:,} + stack {sizes.stack:,}) is over "
+                f"--max-ram {options.max_ram:,} B by {sizes.ram_bytes + sizes.stack - options.max_ram:,} B"
+                + (f" with the first stage in {'x'.join(map(str, patching['grid']))} patches" if patching else "")
+            )
         if options.model_region:  # the region on its own, for `edgecomp flash --model-only`
             addr, data = section_bytes(binary, ".ec_model")
             (tmp / MODEL_REGION_BIN).write_bytes(data)
@@ -222,6 +228,88 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
             shutil.rmtree(tmp, ignore_errors=True)
     return BuildResult(outdir, report, target, model, False, float_model if options.quantize else None,
                        int_graph, tfl)  # fmt: skip
+
+
+def _as_built(graph: IntGraph | None, report: dict) -> IntGraph | None:
+    """The integer graph as a build compiled it: with the patching its report records."""
+    patching = report.get("patches")
+    if graph is None or not patching:
+        return graph
+    from edgecomp.quant.patches import patch_graph
+
+    return patch_graph(graph, patching["cut"], tuple(patching["grid"]))
+
+
+NON_ARENA_RAM = 768  # static RAM besides the arena (harness buffers, runtime: 536 B on cortex-m7): for --max-ram
+
+
+def _patch_and_lower(model, int_graph: IntGraph | None, options: BuildOptions, target: Target, log):
+    """(integer graph, lowered model, the patching report or None). Quantized builds may run their
+    first stage patch by patch (--patch, or to meet --max-ram: quant/patches.py)."""
+    from edgecomp.codegen.memory import plan_model
+    from edgecomp.lower import lower_model  # TVM: loaded only by builds that compile
+    from edgecomp.options import parse_patch
+    from edgecomp.quant import patches
+
+    def lower(graph):
+        return lower_model(model if graph is not None else fold_constants(model).model, graph,
+                           options.kernels, target.features)  # fmt: skip
+
+    if int_graph is None:
+        if options.patch != "none" or options.max_ram is not None:
+            raise UserError("--patch and --max-ram (without --fit) apply to quantized models: add --quantize")
+        return None, lower(None), None
+    mode, arg, grid = parse_patch(options.patch)
+    if mode == "none" and options.max_ram is None:
+        return int_graph, lower(int_graph), None
+    if mode == "cut":
+        try:
+            patched = patches.patch_graph(int_graph, arg, grid)
+        except ValueError as exc:
+            raise UserError(f"--patch {options.patch}: {exc}; the stages that can be cut end at: "
+                            f"{', '.join(patches.candidates(int_graph)[:8])}") from exc  # fmt: skip
+        plan = patches.PatchPlan(arg, grid, patches.live_peak(patched), patches.live_peak(int_graph),
+                                 patches.macs(patched), patches.macs(int_graph))  # fmt: skip
+        return patched, lower(patched), _patch_report(plan, None)
+    plans = patches.all_plans(int_graph)
+    if options.max_ram is None:  # --patch auto: the smallest peak within the MAC cap
+        plan = patches.smallest_peak(plans, arg)
+        if plan is None:
+            log("--patch auto: no patching lowers the peak within the MAC cap; building unpatched")
+            return int_graph, lower(int_graph), None
+        patched = patches.patch_graph(int_graph, plan.cut, plan.grid)
+        return patched, lower(patched), _patch_report(plan, None)
+    # --max-ram: the fewest MACs whose planned arena fits (the planner's real arena checked, up to 4 tries)
+    arena_budget = options.max_ram - target.memory.get("stack_bytes", 0) - NON_ARENA_RAM
+    lowered = lower(int_graph)
+    if plan_model(lowered).arena_bytes <= arena_budget:
+        return int_graph, lowered, None
+    smallest = None
+    # The estimate leaves out kernel scratch and the planner's packing (either way): try the plans a
+    # little over it too, fewest MACs first, and keep the first whose planned arena fits.
+    tries = patches.within_budget(plans, int(arena_budget * 1.3))[:3]
+    tries += [p for p in [patches.smallest_peak(plans, float("inf"))] if p is not None and p not in tries]
+    for plan in tries:
+        patched = patches.patch_graph(int_graph, plan.cut, plan.grid)
+        lowered = lower(patched)
+        arena = plan_model(lowered).arena_bytes
+        smallest = min(smallest or arena, arena)
+        if arena <= arena_budget:
+            log(f"--max-ram: first stage in {plan.grid[0]}x{plan.grid[1]} patches up to '{plan.cut}' "
+                f"({plan.macs / plan.macs_before:.2f}x the MACs)")  # fmt: skip
+            return patched, lowered, _patch_report(plan, options.max_ram)
+    best = patches.smallest_peak(plans, float("inf"))
+    raise DoesNotFitError(
+        f"--max-ram {options.max_ram:,} B leaves {arena_budget:,} B for the arena (less the {target.name} stack "
+        f"reserve and {NON_ARENA_RAM} B of other RAM); patch-based execution gets the live tensors down to "
+        f"{(best.peak_bytes if best else patches.live_peak(int_graph)):,} B at best"
+        + (f" and the arena to {smallest:,} B in the plans tried" if smallest else "")
+        + ": raise the budget, prune or quantize further"
+    )
+
+
+def _patch_report(plan, budget: int | None) -> dict:
+    return {**plan.as_dict(), "mac_ratio": round(plan.macs / plan.macs_before, 3), "max_ram": budget}
 
 
 def _front_end(path: Path, options: BuildOptions):
@@ -338,7 +426,8 @@ def _cached(outdir: Path, key: str, target: Target, options: BuildOptions, tfl=N
     if report.get("build_key") != key or not binary.exists():
         return None
     if tfl is not None:  # an integer TFLite model: its graph again from the same file
-        return BuildResult(outdir, report, target, None, True, None, tflite_int_graph(tfl, options.io), tfl)
+        return BuildResult(outdir, report, target, None, True, None,
+                           _as_built(tflite_int_graph(tfl, options.io), report), tfl)  # fmt: skip
     if not (outdir / COMPILED_MODEL).exists():
         return None
     try:
@@ -347,7 +436,7 @@ def _cached(outdir: Path, key: str, target: Target, options: BuildOptions, tfl=N
     except Exception:  # an unreadable leftover: rebuild
         return None
     int_graph = int_graph_for(fold_constants(model).model, options.io or "float") if is_quantized(model) else None
-    return BuildResult(outdir, report, target, model, True, float_model, int_graph)
+    return BuildResult(outdir, report, target, model, True, float_model, _as_built(int_graph, report))
 
 
 def _check_fit(target: Target, sizes: ElfSizes) -> None:

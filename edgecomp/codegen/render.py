@@ -206,11 +206,8 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
         )
         for i, c in enumerate(model.calls)
     ]
-    micro_c = [
-        env.get_template(c.micro.template).render(symbol=c.micro.symbol, p=dict(c.micro.params))
-        for c in model.calls
-        if c.micro is not None
-    ]
+    micro = {c.micro.symbol: c.micro for c in model.calls if c.micro is not None}  # calls may share one
+    micro_c = [env.get_template(k.template).render(symbol=k.symbol, p=dict(k.params)) for k in micro.values()]
     weights = sum(t.nbytes for t in model.tensors.values() if t.kind == "const")
     weights_out, arena_out = place_external(target, weights, plan.arena_bytes)
     digest = weights_digest([model.tensors[t.name] for t in tensors.values() if t.kind == "const"])

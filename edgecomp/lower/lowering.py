@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -70,6 +72,10 @@ def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, ke
         names = (list(graph.inputs), list(graph.outputs))
     tensors, all_calls, inputs, outputs, copies, computes = _walk_main(mod, *names, sources)
     micro = {**chosen, **copies}
+    # Kernels specialised identically (the patches of patch-based execution, repeated blocks) are one.
+    first: dict[tuple, str] = {}
+    same = {sym: first.setdefault((k.template, k.params, k.scratch_bytes, k.inplace), sym) for sym, k in micro.items()}
+    all_calls = [replace(c, kernel=same.get(c.kernel, c.kernel)) for c in all_calls]
     # A call whose outputs are all empty (a zero-size Slice...) has nothing to do.
     all_calls = [c for c in all_calls if any(tensors[o].size for o in c.outputs)]
     micro_calls = {i: micro[c.kernel] for i, c in enumerate(all_calls) if c.kernel in micro}
@@ -215,15 +221,18 @@ def _walk_main(mod: tvm.IRModule, onnx_inputs: list[str], onnx_outputs: list[str
             name += "_"
         return name
 
+    by_content: dict[tuple, str] = {}  # equal constants are stored once
+
     def arg_names(expr) -> list[str]:
         if isinstance(expr, _CONST):
             if expr not in consts:
-                data = expr.value.numpy()
-                name = fresh("c", len(consts))
-                consts[expr] = name
-                tensors[name] = Tensor(
-                    name, tuple(data.shape), str(data.dtype), "const", np.ascontiguousarray(data)
-                )
+                data = np.ascontiguousarray(expr.value.numpy())
+                key = (str(data.dtype), data.shape, hashlib.sha256(data.tobytes()).digest())
+                if key not in by_content:
+                    name = fresh("c", len(by_content))
+                    by_content[key] = name
+                    tensors[name] = Tensor(name, tuple(data.shape), str(data.dtype), "const", data)
+                consts[expr] = by_content[key]
             return [consts[expr]]
         if isinstance(expr, relax.Var) and expr in env:
             return env[expr]

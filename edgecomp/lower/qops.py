@@ -384,6 +384,29 @@ def _pad(x, *, a, dtype, shape):
     return te.compute(tuple(shape), f, name="pad")
 
 
+def _crop(x, *, a, dtype):
+    """quant/ops/patch.py Crop: a spatial window of an NCHW tensor."""
+    r0, r1, c0, c1 = a.box
+    n, c = (int(d) for d in x.shape[:2])
+    return te.compute((n, c, r1 - r0, c1 - c0), lambda b, ch, y, w: x[b, ch, y + r0, w + c0].astype(dtype),
+                      name="crop")  # fmt: skip
+
+
+def _place(*xs, a, dtype):
+    """quant/ops/patch.py Place: the patch in its box, the rest from the tensor placed so far (or 0).
+    (Copies the whole tensor: the micro-kernel place.c.j2 writes the box in place instead.)"""
+    r0, r1, c0, c1 = a.box
+    patch = xs[-1]
+
+    def f(b, ch, y, w):
+        inside = tirx.all(y >= r0, y < r1, w >= c0, w < c1)
+        src = patch[b, ch, tirx.Max(tirx.Min(y - r0, r1 - r0 - 1), 0), tirx.Max(tirx.Min(w - c0, c1 - c0 - 1), 0)]
+        rest = xs[0][b, ch, y, w] if len(xs) == 2 else tirx.const(0, dtype)
+        return tirx.if_then_else(inside, src, rest)
+
+    return te.compute(tuple(a.shape), f, name="place")
+
+
 def _const(arr, dtype) -> relax.Expr:
     return relax.const(np.ascontiguousarray(np.asarray(arr, dtype=dtype)))
 
@@ -418,6 +441,8 @@ TE_KERNELS = {
         g.tensors[op.inputs[0]].shape[2:], op.kernel, op.strides, op.pads), I32)]),
     ops.TflMean: lambda op, g: (partial(_mean_tfl, a=op, shape=_out_shape(op, g)), []),
     ops.Pad: lambda op, g: (partial(_pad, a=op, shape=_out_shape(op, g)), []),
+    ops.Crop: lambda op, g: (partial(_crop, a=op), []),
+    ops.Place: lambda op, g: (partial(_place, a=op), []),
 }  # fmt: skip
 
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecomp.lower.kernels import add, conv, dense, float32, softmax
+from edgecomp.lower.kernels import add, conv, dense, float32, place, softmax
 from edgecomp.lower.model import MicroKernel
 from edgecomp.quant.ir import IntGraph, IntOp
-from edgecomp.quant.ops import Add, Conv, Dense, TflSoftmax
+from edgecomp.quant.ops import Add, Conv, Dense, Place, TflSoftmax
 
 Make = Callable[[int, IntOp, IntGraph], "tuple[MicroKernel, list[np.ndarray]] | None"]
 
@@ -60,6 +60,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("dense_s8", Dense, "kernels/dense_s8.c.j2", dense.dense_s8),
     Variant("add_s8", Add, "kernels/add_s8.c.j2", add.add_s8, applies=add.same_shapes),
     Variant("softmax_tfl_s8", TflSoftmax, "kernels/softmax_tfl_s8.c.j2", softmax.softmax_tfl_s8),
+    Variant("place", Place, "kernels/place.c.j2", place.place, dtypes=("int8", "int16")),
     # Float layers (lower/float_groups.py) on cores with a hardware FPU.
     Variant("conv_f32", float32.FloatConv, "kernels/conv_f32.c.j2", float32.conv_f32, frozenset({"fpu"}),
             float32.is_dense_conv, dtypes=("float32",)),
@@ -74,8 +75,6 @@ def select(op: IntOp, graph: IntGraph, index: int, features: frozenset[str]
            ) -> tuple[Variant, MicroKernel, list[np.ndarray]] | None:  # fmt: skip
     """The first variant that computes `op` on a target with `features`, its kernel (symbols
     numbered by `index`) and constant arguments; None keeps TVM's kernel."""
-    if any(graph.tensors[n].dtype not in ("int8",) for n in (*op.inputs, op.output)):
-        return None
     for v in VARIANTS:
         if not isinstance(op, v.op) or not v.requires <= features or not v.applies(op, graph):
             continue

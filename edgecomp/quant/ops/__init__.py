@@ -12,6 +12,7 @@ from edgecomp.quant.ops import (  # noqa: F401
     lut,
     mean,
     pad,
+    patch,
     pool,
     softmax,
     softmax_tfl,
@@ -25,11 +26,12 @@ from edgecomp.quant.ops.layout import Concat, Reshape, Transpose
 from edgecomp.quant.ops.lut import Lut, Lut16
 from edgecomp.quant.ops.mean import TflMean
 from edgecomp.quant.ops.pad import Pad
+from edgecomp.quant.ops.patch import Crop, Place
 from edgecomp.quant.ops.pool import AvgPool, MaxPool
 from edgecomp.quant.ops.softmax import Softmax
 from edgecomp.quant.ops.softmax_tfl import TflSoftmax
 
 __all__ = [
-    "Add", "AvgPool", "Concat", "Conv", "Dense", "Dequantize", "Lut", "Lut16", "MaxPool", "Mul", "PRelu", "Pad",
+    "Add", "AvgPool", "Concat", "Conv", "Crop", "Dense", "Dequantize", "Lut", "Lut16", "MaxPool", "Mul", "PRelu", "Pad", "Place",
     "Quantize", "Reshape", "Softmax", "TflAvgPool", "TflMean", "TflSoftmax", "Transpose", "integer_io", "outputs_of",
 ]  # fmt: skip
