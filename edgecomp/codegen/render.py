@@ -111,11 +111,11 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
     described: list[str] = []
     for call in model.calls:
         if call.micro is None:
-            described += [n for n in call.inputs + call.outputs if n not in described]
+            described += [n for n in dict.fromkeys(call.inputs + call.outputs) if n not in described]
     # Only tensors the calls use get a descriptor; order: I/O first, then call order.
     order = list(model.inputs) + list(model.outputs)
-    for call in model.calls:
-        order += [n for n in call.inputs + call.outputs if n not in order]
+    for call in model.calls:  # a call may take one (deduplicated) constant twice
+        order += [n for n in dict.fromkeys(call.inputs + call.outputs) if n not in order]
     for name in order:
         t = model.tensors[name]
         code, bits = dl_type(t.dtype)
