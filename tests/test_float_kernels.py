@@ -3,7 +3,7 @@ that declare "fpu") on the shapes their loops split on: odd channel and pixel co
 asymmetric padding, dilation, batch, 1x1 layers read in place, depthwise filters of more taps than
 registers, dense layers with and without bias, fused ReLU / Clip (both bounds, one) and residual
 Adds (in place where the residual dies there, not when it is also the layer's input). Within 1e-4
-of onnxruntime on the host (portable C, ASan/UBSan, -Werror) and in QEMU on a Cortex-M7 and M4
+of onnxruntime on the host (portable C, ASan/UBSan, -Werror) and in QEMU on a Cortex-M7, M4 and M55
 (VFMA); the layers no variant covers stay with TVM's kernels."""
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def not_covered():
 
 
 CASES = {f.__name__: f for f in (conv_odd, pointwise_batch, residuals, depthwise, dense, dense_batch, not_covered)}
-TARGETS = ["host"] + (["cortex-m7", "cortex-m4"] if HAVE_ARM else [])
+TARGETS = ["host"] + (["cortex-m7", "cortex-m4", "cortex-m55"] if HAVE_ARM else [])
 
 
 def _build(model: onnx.ModelProto, target: str, tmp_path, **options):
