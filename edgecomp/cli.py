@@ -1,5 +1,6 @@
-"""Command line: build, run, profile, validate, analyze, finetune, flash, keygen, targets, ops. Thin: parse the
-arguments, call the pipeline (or the command's module), print, and map errors to exit codes.
+"""Command line: build, export, run, profile, validate, analyze, finetune, sweep, flash, keygen, qemu,
+targets, ops. Thin: parse the arguments, call the pipeline (or the command's module), print, and
+map errors to exit codes.
 
 Exit codes: 0 ok, 1 outputs disagree with the reference, 2 user error (bad model, bad arguments,
 does not fit), 3 tool or device failure.
@@ -17,6 +18,7 @@ from pathlib import Path
 from edgecomp import __version__
 from edgecomp.errors import EdgecompError, MismatchError, UserError
 from edgecomp.frontend import parse_freeze, parse_input_shapes
+from edgecomp.options import CHOICES
 from edgecomp.pipeline import BuildOptions, BuildResult, build, default_outdir
 from edgecomp.targets import available_targets, load_target
 from edgecomp.verify import DEFAULT_ATOL, DEFAULT_TOLERANCE
@@ -42,24 +44,24 @@ def _build_parent() -> argparse.ArgumentParser:
     p.add_argument("--cflags", default="", help="extra C compiler flags for the generated code")
     q = p.add_argument_group("quantization")
     q.add_argument(
-        "--quantize", choices=["int8", "int16x8"], help="post-training quantization before compiling"
+        "--quantize", choices=CHOICES["quantize"], help="post-training quantization before compiling"
     )
     q.add_argument(
         "--calib",
         type=Path,
         help="calibration inputs: .npy (leading batch dim), .npz (x) or a folder of .npy",
     )
-    q.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax",
+    q.add_argument("--calib-method", choices=CHOICES["calib_method"], default="minmax",
                    help="how activation ranges are chosen [minmax]")  # fmt: skip
-    q.add_argument("--io", choices=["float", "int8"], default=None,
+    q.add_argument("--io", choices=CHOICES["io"], default=None,
                    help="quantized models: float I/O (quantized at the edges) or the integer tensors "
                         "(int16 for int16x8 models) [the model's own: float for ONNX, int8 for an int8 TFLite model]")  # fmt: skip
     q.add_argument("--prune", metavar="channels=RATIO|channels=RATIOS.json",
                    help="structured channel pruning before quantization: a global ratio, or per-layer ratios "
                         "(JSON: Conv/Gemm node name -> ratio)")  # fmt: skip
-    q.add_argument("--prune-importance", choices=["l1", "l2", "activation"], default="l1",
+    q.add_argument("--prune-importance", choices=CHOICES["prune_importance"], default="l1",
                    help="which channels go first: smallest weight norm, or smallest mean activation on --calib [l1]")  # fmt: skip
-    q.add_argument("--dead-channels", choices=["proven", "calib", "none"], default="proven",
+    q.add_argument("--dead-channels", choices=CHOICES["dead_channels"], default="proven",
                    help="quantized builds: remove Conv/Gemm channels that are zero after their ReLU for every "
                         "input in the calibrated input range (proven by interval arithmetic), also those zero on "
                         "every --calib sample (calib: not a proof), or neither [proven]")  # fmt: skip
@@ -80,7 +82,7 @@ def _build_parent() -> argparse.ArgumentParser:
         action="store_true",
         help="instrument the call sequence to time every step (profile shows them; off: zero cost)",
     )
-    q.add_argument("--kernels", choices=["auto", "tvm"], default="auto",
+    q.add_argument("--kernels", choices=CHOICES["kernels"], default="auto",
                    help="int8 convolutions and dense layers: templated DSP micro-kernels (auto) or "
                         "TVM's generic kernels (tvm) [auto]")  # fmt: skip
     q.add_argument("--save-quantized", type=Path, metavar="Q.onnx", help="also write the quantized QDQ model")
@@ -95,6 +97,12 @@ def _build_parent() -> argparse.ArgumentParser:
     p.add_argument("--sign", metavar="KEY.pem",
                    help="also write firmware.signed.bin, signed for MCUboot with this key (imgtool; edgecomp keygen)")  # fmt: skip
     p.add_argument("--sign-version", default="0.0.0", help="the signed image's version [0.0.0]")
+    p.add_argument("--name", default="model", metavar="PREFIX",
+                   help="prefix of every exported symbol, macro, section and file (kws_run, KWS_ARENA_BYTES, "
+                        "kws.h), so several models link into one program [model]")  # fmt: skip
+    p.add_argument("--arena", choices=["static", "caller"], default=None,
+                   help="the model's own static arena, or the caller's, handed to PREFIX_init(arena, bytes) "
+                        "(models that never run at once can share one) [build: static, export: caller]")  # fmt: skip
     p.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
     return p
 
@@ -116,7 +124,19 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgecomp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     build_p, device_p = _build_parent(), _device_parent()
-    sub.add_parser("build", parents=[build_p], help="compile a model into C sources and firmware")
+    bld = sub.add_parser("build", parents=[build_p], help="compile a model into C sources and firmware")
+    bld.add_argument("--harness", choices=["edgecomp", "mlperf"], default="edgecomp",
+                     help="the firmware's main: edgecomp's framed protocol (run/profile/validate), or the MLPerf "
+                          "Tiny runner's text protocol on the console UART (docs/protocol.md) [edgecomp]")  # fmt: skip
+    bld.add_argument("--mlperf-model", metavar="ID",
+                     help="--harness mlperf: the model id `profile` answers (kws01, ic01, vww01, ad01: the "
+                          "runner picks its test by it) [the model file's name]")  # fmt: skip
+    exp = sub.add_parser("export", parents=[build_p],
+                         help="the compiled model as a library for your own firmware (CMake, Zephyr, Arduino, "
+                              "PlatformIO or plain sources)")  # fmt: skip
+    exp.add_argument("--format", "-f", default="cmake", metavar="cmake|zephyr|arduino|platformio|plain|all",
+                     help="the build files to write beside the sources; several comma-separated, or all: "
+                          "they never collide [cmake]")  # fmt: skip
     run = sub.add_parser("run", parents=[build_p, device_p],
                          help="build (cached), run on QEMU/board/host and check against onnxruntime")  # fmt: skip
     run.add_argument(
@@ -152,7 +172,7 @@ def make_parser() -> argparse.ArgumentParser:
     an.add_argument(
         "--ratios", default="0.25,0.5,0.75", help="pruning ratios to try per group [0.25,0.5,0.75]"
     )
-    an.add_argument("--prune-importance", choices=["l1", "l2", "activation"], default="l1")
+    an.add_argument("--prune-importance", choices=CHOICES["prune_importance"], default="l1")
     an.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
     an.add_argument("--json", type=Path, help="write the table as JSON")
     an.add_argument("--plot", type=Path, metavar="SENSITIVITY.png", help="quality vs MACs saved, per group")
@@ -183,9 +203,32 @@ def make_parser() -> argparse.ArgumentParser:
     fl.add_argument("--model-only", action="store_true",
                     help="write only the model region of a --model-region build (a model update)")  # fmt: skip
     fl.add_argument("-q", "--quiet", action="store_true")
+    sw = sub.add_parser("sweep", help="design-space exploration: every combination of a grid of build options on "
+                        "every target, built, profiled and scored; Pareto fronts (docs/sweep.md)")  # fmt: skip
+    sw.add_argument("models", type=Path, nargs="+", metavar="MODEL", help="float ONNX model files")
+    sw.add_argument("--targets", "-t", required=True, help="comma-separated target names or .toml files")
+    sw.add_argument("--grid", type=Path, required=True, metavar="GRID.toml",
+                    help="the build options to combine, as lists (e.g. quantize = [\"fp32\", \"int8\"])")  # fmt: skip
+    sw.add_argument("--calib", action="append", metavar="[MODEL=]DATA",
+                    help="calibration data as build takes it; one for all models, or MODEL=DATA per model")  # fmt: skip
+    sw.add_argument("--eval", action="append", metavar="[MODEL=]DATA",
+                    help="accuracy samples: .npz with x and optional labels y (top-1), or what --calib takes "
+                         "[the calibration data]")  # fmt: skip
+    sw.add_argument("-o", "--output-dir", type=Path, required=True,
+                    help="results, reports, and the builds (reused by later sweeps)")  # fmt: skip
+    sw.add_argument("-j", "--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                    help="local worker processes [half the CPUs]")  # fmt: skip
+    sw.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                    help="run the points as tasks on a Ray cluster [auto: the one `ray start` runs here]")  # fmt: skip
+    sw.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each device reply [60]")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress; print the table only")
     kg = sub.add_parser("keygen", help="make a key pair for signed images (--sign; MCUboot's imgtool)")
     kg.add_argument("-o", "--output", type=Path, required=True, metavar="KEY.pem", help="the private key to write")
     kg.add_argument("--type", default="ecdsa-p256", help="ecdsa-p256, ed25519, rsa-2048 or rsa-3072 [ecdsa-p256]")
+    qm = sub.add_parser("qemu", help="run a build's firmware in QEMU with its UART on a pseudo-terminal, for serial "
+                                     "tools such as the MLPerf Tiny runner (--harness mlperf builds), until Ctrl-C")  # fmt: skip
+    qm.add_argument("build_dir", type=Path, help="a build folder (firmware.elf and report.json)")
+    qm.add_argument("--target", "-t", help="its target name or .toml file [the one report.json names]")
     sub.add_parser("targets", help="list the shipped targets")
     ops = sub.add_parser(
         "ops", help="list the ONNX operators edgecomp compiles, with element types and limits"
@@ -231,6 +274,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         pub = keygen(args.output, args.type)
         print(f"wrote {args.output} (private: keep it secret) and {pub} (public: the bootloader's)")
         return 0
+    if args.command == "qemu":
+        return _qemu(args)
     if args.command == "targets":
         from edgecomp.report import print_targets
 
@@ -243,12 +288,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _analyze(args, log)
     if args.command == "finetune":
         return _finetune(args, log)
+    if args.command == "sweep":
+        return _sweep(args, log)
     if args.command == "flash":
         from edgecomp.flash import flash
 
         flash(args.firmware, load_target(args.target), args.probe, args.probe_id, log, args.model_only)
         log("flashed and reset: run or profile it with --port /dev/ttyACM0")
         return 0
+    if args.command == "export":
+        return _export(args, log)
     result = _build(args, reuse=args.command != "build", log=log)
     if args.command == "build":
         report.print_build(result)
@@ -260,9 +309,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _profile(args, result, log)
 
 
-def _build(args, reuse: bool, log) -> BuildResult:
-    target = load_target(args.target)
-    options = BuildOptions(
+def _options(args) -> BuildOptions:
+    """The build options the command line gives (the same for build, export, run, profile, validate)."""
+    from edgecomp.options import parse_patch
+
+    parse_patch(args.patch)  # a bad spelling fails before any work
+    return BuildOptions(
         input_shapes=parse_input_shapes(args.input_shape),
         freeze=parse_freeze(args.freeze),
         keep_inputs=tuple(args.keep_input or ()),
@@ -282,10 +334,51 @@ def _build(args, reuse: bool, log) -> BuildResult:
         sign=str(args.sign) if args.sign else None,
         sign_version=args.sign_version,
         patch=args.patch,
+        name=args.name,
+        arena=args.arena or "static",
+        harness=getattr(args, "harness", "edgecomp"),
+        mlperf_model=getattr(args, "mlperf_model", None) or "",
     )
-    from edgecomp.options import parse_patch
 
-    parse_patch(args.patch)  # a bad spelling fails before any work
+
+def _qemu(args) -> int:
+    """Start the firmware with its UART on a pty, say where, and keep it running until Ctrl-C (or
+    until the firmware exits)."""
+    from edgecomp.harness.qemu import QemuProcess
+
+    try:
+        report = json.loads((args.build_dir / "report.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{args.build_dir} is not a build folder (no readable report.json): {exc}") from exc
+    target = load_target(args.target or report["target"]["name"])
+    elf = args.build_dir / "firmware.elf"
+    if not elf.is_file():
+        raise UserError(f"{elf} not found: build the model for an MCU target with QEMU first")
+    with QemuProcess(target, elf, pty=True) as qemu:
+        print(f"{target.qemu['machine']}: the firmware's UART is {qemu.url} (Ctrl-C stops QEMU)", flush=True)
+        qemu.proc.wait()
+    return 0
+
+
+def _export(args, log) -> int:
+    from edgecomp import report
+    from edgecomp.export import export
+
+    if args.fit or args.max_flash or args.max_ram:
+        raise UserError("--fit, --max-flash and --max-ram measure a firmware: choose with edgecomp build, then export "
+                        "with the options it chose (e.g. --patch)")  # fmt: skip
+    if args.eval:
+        raise UserError("--eval reports a build's accuracy: use it with edgecomp build")
+    options = replace(_options(args), arena=args.arena or "caller")
+    result = export(args.model, load_target(args.target), args.output_dir, options, args.format, log, args.calib,
+                    args.save_quantized, args.save_pruned)  # fmt: skip
+    report.print_export(result)
+    return 0
+
+
+def _build(args, reuse: bool, log) -> BuildResult:
+    target = load_target(args.target)
+    options = _options(args)
     if args.sanitize and not target.is_host:
         raise UserError("--sanitize builds the host target only (use --target host)")
     if args.fit:
@@ -359,6 +452,27 @@ def _profile(args, result: BuildResult, log) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+def _sweep(args, log) -> int:
+    from edgecomp.sweep import LocalExecutor, RayExecutor, run_sweep
+    from edgecomp.sweep.report import print_table
+
+    if args.jobs < 1 or not args.timeout > 0:
+        raise UserError("--jobs must be >= 1 and --timeout > 0")
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if not targets:
+        raise UserError("--targets takes comma-separated target names")
+    executor = RayExecutor(args.ray) if args.ray else LocalExecutor(args.jobs)
+    result = run_sweep(args.models, targets, args.grid, args.output_dir, executor, args.calib, args.eval,
+                       args.timeout, log, show_progress=not args.quiet)  # fmt: skip
+    print_table(result.rows)
+    log(f"{result.ran} point(s) run, {result.reused} reused, in {result.seconds:.1f} s; wrote "
+        + ", ".join(str(p) for p in result.files))  # fmt: skip
+    if result.mismatches:
+        raise MismatchError(f"{len(result.mismatches)} point(s) whose device output differs from the build's "
+                            "reference: their accuracy is not the device's (see the reason column)")  # fmt: skip
     return 0
 
 

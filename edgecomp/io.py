@@ -166,6 +166,19 @@ def load_eval(
     return samples, labels
 
 
+def load_dataset(path: Path, inputs: list[dict]) -> tuple[list[list[np.ndarray]], np.ndarray | None]:
+    """Samples with optional labels: a .npz with `x` and optional `y` (as --eval), or anything
+    --calib takes (.npy, .npz, a folder of .npy), unlabelled."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data file not found: {path}")
+    if path.suffix == ".npz" and path.is_file():
+        arrays = _read(path)
+        if "x" in arrays:
+            return load_eval(path, inputs)
+    return load_calibration(path, inputs), None
+
+
 def random_sample(entries: list[dict], seed: int = 0) -> list[np.ndarray]:
     """Seeded random inputs for report.json input `entries`: standard normal floats, integers over
     their type's whole range, booleans."""

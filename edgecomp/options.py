@@ -8,6 +8,17 @@ from dataclasses import asdict, dataclass, field
 
 from edgecomp.errors import UserError
 
+# The options that take one of a few values: the CLI offers them as choices, sweep grids are
+# checked against them.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "quantize": ("int8", "int16x8"),
+    "calib_method": ("minmax", "percentile", "entropy"),
+    "io": ("float", "int8"),
+    "kernels": ("auto", "tvm"),
+    "prune_importance": ("l1", "l2", "activation"),
+    "dead_channels": ("proven", "calib", "none"),
+}
+
 
 @dataclass(frozen=True)
 class BuildOptions:
@@ -41,6 +52,17 @@ class BuildOptions:
     # within PATCH_MAC_CAP times the MACs; "auto:1.5" another cap) or "TENSOR:GHxGW" (that cut and grid)
     patch: str = "none"
     max_ram: int | None = None  # a RAM budget (static RAM + the reserved stack) patching must meet
+    # --name: the prefix of every exported symbol, macro, section and file (kws_run, KWS_ARENA_BYTES,
+    # kws.h); "model" keeps the names every earlier build had (codegen/naming.py)
+    name: str = "model"
+    # --arena: "static", the model's own arena (the harness's default); "caller", handed to
+    # prefix_init() by the program, so models that never run at once can share one
+    arena: str = "static"
+    # --harness: the firmware's main: "edgecomp" (the framed protocol run/profile/validate speak) or
+    # "mlperf" (the MLPerf Tiny runner's text protocol, docs/protocol.md); mlperf_model is what it
+    # answers to `profile` (m-model-[kws01]): the runner picks its test script by it
+    harness: str = "edgecomp"
+    mlperf_model: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)

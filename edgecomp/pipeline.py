@@ -6,6 +6,7 @@ then talk to the device through the harness.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -29,6 +30,7 @@ from edgecomp.build import (
     section_bytes,
 )
 from edgecomp.codegen import generate_project
+from edgecomp.codegen.naming import Naming, check_prefix
 from edgecomp.errors import DoesNotFitError, UserError
 from edgecomp.frontend import load_model
 from edgecomp.frontend.load import load_model_proto
@@ -81,12 +83,44 @@ def build_key(model_bytes: bytes, target: Target, options: BuildOptions, data_fi
     h = hashlib.sha256()
     h.update(__version__.encode())
     h.update(model_bytes)
-    for path in data_files:
-        for p in sorted(path.rglob("*")) if path.is_dir() else [path]:
-            if p.is_file():
-                h.update(p.read_bytes())
+    hash_files(h, data_files)
     h.update(json.dumps(options.as_dict(), sort_keys=True).encode())
     h.update(target.source.read_bytes())
+    h.update(source_digest().encode())
+    return h.hexdigest()
+
+
+def build_inputs_key(model_path: Path, target: Target, options: BuildOptions, calib: Path | None = None,
+                     eval_data: Path | None = None) -> str:  # fmt: skip
+    """The key `build` gives these inputs, known before building (a folder name for a cache keyed
+    by content, as the sweep's)."""
+    return build_key(Path(model_path).read_bytes(), target, options, _data_files(options, calib, eval_data))
+
+
+def _data_files(options: BuildOptions, calib: Path | None, eval_data: Path | None) -> list[Path]:
+    """The files besides the model that a build's key hashes: calibration, evaluation, per-layer
+    ratios, signing key."""
+    prune_spec = parse_prune(options.prune) if options.prune else None
+    ratios_file = (
+        Path(prune_spec["channels"]) if prune_spec and isinstance(prune_spec.get("channels"), str) else None
+    )
+    sign_key = Path(options.sign) if options.sign else None
+    return [p for p in (calib, eval_data, ratios_file, sign_key) if p is not None]
+
+
+def hash_files(h, paths: list[Path]) -> None:
+    """Feed the bytes of each file (a folder: its files, in name order) to the hash `h`."""
+    for path in paths:
+        for p in sorted(Path(path).rglob("*")) if Path(path).is_dir() else [Path(path)]:
+            if p.is_file():
+                h.update(p.read_bytes())
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """Hash of edgecomp itself: its version, Python sources, templates and firmware. A result made
+    by other code is not reused."""
+    h = hashlib.sha256(__version__.encode())
     package = Path(__file__).resolve().parent
     for folder in (data_dir("templates"), data_dir("firmware"), package):
         for p in sorted(folder.rglob("*")):
@@ -99,6 +133,92 @@ def build_key(model_bytes: bytes, target: Target, options: BuildOptions, data_fi
 MODEL_REGION_BIN = "model_region.bin"  # --model-region: the region's bytes, at report["model_region"]["origin"]
 COMPILED_MODEL = "model.onnx"  # in the build folder: the model as compiled (QDQ when quantized)
 FLOAT_MODEL = "model_float.onnx"  # quantized builds: the float model it was quantized from
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A model read and checked, with what keys its build: the front end's result and the files
+    besides the model that the key hashes."""
+
+    model: onnx.ModelProto | None  # None for an integer TFLite model (tfl holds it)
+    tfl: TflModel | None
+    model_bytes: bytes
+    prune_spec: dict | None
+    data_files: list[Path]  # calibration, evaluation, per-layer ratios, signing key
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A model through the graph passes, quantization and TVM: what the C is rendered from."""
+
+    model: onnx.ModelProto | None  # as compiled (QDQ when quantized; None for an integer TFLite model)
+    float_model: onnx.ModelProto | None  # the float model it was quantized from (quantized here)
+    int_graph: IntGraph | None
+    lowered: LoweredModel
+    graph_report: dict
+    provenance: dict  # the model file's hash and the options, for the generated files' header
+    patching: dict | None = None  # patch-based execution of the first stage (--patch, --max-ram), as report.json records it
+
+
+def prepare(model_path: Path, options: BuildOptions, calib: Path | None = None, eval_data: Path | None = None,
+            save_quantized: Path | None = None) -> Prepared:  # fmt: skip
+    """Read the model and check the options against it (every error a user can fix, before any
+    compiling)."""
+    model, tfl = _front_end(Path(model_path), options)
+    if tfl is not None:
+        for flag, given in (("--quantize", options.quantize), ("--prune", options.prune), ("--calib", calib),
+                            ("--eval", eval_data), ("--save-quantized", save_quantized)):  # fmt: skip
+            if given:
+                raise UserError(f"{model_path} is an integer TFLite model: {flag} does not apply to it")
+    elif options.quantize and is_quantized(model):
+        raise UserError(f"{model_path} is already quantized (QDQ): build it without --quantize")
+    if options.quantize and calib is None:
+        raise UserError("--quantize needs calibration data: --calib DATA (.npy, .npz or a folder of .npy)")
+    if options.prune and is_quantized(model):
+        raise UserError(f"{model_path} is quantized (QDQ): prune the float model, then quantize (--quantize)")
+    if eval_data is not None and not options.quantize:
+        raise UserError("--eval compares a quantized model with its float original: use it with --quantize")
+    if options.io == "int8" and tfl is None and not options.quantize and not is_quantized(model):
+        raise UserError("--io int8 needs a quantized model (--quantize, or a QDQ model)")
+    if options.arena not in ("static", "caller"):
+        raise UserError(f"--arena must be static or caller, not '{options.arena}'")
+    check_prefix(options.name)
+    prune_spec = parse_prune(options.prune) if options.prune else None
+    sign_key = Path(options.sign) if options.sign else None
+    if sign_key is not None and not sign_key.is_file():
+        raise UserError(f"signing key not found: {sign_key} (make one with: edgecomp keygen -o {sign_key})")
+    return Prepared(model, tfl, Path(model_path).read_bytes(), prune_spec, _data_files(options, calib, eval_data))
+
+
+def compile_model(prepared: Prepared, model_path: Path, target: Target, options: BuildOptions, naming: Naming,
+                  calib: Path | None = None, save_quantized: Path | None = None, save_pruned: Path | None = None,
+                  log=print) -> Compiled:  # fmt: skip
+    """The graph passes, quantization (on `calib`) and TVM's lowering, kernels named in `naming`'s
+    namespace; `save_quantized` / `save_pruned` get the QDQ / pruned float model."""
+    model, tfl = prepared.model, prepared.tfl
+    float_model, graph_report = None, {}
+    if tfl is not None:  # an integer TFLite model: its own integer graph, TFLite's arithmetic
+        int_graph = tflite_int_graph(tfl, options.io)
+    else:
+        calib_samples = load_calibration(calib, io_specs(model)) if calib is not None else None
+        model, graph_report = graph_passes(model, options, prepared.prune_spec, calib_samples)
+        float_model = model  # what quantization starts from and is compared with
+        if options.quantize:
+            log(f"quantizing to {options.quantize} ({options.calib_method} calibration)")
+            model = onnx.shape_inference.infer_shapes(
+                quantize(model, calib_samples, options.quantize, options.calib_method).model
+            )
+        _save_models(model, float_model if options.quantize else None, save_quantized, save_pruned)
+        int_graph = int_graph_for(fold_constants(model).model, options.io or "float") if is_quantized(model) else None
+
+    log(f"lowering {Path(model_path).name} through TVM for {target.name}")
+    int_graph, lowered, patching = _patch_and_lower(model, int_graph, options, target, naming, log)
+    provenance = {
+        "model_sha256": hashlib.sha256(prepared.model_bytes).hexdigest(),
+        "options": json.dumps(options.as_dict(), sort_keys=True),
+    }
+    return Compiled(model, float_model if options.quantize else None, int_graph, lowered, graph_report, provenance,
+                    patching)  # fmt: skip
 
 
 def build(model_path: Path, target: Target, outdir: Path | None = None, options: BuildOptions | None = None,
@@ -116,33 +236,10 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
     """
     options = options or BuildOptions()
     outdir = Path(outdir or default_outdir(model_path, target))
-    model, tfl = _front_end(Path(model_path), options)
-    if tfl is not None:
-        for flag, given in (("--quantize", options.quantize), ("--prune", options.prune), ("--calib", calib),
-                            ("--eval", eval_data), ("--save-quantized", save_quantized)):  # fmt: skip
-            if given:
-                raise UserError(f"{model_path} is an integer TFLite model: {flag} does not apply to it")
-    elif options.quantize and is_quantized(model):
-        raise UserError(f"{model_path} is already quantized (QDQ): build it without --quantize")
-    if options.quantize and calib is None:
-        raise UserError("--quantize needs calibration data: --calib DATA (.npy, .npz or a folder of .npy)")
-    if options.prune and is_quantized(model):
-        raise UserError(f"{model_path} is quantized (QDQ): prune the float model, then quantize (--quantize)")
-    if eval_data is not None and not options.quantize:
-        raise UserError("--eval compares a quantized model with its float original: use it with --quantize")
-    if options.io == "int8" and tfl is None and not options.quantize and not is_quantized(model):
-        raise UserError("--io int8 needs a quantized model (--quantize, or a QDQ model)")
-    model_bytes = Path(model_path).read_bytes()
-    prune_spec = parse_prune(options.prune) if options.prune else None
-    ratios_file = (
-        Path(prune_spec["channels"]) if prune_spec and isinstance(prune_spec.get("channels"), str) else None
-    )
+    prepared = prepare(model_path, options, calib, eval_data, save_quantized)
+    tfl = prepared.tfl
     sign_key = Path(options.sign) if options.sign else None
-    if sign_key is not None and not sign_key.is_file():
-        raise UserError(f"signing key not found: {sign_key} (make one with: edgecomp keygen -o {sign_key})")
-    key = build_key(
-        model_bytes, target, options, [p for p in (calib, eval_data, ratios_file, sign_key) if p is not None]
-    )
+    key = build_key(prepared.model_bytes, target, options, prepared.data_files)
     if reuse:
         cached = _cached(outdir, key, target, options, tfl)
         if cached is not None:
@@ -150,30 +247,14 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
             return cached
 
     t0 = time.monotonic()
-    float_model, graph_report = None, {}
-    if tfl is not None:  # an integer TFLite model: its own integer graph, TFLite's arithmetic
-        int_graph = tflite_int_graph(tfl, options.io)
-    else:
-        calib_samples = load_calibration(calib, io_specs(model)) if calib is not None else None
-        model, graph_report = graph_passes(model, options, prune_spec, calib_samples)
-        float_model = model  # what quantization starts from and is compared with
-        if options.quantize:
-            log(f"quantizing to {options.quantize} ({options.calib_method} calibration)")
-            model = onnx.shape_inference.infer_shapes(
-                quantize(model, calib_samples, options.quantize, options.calib_method).model
-            )
-        _save_models(model, float_model if options.quantize else None, save_quantized, save_pruned)
-        int_graph = int_graph_for(fold_constants(model).model, options.io or "float") if is_quantized(model) else None
-
-    log(f"lowering {model_path.name} through TVM for {target.name}")
-    int_graph, lowered, patching = _patch_and_lower(model, int_graph, options, target, log)
-    provenance = {
-        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
-        "options": json.dumps(options.as_dict(), sort_keys=True),
-    }
+    naming = Naming.for_build(options.name)
+    compiled = compile_model(prepared, model_path, target, options, naming, calib, save_quantized, save_pruned, log)
+    model, float_model, int_graph, lowered = compiled.model, compiled.float_model, compiled.int_graph, compiled.lowered
+    graph_report, patching = compiled.graph_report, compiled.patching
+    mlperf = {"model": options.mlperf_model or Path(model_path).stem}
     project = generate_project(
-        lowered, target, model_path.name, provenance, options.per_layer, boot2_image(target), options.integrity,
-        options.model_region,
+        lowered, target, model_path.name, compiled.provenance, options.per_layer, boot2_image(target),
+        options.integrity, options.model_region, naming, options.arena == "caller", options.harness, mlperf,
     )
     t_gen = time.monotonic() - t0
 
@@ -243,7 +324,8 @@ def _as_built(graph: IntGraph | None, report: dict) -> IntGraph | None:
 NON_ARENA_RAM = 768  # static RAM besides the arena (harness buffers, runtime: 536 B on cortex-m7): for --max-ram
 
 
-def _patch_and_lower(model, int_graph: IntGraph | None, options: BuildOptions, target: Target, log):
+def _patch_and_lower(model, int_graph: IntGraph | None, options: BuildOptions, target: Target, naming: Naming,
+                     log):  # fmt: skip
     """(integer graph, lowered model, the patching report or None). Quantized builds may run their
     first stage patch by patch (--patch, or to meet --max-ram: quant/patches.py)."""
     from edgecomp.codegen.memory import plan_model
@@ -253,7 +335,7 @@ def _patch_and_lower(model, int_graph: IntGraph | None, options: BuildOptions, t
 
     def lower(graph):
         return lower_model(model if graph is not None else fold_constants(model).model, graph,
-                           options.kernels, target.features)  # fmt: skip
+                           options.kernels, target.features, naming.ns)  # fmt: skip
 
     if int_graph is None:
         if options.patch != "none" or options.max_ram is not None:

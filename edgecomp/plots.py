@@ -65,3 +65,46 @@ def layers_png(record: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
+
+
+def pareto_png(panels: list[dict], ylabel: str, title: str, path: Path) -> None:
+    """Side-by-side scatter plots of accuracy against a cost, one per panel ({"xlabel", "points"}:
+    each point {"x", "y", "colour" (group name), "marker" (group name), "front", "deployable",
+    "label"}), the non-dominated points ringed, labelled and joined by their staircase."""
+    plt = _pyplot()
+    colours = list(dict.fromkeys(p["colour"] for panel in panels for p in panel["points"]))
+    markers = list(dict.fromkeys(p["marker"] for panel in panels for p in panel["points"]))
+    palette = plt.get_cmap("tab10")
+    shapes = "os^DvP*X"
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), dpi=100, squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for p in panel["points"]:
+            c = palette(colours.index(p["colour"]) % 10)
+            m = shapes[markers.index(p["marker"]) % len(shapes)]
+            if p["deployable"]:
+                ax.scatter(p["x"], p["y"], color=c, marker=m, s=70 if p["front"] else 30,
+                           edgecolors="black" if p["front"] else "none", linewidths=1.2, zorder=3)  # fmt: skip
+            else:  # measured but over the part's budget: hollow
+                ax.scatter(p["x"], p["y"], facecolors="none", edgecolors=c, marker=m, s=30, alpha=0.6, zorder=2)
+            if p["front"]:
+                ax.annotate(p["label"], (p["x"], p["y"]), fontsize=6, xytext=(4, 4), textcoords="offset points")
+        front = sorted((p["x"], p["y"]) for p in panel["points"] if p["front"])
+        if front:
+            ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", alpha=0.4,
+                    linewidth=1, zorder=1)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel(panel["xlabel"])
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+    handles = [plt.Line2D([], [], color=palette(i % 10), marker="o", linestyle="") for i in range(len(colours))]
+    handles += [plt.Line2D([], [], color="grey", marker=shapes[i % len(shapes)], linestyle="")
+                for i in range(len(markers))]  # fmt: skip
+    handles += [plt.Line2D([], [], color="grey", marker="o", markerfacecolor="none", linestyle=""),
+                plt.Line2D([], [], color="grey", marker="o", markeredgecolor="black", linestyle="")]  # fmt: skip
+    fig.legend(handles, [*colours, *markers, "over budget", "non-dominated"], loc="lower center",
+               ncol=min(len(handles), 8), fontsize=8, frameon=False)  # fmt: skip
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)

@@ -60,6 +60,22 @@ def print_build(result: BuildResult) -> None:
         print_accuracy(r["accuracy"])
 
 
+def print_export(result) -> None:
+    """`edgecomp export`: where the library went and what it costs the program that links it."""
+    r, lib = result.report, result.report["library"]
+    table = Table(title=f"{r['model']} -> {'/'.join(r['formats'])} library '{r['name']}' for {r['target']['name']}",
+                  show_header=False)  # fmt: skip
+    table.add_row("output", str(result.outdir))
+    table.add_row("API", f"{r['header']}: {r['name']}_init / {r['name']}_invoke / {r['name']}_run")
+    table.add_row("MACs", f"{r['macs']:,}")
+    owner = f"the caller's ({r['name']}_init)" if r["arena"] == "caller" else "static, in the library"
+    table.add_row("arena", f"{_kb(r['arena_bytes'])}, {owner}")
+    table.add_row("library flash", f"{_kb(lib['flash_bytes'])} (code and weights)")
+    table.add_row("library RAM", f"{_kb(lib['ram_bytes'])} (data+bss{', arena included' if r['arena'] == 'static' else ''})")
+    table.add_row("checked with", f"{lib['compiler']} {lib['cflags']}")
+    console.print(table)
+
+
 def print_accuracy(acc: dict) -> None:
     table = Table(title=f"quantized vs float on {acc['samples']} samples", show_header=False)
     if "float_top1" in acc:

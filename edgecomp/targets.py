@@ -38,6 +38,9 @@ class Target:
     init: tuple = ()  # board start-up register operations (InitOp), run before the UART is set up
     flash: dict = field(default_factory=dict)  # how to program a board: pyocd_target, openocd_scripts
     part: str = ""
+    # budget.clock_hz: the core clock of the part the target stands for, when it is not the
+    # emulated machine's (clock_hz: 25 MHz on QEMU's mps2 boards); 0: the same as clock_hz.
+    part_clock_hz: int = 0
     flash_budget: int = 0
     ram_budget: int = 0
     memory: dict = field(default_factory=dict)
@@ -79,6 +82,11 @@ class Target:
         return [*self.toolchain.get("emulator", []), str(binary)]
 
     @property
+    def latency_clock_hz(self) -> int:
+        """The clock a latency estimate uses: the part's (budget.clock_hz), else the core's."""
+        return self.part_clock_hz or self.clock_hz
+
+    @property
     def has_qemu(self) -> bool:
         return bool(self.qemu.get("machine"))
 
@@ -92,6 +100,7 @@ class Target:
             "features": sorted(self.features),
             "clock_hz": self.clock_hz,
             "part": self.part,
+            "part_clock_hz": self.part_clock_hz or None,
             "flash_budget": self.flash_budget,
             "ram_budget": self.ram_budget,
             "qemu_machine": self.qemu.get("machine"),
@@ -207,6 +216,7 @@ def _parse(raw: dict, path: Path) -> Target:
         init=tuple(_init_op(op, i, path) for i, op in enumerate(raw.get("init", []))),
         flash=raw.get("flash", {}),
         part=raw.get("budget", {}).get("part", ""),
+        part_clock_hz=int(raw.get("budget", {}).get("clock_hz", 0)),
         flash_budget=int(raw.get("budget", {}).get("flash_bytes", 0)),
         ram_budget=int(raw.get("budget", {}).get("ram_bytes", 0)),
         memory=raw.get("memory", {}),
@@ -223,6 +233,8 @@ def _parse(raw: dict, path: Path) -> Target:
     )
     for key in ("flash_origin", "flash_length", "ram_origin", "ram_length") if target.external else ():
         _require(target.external, key, "external.", path, int)
+    if target.part_clock_hz < 0:
+        raise UserError(f"target file {path}: budget.clock_hz must not be negative")
     if target.port not in PORTS:
         raise UserError(f"target file {path}: firmware.port must be one of {PORTS}")
     if target.kind == "linux":

@@ -107,6 +107,27 @@ def test_a_patched_build_runs_bit_exact_with_a_smaller_arena(model_files, target
     assert len(again.int_graph.ops) == len(patched.int_graph.ops)
 
 
+def test_patching_with_a_name_a_caller_arena_and_an_export(model_files, tmp_path):
+    """Patched kernels (specialised identically, stored once) take the model's namespace: a named,
+    caller-arena build gives the unnamed build's integers under ASan/UBSan, and an export records
+    its patching and defines no global outside its prefix."""
+    from edgecomp.export import export
+
+    plain = _build(model_files, "host", tmp_path / "plain", patch="auto:4")
+    named = _build(model_files, "host", tmp_path / "named", patch="auto:4", name="det", arena="caller",
+                   sanitize=True, extra_cflags="-Werror")  # fmt: skip
+    assert named.report["patches"] == plain.report["patches"]
+    xs = [[np.random.default_rng(s).standard_normal((1, 3, H, H)).astype(np.float32)] for s in range(2)]
+    for a, b in zip(run_samples(named, xs), run_samples(plain, xs), strict=True):
+        assert np.array_equal(a.outputs[0], b.outputs[0])
+    model, calib = model_files
+    opts = BuildOptions(quantize="int8", integrity=False, dead_channels="none", patch="auto:4", name="det",
+                        arena="caller", extra_cflags="-Werror")  # fmt: skip
+    rep = export(model, load_target("host"), tmp_path / "exp", opts, "cmake", calib=calib, log=lambda *_: None).report
+    assert rep["patches"] == plain.report["patches"]
+    assert [s for s in rep["library"]["global_symbols"] if not s.startswith("det_")] == []
+
+
 @pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
 def test_max_ram_is_met_or_refused_with_the_shortfall(model_files, tmp_path):
     target = load_target("cortex-m7")

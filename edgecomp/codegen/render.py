@@ -1,5 +1,7 @@
-"""Render templates/ into a model (model.h, model.c, model_weights.c, model_kernels.c) and,
-for MCU targets, a firmware project. Python decides; the templates only print."""
+"""Render templates/ into a model (model.h, model.c, model_weights.c, model_kernels.c, named after
+its --name) and, for a build, a firmware project around it (harness, port, Makefile, linker
+script); `edgecomp export` takes the model alone (render_model). Python decides; the templates
+only print."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 from edgecomp import __version__
 from edgecomp.codegen.cnames import c_comment, c_identifier, c_literals, c_string, c_type, dl_type
 from edgecomp.codegen.memory import ArenaPlan, place_external, plan_model, workspace_name
+from edgecomp.codegen.naming import RUNTIME_HEADERS, RUNTIME_SOURCES, Naming
 from edgecomp.errors import DoesNotFitError, UserError
 from edgecomp.lower.model import LoweredModel
 from edgecomp.resources import data_dir
@@ -36,7 +39,8 @@ class CTensor:
     offset: int = -1  # arena offset (all but consts)
     qscale: str = ""  # integer model I/O: scale as an exact C float literal, and zero point
     qzero_point: int = 0
-    bin_offset: int = -1  # consts: where their bytes start in the weights file (WEIGHTS_FILE)
+    bin_offset: int = -1  # consts: where their bytes start in the weights file (.incbin)
+    rows: tuple[str, ...] = ()  # consts: literal rows, when the weights are C arrays (an export)
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,6 @@ class CStep:
     ptrs: tuple[str, ...] = ()
 
 
-WEIGHTS_FILE = "model_weights.bin"  # the constants' bytes, which model_weights.c includes (.incbin)
 WEIGHTS_ALIGN = 16  # of each constant, in the file and in flash
 
 
@@ -103,7 +106,9 @@ def _little_endian(data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
 
 
-def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
+def _c_tensors(model: LoweredModel, plan: ArenaPlan, ns: str = "ec_", literals: bool = False) -> dict[str, CTensor]:
+    """The C view of every tensor the calls use; `ns` namespaces the globals (weights); with
+    `literals`, the constants' values as C literal rows, else their places in the weights file."""
     used: set[str] = set()
     weights_end = 0
     result: dict[str, CTensor] = {}
@@ -119,7 +124,7 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
     for name in order:
         t = model.tensors[name]
         code, bits = dl_type(t.dtype)
-        ident = c_identifier(name, used) if t.kind in ("input", "output") else "ec_" + c_identifier(name, used)
+        ident = c_identifier(name, used) if t.kind in ("input", "output") else ns + c_identifier(name, used)
         offset = plan.offsets.get(name, -1)
         storage = ident if t.kind == "const" else f"ec_arena + {offset}"
         bin_offset = -1
@@ -140,6 +145,7 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan) -> dict[str, CTensor]:
             desc_index=described.index(name) if name in described else -1,
             offset=offset,
             bin_offset=bin_offset,
+            rows=tuple(c_literals(t.data)) if literals and t.kind == "const" else (),
             qscale=c_literals(np.array([model.qparams[name][0]], np.float32))[0]
             if name in model.qparams
             else "",
@@ -181,21 +187,50 @@ def model_region_layout(target: Target, weights_bytes: int) -> dict:
     return {"origin": origin, "length": length, "format": REGION_FORMAT, "weights_bytes": weights_bytes}
 
 
-def generate_project(model: LoweredModel, target: Target, model_name: str, provenance: dict,
-                     per_layer: bool = False, boot2: bytes | None = None,
-                     integrity: bool = True, model_region: bool = False) -> GeneratedProject:  # fmt: skip
-    """Plan the arena and render every source file for `target` (with `boot2`, the second-stage
-    boot loader image placed at the start of flash; with `integrity`, model_verify: the weights'
-    SHA-256 recomputed on the device and compared with the build's)."""
+HARNESSES = ("edgecomp", "mlperf")
+# The harness main of each (firmware/common/); a build copies its own and leaves the other's out.
+_HARNESS_MAIN = {"edgecomp": "ec_harness.c", "mlperf": "ec_mlperf.c"}
+
+
+@dataclass(frozen=True)
+class ModelSources:
+    """One model's C, rendered: its own files and the runtime files it needs, by path relative to
+    the folder that holds it; the template context the rest of a project renders with."""
+
+    files: dict[str, str]
+    copied: dict[str, Path]
+    plan: ArenaPlan
+    weights_sha256: str
+    ctx: dict
+    # relative path -> the constants' bytes (weights_binary): arrays written one after the other,
+    # each from a WEIGHTS_ALIGN boundary
+    binaries: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
+
+
+def render_model(model: LoweredModel, target: Target, model_name: str, provenance: dict,
+                 naming: Naming | None = None, per_layer: bool = False, integrity: bool = True,
+                 model_region: bool = False, arena_caller: bool = False,
+                 weights_binary: bool = False) -> ModelSources:  # fmt: skip
+    """Plan the arena and render the model's C files (`naming`: its prefix, namespace and folders;
+    with `integrity`, model_verify: the weights' SHA-256 recomputed on the device and compared with
+    the build's; `arena_caller`: the arena is the caller's, handed to prefix_init). With
+    `weights_binary` the constants' bytes go to a .bin file beside the weights' C file, which
+    includes them (.incbin, relative to the folder the compiler runs in): compiling it then costs the
+    same whatever the model's size; without, they are C array literals, for any build system."""
+    naming = naming or Naming()
     env = _env()
     plan = plan_model(model)
-    tensors = _c_tensors(model, plan)
+    tensors = _c_tensors(model, plan, naming.ns, literals=not weights_binary)
+    weights_file = naming.sources["weights"].removesuffix(".c") + ".bin" if weights_binary else None
+
+    def symbol(c) -> str:  # TVM names its kernels in the namespace (lower_model); micro-kernels here
+        return naming.symbol(c.micro.symbol) if c.micro is not None else c.symbol
 
     steps = [
         CStep(
             index=i,
             kernel=c.kernel,
-            symbol=c.symbol,
+            symbol=symbol(c),
             args=tuple(f"&ec_tensors[{tensors[n].desc_index}]" for n in c.inputs + c.outputs),
             arg_names=c.inputs + c.outputs,
             macs=c.macs,
@@ -207,10 +242,12 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
         for i, c in enumerate(model.calls)
     ]
     micro = {c.micro.symbol: c.micro for c in model.calls if c.micro is not None}  # calls may share one
-    micro_c = [env.get_template(k.template).render(symbol=k.symbol, p=dict(k.params)) for k in micro.values()]
+    micro_c = [env.get_template(k.template).render(symbol=naming.symbol(k.symbol), p=dict(k.params))
+               for k in micro.values()]  # fmt: skip
     weights = sum(t.nbytes for t in model.tensors.values() if t.kind == "const")
     weights_out, arena_out = place_external(target, weights, plan.arena_bytes)
     digest = weights_digest([model.tensors[t.name] for t in tensors.values() if t.kind == "const"])
+    inputs, outputs = [tensors[n] for n in model.inputs], [tensors[n] for n in model.outputs]
     ctx = {
         "weights_section": ".ext_rodata" if weights_out else None,
         "arena_section": ".ext_bss" if arena_out else None,
@@ -218,8 +255,12 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
         "model_name": model_name,
         "provenance": provenance,
         "target": target,
-        "inputs": [tensors[n] for n in model.inputs],
-        "outputs": [tensors[n] for n in model.outputs],
+        "n": naming,
+        "p": naming.prefix,
+        "P": naming.upper,
+        "arena_caller": arena_caller,
+        "inputs": inputs,
+        "outputs": outputs,
         "described": sorted((t for t in tensors.values() if t.desc_index >= 0), key=lambda t: t.desc_index),
         "consts": [t for t in tensors.values() if t.kind == "const"],
         "steps": steps,
@@ -232,7 +273,7 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
         "integrity": integrity or model_region,
         "model_region": None,
         "weights_sha256": list(digest),
-        "weights_file": WEIGHTS_FILE,
+        "weights_file": weights_file,
     }
     kernels_c = env.get_template("model_kernels.c.j2").render(ctx, kernels_c=model.kernels_c, micro_c=micro_c)
     if model_region:
@@ -244,19 +285,59 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
         code = env.get_template("model.c.j2").render(neutral) + env.get_template("model_kernels.c.j2").render(
             neutral, kernels_c=model.kernels_c, micro_c=micro_c)  # fmt: skip
         ctx["model_region"]["code_id"] = list(hashlib.sha256(code.encode()).digest())
+    src = naming.sources
     files = {
-        "model.h": env.get_template("model.h.j2").render(ctx),
-        "model.c": env.get_template("model.c.j2").render(ctx),
-        "model_weights.c": env.get_template("model_weights.c.j2").render(ctx),
-        "model_kernels.c": kernels_c,
+        naming.header: env.get_template("model.h.j2").render(ctx),
+        src["model"]: env.get_template("model.c.j2").render(ctx),
+        src["weights"]: env.get_template("model_weights.c.j2").render(ctx),
+        src["kernels"]: kernels_c,
+        f"{naming.ec_dir}/ec_features.h": env.get_template("kernels/ec_features.h.j2").render(
+            target=target, feature_names=FEATURES
+        ),
+        f"{naming.ec_dir}/ec_names.h": env.get_template("ec_names.h.j2").render(
+            ctx, aliases=naming.aliases(ctx["kernels"])
+        ),
     }
+    common, kernels_dir = data_dir("firmware") / "common", data_dir("templates") / "kernels"
+    wanted = [h for h in RUNTIME_HEADERS if h != "ec_port.h" or per_layer]
+    if not ctx["integrity"]:
+        wanted = [h for h in wanted if h != "ec_sha256.h"]
+    copied = {f"{naming.ec_dir}/{h}": (common / h if (common / h).is_file() else kernels_dir / h) for h in wanted}
+    for name in RUNTIME_SOURCES:
+        if name != "ec_sha256.c" or ctx["integrity"]:
+            copied[f"{naming.ec_dir}/{naming.runtime_source(name)}"] = common / name
+    binaries = {weights_file: tuple(model.tensors[t.name].data for t in ctx["consts"])} if weights_file else {}
+    return ModelSources(files, copied, plan, digest.hex(), ctx, binaries)
+
+
+def generate_project(model: LoweredModel, target: Target, model_name: str, provenance: dict,
+                     per_layer: bool = False, boot2: bytes | None = None,
+                     integrity: bool = True, model_region: bool = False, naming: Naming | None = None,
+                     arena_caller: bool = False, harness: str = "edgecomp",
+                     mlperf: dict | None = None) -> GeneratedProject:  # fmt: skip
+    """The model (render_model) in a firmware project for `target` (with `boot2`, the second-stage
+    boot loader image placed at the start of flash): the `harness` main that talks to the host
+    (edgecomp's framed protocol, or the MLPerf Tiny runner's text protocol with `mlperf` settings),
+    the target's port, Makefile and linker script."""
+    if harness not in HARNESSES:
+        raise UserError(f"--harness must be one of {', '.join(HARNESSES)}, not '{harness}'")
+    naming = naming or Naming()
+    env = _env()
+    sources = render_model(model, target, model_name, provenance, naming, per_layer, integrity, model_region,
+                           arena_caller, weights_binary=True)  # fmt: skip
+    ctx, files = sources.ctx, dict(sources.files)
     fw = data_dir("firmware")
-    copied = {f"ec/{p.name}": p for p in sorted((fw / "common").iterdir()) if p.suffix in (".c", ".h")}
+    skip = {main for h, main in _HARNESS_MAIN.items() if h != harness}
+    copied = {f"ec/{p.name}": p for p in sorted((fw / "common").iterdir())
+              if p.suffix in (".c", ".h") and p.name not in skip}  # fmt: skip
     # The micro-kernels' intrinsics headers live beside their templates.
     copied.update({f"ec/{p.name}": p for p in sorted((data_dir("templates") / "kernels").glob("*.h"))})
-    files["ec/ec_features.h"] = env.get_template("kernels/ec_features.h.j2").render(
-        target=target, feature_names=FEATURES
-    )
+    quantized = ([bool(t.qscale) for t in ctx["inputs"]], [bool(t.qscale) for t in ctx["outputs"]])
+    files["ec/ec_api.h"] = env.get_template("ec_api.h.j2").render(ctx, aliases=naming.api_aliases(*quantized))
+    if harness == "mlperf":
+        files["ec/ec_mlperf.h"] = env.get_template("ec_mlperf.h.j2").render(
+            ctx, mlperf=mlperf or {}, db_bytes=max(1, sum(t.nbytes for t in ctx["inputs"]))
+        )
     if target.is_process:
         copied.update(
             {f"ec/{p.name}": p for p in sorted((fw / "host").iterdir()) if p.suffix in (".c", ".h")}
@@ -275,5 +356,23 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
         if boot2:
             rows = [", ".join(f"0x{b:02X}" for b in boot2[i : i + 16]) for i in range(0, len(boot2), 16)]
             files["ec/ec_boot2.c"] = env.get_template("ec_boot2.c.j2").render(ctx, rows=rows, size=len(boot2))
-    binaries = {WEIGHTS_FILE: tuple(model.tensors[t.name].data for t in ctx["consts"])}
-    return GeneratedProject(files=files, plan=plan, weights_sha256=digest.hex(), copied=copied, binaries=binaries)
+    return GeneratedProject(files=files, plan=sources.plan, weights_sha256=sources.weights_sha256, copied=copied,
+                            binaries=sources.binaries)
+
+
+def port_files(target: Target) -> GeneratedProject:
+    """The target's start-up code, port (UART, timer, exit, faults) and memory map without any
+    model or harness: what a program of one's own needs to run on an MCU target as edgecomp's
+    firmware does (ec/startup.c, ec/ec_port_<port>.c, ec/ec_target.h, linker.ld). The program
+    provides main(); the tests link exported models into one this way."""
+    if target.is_process or target.port != "cortex-m":
+        raise UserError(f"port_files is for Cortex-M targets; {target.name} is {target.kind}/{target.port}")
+    env = _env()
+    ctx = {"version": __version__, "model_name": "", "provenance": {"model_sha256": "", "options": ""},
+           "target": target, "model_region": None, "n": Naming()}  # fmt: skip
+    fw = data_dir("firmware")
+    copied = {f"ec/{p.name}": p for p in sorted((fw / target.port).iterdir()) if p.suffix in (".c", ".h")}
+    copied.update({f"ec/{name}": fw / "common" / name for name in ("ec_port.h", "ec_proto.c", "ec_proto.h")})
+    files = {"ec/ec_target.h": env.get_template("ec_target.h.j2").render(ctx),
+             "linker.ld": env.get_template("linker.ld.j2").render(ctx)}  # fmt: skip
+    return GeneratedProject(files=files, plan=ArenaPlan({}, (), 0, 0), weights_sha256="", copied=copied)

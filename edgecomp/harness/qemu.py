@@ -1,10 +1,15 @@
-"""Launch a firmware in qemu-system-arm (or -aarch64) with its UART on a local TCP port; always clean up."""
+"""Launch a firmware in qemu-system-arm (or -aarch64) with its UART on a local TCP port (or a
+pseudo-terminal, for tools that want a serial device); always clean up."""
 
 from __future__ import annotations
 
+import os
+import re
+import select
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 from edgecomp.errors import DeviceError, ToolError
@@ -21,8 +26,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def qemu_command(target: Target, elf: Path, port: int) -> list[str]:
-    """The QEMU command line: deterministic instruction counting, UART 0 on a TCP socket.
+def qemu_command(target: Target, elf: Path, port: int | None) -> list[str]:
+    """The QEMU command line: deterministic instruction counting, UART 0 on a TCP socket (or, with
+    `port` None, on a pseudo-terminal QEMU creates and names on its standard output).
 
     `-nodefaults` keeps QEMU from adding the machine's default devices: on `virt` those include a
     virtio network card whose option ROM (efi-virtio.rom) only an apt "recommends" installs, and
@@ -36,31 +42,56 @@ def qemu_command(target: Target, elf: Path, port: int) -> list[str]:
         "-nodefaults",
         "-display", "none",
         "-monitor", "none",
-        "-chardev", f"socket,id=s0,host=127.0.0.1,port={port},server=on,wait=on,nodelay=on",
-        "-serial", "chardev:s0",
+        *(["-chardev", f"socket,id=s0,host=127.0.0.1,port={port},server=on,wait=on,nodelay=on",
+           "-serial", "chardev:s0"] if port is not None else ["-serial", "pty"]),
         "-semihosting-config", "enable=on,target=native",
         "-no-reboot",
         *target.qemu.get("args", []),
     ]  # fmt: skip
 
 
-class QemuProcess:
-    """A running QEMU; `url` is its UART. Use as a context manager so it is always killed."""
+_PTY = re.compile(rb"char device redirected to (\S+) \(label serial0\)")
 
-    def __init__(self, target: Target, elf: Path) -> None:
+
+class QemuProcess:
+    """A running QEMU; `url` is its UART. Use as a context manager so it is always killed.
+
+    With `pty`, the UART is a pseudo-terminal (`url` its /dev/pts path) that any serial tool can
+    open, as it would a board's port; the firmware starts at once (no waiting for a client), so
+    what it prints before one opens the terminal is lost."""
+
+    def __init__(self, target: Target, elf: Path, pty: bool = False) -> None:
         system = target.qemu.get("system", "qemu-system-arm")
         if shutil.which(system) is None:
             package = "qemu-system-arm" if "arm" in system or "aarch64" in system else system
             raise ToolError(f"'{system}' not found: install it (Debian/Ubuntu: apt-get install {package})")
         if not target.has_qemu:
             raise ToolError(f"target {target.name} has no QEMU machine; run it on a board with --port")
-        self.port = _free_port()
+        self.port = None if pty else _free_port()
         self.command = qemu_command(target, elf, self.port)
         self.proc = subprocess.Popen(
             self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        self.url = f"socket://127.0.0.1:{self.port}"
         self._stderr: str | None = None
+        self.url = f"socket://127.0.0.1:{self.port}" if not pty else self._pty_path()
+
+    def _pty_path(self, timeout: float = 10.0) -> str:
+        """The pseudo-terminal QEMU names on its standard output when it starts."""
+        out, deadline = b"", time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while (m := _PTY.search(out)) is None:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.proc.poll() is not None:
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.wait()
+                status = self.exit_status()
+                self.close()
+                raise QemuStopped(f"QEMU did not name its pseudo-terminal ({status}); "
+                                  f"command: {' '.join(self.command)}")  # fmt: skip
+            if select.select([fd], [], [], min(left, 0.2))[0]:
+                out += os.read(fd, 4096)
+        return m.group(1).decode()
 
     def exit_status(self) -> str:
         code = self.proc.poll()

@@ -48,14 +48,16 @@ tirx.register_intrin_lowering("tirx.fabs", target="c", f=_lower_fabs, level=99)
 
 
 def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, kernels: str = "auto",
-                features: frozenset[str] = frozenset()) -> LoweredModel:  # fmt: skip
+                features: frozenset[str] = frozenset(), symbol_prefix: str = SYMBOL_PREFIX) -> LoweredModel:  # fmt: skip
     """Lower a checked, static-shape model to C kernels plus a call sequence.
 
     A quantized build passes its integer graph (`graph`, with the I/O it compiles: float edges or
     the integer tensors); `model` (None for a TFLite model) then only gives the input and output
     names, else the graph's own names are used. kernels="auto"
     lets the micro-kernel variants (kernels/) that the target's ISA `features` allow take the ops
-    they cover; "tvm" keeps TVM's kernels for every op.
+    they cover; "tvm" keeps TVM's kernels for every op. TVM names its kernels
+    `__tvm_ffi_<symbol_prefix><kernel>`: a model built with --name has its own namespace
+    (codegen/naming.py), so two models' kernels link into one program.
     """
     chosen: dict[str, MicroKernel] = {}
     if graph is not None:
@@ -86,8 +88,8 @@ def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, ke
     for name in kernel_names:
         func = mod[name]
         macs[name] = tir_macs(func)
-        funcs[SYMBOL_PREFIX + name] = schedule_for_mcu(func, vector="neon" in features).with_attr(
-            "global_symbol", SYMBOL_PREFIX + name
+        funcs[symbol_prefix + name] = schedule_for_mcu(func, vector="neon" in features).with_attr(
+            "global_symbol", symbol_prefix + name
         )
     source = _emit_c(tvm.IRModule(funcs))
     workspace = _workspace_per_function(source)
@@ -97,10 +99,10 @@ def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, ke
         if i in micro_calls
         else Call(
             kernel=c.kernel,
-            symbol=f"__tvm_ffi_{SYMBOL_PREFIX}{c.kernel}",
+            symbol=f"__tvm_ffi_{symbol_prefix}{c.kernel}",
             inputs=c.inputs,
             outputs=c.outputs,
-            workspace_bytes=workspace.get(SYMBOL_PREFIX + c.kernel, 0),
+            workspace_bytes=workspace.get(symbol_prefix + c.kernel, 0),
             macs=macs[c.kernel],
         )
         for i, c in enumerate(all_calls)

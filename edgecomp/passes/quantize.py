@@ -11,6 +11,8 @@ implementation of exactly these methods, rather than a copy of it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from pathlib import Path
@@ -95,10 +97,11 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         except Exception:
             pre = src
-        try:
-            quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=calib_method,
-                            op_types_to_quantize=_op_types(), extra_options=extra)  # fmt: skip
+        try:  # onnxruntime prints calibration progress to stdout, which is the CLI's own output
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=activation, weight_type=QuantType.QInt8, calibrate_method=calib_method,
+                                op_types_to_quantize=_op_types(), extra_options=extra)  # fmt: skip
         except Exception as exc:
             raise ToolError(
                 f"quantization failed in onnxruntime: {str(exc).strip().splitlines()[-1][:300]}"

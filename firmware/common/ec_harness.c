@@ -5,11 +5,14 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "ec_api.h" /* the model's API, as model_... whatever its --name */
 #include "ec_port.h"
 #include "ec_proto.h"
-#include "model.h"
 
 /* Inputs and outputs live in the model's arena (model_input/model_output): no copies here. */
+#if MODEL_ARENA_CALLER
+static uint8_t ec_model_arena[MODEL_ARENA_BYTES] EC_ARENA_ATTRIBUTES; /* a model built to use its caller's */
+#endif
 static uint8_t ec_rx[EC_MAX_PAYLOAD];
 static uint8_t ec_tx[EC_MAX_PAYLOAD];
 
@@ -107,6 +110,9 @@ static uint8_t ec_io_range(const model_tensor_info *infos, uint32_t count, const
 int main(void)
 {
   ec_port_init();
+#if MODEL_ARENA_CALLER
+  (void)model_init(ec_model_arena, sizeof ec_model_arena); /* cannot fail: the size and alignment are its own */
+#endif
 #if MODEL_INTEGRITY
   ec_verify();
 #endif

@@ -5,6 +5,8 @@
 #ifndef EC_SHA256_H
 #define EC_SHA256_H
 
+#include "ec_names.h" /* this model's names for the runtime's global symbols */
+
 #include <stdint.h>
 
 typedef struct {

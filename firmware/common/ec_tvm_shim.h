@@ -10,6 +10,8 @@
 #ifndef EC_TVM_SHIM_H
 #define EC_TVM_SHIM_H
 
+#include "ec_names.h" /* this model's names for the runtime's global symbols */
+
 #include <stdint.h>
 #include <stddef.h>
 #include <math.h>
