@@ -173,3 +173,20 @@ def test_weights_are_binary_data_not_c_literals(tmp_path):
         start, nbytes = places[name]
         assert size == nbytes and start % 16 == 0, name
         assert elf[at : at + size] == blob[start : start + nbytes], name
+
+
+def test_a_kernel_taking_one_constant_twice_gets_the_right_descriptors(tmp_path):
+    """Equal constants are stored once, so one fused kernel can take the same tensor twice (here
+    6.0 for the Add and for the Div, as hard-swish exports write it); every later kernel argument
+    must still point at its own descriptor (PP-OCRv4 rec wrote its output into a constant)."""
+    from onnx import numpy_helper
+
+    def six(name: str) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.full([1], 6.0, np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "six_a"], ["a"]), helper.make_node("Div", ["a", "six_b"], ["d"]),
+             helper.make_node("Conv", ["d", "w2"], ["e"], pads=[1, 1, 1, 1]), helper.make_node("Sigmoid", ["e"], ["y"])]  # fmt: skip
+    model = make_model(nodes, [("x", [1, 2, 6, 6])], [("y", [1, 3, 6, 6])],
+                       [weight("w", [4, 2, 3, 3]), six("six_a"), six("six_b"), weight("w2", [3, 4, 3, 3])])  # fmt: skip
+    assert compile_and_compare(model, "host", tmp_path) < 1e-5  # ASan: a write into a constant fails the run

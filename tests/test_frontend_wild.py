@@ -23,7 +23,7 @@ from edgecomp.frontend import load_model
 from edgecomp.pipeline import BuildOptions, build
 from edgecomp.runner import run_samples
 from edgecomp.targets import load_target
-from edgecomp.verify import Comparison, Reference, check_outputs
+from edgecomp.verify import Comparison, Reference, check_outputs, compare
 
 HOST = dict(extra_cflags="-Werror", sanitize=True)
 
@@ -362,3 +362,178 @@ def test_absolute_tolerance_for_tiny_outputs():
     assert tiny.within(1e-4)  # atol 1e-6 by default
     assert not tiny.within(1e-4, atol=0.0)
     assert not Comparison(2e-3, 1.0, 1.0).within(1e-4)
+
+
+# -- 8. exporters' own patterns, whole models --------------------------------------------------
+
+
+def _matches_downloaded(model: onnx.ModelProto, tmp_path, shapes: dict, feed: dict) -> float:
+    """Build `model` as saved (only --input-shape), run `feed` on the host and return the relative
+    error against onnxruntime running the saved file itself (not edgecomp's folded model)."""
+    import onnxruntime as ort
+
+    path = _save(model, tmp_path, "downloaded.onnx")
+    result = build(path, load_target("host"), tmp_path / "out", BuildOptions(input_shapes=shapes, **HOST),
+                   log=lambda *_: None)  # fmt: skip
+    assert [i["name"] for i in result.report["inputs"]] == list(feed)  # the model's own names
+    got = run_samples(result, [list(feed.values())])[0].outputs
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+    return compare([got], [want]).rel_error
+
+
+def _tf2onnx_style() -> onnx.ModelProto:
+    """tf2onnx from Keras: NHWC input named 'input_1:0' with an 'unk__' batch, Transposes around the
+    NCHW Conv, tensor names with '/' and ':', a flatten through Shape -> Gather -> Concat."""
+    p = "StatefulPartitionedCall/model/"
+    nodes = [
+        helper.make_node("Transpose", ["input_1:0"], [p + "conv2d/BiasAdd__6:0"], p + "conv2d/BiasAdd__6", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", [p + "conv2d/BiasAdd__6:0", "const_fold_opt__21", "conv2d/bias:0"],
+                         [p + "conv2d/BiasAdd:0"], p + "conv2d/BiasAdd", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", [p + "conv2d/BiasAdd:0"], [p + "conv2d/Relu:0"], p + "conv2d/Relu"),
+        helper.make_node("Transpose", [p + "conv2d/Relu:0"], [p + "conv2d/Relu__9:0"], p + "conv2d/Relu__9",
+                         perm=[0, 2, 3, 1]),
+        helper.make_node("Shape", [p + "conv2d/Relu__9:0"], [p + "flatten/Shape:0"], p + "flatten/Shape"),
+        helper.make_node("Gather", [p + "flatten/Shape:0", "zero"], [p + "flatten/strided_slice:0"], axis=0),
+        helper.make_node("Unsqueeze", [p + "flatten/strided_slice:0", "zero1"], [p + "flatten/batch:0"]),
+        helper.make_node("Concat", [p + "flatten/batch:0", "flat_width"], [p + "flatten/Reshape/shape:0"], axis=0),
+        helper.make_node("Reshape", [p + "conv2d/Relu__9:0", p + "flatten/Reshape/shape:0"], [p + "flatten/Reshape:0"]),
+        helper.make_node("MatMul", [p + "flatten/Reshape:0", "dense/kernel:0"], [p + "dense/MatMul:0"]),
+        helper.make_node("Add", [p + "dense/MatMul:0", "dense/bias:0"], [p + "dense/BiasAdd:0"]),
+        helper.make_node("Softmax", [p + "dense/BiasAdd:0"], ["dense"], axis=-1),
+    ]  # fmt: skip
+    inits = [weight("const_fold_opt__21", [4, 3, 3, 3]), weight("conv2d/bias:0", [4]), _const("zero", 0),
+             _const("zero1", [0]), _const("flat_width", [8 * 8 * 4]), weight("dense/kernel:0", [256, 5]),
+             weight("dense/bias:0", [5])]  # fmt: skip
+    return make_model(nodes, [("input_1:0", ["unk__316", 8, 8, 3])], [("dense", ["unk__317", 5])], inits)
+
+
+def test_tf2onnx_nhwc_model_compiles_as_downloaded(tmp_path):
+    x = np.random.default_rng(0).standard_normal((1, 8, 8, 3)).astype(np.float32)
+    assert _matches_downloaded(_tf2onnx_style(), tmp_path, {"input_1:0": [1, 8, 8, 3]}, {"input_1:0": x}) < 1e-5
+
+
+def _hugging_face_style(vocab: int = 50, hidden: int = 16, heads: int = 2) -> onnx.ModelProto:
+    """A BERT-style encoder layer as torch.onnx exports Hugging Face models (opset 14): int64
+    input_ids and attention_mask with symbolic batch_size/sequence_length, position ids from
+    Shape -> Gather -> Range, LayerNorm spelt out (ReduceMean, Pow, Sqrt), the mask turned into
+    (1 - mask) * float32 min, heads split and merged by Reshapes whose shapes come from Shape ->
+    Gather -> Concat, Softmax attention on 4-D MatMuls, the Erf form of Gelu."""
+    n: list[onnx.NodeProto] = []
+    inits = [weight("word_embeddings.weight", [vocab, hidden]), weight("position_embeddings.weight", [32, hidden])]
+
+    def node(op, ins, outs=None, **attrs):
+        out = outs or [f"/{op}_{len(n)}_output_0"]
+        n.append(helper.make_node(op, ins, out, f"/{op}_{len(n)}", **attrs))
+        return out[0]
+
+    def const(name, value, dtype=np.int64):
+        inits.append(_const(name, value, dtype))
+        return name
+
+    def dim(x, i):  # Shape -> Gather -> Unsqueeze: one dim of x as a 1-D int64 tensor
+        return node("Unsqueeze", [node("Gather", [node("Shape", [x]), const(f"idx{len(n)}", i)], axis=0), "axes0"])
+
+    def layer_norm(x, tag):
+        inits.extend([weight(f"{tag}.weight", [hidden]), weight(f"{tag}.bias", [hidden])])
+        c = node("Sub", [x, node("ReduceMean", [x], axes=[-1])])
+        var = node("ReduceMean", [node("Pow", [c, const(f"two{len(n)}", 2.0, np.float32)])], axes=[-1])
+        norm = node("Div", [c, node("Sqrt", [node("Add", [var, const(f"eps{len(n)}", 1e-12, np.float32)])])])
+        return node("Add", [node("Mul", [norm, f"{tag}.weight"]), f"{tag}.bias"])
+
+    def linear(x, tag, out_dim):
+        inits.extend([weight(f"{tag}.weight", [hidden, out_dim]), weight(f"{tag}.bias", [out_dim])])
+        return node("Add", [f"{tag}.bias", node("MatMul", [x, f"{tag}.weight"])])
+
+    const("axes0", [0])
+    ids = "input_ids"
+    seq = node("Gather", [node("Shape", [ids]), const("one_index", 1)], axis=0)
+    positions = node("Unsqueeze", [node("Range", [const("start", 0), seq, const("step", 1)]), "axes0"])
+    emb = node("Add", [node("Gather", ["word_embeddings.weight", ids]),
+                       node("Gather", ["position_embeddings.weight", positions])])  # fmt: skip
+    x = layer_norm(emb, "embeddings.LayerNorm")
+    mask = node("Cast", [node("Unsqueeze", ["attention_mask", const("axes12", [1, 2])])], to=TensorProto.FLOAT)
+    ext = node("Mul", [node("Sub", [const("one_f", 1.0, np.float32), mask]),
+                       const("fmin", np.finfo(np.float32).min, np.float32)])  # fmt: skip
+    head = hidden // heads
+    split = node("Concat", [dim(x, 0), dim(x, 1), const("heads", [heads, head])], axis=0)
+
+    def heads_of(tag, perm):
+        return node("Transpose", [node("Reshape", [linear(x, tag, hidden), split])], perm=perm)
+
+    q, k, v = heads_of("query", [0, 2, 1, 3]), heads_of("key", [0, 2, 3, 1]), heads_of("value", [0, 2, 1, 3])
+    scores = node("Add", [node("Div", [node("MatMul", [q, k]), const("sqrt_d", np.sqrt(head), np.float32)]), ext])
+    ctx = node("Transpose", [node("MatMul", [node("Softmax", [scores], axis=-1), v])], perm=[0, 2, 1, 3])
+    merge = node("Concat", [dim(ctx, 0), dim(ctx, 1), const("hidden", [hidden])], axis=0)
+    attn = layer_norm(node("Add", [linear(node("Reshape", [ctx, merge]), "attention.output.dense", hidden), x]),
+                      "attention.output.LayerNorm")  # fmt: skip
+    h = linear(attn, "intermediate.dense", hidden)
+    erf = node("Erf", [node("Div", [h, const("sqrt2", np.sqrt(2.0), np.float32)])])
+    node("Mul", [node("Mul", [h, node("Add", [erf, const("one_g", 1.0, np.float32)])]), const("half", 0.5, np.float32)],
+         ["last_hidden_state"])
+    spec = ["batch_size", "sequence_length"]
+    graph = helper.make_graph(n, "main_graph", [helper.make_tensor_value_info(i, TensorProto.INT64, spec)
+                                                for i in ("input_ids", "attention_mask")],
+                              [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, [*spec, hidden])],
+                              inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)], producer_name="pytorch")
+    model.ir_version = 7
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_hugging_face_encoder_compiles_as_downloaded(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, (2, 6)).astype(np.int64)
+    mask = np.ones((2, 6), np.int64)
+    mask[1, 4:] = 0  # padding in the second sequence
+    shapes = {"input_ids": [2, 6], "attention_mask": [2, 6]}
+    err = _matches_downloaded(_hugging_face_style(), tmp_path, shapes, {"input_ids": ids, "attention_mask": mask})
+    assert err < 1e-5
+
+
+def _qoperator(tmp_path, with_add: bool):
+    """A float model quantized by onnxruntime's quantize_static in its QOperator format (uint8
+    activations, its default): QLinearConv, QLinearMatMul, and com.microsoft.QLinearAdd for an Add."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], "conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Reshape", ["r", "shape"], ["f"]),
+             helper.make_node("MatMul", ["f", "w2"], ["m" if with_add else "y"], "fc")]  # fmt: skip
+    inits = [weight("w", [4, 3, 3, 3]), weight("b", [4]), _const("shape", [1, 256]), weight("w2", [256, 5])]
+    if with_add:
+        nodes.append(helper.make_node("Add", ["m", "b2"], ["y"], "fc_bias"))
+        inits.append(weight("b2", [5]))
+    model = make_model(nodes, [("x", [1, 3, 8, 8])], [("y", [1, 5])], inits)
+    rng = np.random.default_rng(0)
+    samples = [rng.standard_normal((1, 3, 8, 8)).astype(np.float32) for _ in range(8)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(samples)
+
+        def get_next(self):
+            sample = next(self.it, None)
+            return None if sample is None else {"x": sample}
+
+    dst = tmp_path / "qop.onnx"
+    quantize_static(str(_save(model, tmp_path, "f.onnx")), str(dst), Reader(), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+    return dst, samples
+
+
+def test_onnxruntime_qoperator_model_matches_onnxruntime(tmp_path):
+    path, samples = _qoperator(tmp_path, with_add=False)
+    assert {"QLinearConv", "QLinearMatMul"} <= {n.op_type for n in onnx.load(path).graph.node}
+    result = build(path, load_target("host"), tmp_path / "out", BuildOptions(**HOST), log=lambda *_: None)
+    data = [[s] for s in samples[:3]]
+    got = [r.outputs for r in run_samples(result, data)]
+    ref = Reference(onnx.load(path))  # onnxruntime's own QLinear kernels on the file
+    cmp = compare(got, [ref.run(d) for d in data])
+    # The requantization is float (as the ONNX reference): within float rounding, no whole step off.
+    assert cmp.rel_error < 1e-5, cmp
+
+
+def test_onnxruntime_qoperator_contrib_op_names_the_way_out(tmp_path):
+    path, _ = _qoperator(tmp_path, with_add=True)
+    proc = edgecomp("build", path, "-t", "host", "-o", tmp_path / "o")
+    assert_clean_error(proc, 2, "com.microsoft.QLinearAdd", "fc_bias", "QuantFormat.QDQ", "--quantize int8")

@@ -116,6 +116,7 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan, ns: str = "ec_", literals: 
     described: list[str] = []
     for call in model.calls:
         if call.micro is None:
+            # dict.fromkeys: a call may take one tensor twice (equal constants are stored once)
             described += [n for n in dict.fromkeys(call.inputs + call.outputs) if n not in described]
     # Only tensors the calls use get a descriptor; order: I/O first, then call order.
     order = list(model.inputs) + list(model.outputs)

@@ -173,7 +173,11 @@ def check_ops(model: onnx.ModelProto) -> None:
     bad: list[str] = []
     for i, node in enumerate(g.node):
         name = node.name or next((o for o in node.output if o), f"#{i}")
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain == "com.microsoft" and node.op_type.startswith("QLinear"):
+            bad.append(f"{node.domain}.{node.op_type} (node '{name}'): an onnxruntime contrib op of its QOperator "
+                       "format; quantize in QDQ format (quantize_static(..., quant_format=QuantFormat.QDQ)) or "
+                       "compile the float model with --quantize int8")  # fmt: skip
+        elif node.domain not in ("", "ai.onnx"):
             bad.append(f"{node.domain}.{node.op_type} (node '{name}'): only the ONNX domain (ai.onnx) is compiled")
         elif node.op_type in DATA_DEPENDENT_OPS:
             bad.append(f"{node.op_type} (node '{name}'): {_data_dependent(node, model)}")

@@ -41,9 +41,16 @@ def is_quantized(model: onnx.ModelProto) -> bool:
     QLinearConv...) is an integer program, compiled as TVM imports it."""
     inits = {i.name for i in model.graph.initializer}
     io = [v for v in model.graph.input if v.name not in inits] + list(model.graph.output)
+    if any(n.op_type in QOPERATOR_OPS for n in model.graph.node):
+        return False  # onnxruntime's QOperator format: integer ops between Q and DQ, as TVM imports them
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node) and all(
         v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in io
     )
+
+
+# The ops of onnxruntime's QOperator format (quantize_static(quant_format=QOperator)) in the ONNX
+# domain: each is its own integer program (legalized to integer Conv/MatMul with requantization).
+QOPERATOR_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
 
 
 def extract_int_graph(model: onnx.ModelProto) -> IntGraph:
