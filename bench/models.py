@@ -7,6 +7,8 @@ correctness against onnxruntime; accuracy figures need trained weights and are n
   after BatchNorm folding (3,504,872 before).
 - MobileFaceNet (Chen et al. 2018), 112x112x3 -> 128-d embedding, PReLU, global depthwise
   (7x7) convolution: 993,344 parameters after folding.
+- A wide MLP (bench/run.py --huge: compile time and compiler memory with 54 M weights): 4096
+  inputs, three 4096-wide ReLU layers, 1000 outputs; 54,440,936 parameters (218 MB of fp32).
 
     python bench/models.py OUT_DIR     # writes mobilenet_v2.onnx, mobilefacenet.onnx and samples
 """
@@ -138,14 +140,34 @@ def mobilefacenet(seed: int = 0) -> onnx.ModelProto:
     return b.model("input", [1, 3, 112, 112], flat, [1, 128], "mobilefacenet")
 
 
+def mlp_wide(inputs: int = 4096, width: int = 4096, layers: int = 3, classes: int = 1000,
+             seed: int = 0) -> onnx.ModelProto:  # fmt: skip
+    """Fully connected layers (Gemm, transB) of `width` units with ReLU, then `classes` outputs:
+    a model whose size is all weights."""
+    b = _Builder(seed)
+    x, cin = "input", inputs
+    for i, cout in enumerate([width] * layers + [classes]):
+        w = b.const("w", b.rng.standard_normal((cout, cin), dtype=np.float32) * np.float32(np.sqrt(2.0 / cin)))
+        bias = b.const("b", b.rng.standard_normal(cout, dtype=np.float32) * np.float32(0.01))
+        y = b._name("fc")
+        b.nodes.append(helper.make_node("Gemm", [x, w, bias], [y], y, transB=1))
+        if i < layers:
+            r = b._name("relu")
+            b.nodes.append(helper.make_node("Relu", [y], [r], r))
+            y = r
+        x, cin = y, cout
+    return b.model("input", [1, inputs], x, [1, classes], "mlp_wide")
+
+
 LARGE_MODELS = {"mobilenet_v2": mobilenet_v2, "mobilefacenet": mobilefacenet}
+HUGE_MODELS = {"mlp_wide": mlp_wide}
 
 
-def write_large_models(out: Path) -> dict[str, tuple[Path, Path]]:
+def write_large_models(out: Path, models: dict | None = None) -> dict[str, tuple[Path, Path]]:
     """Write each model (if missing) and a sample input and a calibration set beside it."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, make in LARGE_MODELS.items():
+    for name, make in (LARGE_MODELS if models is None else models).items():
         path, sample = out / f"{name}.onnx", out / f"{name}_sample.npy"
         if not path.exists():
             model = make()

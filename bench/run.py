@@ -3,6 +3,7 @@ for the MLPerf Tiny models, float and int8, as a table and JSON. Not a test: it 
 
     python bench/run.py [--targets cortex-m7,cortex-m4] [--dtypes fp32,int8] [--json bench/results/x.json]
     python bench/run.py --targets cortex-a53-virt,cortex-a53 --large   # A-class rows, million-parameter models
+    python bench/run.py --targets cortex-a53 --dtypes fp32 --huge --only mlp_wide   # 54 M parameters: compile cost
 
 Models default to ../shared/models/mlperf-tiny (the float ONNX files and their *_sample.npy);
 --large adds MobileNetV2 and MobileFaceNet (bench/models.py: published architectures, random
@@ -243,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated model names")
     ap.add_argument("--large", action="store_true",
                     help="also the million-parameter models of bench/models.py (MobileNetV2, MobileFaceNet)")  # fmt: skip
+    ap.add_argument("--huge", action="store_true",
+                    help="also the 54 M-parameter wide MLP of bench/models.py (compile time and compiler memory "
+                         "of a model that is all weights)")  # fmt: skip
     ap.add_argument("--prune", help="also build every model with this --prune (e.g. channels=0.5)")
     ap.add_argument("--dead-channels", choices=["proven", "calib", "none"], default="none",
                     help="int8: remove dead channels as edgecomp build --dead-channels does [none: the whole "
@@ -261,9 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         help="fail (exit 1) if a figure regressed beyond the tolerance or an output is not bit-exact",
     )
     ap.add_argument("--accept", type=Path, metavar="EXPECTED.json",
-                    help="write these results as the new expected figures (a deliberate change)")  # fmt: skip
+                    help="write these results as the new expected figures (a deliberate change; the rows "
+                         "this run did not measure keep their figures)")  # fmt: skip
     args = ap.parse_args(argv)
-    if not args.models.is_dir() and not (args.large and args.only):
+    if not args.models.is_dir() and not ((args.large or args.huge) and args.only):
         print(f"bench: model folder {args.models} not found (pass --models)", file=sys.stderr)
         return 2
     names = args.only.split(",") if args.only else list(MODELS)
@@ -274,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
         large = write_large_models(args.workdir / "models")
         paths.update(large)
         names += [n for n in large if not args.only and n not in names]
+    if args.huge:
+        from models import HUGE_MODELS, write_large_models
+
+        huge = write_large_models(args.workdir / "models", HUGE_MODELS)
+        paths.update(huge)
+        names += [n for n in huge if not args.only and n not in names]
     rows = []
     console = Console(width=160)
     baseline = tflm_baseline()
@@ -328,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
                           str(c.get("boot_check_in_inferences", "-")))  # fmt: skip
         console.print(table)
     if args.accept:
-        args.accept.write_text(json.dumps(expected_figures(rows), indent=2, sort_keys=True) + "\n")
+        kept = json.loads(args.accept.read_text()) if args.accept.exists() else {}
+        figures = {**kept, **expected_figures(rows)}
+        args.accept.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
         console.print(f"bench: wrote the expected figures to {args.accept}")
     status = 0
     if args.check:

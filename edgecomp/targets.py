@@ -16,8 +16,9 @@ TIMERS = ("systick", "dwt")
 PORTS = ("cortex-m", "aarch64")
 # ISA capabilities a target may declare (cpu.features); kernel variants ask for them
 # (lower/kernels/). dsp: the Armv7E-M/Armv7-A DSP instructions (SMLAD, SXTB16...); neon: AArch64
-# Advanced SIMD; mve: Armv8.1-M Helium; dotprod: Armv8.2 SDOT/UDOT.
-FEATURES = ("dsp", "neon", "mve", "dotprod")
+# Advanced SIMD; mve: Armv8.1-M Helium; dotprod: Armv8.2 SDOT/UDOT; fpu: a hardware single-precision
+# FPU, for the float micro-kernels (Cortex-M4F/M7/M33/M55, Cortex-A7; the host).
+FEATURES = ("dsp", "neon", "mve", "dotprod", "fpu")
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import HAVE_ARM, compile_and_compare, random_inputs
+from conftest import HAVE_ARM, compile_and_compare, make_model, random_inputs, weight, weight_bytes
+from onnx import helper
 from test_ops import MODELS
 
 from edgecomp.codegen.memory import Buffer, plan_arena
@@ -149,12 +151,35 @@ def test_a_model_without_inputs_and_the_extreme_int64_constants_compile_warning_
     np.testing.assert_array_equal(z, ubig)
 
 
+def test_weights_are_binary_data_not_c_literals(tmp_path):
+    """model_weights.c declares the constants and .incbin's their bytes from model_weights.bin: its
+    size does not grow with the weights (4 MB of them here), each constant lands in the executable
+    with its bytes at the offset the declaration states, and the model still computes the same."""
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1)]  # fmt: skip
+    inits = [weight("w1", [1024, 1000]), weight("b1", [1024]), weight("w2", [3, 1024]), weight("b2", [3])]
+    model = make_model(nodes, [("x", [1, 1000])], [("y", [1, 3])], inits)
+    assert compile_and_compare(model, "host", tmp_path) <= 1e-4
+    out = tmp_path / "out-host"
+    source = (out / "model_weights.c").read_text()
+    blob = (out / "model_weights.bin").read_bytes()
+    assert len(blob) >= 4 * 1024 * 1000 and len(source) < 4096
+    places = {m[3]: (int(m[2]), int(m[1])) for m in re.finditer(
+        r"(\d+) bytes at model_weights\.bin \+ (\d+) \*/\nextern const \w+ (ec_c\d+)\[", source)}  # fmt: skip
+    found = weight_bytes(out / "harness")
+    assert len(places) == 4 and sorted(name for name, _, _ in found) == sorted(places)
+    elf = (out / "harness").read_bytes()
+    for name, at, size in found:
+        start, nbytes = places[name]
+        assert size == nbytes and start % 16 == 0, name
+        assert elf[at : at + size] == blob[start : start + nbytes], name
+
+
 def test_a_kernel_taking_one_constant_twice_gets_the_right_descriptors(tmp_path):
     """Equal constants are stored once, so one fused kernel can take the same tensor twice (here
     6.0 for the Add and for the Div, as hard-swish exports write it); every later kernel argument
     must still point at its own descriptor (PP-OCRv4 rec wrote its output into a constant)."""
-    from conftest import make_model, weight
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     def six(name: str) -> onnx.TensorProto:
         return numpy_helper.from_array(np.full([1], 6.0, np.float32), name)

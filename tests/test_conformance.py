@@ -81,7 +81,7 @@ def test_rewritten_ops_build_deterministically(name, tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
     outs = [build(path, load_target("host"), tmp_path / d, log=lambda *_: None).outdir for d in ("a", "b")]
-    for f in ("model.c", "model_kernels.c", "model_weights.c", "model.h"):
+    for f in ("model.c", "model_kernels.c", "model_weights.c", "model_weights.bin", "model.h"):
         assert (outs[0] / f).read_bytes() == (outs[1] / f).read_bytes(), f
 
 

@@ -39,7 +39,8 @@ class CTensor:
     offset: int = -1  # arena offset (all but consts)
     qscale: str = ""  # integer model I/O: scale as an exact C float literal, and zero point
     qzero_point: int = 0
-    rows: tuple[str, ...] = ()  # literal rows, for consts
+    bin_offset: int = -1  # consts: where their bytes start in the weights file (.incbin)
+    rows: tuple[str, ...] = ()  # consts: literal rows, when the weights are C arrays (an export)
 
 
 @dataclass(frozen=True)
@@ -56,18 +57,30 @@ class CStep:
     ptrs: tuple[str, ...] = ()
 
 
+WEIGHTS_ALIGN = 16  # of each constant, in the file and in flash
+
+
 @dataclass(frozen=True)
 class GeneratedProject:
     files: dict[str, str]  # relative path -> content
     plan: ArenaPlan
     weights_sha256: str  # SHA-256 (hex) of the constants as model_verify checks them
     copied: dict[str, Path] = field(default_factory=dict)  # relative path -> source file
+    # relative path -> arrays written one after the other, each from a WEIGHTS_ALIGN boundary
+    binaries: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
 
     def write(self, outdir: Path) -> None:
         for rel, text in self.files.items():
             path = outdir / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+        for rel, arrays in self.binaries.items():
+            path = outdir / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("wb") as f:
+                for a in arrays:
+                    f.write(bytes(-f.tell() % WEIGHTS_ALIGN))
+                    f.write(_little_endian(a))
         for rel, src in self.copied.items():
             path = outdir / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,9 +101,16 @@ def _env() -> jinja2.Environment:
     return env
 
 
-def _c_tensors(model: LoweredModel, plan: ArenaPlan, ns: str = "ec_") -> dict[str, CTensor]:
-    """The C view of every tensor the calls use; `ns` namespaces the globals (weights)."""
+def _little_endian(data: np.ndarray) -> np.ndarray:
+    """`data` contiguous and little-endian, as on every target (a view when it already is)."""
+    return np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
+
+
+def _c_tensors(model: LoweredModel, plan: ArenaPlan, ns: str = "ec_", literals: bool = False) -> dict[str, CTensor]:
+    """The C view of every tensor the calls use; `ns` namespaces the globals (weights); with
+    `literals`, the constants' values as C literal rows, else their places in the weights file."""
     used: set[str] = set()
+    weights_end = 0
     result: dict[str, CTensor] = {}
     # TVM's kernels take DLTensor descriptors; micro-kernels take plain pointers.
     described: list[str] = []
@@ -100,14 +120,18 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan, ns: str = "ec_") -> dict[st
             described += [n for n in dict.fromkeys(call.inputs + call.outputs) if n not in described]
     # Only tensors the calls use get a descriptor; order: I/O first, then call order.
     order = list(model.inputs) + list(model.outputs)
-    for call in model.calls:
-        order += [n for n in call.inputs + call.outputs if n not in order]
+    for call in model.calls:  # a call may take one (deduplicated) constant twice
+        order += [n for n in dict.fromkeys(call.inputs + call.outputs) if n not in order]
     for name in order:
         t = model.tensors[name]
         code, bits = dl_type(t.dtype)
         ident = c_identifier(name, used) if t.kind in ("input", "output") else ns + c_identifier(name, used)
         offset = plan.offsets.get(name, -1)
         storage = ident if t.kind == "const" else f"ec_arena + {offset}"
+        bin_offset = -1
+        if t.kind == "const":
+            bin_offset = -(-weights_end // WEIGHTS_ALIGN) * WEIGHTS_ALIGN
+            weights_end = bin_offset + t.nbytes
         result[name] = CTensor(
             name=name,
             ident=ident,
@@ -121,7 +145,8 @@ def _c_tensors(model: LoweredModel, plan: ArenaPlan, ns: str = "ec_") -> dict[st
             storage=storage,
             desc_index=described.index(name) if name in described else -1,
             offset=offset,
-            rows=tuple(c_literals(t.data)) if t.kind == "const" else (),
+            bin_offset=bin_offset,
+            rows=tuple(c_literals(t.data)) if literals and t.kind == "const" else (),
             qscale=c_literals(np.array([model.qparams[name][0]], np.float32))[0]
             if name in model.qparams
             else "",
@@ -135,7 +160,7 @@ def weights_digest(consts: list) -> bytes:
     target: what the firmware's model_verify recomputes from flash, block by block."""
     h = hashlib.sha256()
     for t in consts:
-        h.update(np.ascontiguousarray(t.data).astype(t.data.dtype.newbyteorder("<")).tobytes())
+        h.update(_little_endian(t.data))
     return h.digest()
 
 
@@ -178,18 +203,26 @@ class ModelSources:
     plan: ArenaPlan
     weights_sha256: str
     ctx: dict
+    # relative path -> the constants' bytes (weights_binary): arrays written one after the other,
+    # each from a WEIGHTS_ALIGN boundary
+    binaries: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
 
 
 def render_model(model: LoweredModel, target: Target, model_name: str, provenance: dict,
                  naming: Naming | None = None, per_layer: bool = False, integrity: bool = True,
-                 model_region: bool = False, arena_caller: bool = False) -> ModelSources:  # fmt: skip
+                 model_region: bool = False, arena_caller: bool = False,
+                 weights_binary: bool = False) -> ModelSources:  # fmt: skip
     """Plan the arena and render the model's C files (`naming`: its prefix, namespace and folders;
     with `integrity`, model_verify: the weights' SHA-256 recomputed on the device and compared with
-    the build's; `arena_caller`: the arena is the caller's, handed to prefix_init)."""
+    the build's; `arena_caller`: the arena is the caller's, handed to prefix_init). With
+    `weights_binary` the constants' bytes go to a .bin file beside the weights' C file, which
+    includes them (.incbin, relative to the folder the compiler runs in): compiling it then costs the
+    same whatever the model's size; without, they are C array literals, for any build system."""
     naming = naming or Naming()
     env = _env()
     plan = plan_model(model)
-    tensors = _c_tensors(model, plan, naming.ns)
+    tensors = _c_tensors(model, plan, naming.ns, literals=not weights_binary)
+    weights_file = naming.sources["weights"].removesuffix(".c") + ".bin" if weights_binary else None
 
     def symbol(c) -> str:  # TVM names its kernels in the namespace (lower_model); micro-kernels here
         return naming.symbol(c.micro.symbol) if c.micro is not None else c.symbol
@@ -241,6 +274,7 @@ def render_model(model: LoweredModel, target: Target, model_name: str, provenanc
         "integrity": integrity or model_region,
         "model_region": None,
         "weights_sha256": list(digest),
+        "weights_file": weights_file,
     }
     kernels_c = env.get_template("model_kernels.c.j2").render(ctx, kernels_c=model.kernels_c, micro_c=micro_c)
     if model_region:
@@ -273,7 +307,8 @@ def render_model(model: LoweredModel, target: Target, model_name: str, provenanc
     for name in RUNTIME_SOURCES:
         if name != "ec_sha256.c" or ctx["integrity"]:
             copied[f"{naming.ec_dir}/{naming.runtime_source(name)}"] = common / name
-    return ModelSources(files, copied, plan, digest.hex(), ctx)
+    binaries = {weights_file: tuple(model.tensors[t.name].data for t in ctx["consts"])} if weights_file else {}
+    return ModelSources(files, copied, plan, digest.hex(), ctx, binaries)
 
 
 def generate_project(model: LoweredModel, target: Target, model_name: str, provenance: dict,
@@ -290,7 +325,7 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
     naming = naming or Naming()
     env = _env()
     sources = render_model(model, target, model_name, provenance, naming, per_layer, integrity, model_region,
-                           arena_caller)  # fmt: skip
+                           arena_caller, weights_binary=True)  # fmt: skip
     ctx, files = sources.ctx, dict(sources.files)
     fw = data_dir("firmware")
     skip = {main for h, main in _HARNESS_MAIN.items() if h != harness}
@@ -322,7 +357,8 @@ def generate_project(model: LoweredModel, target: Target, model_name: str, prove
         if boot2:
             rows = [", ".join(f"0x{b:02X}" for b in boot2[i : i + 16]) for i in range(0, len(boot2), 16)]
             files["ec/ec_boot2.c"] = env.get_template("ec_boot2.c.j2").render(ctx, rows=rows, size=len(boot2))
-    return GeneratedProject(files=files, plan=sources.plan, weights_sha256=sources.weights_sha256, copied=copied)
+    return GeneratedProject(files=files, plan=sources.plan, weights_sha256=sources.weights_sha256, copied=copied,
+                            binaries=sources.binaries)
 
 
 def port_files(target: Target) -> GeneratedProject:

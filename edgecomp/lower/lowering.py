@@ -65,7 +65,7 @@ def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, ke
         mod, sources = fuse(mod, sources)
     else:
         renamed, original = with_c_names(model)
-        mod, sources = import_and_fuse(renamed)
+        mod, sources, chosen = import_and_fuse(renamed, features if kernels == "auto" else None)
         sources = {var: original.get(name, name) for var, name in sources.items()}
     if model is not None:
         inits = {i.name for i in model.graph.initializer}

@@ -14,7 +14,9 @@ from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
 
 from edgecomp.errors import UnsupportedModelError
+from edgecomp.lower.float_groups import replace_float_layers
 from edgecomp.lower.legalize import legalize
+from edgecomp.lower.model import MicroKernel
 
 
 def importer_ops() -> list[str]:
@@ -24,12 +26,15 @@ def importer_ops() -> list[str]:
     return sorted(onnx_frontend._get_convert_map())
 
 
-def import_and_fuse(model: onnx.ModelProto) -> tuple[tvm.IRModule, dict]:
+def import_and_fuse(model: onnx.ModelProto, features: frozenset[str] | None = None
+                    ) -> tuple[tvm.IRModule, dict, dict[str, MicroKernel]]:  # fmt: skip
     """Import a float `model` into Relax with weights as constants, legalize and fuse.
 
     The result has a Relax `main` made of R.call_tir bindings, one TIR PrimFunc per fused group
     (e.g. conv2d + bias add + relu), with constant subexpressions folded; and, by binding name, the
-    ONNX tensor each binding variable of main computes (where one does: see fuse).
+    ONNX tensor each binding variable of main computes (where one does: see fuse). With `features`
+    (the target's ISA capabilities), the layers a float micro-kernel variant covers become
+    call_dps_packed bindings to it instead (float_groups.py); the third result: those kernels.
     """
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     model = legalize(model)
@@ -48,7 +53,12 @@ def import_and_fuse(model: onnx.ModelProto) -> tuple[tvm.IRModule, dict]:
             mod = importer.from_onnx(model.graph, opset)
     except Exception as exc:  # the importer raises many kinds; the message names the op
         raise UnsupportedModelError(f"TVM could not import the model: {_tvm_message(exc)}") from exc
-    return fuse(mod, _onnx_sources(mod["main"], getattr(importer, "_nodes", {})))
+    sources = _onnx_sources(mod["main"], getattr(importer, "_nodes", {}))
+    chosen: dict[str, MicroKernel] = {}
+    if features:
+        mod, chosen = replace_float_layers(mod, features)
+    mod, sources = fuse(mod, sources)
+    return mod, sources, chosen
 
 
 def _bindings(func) -> list:

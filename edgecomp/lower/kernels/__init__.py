@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecomp.lower.kernels import add, conv, dense, int4, place, pool, softmax
+from edgecomp.lower.kernels import add, conv, dense, float32, int4, place, pool, softmax
 from edgecomp.lower.model import MicroKernel
 from edgecomp.quant.ir import IntGraph, IntOp
 from edgecomp.quant.ops import Add, AvgPool, Conv, Dense, Place, TflSoftmax
@@ -36,7 +36,7 @@ def _always(op: IntOp, graph: IntGraph) -> bool:
 @dataclass(frozen=True)
 class Variant:
     name: str
-    op: type[IntOp]
+    op: type  # an IntOp class, or a float layer (float32.FloatConv, FloatDense)
     template: str  # under templates/
     make: Make  # (kernel index, op, graph) -> (MicroKernel, constant arguments), or None: does not apply
     requires: frozenset[str] = frozenset()  # ISA features the target must declare
@@ -77,6 +77,13 @@ VARIANTS: tuple[Variant, ...] = (
             applies=pool.is_global),
     Variant("softmax_tfl_s8", TflSoftmax, "kernels/softmax_tfl_s8.c.j2", softmax.softmax_tfl_s8),
     Variant("place", Place, "kernels/place.c.j2", place.place, dtypes=("int8", "int16")),
+    # Float layers (lower/float_groups.py) on cores with a hardware FPU.
+    Variant("conv_f32", float32.FloatConv, "kernels/conv_f32.c.j2", float32.conv_f32, frozenset({"fpu"}),
+            float32.is_dense_conv, dtypes=("float32",)),
+    Variant("dwconv_f32", float32.FloatConv, "kernels/dwconv_f32.c.j2", float32.dwconv_f32, frozenset({"fpu"}),
+            float32.is_depthwise, dtypes=("float32",)),
+    Variant("dense_f32", float32.FloatDense, "kernels/dense_f32.c.j2", float32.dense_f32, frozenset({"fpu"}),
+            dtypes=("float32",)),
 )  # fmt: skip
 
 
@@ -93,6 +100,19 @@ def select(op: IntOp, graph: IntGraph, index: int, features: frozenset[str]
         if made is not None:
             mk, consts = made
             return v, mk, consts
+    return None
+
+
+def select_float(op: float32.FloatLayer, index: int, features: frozenset[str]
+                 ) -> tuple[Variant, MicroKernel, list[np.ndarray]] | None:  # fmt: skip
+    """The first variant that computes float layer `op` on a target with `features`, its kernel
+    (symbol numbered by `index`) and constant arguments; None keeps TVM's kernels."""
+    for v in VARIANTS:
+        if isinstance(op, v.op) and v.requires <= features and v.applies(op, None):
+            made = v.make(index, op, None)
+            if made is not None:
+                mk, consts = made
+                return v, mk, consts
     return None
 
 
