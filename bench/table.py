@@ -47,6 +47,9 @@ def markdown(rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    rows = [row for path in sys.argv[1:] for row in json.loads(Path(path).read_text()) if "error" not in row]
+    # Bench rows only: other results (conformance summaries, accuracy studies) have no dtype.
+    data = [json.loads(Path(path).read_text()) for path in sys.argv[1:]]
+    rows = [row for rows in data if isinstance(rows, list) for row in rows
+            if isinstance(row, dict) and "dtype" in row and "error" not in row]  # fmt: skip
     dtypes = sorted({r["dtype"] for r in rows})
     print("\n\n".join(markdown([r for r in rows if r["dtype"] == d]) for d in dtypes))
