@@ -340,35 +340,50 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _ray_start(args: list[str], env: dict, log_path: Path) -> subprocess.Popen:
+    """`ray start ARGS --block` in its own process group, waited for until Ray says it runs."""
+    log = open(log_path, "w")  # noqa: SIM115 (the child keeps writing to it)
+    proc = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", *args, "--block"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    log.close()
+    deadline = time.monotonic() + 120
+    while "Ray runtime started" not in log_path.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _ray_stop(proc)
+            pytest.fail(f"ray start {' '.join(args)} did not start:\n{log_path.read_text()}")
+        time.sleep(0.5)
+    return proc
+
+
+def _ray_stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A Ray head node on this machine with 2 CPUs (the machine's), started and stopped here.
-    Stopped by ending the process group of our `ray start --block`, not `ray stop`, which ends
-    every Ray process of the user on the machine."""
+    """A Ray cluster on this machine: a head node and one worker node, one CPU each (the machine's
+    two), started and stopped here. Stopped by ending the process groups of our `ray start
+    --block`s, not `ray stop`, which ends every Ray process of the user on the machine."""
     pytest.importorskip("ray", reason="ray (the [ray] extra) is not installed")
     port = _free_port()
-    temp = tempfile.mkdtemp(prefix="ecray", dir="/tmp")  # short: Ray's socket paths live under it
+    temp = Path(tempfile.mkdtemp(prefix="ecray", dir="/tmp"))  # short: Ray's socket paths live under it
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
-    log = open(Path(temp) / "start.log", "w")  # noqa: SIM115 (closed at teardown)
-    proc = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
-                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-                             f"--temp-dir={temp}", "--block"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    head = _ray_start(["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                       "--disable-usage-stats", f"--temp-dir={temp}"], env, temp / "head.log")  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while "Ray runtime started" not in (Path(temp) / "start.log").read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, (Path(temp) / "start.log").read_text()
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
+        worker = _ray_start([f"--address=127.0.0.1:{port}", "--num-cpus=1"], env, temp / "worker.log")
         try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+            yield f"127.0.0.1:{port}"
+        finally:
+            _ray_stop(worker)
+    finally:
+        _ray_stop(head)
 
 
 def test_ray_cluster_gives_the_local_rows(ray_cluster, local_sweep, data, tmp_path):
