@@ -31,7 +31,7 @@ from edgecomp.codegen.naming import Naming
 from edgecomp.codegen.render import _env, render_model
 from edgecomp.errors import ToolError, UserError
 from edgecomp.options import BuildOptions
-from edgecomp.pipeline import _tensor_entry, build_key, compile_model, prepare
+from edgecomp.pipeline import _tensor_entry, build_key, compile_model, prepare, staged_dir
 from edgecomp.targets import Target
 
 FORMATS = ("cmake", "zephyr", "arduino", "platformio", "plain")
@@ -98,9 +98,7 @@ def export(model_path: Path, target: Target, outdir: Path | None, options: Build
     copied = {f"src/{rel}": src for rel, src in sources.copied.items()}
     c_files = tuple(sorted(p for p in [*files, *copied] if p.endswith(".c")))
 
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
-    try:
+    with staged_dir(outdir) as tmp:
         for rel, text in files.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_text(text)
@@ -120,12 +118,6 @@ def export(model_path: Path, target: Target, outdir: Path | None, options: Build
                          time.monotonic() - t0)  # fmt: skip
         report["files"] = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        if outdir.exists():
-            shutil.rmtree(outdir)
-        tmp.rename(outdir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(outdir, report)
 
 

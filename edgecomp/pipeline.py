@@ -6,12 +6,14 @@ then talk to the device through the harness.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +74,22 @@ class BuildResult:
     @property
     def quantized(self) -> bool:
         return self.int_graph is not None
+
+
+@contextlib.contextmanager
+def staged_dir(outdir: Path) -> Iterator[Path]:
+    """A temporary sibling of `outdir` to write into; it replaces `outdir` only when the block ends
+    without an error, so a failure never leaves a half-written folder behind."""
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
+    try:
+        yield tmp
+        if outdir.exists():
+            shutil.rmtree(outdir)
+        tmp.rename(outdir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def default_outdir(model_path: Path, target: Target) -> Path:
@@ -268,9 +286,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
     )
     t_gen = time.monotonic() - t0
 
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
-    try:
+    with staged_dir(outdir) as tmp:
         project.write(tmp)
         log(
             f"compiling {'the harness executable' if target.is_process else 'firmware'} ({len(project.files)} generated files)"
@@ -318,12 +334,6 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
         if options.quantize:
             onnx.save(float_model, str(tmp / FLOAT_MODEL))
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        if outdir.exists():
-            shutil.rmtree(outdir)
-        tmp.rename(outdir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return BuildResult(outdir, report, target, model, False, float_model if options.quantize else None,
                        int_graph, tfl)  # fmt: skip
 

@@ -106,13 +106,18 @@ def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
+def _check_named(model: onnx.ModelProto, named: dict, flag: str) -> None:
+    """Every input an option names is one of the model's run-time inputs."""
+    names = [i.name for i in real_inputs(model)]
+    unknown = sorted(set(named) - set(names))
+    if unknown:
+        raise UserError(f"{flag} names unknown input(s) {unknown}; the model's inputs are {names}")
+
+
 def pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> onnx.ModelProto:
     """Give each input named in `shapes` (--input-shape) that shape: dynamic dimensions take the
     given sizes; a fixed size that differs is an error naming it."""
-    names = [i.name for i in real_inputs(model)]
-    unknown = sorted(set(shapes) - set(names))
-    if unknown:
-        raise UserError(f"--input-shape names unknown input(s) {unknown}; the model's inputs are {names}")
+    _check_named(model, shapes, "--input-shape")
     if not shapes:
         return model
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -139,10 +144,7 @@ def freeze_inputs(model: onnx.ModelProto, values: dict[str, list[Number]]) -> on
     element type: a configuration input (a sample rate, a mode flag) then folds, and so do the If
     nodes that branch on it. Its shape is the input's if static, else that of the values given
     (a scalar for one value of a rank-0 input, a vector otherwise)."""
-    names = [i.name for i in real_inputs(model)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise UserError(f"--freeze names unknown input(s) {unknown}; the model's inputs are {names}")
+    _check_named(model, values, "--freeze")
     if not values:
         return model
     model = onnx.ModelProto.FromString(model.SerializeToString())
