@@ -300,17 +300,19 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
             report["patches"] = patching
         report["integrity"] = {"enabled": options.integrity, "weights_sha256": project.weights_sha256,
                                "code_sha256": code_digest(binary)}  # fmt: skip
+        low_bit = options.quantize in LOW_BIT_SCHEMES or bool(options.weight_bits)
+        # The float-I/O integer graph, for accuracy against the float model (extracted once).
+        float_io_graph = int_graph_for(fold_constants(model).model) if eval_data is not None or low_bit else None
         if eval_data is not None:
             log(f"evaluating float vs {options.quantize} on {eval_data}")
             samples, labels = load_eval(eval_data, io_specs(float_model))
-            report["accuracy"] = evaluate(float_model, int_graph_for(fold_constants(model).model), samples, labels)
-        if options.quantize in LOW_BIT_SCHEMES or options.weight_bits:
+            report["accuracy"] = evaluate(float_model, float_io_graph, samples, labels)
+        if low_bit:
             # Each layer's widths, bytes and SQNR (on --eval, else on a few calibration samples).
             per_layer = report.get("accuracy", {}).get("per_layer_sqnr_db")
             if per_layer is None and calib_samples:
-                graph = int_graph_for(fold_constants(model).model)
-                per_layer = evaluate(float_model, graph, calib_samples[:PRECISION_SAMPLES])["per_layer_sqnr_db"]
-            report["precision"] = precision(int_graph_for(fold_constants(model).model), per_layer)
+                per_layer = evaluate(float_model, float_io_graph, calib_samples[:PRECISION_SAMPLES])["per_layer_sqnr_db"]
+            report["precision"] = precision(float_io_graph, per_layer)
         if sizes is not None and options.fit_check:
             _check_fit(target, sizes)
         if sizes is not None and options.max_ram is not None and sizes.ram_bytes + sizes.stack > options.max_ram:
