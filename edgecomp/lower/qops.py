@@ -42,9 +42,9 @@ def _requant_double(acc, mult, shift):
     x = acc * (_c(1) << tirx.Max(s, _c(0)))  # a multiplication: << of a negative value is undefined in C
     h = (x * mult + (_c(1) << _c(30))) >> _c(31)  # SaturatingRoundingDoublingHighMul: ties up
     e = tirx.Max(-s, _c(0))
-    mask = (_c(1) << e) - _c(1)
-    threshold = (mask >> _c(1)) + tirx.Select(h < _c(0), _c(1), _c(0))
-    return (h >> e) + tirx.Select((h & mask) > threshold, _c(1), _c(0))  # RoundingDivideByPOT: ties away
+    # RoundingDivideByPOT (ties away from zero) as (h + ((2^e - (h < 0)) >> 1)) >> e: h read twice, not
+    # three times, so that chained requantizations (an Add's three) stay small expressions for TVM.
+    return (h + (((_c(1) << e) - tirx.Select(h < _c(0), _c(1), _c(0))) >> _c(1))) >> e
 
 
 def _requant_by(rounding: str):
@@ -68,7 +68,7 @@ def _rescale_expr(v, r: Rescale):
     v = v.astype(I64)
     if r.is_identity:
         return v
-    return _requant(v - _c(r.in_zp), _c(r.mult), _c(r.shift)) + _c(r.out_zp)
+    return _requant_by(r.rounding)(v - _c(r.in_zp), _c(r.mult), _c(r.shift)) + _c(r.out_zp)
 
 
 def _acc_dtype(x) -> str:
@@ -159,14 +159,14 @@ def _operands(x, y, shape):
 
 
 def _add(x, y, *, a, dtype, shape):
-    ls = _c(a.left_shift)
+    ls = _c(1 << a.left_shift)  # a multiplication: << of a negative value is undefined in C
     rq = _requant_by(a.rounding)
     at = _operands(x, y, shape)
 
     def f(*idx):
         xv, yv = at(idx)
-        xa = rq((xv.astype(I64) - _c(a.a_zp)) << ls, _c(a.a_mult), _c(a.a_shift))
-        xb = rq((yv.astype(I64) - _c(a.b_zp)) << ls, _c(a.b_mult), _c(a.b_shift))
+        xa = rq((xv.astype(I64) - _c(a.a_zp)) * ls, _c(a.a_mult), _c(a.a_shift))
+        xb = rq((yv.astype(I64) - _c(a.b_zp)) * ls, _c(a.b_mult), _c(a.b_shift))
         return _clamp(rq(xa - xb if a.subtract else xa + xb, _c(a.mult), _c(a.shift)) + _c(a.out_zp), a.lo, a.hi,
                       dtype)  # fmt: skip
 
@@ -323,6 +323,45 @@ def _softmax(x, table, *, a, dtype):
     return te.compute(shape, out, name="out")
 
 
+def _lut_int16(table, v):
+    """tflite_arith.lut_lookup_int16 for one int32 expression v in [-32768, 32767]."""
+    idx = (v >> _c(7, I32)) + _c(256, I32)
+    base = table[idx].astype(I32)
+    return base + (((table[idx + 1].astype(I32) - base) * (v & _c(127, I32)) + _c(64, I32)) >> _c(7, I32))
+
+
+def _softmax_tfl16(x, exp_lut, recip_lut, *, a, dtype):
+    """quant/ops/softmax_tfl.py TflSoftmax16 (TFLM's SoftmaxInt16) over the last axis."""
+    shape = [int(d) for d in x.shape]
+    k = te.reduce_axis((0, shape[-1]), "k")
+    mx = te.compute(shape[:-1], lambda *i: te.max(x[(*i, k)].astype(I32), axis=k), name="max")
+
+    def exp(*i):
+        d = _requant_double((x[i].astype(I32) - mx[i[:-1]]).astype(I64), _c(a.mult), _c(31 - a.shift))
+        return _lut_int16(exp_lut, _clamp(d + _c(32767), -32768, 32767, I32))
+
+    e = te.compute(shape, exp, name="exp")
+    k2 = te.reduce_axis((0, shape[-1]), "k2")
+    total = te.compute(shape[:-1], lambda *i: te.sum(e[(*i, k2)], axis=k2), name="sum")
+    # CountLeadingZeros of a positive int32: the powers of two 2^0..2^31 above it.
+    hp1 = te.compute(shape[:-1], lambda *i: sum((tirx.Select(total[i].astype(I64) < _c(1 << b), _c(1, I32), _c(0, I32))
+                                                 for b in range(32)), _c(0, I32)), name="clz")  # fmt: skip
+
+    def recip(*i):
+        h = hp1[i].astype(I64)
+        shifted = ((total[i].astype(I64) << (h - _c(1))) + _c(1 << 13)) >> _c(14)
+        return _lut_int16(recip_lut, _clamp(shifted - _c((1 << 15) + (1 << 16)), -32768, 32767, I32))
+
+    r = te.compute(shape[:-1], recip, name="recip")
+
+    def out(*i):
+        rs = _c(31) - hp1[i[:-1]].astype(I64)
+        v = (e[i].astype(I64) * r[i[:-1]].astype(I64) + (_c(1) << (rs - _c(1)))) >> rs
+        return _clamp(v, 0, 32767, dtype)
+
+    return te.compute(shape, out, name="out")
+
+
 def _quantize(x, scale, *, a, dtype):
     # ONNX rounds half to even (nearbyint); TFLite half away from zero: C's roundf, by name (TVM's
     # own round intrinsic becomes nearbyint in C).
@@ -459,6 +498,8 @@ TE_KERNELS = {
     ops.Lut: lambda op, g: (_lut, [_const(op.table, str(op.table.dtype))]),
     ops.Lut16: lambda op, g: (partial(_lut16, a=op), [_const(op.table, I32)]),
     ops.Softmax: lambda op, g: (partial(_softmax, a=op), [_const(op.table, I32)]),
+    ops.TflSoftmax16: lambda op, g: (partial(_softmax_tfl16, a=op), [_const(op.exp_lut, "int16"),
+                                                                     _const(op.recip_lut, "int16")]),
     ops.Quantize: lambda op, g: (partial(_quantize, a=op), [_const([op.scale], "float32")]),
     ops.Dequantize: lambda op, g: (partial(_dequantize, a=op), [_const([op.scale], "float32")]),
     ops.TflAvgPool: lambda op, g: (partial(_avgpool_tfl, a=op), [_const(tap_counts(

@@ -89,6 +89,14 @@ def quantize_multiplier(double_multiplier: float):
     return q_fixed, shift
 
 
+def reduce_multiplier_int64(quantized_multiplier: int) -> int:
+    """The 15-bit multiplier of MultiplyByQuantizedMultiplier(int64_t x, ...) (common.h, the int16x8
+    kernels' int64 accumulators): (m + 2^15) >> 16, or 0x7FFF from 0x7FFF0000 up. That function then
+    rounds once: (x * reduced + 2^(14 - shift)) >> (15 - shift)."""
+    m = int(quantized_multiplier)
+    return (m + (1 << 15)) >> 16 if m < 0x7FFF0000 else 0x7FFF
+
+
 def quantize_multiplier_smaller_than_one_exp(double_multiplier: float):
     """QuantizeMultiplierSmallerThanOneExp: requires 0 < m < 1; returns
     (multiplier, left_shift) with left_shift <= 0."""
@@ -680,3 +688,63 @@ def prepare_mean(input_scale, output_scale):
     """PrepareMeanOrSum (micro/kernels/reduce_common.cc): real = (double)s_in /
     (double)s_out -> QuantizeMultiplier."""
     return quantize_multiplier(float(f32(input_scale)) / float(f32(output_scale)))
+
+
+def gen_lut_int16(func, input_min: float, input_max: float, output_min: float, output_max: float) -> np.ndarray:
+    """gen_lut<float, int16_t, int16_t> (kernels/internal/common.h): 512 samples of `func` over
+    [input_min, input_max] plus one end point, each biased by half the error of linear interpolation
+    at the midpoint; all in float32 as TFLM computes it (func takes and returns np.float32)."""
+    step = (f32(input_max) - f32(input_min)) / f32(512)
+    half = step / f32(2)
+    inv = f32(65536) / (f32(output_max) - f32(output_min))
+    lut = np.zeros(513, np.int64)
+    for i in range(512):
+        x = f32(input_min) + f32(i) * step
+        val, mid, nxt = func(x), func(x + half), func(f32(input_min) + f32(i + 1) * step)
+        sample = round_half_away(val * inv)
+        interp = round_half_away((nxt * inv + round_half_away(val * inv)) / f32(2))
+        bias = round_half_away((interp - round_half_away(mid * inv)) / f32(2))
+        lut[i] = int(min(max(sample - bias, f32(-32768)), f32(32767)))
+    lut[512] = int(min(max(round_half_away(func(f32(input_max)) * inv), f32(-32768)), f32(32767)))
+    return lut
+
+
+def _expf(x):
+    """expf: float64 exp rounded to float32 (glibc's expf is correctly rounded on these inputs)."""
+    return f32(math.exp(float(x)))
+
+
+def softmax_int16_luts() -> tuple[np.ndarray, np.ndarray]:
+    """SoftmaxPrepare's int16 tables (micro/kernels/softmax_common.cc): exp over [-10, 0] and
+    1 / (1 + x) over [0, 1], both to [-1, 1] in Q0.15."""
+    return (gen_lut_int16(_expf, -10.0, 0.0, -1.0, 1.0),
+            gen_lut_int16(lambda v: f32(1.0) / (f32(1.0) + v), 0.0, 1.0, -1.0, 1.0))
+
+
+def prepare_softmax_int16(input_scale: float, beta: float) -> tuple[int, int]:
+    """CalculateSoftmaxParams, int16: QuantizeMultiplier((double)s_in * (double)beta / (10.0 / 65535.0))
+    (the row's differences [-65535, 0] onto the exp table's [-10, 0])."""
+    return quantize_multiplier(float(f32(input_scale)) * float(f32(beta)) / (10.0 / 65535.0))
+
+
+def lut_lookup_int16(v, lut):
+    """lut_lookup_with_interpolation (common.h): int16 v, 513-entry table: base lut[256 + (v >> 7)]
+    plus (slope * (v & 127) + 64) >> 7."""
+    v = np.asarray(v, dtype=np.int64)
+    lut = np.asarray(lut, dtype=np.int64)
+    idx = 256 + (v >> 7)
+    base = lut[idx]
+    return base + (((lut[idx + 1] - base) * (v & 127) + 64) >> 7)
+
+
+def softmax_int16(x, mult: int, shift: int, exp_lut, recip_lut):
+    """reference_ops::SoftmaxInt16 (reference/softmax.h) over the last axis."""
+    x = np.asarray(x, dtype=np.int64)
+    diff = x - x.max(axis=-1, keepdims=True)
+    e = lut_lookup_int16(np.clip(mbqm(diff, mult, shift) + 32767, -32768, 32767), exp_lut)
+    total = e.sum(axis=-1, keepdims=True)
+    hp1 = count_leading_zeros32(total)
+    shifted = ((total << (hp1 - 1)) + (1 << 13)) >> 14
+    recip = lut_lookup_int16(np.clip(shifted - ((1 << 15) + (1 << 16)), -32768, 32767), recip_lut)
+    rs = 31 - hp1
+    return np.clip((e * recip + (np.int64(1) << (rs - 1))) >> rs, 0, 32767)

@@ -29,9 +29,9 @@ from edgecomp.quant.ops.pad import Pad
 from edgecomp.quant.ops.patch import Crop, Place
 from edgecomp.quant.ops.pool import AvgPool, MaxPool
 from edgecomp.quant.ops.softmax import Softmax
-from edgecomp.quant.ops.softmax_tfl import TflSoftmax
+from edgecomp.quant.ops.softmax_tfl import TflSoftmax, TflSoftmax16
 
 __all__ = [
     "Add", "AvgPool", "Concat", "Conv", "Crop", "Dense", "Dequantize", "Lut", "Lut16", "MaxPool", "Mul", "PRelu", "Pad", "Place",
-    "Quantize", "Reshape", "Softmax", "TflAvgPool", "TflMean", "TflSoftmax", "Transpose", "integer_io", "outputs_of",
+    "Quantize", "Reshape", "Softmax", "TflAvgPool", "TflMean", "TflSoftmax", "TflSoftmax16", "Transpose", "integer_io", "outputs_of",
 ]  # fmt: skip
