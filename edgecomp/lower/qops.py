@@ -21,6 +21,7 @@ from edgecomp.lower import kernels
 from edgecomp.lower.kernels import Chosen
 from edgecomp.lower.model import MicroKernel
 from edgecomp.quant import ops
+from edgecomp.quant import tflite_arith as A
 from edgecomp.quant.ir import IntGraph, IntOp, Rescale
 from edgecomp.quant.ops.avgpool_tfl import tap_counts
 
@@ -362,6 +363,31 @@ def _softmax_tfl16(x, exp_lut, recip_lut, *, a, dtype):
     return te.compute(shape, out, name="out")
 
 
+def _sigmoid_tfl16(x, table, *, a, dtype):
+    """quant/ops/lut.py TflSigmoid16 (tflite_arith.sigmoid_int16); the rescaled input is its own stage."""
+    rnd = (1 << (a.shift - 1)) if a.shift > 0 else 0
+    v = te.compute(x.shape, lambda *i: (x[i].astype(I32) * _c(a.mult, I32) + _c(rnd, I32)) >> _c(a.shift, I32),
+                   name="scaled")  # fmt: skip
+    bits = 8 if a.tanh else 9
+
+    def f(*i):
+        s = v[i]
+        mag = tirx.Select(s < _c(0, I32), -s, s)
+        uh = mag >> _c(bits, I32)
+        k = tirx.Min(uh, _c(254, I32))
+        ua = table[k]
+        res = (ua << _c(bits, I32)) + (mag & _c((1 << bits) - 1, I32)) * (table[k + 1] - ua)
+        if a.tanh:
+            res = tirx.Select(uh >= _c(255, I32), _c(0xFFFF << 8, I32), res)
+            res = tirx.Select(s >= _c(0, I32), res - _c((1 << 23) - (1 << 7), I32), _c((1 << 23) + (1 << 7) - 1, I32) - res)
+            return (res >> _c(8, I32)).astype(dtype)
+        res = tirx.Select(uh >= _c(255, I32), _c(0x7FFF << 10, I32), res)
+        res = tirx.Select(s >= _c(0, I32), res + _c(1 << 9, I32), _c((1 << 25) + (1 << 9) - 1, I32) - res)
+        return (res >> _c(10, I32)).astype(dtype)
+
+    return te.compute(x.shape, f, name="sigmoid16")
+
+
 def _quantize(x, scale, *, a, dtype):
     # ONNX rounds half to even (nearbyint); TFLite half away from zero: C's roundf, by name (TVM's
     # own round intrinsic becomes nearbyint in C).
@@ -498,6 +524,7 @@ TE_KERNELS = {
     ops.Lut: lambda op, g: (_lut, [_const(op.table, str(op.table.dtype))]),
     ops.Lut16: lambda op, g: (partial(_lut16, a=op), [_const(op.table, I32)]),
     ops.Softmax: lambda op, g: (partial(_softmax, a=op), [_const(op.table, I32)]),
+    ops.TflSigmoid16: lambda op, g: (partial(_sigmoid_tfl16, a=op), [_const(A.SIGMOID_TABLE_UINT16, I32)]),
     ops.TflSoftmax16: lambda op, g: (partial(_softmax_tfl16, a=op), [_const(op.exp_lut, "int16"),
                                                                      _const(op.recip_lut, "int16")]),
     ops.Quantize: lambda op, g: (partial(_quantize, a=op), [_const([op.scale], "float32")]),

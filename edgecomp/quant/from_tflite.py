@@ -35,6 +35,7 @@ from edgecomp.quant.ops import (
     Reshape,
     TflAvgPool,
     TflMean,
+    TflSigmoid16,
     TflSoftmax,
     TflSoftmax16,
     Transpose,
@@ -400,6 +401,18 @@ class _Importer:
             act = {"RELU": A.ACT_RELU, "RELU6": A.ACT_RELU6, "RELU_N1_TO_1": A.ACT_RELU_N1_TO_1}[name]
             rescale = _identity(x_t.zero_point)
             lo, hi = A.calculate_activation_range_quantized(act, x_t.scale, x_t.zero_point, _qmin(y_t), _qmax(y_t))
+        elif name in ("LOGISTIC", "TANH") and x_t.dtype == y_t.dtype == "int16":
+            _int16_zero_points(op, x_t, y_t)
+            pot, log2 = A.checked_log2(y_t.scale)
+            if not pot or log2 != -15:
+                raise UnsupportedModelError(f"{op.label}: TFLite's int16 {name} needs output scale 2^-15")
+            try:
+                m, s = A.prepare_sigmoid_int16(x_t.scale, tanh=name == "TANH")
+            except ValueError as exc:
+                raise UnsupportedModelError(f"{op.label}: {exc}") from None
+            self.define(op.outputs[0], lambda out, q: TflSigmoid16(inputs=(x,), output=out, node=op.label, mult=m,
+                                                                    shift=s, tanh=name == "TANH"), layout)  # fmt: skip
+            return
         else:
             raise UnsupportedModelError(f"{op.label}: {x_t.dtype} -> {y_t.dtype} is not compiled on the integer path")
         self.define(op.outputs[0], lambda out, q: Reshape(inputs=(x,), output=out, node=op.label, rescale=rescale,

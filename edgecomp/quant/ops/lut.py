@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from edgecomp.quant import tflite_arith as A
 from edgecomp.quant.extract import Extractor, handles
 from edgecomp.quant.fixedpoint import interp_table
 from edgecomp.quant.ir import IntOp, clamp, int_array, register
@@ -84,3 +85,19 @@ def unary(ex: Extractor, node: onnx.NodeProto) -> None:
     table = np.clip(np.rint(fn((q - x.zero_point) * x.scale, a) / out.scale) + out.zero_point, lo, hi)
     ex.emit(Lut(inputs=(x.name,), output=out.name, node=node.name,
                 table=int_array(table.astype(np.int64), out.dtype)))  # fmt: skip
+
+
+@register
+@dataclass(frozen=True, kw_only=True, eq=False)
+class TflSigmoid16(IntOp):
+    """TFLite's int16 LOGISTIC / TANH (tflite_arith.sigmoid_int16): the input rescaled by
+    (mult, shift), then TFLM's 256-entry sigmoid table with its interpolation. Zero points 0,
+    output scale 2^-15 (TFLite requires them)."""
+
+    kind = "sigmoid_tfl16"
+    mult: int
+    shift: int  # right shift, with rounding
+    tanh: bool
+
+    def reference(self, xs, dtype):
+        return A.sigmoid_int16(xs[0], self.mult, self.shift, self.tanh).astype(dtype)
