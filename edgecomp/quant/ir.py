@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from edgecomp.quant.fixedpoint import ROUNDINGS, requant, requant_by
+from edgecomp.quant.fixedpoint import ROUNDINGS, requant_by
 
 
 @dataclass(frozen=True)
