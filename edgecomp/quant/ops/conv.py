@@ -1,4 +1,6 @@
-"""Integer 2-D convolution (any groups: dense, depthwise, grouped), NCHW, weights [O, I/g, KH, KW]."""
+"""Integer 2-D convolution (any groups: dense, depthwise, grouped), NCHW, weights [O, I/g, KH, KW].
+A 1-D convolution (NCL, weights [O, I/g, K]; an STFT front end, a temporal conv) is the 2-D one of
+height 1, between two reshapes, so the same kernels (and micro-kernels) run it."""
 
 from __future__ import annotations
 
@@ -58,13 +60,24 @@ def acc_bias(bias: np.ndarray, x: QTensor) -> np.ndarray:
 def conv_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
     x = ex.act_in(node.input[0], node)
     w, w_scale, _ = ex.weight(node.input[1], node)
-    if w.ndim != 4:
-        raise UnsupportedModelError(f"node '{node.name}': only 2-D convolutions have an integer kernel")
     a = ex.attrs(node)
+    final = None
+    if w.ndim == 3 and len(x.shape) == 3:  # 1-D: height 1
+        a = {**a, "dilations": (1, *a.get("dilations", (1,))), "strides": (1, *a.get("strides", (1,))),
+             "kernel_shape": (1, *a.get("kernel_shape", w.shape[2:]))}  # fmt: skip
+        if "pads" in a:
+            a["pads"] = (0, a["pads"][0], 0, a["pads"][1])
+        x2 = ex.derived(x, (*x.shape[:2], 1, x.shape[2]), "h1")
+        ex.reshape(x, x2, node)
+        x, w = x2, w.reshape(*w.shape[:2], 1, w.shape[2])
+    if w.ndim != 4 or len(x.shape) != 4:
+        raise UnsupportedModelError(f"node '{node.name}': only 1-D and 2-D convolutions have an integer kernel")
     dil = tuple(a.get("dilations", (1, 1)))
     strides = tuple(a.get("strides", (1, 1)))
     pads = explicit_pads(a, x.shape[2:], w.shape[2:], strides, dil, node)
     out, (lo, hi) = ex.out(node)
+    if len(out.shape) == 3:
+        final, out = out, ex.derived(out, (*out.shape[:2], 1, out.shape[2]), "h1")
     cout = w.shape[0]
     bias = ex.bias(node, 2, x, w_scale, cout)
     w64 = w.astype(np.int64)
@@ -76,3 +89,5 @@ def conv_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
                  shift=int_array(shift, np.int64), strides=strides, pads=pads, dilations=dil,
                  groups=int(a.get("group", 1)), pad_value=x.zero_point, out_zp=out.zero_point, lo=lo, hi=hi,
                  weight_bits=ex.weight_bits(node.input[1])))  # fmt: skip
+    if final is not None:
+        ex.reshape(out, final, node)
