@@ -291,7 +291,22 @@ def _wild_peak_floor():
     return make_model(nodes, [("x", [1, 2, 5, 6])], [("y", [1, 2, 5, 6])], inits)
 
 
+def _wild_batchnorm():
+    """Unfolded BatchNormalization (on the input, and on an NCL tensor), Max/Min with a constant."""
+    bn = [_k(f"{p}{n}", v) for p, c in (("a", 3), ("b", 4))
+          for n, v in (("g", np.linspace(-1.5, 2, c)), ("b", np.linspace(0.3, -0.4, c)),
+                       ("m", np.linspace(-0.2, 0.5, c)), ("v", np.linspace(0.5, 2, c)))]  # fmt: skip
+    nodes = [_n("BatchNormalization", ["x", "ag", "ab", "am", "av"], ["n1"], epsilon=1e-3),
+             _n("Conv", ["n1", "w1"], ["c1"]), _n("Max", ["c1", "floor"], ["mx"]),
+             _n("Reshape", ["mx", "shape"], ["r"]), _n("BatchNormalization", ["r", "bg", "bb", "bm", "bv"], ["n2"]),
+             _n("Min", ["top", "n2"], ["mn"]), _n("Conv", ["mn", "w2"], ["y"], pads=[1, 1])]  # fmt: skip
+    inits = [*bn, weight("w1", [4, 3, 1, 1]), _k("floor", -0.25), _k("shape", [1, 4, 30], np.int64), _k("top", 1.0),
+             weight("w2", [2, 4, 3])]  # fmt: skip
+    return make_model(nodes, [("x", [1, 3, 5, 6])], [("y", [1, 2, 30])], inits)
+
+
 WILD = {
+    "batchnorm": _wild_batchnorm,
     "spectrum": _wild_spectrum,
     "unary": _wild_unary,
     "pad_reflect": lambda: _wild_pad("reflect"),
@@ -316,7 +331,7 @@ def test_wild_ops_int8_host_bit_exact(name, tmp_path):
 
 
 @needs_qemu
-@pytest.mark.parametrize("name", ["spectrum", "pad_reflect", "slice_gather_conv1d", "peak_floor"])
+@pytest.mark.parametrize("name", ["spectrum", "pad_reflect", "slice_gather_conv1d", "peak_floor", "batchnorm"])
 def test_wild_ops_int8_cortex_m7_bit_exact(name, tmp_path):
     float_model, qmodel = _wild_quantized(name)
     _check(qmodel, float_model, "cortex-m7", tmp_path)

@@ -1,6 +1,8 @@
 """Integer 2-D convolution (any groups: dense, depthwise, grouped), NCHW, weights [O, I/g, KH, KW].
 A 1-D convolution (NCL, weights [O, I/g, K]; an STFT front end, a temporal conv) is the 2-D one of
-height 1, between two reshapes, so the same kernels (and micro-kernels) run it."""
+height 1, between two reshapes, so the same kernels (and micro-kernels) run it. A BatchNormalization
+left unfolded (no convolution before it to fold into) is a depthwise 1x1 convolution: per channel,
+x * scale / sqrt(var + eps) + (B - mean * that)."""
 
 from __future__ import annotations
 
@@ -89,5 +91,38 @@ def conv_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
                  shift=int_array(shift, np.int64), strides=strides, pads=pads, dilations=dil,
                  groups=int(a.get("group", 1)), pad_value=x.zero_point, out_zp=out.zero_point, lo=lo, hi=hi,
                  weight_bits=ex.weight_bits(node.input[1])))  # fmt: skip
+    if final is not None:
+        ex.reshape(out, final, node)
+
+
+@handles("BatchNormalization")
+def batchnorm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
+    """Inference BatchNormalization as a depthwise 1x1 convolution: its per-channel factor quantized
+    here symmetric per channel (one int8 weight of +-127 each), its offset an int32 bias."""
+    x = ex.act_in(node.input[0], node)
+    a = ex.attrs(node)
+    if a.get("training_mode", 0) or len(node.output) > 1 and any(node.output[1:]):
+        raise UnsupportedModelError(f"node '{node.name}': a training-mode BatchNormalization has no integer kernel")
+    gamma, beta, mean, var = (ex.real_const(n, node).reshape(-1) for n in node.input[1:5])
+    factor = gamma / np.sqrt(var + float(a.get("epsilon", 1e-5)))
+    offset = beta - mean * factor
+    c = factor.size
+    if len(x.shape) not in (3, 4) or x.shape[1] != c:
+        raise UnsupportedModelError(f"node '{node.name}': integer BatchNormalization needs NCHW or NCL input")
+    out, (lo, hi) = ex.out(node)
+    final = None
+    if len(x.shape) == 3:
+        x2 = ex.derived(x, (*x.shape[:2], 1, x.shape[2]), "h1")
+        ex.reshape(x, x2, node)
+        x, final, out = x2, out, ex.derived(out, (*out.shape[:2], 1, out.shape[2]), "h1")
+    w_scale = np.where(factor != 0, np.abs(factor) / 127.0, 1.0)
+    w = np.rint(factor / w_scale).astype(np.int64).reshape(c, 1, 1, 1)
+    bias = np.rint(offset / (x.scale * w_scale)).astype(np.int64) - x.zero_point * w.reshape(c)
+    mult, shift = ex.requant_params(x, w_scale, out, w.reshape(c, 1), bias)
+    bias = acc_bias(bias, x)
+    ex.emit(Conv(inputs=(x.name,), output=out.name, node=node.name, weight=int_array(w, np.int8),
+                 bias=int_array(bias, bias.dtype), mult=int_array(mult, np.int64), shift=int_array(shift, np.int64),
+                 strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), groups=c, pad_value=x.zero_point,
+                 out_zp=out.zero_point, lo=lo, hi=hi))  # fmt: skip
     if final is not None:
         ex.reshape(out, final, node)

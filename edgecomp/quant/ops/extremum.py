@@ -74,6 +74,10 @@ def reduce_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
 
 @handles("Max", "Min")
 def extremum_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
+    from edgecomp.quant.ops.lut import binary_with_constant
+
+    if len(node.input) == 2 and binary_with_constant(ex, node):  # max(x, 0): a table
+        return
     ins = [ex.act_in(i, node) for i in node.input]
     out, (lo, hi) = ex.out(node)
     if len(ins) == 1:

@@ -3,7 +3,7 @@ points every INTERP_STEP input steps, linearly interpolated (as TFLite's int16 L
 Relu/Clip on int16 is a rescale and a clamp instead (a 64K-entry table is too big for flash).
 
 The functions: activations (Sigmoid, Tanh, HardSwish...), unary math (Sqrt, Log, Exp, Abs, Neg,
-Reciprocal, Erf...), and an element-wise Add/Sub/Mul/Div/Pow whose other operand is one constant
+Reciprocal, Erf...), and an element-wise Add/Sub/Mul/Div/Pow/Max/Min whose other operand is one constant
 value (x + 3 in a hard-swish, x ** 2 and x / ln 10 in a spectrogram): a function of x alone, so a
 table computes it exactly as the float function quantized once, without a constant tensor."""
 
@@ -48,6 +48,8 @@ BINARY = {
     "Mul": lambda x, c: x * c,
     "Div": lambda x, c: x / c,
     "Pow": lambda x, c: np.power(x, c),
+    "Max": lambda x, c: np.maximum(x, c),
+    "Min": lambda x, c: np.minimum(x, c),
 }
 
 
