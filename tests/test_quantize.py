@@ -305,7 +305,22 @@ def _wild_batchnorm():
     return make_model(nodes, [("x", [1, 3, 5, 6])], [("y", [1, 2, 30])], inits)
 
 
+def _wild_conv_transpose():
+    """Transposed convolutions (a detector's upsampling): stride 2 with pads and output_padding,
+    asymmetric strides with dilation, stride 1."""
+    nodes = [_n("Conv", ["x", "w1"], ["c1"]),
+             _n("ConvTranspose", ["c1", "t1", "b1"], ["u1"], strides=[2, 2], pads=[1, 0, 1, 1],
+                output_padding=[1, 0]),
+             _n("ConvTranspose", ["u1", "t2"], ["u2"], strides=[1, 3], dilations=[2, 1], pads=[0, 1, 1, 0]),
+             _n("ConvTranspose", ["u2", "t3"], ["y"])]  # fmt: skip
+    inits = [weight("w1", [4, 2, 1, 1]), weight("t1", [4, 3, 3, 3]), weight("b1", [3]), weight("t2", [3, 2, 2, 3]),
+             weight("t3", [2, 2, 1, 2])]  # fmt: skip
+    # x [1,2,4,5] -> u1 [1,3,8,10] -> u2 [1,2,9,29] -> y [1,2,9,30]
+    return make_model(nodes, [("x", [1, 2, 4, 5])], [("y", [1, 2, 9, 30])], inits)
+
+
 WILD = {
+    "conv_transpose": _wild_conv_transpose,
     "batchnorm": _wild_batchnorm,
     "spectrum": _wild_spectrum,
     "unary": _wild_unary,
@@ -331,7 +346,8 @@ def test_wild_ops_int8_host_bit_exact(name, tmp_path):
 
 
 @needs_qemu
-@pytest.mark.parametrize("name", ["spectrum", "pad_reflect", "slice_gather_conv1d", "peak_floor", "batchnorm"])
+@pytest.mark.parametrize("name", ["spectrum", "pad_reflect", "slice_gather_conv1d", "peak_floor", "batchnorm",
+                                  "conv_transpose"])
 def test_wild_ops_int8_cortex_m7_bit_exact(name, tmp_path):
     float_model, qmodel = _wild_quantized(name)
     _check(qmodel, float_model, "cortex-m7", tmp_path)

@@ -409,6 +409,14 @@ def _pad(x, *, a, dtype, shape):
         return tirx.Max(tirx.Min(j, d - 1), 0)  # edge (and in range for constant)
 
     def f(*idx):
+        if any(a.interior):  # input values every (interior + 1) positions, the constant between
+            steps = [i + 1 for i in a.interior]
+            conds, src = [], []
+            for i, lo, d, s in zip(idx, before, dims, steps, strict=True):
+                j = i - lo
+                conds += [j >= 0, j <= (d - 1) * s] + ([tirx.floormod(j, s) == 0] if s > 1 else [])
+                src.append(tirx.Max(tirx.Min(tirx.floordiv(j, s), d - 1), 0))
+            return tirx.if_then_else(tirx.all(*conds), x[tuple(src)], tirx.const(a.value, dtype))
         src = tuple(source(i, lo, d) for i, lo, d in zip(idx, before, dims, strict=True))
         if a.mode != "constant":
             return x[src]

@@ -21,12 +21,22 @@ class Pad(IntOp):
     pads: tuple[tuple[int, int], ...]  # per axis (before, after), >= 0
     value: int
     mode: str = "constant"  # MODES
+    interior: tuple[int, ...] = ()  # per axis, constants between neighbours (a transposed conv's stride - 1)
 
     def validate(self) -> None:
         self._require(all(a >= 0 and b >= 0 for a, b in self.pads), "negative pads (crops) are not compiled")
         self._require(self.mode in MODES, f"unknown pad mode '{self.mode}'")
+        self._require(all(i >= 0 for i in self.interior), "interior padding is >= 0")
+        self._require(not any(self.interior) or self.mode == "constant", "interior padding is constant")
 
     def reference(self, xs, dtype):
+        if any(self.interior):
+            x = xs[0]
+            step = [i + 1 for i in self.interior]
+            shape = [(d - 1) * s + 1 + a + b for d, s, (a, b) in zip(x.shape, step, self.pads, strict=True)]
+            y = np.full(shape, self.value, dtype=dtype)
+            y[tuple(slice(a, a + (d - 1) * s + 1, s) for d, s, (a, _) in zip(x.shape, step, self.pads, strict=True))] = x
+            return y
         if self.mode == "constant":
             return np.pad(xs[0], self.pads, constant_values=self.value).astype(dtype)
         return np.pad(xs[0], self.pads, mode=self.mode).astype(dtype)  # numpy's modes are ONNX's

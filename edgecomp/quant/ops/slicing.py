@@ -74,7 +74,7 @@ def gather_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
     """Gather of constant indices that are one position, or evenly spaced ones (a Slice)."""
     x = ex.act_in(node.input[0], node)
     out, (lo, hi) = ex.out(node)
-    if not ex.is_const(node.input[1]) or node.input[1] not in ex.consts:
+    if node.input[1] not in ex.consts:
         raise UnsupportedModelError(
             f"node '{node.name}': integer Gather needs constant indices (run-time ones: compile in float)"
         )
