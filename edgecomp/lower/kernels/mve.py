@@ -1,0 +1,107 @@
+"""Helium (MVE, Cortex-M55/M85) int8 micro-kernels: convolution as an int8 im2col matrix product
+(conv_mve_s8), depthwise convolution by gathered windows (dwconv_mve_s8), dense layers
+(dense_mve_s8). Their inner step is VMLADAVA, 16 int8 MACs into a scalar int32 in one instruction;
+weights are stored int8 with each row zero-padded to a multiple of 16 so that every chunk is a full
+vector. The requantization runs on four int32 lanes (templates/kernels/ec_mve.h) with the same
+arithmetic as ec_dsp.h's scalar forms, so results are bit-identical to the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgecomp.lower.kernels.conv import _params as conv_params
+from edgecomp.lower.kernels.dense import _params as dense_params
+from edgecomp.lower.model import MicroKernel
+from edgecomp.quant.ir import IntGraph
+from edgecomp.quant.ops import Conv, Dense
+
+# Requantizations the vector epilogue implements (ec_mve.h): the SMMLA form and TFLite's dbl31 form.
+MVE_REQUANT = ("ec_requant_s8", "ec_requant_s8_q31", "ec_requant_s8_dbl31")
+U16_MAX = 65535  # reach of a gather load's 16-bit offsets (conv columns: channel planes)
+U8_MAX = 255  # reach of an 8-bit offset gather (depthwise windows)
+
+
+def _ceil(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+def _rows16(w2d: np.ndarray, rows: int) -> np.ndarray:
+    """[r, K] int8 -> [rows, K rounded up to 16], zero-padded (rows >= r)."""
+    out = np.zeros((rows, _ceil(w2d.shape[1], 16)), np.int8)
+    out[: w2d.shape[0], : w2d.shape[1]] = w2d
+    return out
+
+
+def _per_channel(rq: list[np.ndarray], rows: int) -> np.ndarray:
+    """[rows][4] int32 (bias, M, addend, -shift) from requant_consts' (bias, pairs, shifts), zero rows after."""
+    bias, pairs, sh = (np.asarray(a, np.int64) for a in rq)
+    q = np.zeros((rows, 4), np.int64)
+    q[: bias.size] = np.stack([bias, pairs[0::2], pairs[1::2], -sh], axis=1)
+    return q.astype(np.int32)
+
+
+def conv_order(p: dict) -> str:
+    """How conv_mve_s8 gathers a column: "chan" (a tap's channels by 16-bit-offset gathers, when
+    a few channels and the planes are within reach), "row" (a window row by one load: dilation 1
+    across, at most 16 wide), else "elem"."""
+    hw = p["h"] * p["w"]
+    if p["cin"] >= 4 and (min(p["cin"], 8) - 1) * hw <= U16_MAX:
+        return "chan"
+    if p["dw"] == 1 and p["kw"] <= 16:
+        return "row"
+    return "elem"
+
+
+def conv_mve_s8(index: int, op: Conv, graph: IntGraph):
+    p, rq = conv_params(op, graph)
+    if p["rq"] not in MVE_REQUANT:
+        return None
+    order = conv_order(p)
+    w = op.weight.astype(np.int8)  # [cout, cin, kh, kw]
+    w2d = (w.transpose(0, 2, 3, 1) if order == "chan" else w).reshape(p["cout"], -1)
+    k = w2d.shape[1]
+    c2 = _ceil(p["cout"], 2)
+    p.update(order=order, k=k, k16=_ceil(k, 16), c2=c2, fuse_add=0)
+    # Per channel pair, four lanes each of bias, M, addend, -shift in the dot product's lane order
+    # (c0 p0, c0 p1, c1 p0, c1 p1).
+    q = _per_channel(rq, c2).reshape(c2 // 2, 2, 4)
+    qc = np.repeat(q.transpose(0, 2, 1), 2, axis=2).reshape(-1).astype(np.int32)
+    macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * k
+    pointwise = p["kh"] == p["kw"] == 1 and p["sh"] == p["sw"] == 1 and not any(op.pads)
+    inplace = (0,) if pointwise and p["cout"] <= p["cin"] else ()
+    mk = MicroKernel(f"ec_mk{index}_conv_mve_s8", "kernels/conv_mve_s8.c.j2", tuple(sorted(p.items())),
+                     2 * p["k16"], macs, inplace)  # fmt: skip
+    return mk, [_rows16(w2d, c2), qc]
+
+
+def dense_mve_s8(index: int, op: Dense, graph: IntGraph):
+    p, rq = dense_params(op, graph)
+    if p["rq"] not in MVE_REQUANT:
+        return None
+    c4 = _ceil(p["cout"], 4)
+    p.update(k16=_ceil(p["k"], 16), c4=c4)
+    qc = _per_channel(rq, c4).reshape(c4 // 4, 4, 4).transpose(0, 2, 1).reshape(-1)
+    mk = MicroKernel(f"ec_mk{index}_dense_mve_s8", "kernels/dense_mve_s8.c.j2", tuple(sorted(p.items())), 0,
+                     p["n"] * p["cout"] * p["k"])  # fmt: skip
+    return mk, [_rows16(op.weight.astype(np.int8), c4), np.ascontiguousarray(qc)]
+
+
+def dwconv_mve_s8(index: int, op: Conv, graph: IntGraph):
+    """None when the window has more than 16 taps or spans more than an 8-bit offset's reach."""
+    p, rq = conv_params(op, graph)
+    if p["rq"] not in MVE_REQUANT or p["kh"] * p["kw"] > 16:
+        return None
+    hp = p["pt"] + p["h"] + int(op.pads[2])
+    wp = p["pl"] + p["w"] + int(op.pads[3])
+    offs = [ky * p["dh"] * wp + kx * p["dw"] for ky in range(p["kh"]) for kx in range(p["kw"])]
+    if max(offs) > U8_MAX:
+        return None
+    offs += [0] * (16 - len(offs))
+    p.update(hp=hp, wp=wp, offs=tuple(offs))
+    macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * p["kh"] * p["kw"]
+    inplace = (0,) if p["oh"] * p["ow"] <= p["h"] * p["w"] else ()
+    # The plane, and slack for the last step's windows past the row's end (their outputs are not stored).
+    scratch = hp * wp + 4 * p["sw"] + 16
+    mk = MicroKernel(f"ec_mk{index}_dwconv_mve_s8", "kernels/dwconv_mve_s8.c.j2", tuple(sorted(p.items())),
+                     scratch, macs, inplace)  # fmt: skip
+    return mk, [_rows16(op.weight.reshape(p["cout"], -1).astype(np.int8), p["cout"]), _per_channel(rq, p["cout"])]
