@@ -36,6 +36,11 @@ static inline int32x4_t ec_mve_requant_dbl31(int32x4_t acc, int32x4_t m, int32x4
   return vminq_s32(vmaxq_s32(r, vdupq_n_s32(lo)), vdupq_n_s32(hi));
 }
 
+/* v = the 16 bytes at p, then p += 16: one VLDRB with writeback (GCC 12 otherwise keeps a copy of
+ * the pointer and adds to it, two instructions more per loop step). */
+#define EC_MVE_LD16(v, p)                                                                                     \
+  __asm__("vldrb.u8 %q0, [%1], #16" : "=w"(v), "+r"(p) : "m"(*(const int8_t(*)[16])(const void *)(p)))
+
 /* Four int32 lanes from four scalars (two VMOV Q[2], Q[0] pairs). */
 static inline int32x4_t ec_mve_x4(int32_t a, int32_t b, int32_t c, int32_t d)
 {

@@ -60,18 +60,19 @@ def conv_mve_s8(index: int, op: Conv, graph: IntGraph):
     w = op.weight.astype(np.int8)  # [cout, cin, kh, kw]
     w2d = (w.transpose(0, 2, 3, 1) if order == "chan" else w).reshape(p["cout"], -1)
     k = w2d.shape[1]
-    c2 = _ceil(p["cout"], 2)
-    p.update(order=order, k=k, k16=_ceil(k, 16), c2=c2, fuse_add=0)
-    # Per channel pair, four lanes each of bias, M, addend, -shift in the dot product's lane order
-    # (c0 p0, c0 p1, c1 p0, c1 p1).
-    q = _per_channel(rq, c2).reshape(c2 // 2, 2, 4)
-    qc = np.repeat(q.transpose(0, 2, 1), 2, axis=2).reshape(-1).astype(np.int32)
+    c4 = _ceil(p["cout"], 4)
+    k16 = _ceil(k, 16)
+    p.update(order=order, k=k, k16=k16, c4=c4, fuse_add=0)
+    # Per group of four channels: the four biases, Ms, addends, -shifts.
+    qc = _per_channel(rq, c4).reshape(c4 // 4, 4, 4).transpose(0, 2, 1).reshape(-1)
     macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * k
     pointwise = p["kh"] == p["kw"] == 1 and p["sh"] == p["sw"] == 1 and not any(op.pads)
     inplace = (0,) if pointwise and p["cout"] <= p["cin"] else ()
     mk = MicroKernel(f"ec_mk{index}_conv_mve_s8", "kernels/conv_mve_s8.c.j2", tuple(sorted(p.items())),
                      2 * p["k16"], macs, inplace)  # fmt: skip
-    return mk, [_rows16(w2d, c2), qc]
+    # Each channel pair's weights interleaved by chunks of 16 ([pair][chunk][2][16]): one pointer.
+    pairs = _rows16(w2d, c4).reshape(c4 // 2, 2, k16 // 16, 16).transpose(0, 2, 1, 3)
+    return mk, [np.ascontiguousarray(pairs.reshape(-1)), np.ascontiguousarray(qc)]
 
 
 def dense_mve_s8(index: int, op: Dense, graph: IntGraph):
