@@ -101,8 +101,13 @@ def dwconv_mve_s8(index: int, op: Conv, graph: IntGraph):
     p.update(hp=hp, wp=wp, offs=tuple(offs))
     macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * p["kh"] * p["kw"]
     inplace = (0,) if p["oh"] * p["ow"] <= p["h"] * p["w"] else ()
-    # The plane, and slack for the last step's windows past the row's end (their outputs are not stored).
-    scratch = hp * wp + 4 * p["sw"] + 16
+    # Each output's window origin in the padded plane, in groups of four (the last completed with 0).
+    org = np.array([oy * p["sh"] * wp + ox * p["sw"] for oy in range(p["oh"]) for ox in range(p["ow"])], np.int64)
+    org = np.concatenate([org, np.zeros(-org.size % 4, np.int64)])
+    if org.max() + max(offs) >= 1 << 16:
+        return None
+    scratch = hp * wp
     mk = MicroKernel(f"ec_mk{index}_dwconv_mve_s8", "kernels/dwconv_mve_s8.c.j2", tuple(sorted(p.items())),
                      scratch, macs, inplace)  # fmt: skip
-    return mk, [_rows16(op.weight.reshape(p["cout"], -1).astype(np.int8), p["cout"]), _per_channel(rq, p["cout"])]
+    weights = _rows16(op.weight.reshape(p["cout"], -1).astype(np.int8), p["cout"])
+    return mk, [weights, _per_channel(rq, p["cout"]), org.astype(np.uint16)]
