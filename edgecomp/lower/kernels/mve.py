@@ -87,27 +87,46 @@ def dense_mve_s8(index: int, op: Dense, graph: IntGraph):
     return mk, [_rows16(op.weight.astype(np.int8), c4), np.ascontiguousarray(qc)]
 
 
+# Output rows whose sums a depthwise kernel buffers before requantizing them (int32 each), at most.
+DW_ACC_VALUES = 256
+
+
 def dwconv_mve_s8(index: int, op: Conv, graph: IntGraph):
-    """None when the window has more than 16 taps or spans more than an 8-bit offset's reach."""
+    """None when not even one output's window fits a 16-byte gather within 8-bit offsets."""
     p, rq = conv_params(op, graph)
-    if p["rq"] not in MVE_REQUANT or p["kh"] * p["kw"] > 16:
+    if p["rq"] not in MVE_REQUANT:
         return None
     hp = p["pt"] + p["h"] + int(op.pads[2])
     wp = p["pl"] + p["w"] + int(op.pads[3])
-    offs = [ky * p["dh"] * wp + kx * p["dw"] for ky in range(p["kh"]) for kx in range(p["kw"])]
-    if max(offs) > U8_MAX:
+    kh, kw = p["kh"], p["kw"]
+
+    def block(g: int) -> list[int]:  # the offsets of the block g adjacent outputs' windows cover
+        cols = (g - 1) * p["sw"] + (kw - 1) * p["dw"] + 1
+        return [ky * p["dh"] * wp + col for ky in range(kh) for col in range(cols)]
+
+    fits = [g for g in (4, 3, 2, 1) if len(block(g)) <= 16 and max(block(g)) <= U8_MAX]
+    if not fits:
         return None
-    offs += [0] * (16 - len(offs))
-    p.update(hp=hp, wp=wp, offs=tuple(offs))
-    macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * p["kh"] * p["kw"]
+    g = fits[0]
+    offs = block(g)
+    cols = len(offs) // kh
+    # Output j of the group: its taps at rows ky, columns j * sw + kx * dw of the block.
+    w = op.weight.reshape(p["cout"], kh, kw).astype(np.int8)
+    lanes = np.zeros((p["cout"], g, 16), np.int8)
+    for j in range(g):
+        for ky in range(kh):
+            for kx in range(kw):
+                lanes[:, j, ky * cols + j * p["sw"] + kx * p["dw"]] = w[:, ky, kx]
+    ng = -(-p["ow"] // g)
+    rows = max(1, min(p["oh"], DW_ACC_VALUES // p["ow"]))
+    # The plane (+16: a row's last group may cover bytes past the plane's end; their sums are
+    # overwritten or not stored), then the sums of `rows` rows (+ a last group's overflow, + 3: the
+    # last vector load).
+    acc_off = _ceil(hp * wp + 16, 4)
+    p.update(hp=hp, wp=wp, offs=tuple(offs + [0] * (16 - len(offs))), g=g, ng=ng, rows=rows, acc_off=acc_off)
+    macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * kh * kw
     inplace = (0,) if p["oh"] * p["ow"] <= p["h"] * p["w"] else ()
-    # Each output's window origin in the padded plane, in groups of four (the last completed with 0).
-    org = np.array([oy * p["sh"] * wp + ox * p["sw"] for oy in range(p["oh"]) for ox in range(p["ow"])], np.int64)
-    org = np.concatenate([org, np.zeros(-org.size % 4, np.int64)])
-    if org.max() + max(offs) >= 1 << 16:
-        return None
-    scratch = hp * wp
+    scratch = acc_off + 4 * (rows * p["ow"] + g + 3)
     mk = MicroKernel(f"ec_mk{index}_dwconv_mve_s8", "kernels/dwconv_mve_s8.c.j2", tuple(sorted(p.items())),
                      scratch, macs, inplace)  # fmt: skip
-    weights = _rows16(op.weight.reshape(p["cout"], -1).astype(np.int8), p["cout"])
-    return mk, [weights, _per_channel(rq, p["cout"]), org.astype(np.uint16)]
+    return mk, [lanes.reshape(-1), _per_channel(rq, p["cout"])]
