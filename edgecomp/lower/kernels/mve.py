@@ -110,23 +110,28 @@ def dwconv_mve_s8(index: int, op: Conv, graph: IntGraph):
     g = fits[0]
     offs = block(g)
     cols = len(offs) // kh
-    # Output j of the group: its taps at rows ky, columns j * sw + kx * dw of the block.
-    w = op.weight.reshape(p["cout"], kh, kw).astype(np.int8)
-    lanes = np.zeros((p["cout"], g, 16), np.int8)
+    # Output j of the group reads tap (ky, kx) in lane ky * cols + j * sw + kx * dw of the block: the
+    # kernel gathers each channel's taps into those lanes (idx), the others zero (mask, 1 bit per byte).
+    idx, masks = [], []
     for j in range(g):
+        lane_idx, mask = [0] * 16, 0
         for ky in range(kh):
             for kx in range(kw):
-                lanes[:, j, ky * cols + j * p["sw"] + kx * p["dw"]] = w[:, ky, kx]
+                lane = ky * cols + j * p["sw"] + kx * p["dw"]
+                lane_idx[lane], mask = ky * kw + kx, mask | 1 << lane
+        idx.append(tuple(lane_idx))
+        masks.append(mask)
     ng = -(-p["ow"] // g)
     rows = max(1, min(p["oh"], DW_ACC_VALUES // p["ow"]))
     # The plane (+16: a row's last group may cover bytes past the plane's end; their sums are
     # overwritten or not stored), then the sums of `rows` rows (+ a last group's overflow, + 3: the
     # last vector load).
     acc_off = _ceil(hp * wp + 16, 4)
-    p.update(hp=hp, wp=wp, offs=tuple(offs + [0] * (16 - len(offs))), g=g, ng=ng, rows=rows, acc_off=acc_off)
+    p.update(hp=hp, wp=wp, offs=tuple(offs + [0] * (16 - len(offs))), g=g, ng=ng, rows=rows, acc_off=acc_off,
+             idx=tuple(idx), masks=tuple(masks), taps=kh * kw)
     macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * kh * kw
     inplace = (0,) if p["oh"] * p["ow"] <= p["h"] * p["w"] else ()
     scratch = acc_off + 4 * (rows * p["ow"] + g + 3)
     mk = MicroKernel(f"ec_mk{index}_dwconv_mve_s8", "kernels/dwconv_mve_s8.c.j2", tuple(sorted(p.items())),
                      scratch, macs, inplace)  # fmt: skip
-    return mk, [lanes.reshape(-1), _per_channel(rq, p["cout"])]
+    return mk, [np.ascontiguousarray(op.weight.reshape(-1).astype(np.int8)), _per_channel(rq, p["cout"])]
