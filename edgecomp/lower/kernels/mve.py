@@ -80,11 +80,13 @@ def dense_mve_s8(index: int, op: Dense, graph: IntGraph):
     if p["rq"] not in MVE_REQUANT:
         return None
     c4 = _ceil(p["cout"], 4)
-    p.update(k16=_ceil(p["k"], 16), c4=c4)
+    p.update(c4=c4)
     qc = _per_channel(rq, c4).reshape(c4 // 4, 4, 4).transpose(0, 2, 1).reshape(-1)
     mk = MicroKernel(f"ec_mk{index}_dense_mve_s8", "kernels/dense_mve_s8.c.j2", tuple(sorted(p.items())), 0,
                      p["n"] * p["cout"] * p["k"])  # fmt: skip
-    return mk, [_rows16(op.weight.astype(np.int8), c4), np.ascontiguousarray(qc)]
+    w = np.zeros((c4, p["k"]), np.int8)  # rows as they are (the K tail's loads are predicated), zero rows after
+    w[: p["cout"]] = op.weight
+    return mk, [w, np.ascontiguousarray(qc)]
 
 
 # Output rows whose sums a depthwise kernel buffers before requantizing them (int32 each), at most.
