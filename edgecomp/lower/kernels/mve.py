@@ -52,7 +52,20 @@ def conv_order(p: dict) -> str:
     return "elem"
 
 
-def conv_mve_s8(index: int, op: Conv, graph: IntGraph):
+def _s4_chunks(w2d: np.ndarray) -> np.ndarray:
+    """[rows, K32] int4 values -> [rows, K32 / 2] bytes: in each chunk of 32 k, byte i holds k = i
+    in its low nibble and k = 16 + i in its high one (two VSHR give the two int8 vectors)."""
+    rows, k32 = w2d.shape
+    g = w2d.astype(np.int64).reshape(rows, k32 // 32, 2, 16) & 0xF
+    return np.ascontiguousarray((g[:, :, 0] | (g[:, :, 1] << 4)).astype(np.uint8).reshape(rows, k32 // 2))
+
+
+def conv_mve_s4(index: int, op: Conv, graph: IntGraph):
+    """conv_mve_s8 with int4 weights (w4a8), two per byte, unpacked in the loop."""
+    return conv_mve_s8(index, op, graph, s4=True)
+
+
+def conv_mve_s8(index: int, op: Conv, graph: IntGraph, s4: bool = False):
     p, rq = conv_params(op, graph)
     if p["rq"] not in MVE_REQUANT:
         return None
@@ -61,17 +74,22 @@ def conv_mve_s8(index: int, op: Conv, graph: IntGraph):
     w2d = (w.transpose(0, 2, 3, 1) if order == "chan" else w).reshape(p["cout"], -1)
     k = w2d.shape[1]
     c4 = _ceil(p["cout"], 4)
-    k16 = _ceil(k, 16)
-    p.update(order=order, k=k, k16=k16, c4=c4, fuse_add=0)
+    k16 = _ceil(k, 32 if s4 else 16)  # column slots (int4: chunks of 32)
+    p.update(order=order, k=k, k16=k16, c4=c4, fuse_add=0, s4=int(s4))
     # Per group of four channels: the four biases, Ms, addends, -shifts.
     qc = _per_channel(rq, c4).reshape(c4 // 4, 4, 4).transpose(0, 2, 1).reshape(-1)
     macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * k
     pointwise = p["kh"] == p["kw"] == 1 and p["sh"] == p["sw"] == 1 and not any(op.pads)
     inplace = (0,) if pointwise and p["cout"] <= p["cin"] else ()
-    mk = MicroKernel(f"ec_mk{index}_conv_mve_s8", "kernels/conv_mve_s8.c.j2", tuple(sorted(p.items())),
+    name = "conv_mve_s4" if s4 else "conv_mve_s8"
+    mk = MicroKernel(f"ec_mk{index}_{name}", "kernels/conv_mve_s8.c.j2", tuple(sorted(p.items())),
                      2 * p["k16"], macs, inplace)  # fmt: skip
-    # Each channel pair's weights interleaved by chunks of 16 ([pair][chunk][2][16]): one pointer.
-    pairs = _rows16(w2d, c4).reshape(c4 // 2, 2, k16 // 16, 16).transpose(0, 2, 1, 3)
+    # Each channel pair's weights interleaved by chunks of 16 bytes ([pair][chunk][2][16]): one pointer.
+    rows = np.zeros((c4, k16), np.int8)
+    rows[: p["cout"], :k] = w2d
+    if s4:
+        rows = _s4_chunks(rows).view(np.int8)
+    pairs = rows.reshape(c4 // 2, 2, -1, 16).transpose(0, 2, 1, 3)
     return mk, [np.ascontiguousarray(pairs.reshape(-1)), np.ascontiguousarray(qc)]
 
 
