@@ -11,6 +11,7 @@ import numpy as np
 
 from edgecomp.lower.kernels.conv import _params as conv_params
 from edgecomp.lower.kernels.dense import _params as dense_params
+from edgecomp.lower.kernels.int4 import pack_nibbles
 from edgecomp.lower.model import MicroKernel
 from edgecomp.quant.ir import IntGraph
 from edgecomp.quant.ops import Conv, Dense
@@ -111,7 +112,12 @@ def dense_mve_s8(index: int, op: Dense, graph: IntGraph):
 DW_ACC_VALUES = 256
 
 
-def dwconv_mve_s8(index: int, op: Conv, graph: IntGraph):
+def dwconv_mve_s4(index: int, op: Conv, graph: IntGraph):
+    """dwconv_mve_s8 with int4 taps (w4a8), two per byte, unpacked per channel."""
+    return dwconv_mve_s8(index, op, graph, s4=True)
+
+
+def dwconv_mve_s8(index: int, op: Conv, graph: IntGraph, s4: bool = False):
     """None when not even one output's window fits a 16-byte gather within 8-bit offsets."""
     p, rq = conv_params(op, graph)
     if p["rq"] not in MVE_REQUANT:
@@ -148,10 +154,12 @@ def dwconv_mve_s8(index: int, op: Conv, graph: IntGraph):
     # last vector load).
     acc_off = _ceil(hp * wp + 16, 4)
     p.update(hp=hp, wp=wp, offs=tuple(offs + [0] * (16 - len(offs))), g=g, ng=ng, rows=rows, acc_off=acc_off,
-             idx=tuple(idx), masks=tuple(masks), taps=kh * kw)
+             idx=tuple(idx), masks=tuple(masks), taps=kh * kw, s4=int(s4))
     macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * kh * kw
     inplace = (0,) if p["oh"] * p["ow"] <= p["h"] * p["w"] else ()
     scratch = acc_off + 4 * (rows * p["ow"] + g + 3)
-    mk = MicroKernel(f"ec_mk{index}_dwconv_mve_s8", "kernels/dwconv_mve_s8.c.j2", tuple(sorted(p.items())),
+    name = "dwconv_mve_s4" if s4 else "dwconv_mve_s8"
+    mk = MicroKernel(f"ec_mk{index}_{name}", "kernels/dwconv_mve_s8.c.j2", tuple(sorted(p.items())),
                      scratch, macs, inplace)  # fmt: skip
-    return mk, [np.ascontiguousarray(op.weight.reshape(-1).astype(np.int8)), _per_channel(rq, p["cout"])]
+    taps = op.weight.reshape(-1).astype(np.int8)
+    return mk, [pack_nibbles(taps).view(np.int8) if s4 else np.ascontiguousarray(taps), _per_channel(rq, p["cout"])]
