@@ -56,13 +56,7 @@ def _check(qmodel, float_model, target, tmp_path, near_ort=True):
 
 @pytest.mark.parametrize("name", QUANT_MODELS)
 def test_int8_host_bit_exact(name, tmp_path):
-    float_model, qmodel = _quantized(name)
-    if name == "add_mul_broadcast":  # Mul by a per-channel constant: no integer kernel (named in the error)
-        from edgecomp.errors import UnsupportedModelError
-
-        with pytest.raises(UnsupportedModelError, match="Mul"):
-            _check(qmodel, float_model, "host", tmp_path)
-        return
+    float_model, qmodel = _quantized(name)  # (add_mul_broadcast: Mul by a per-channel constant)
     assert _check(qmodel, float_model, "host", tmp_path) > 15  # dB vs float, on random data
 
 
@@ -319,7 +313,21 @@ def _wild_conv_transpose():
     return make_model(nodes, [("x", [1, 2, 4, 5])], [("y", [1, 2, 9, 30])], inits)
 
 
+def _wild_normalise():
+    """A vision model's own preprocessing: (x - mean[c]) / std[c] on the input, a per-channel Mul and
+    Add after a convolution, a per-channel constant minus the tensor, on NCHW and NCL tensors."""
+    nodes = [_n("Sub", ["x", "mean"], ["s"]), _n("Div", ["s", "std"], ["d"]), _n("Conv", ["d", "w1"], ["c1"]),
+             _n("Mul", ["gain", "c1"], ["m"]), _n("Add", ["m", "shift"], ["a"]), _n("Reshape", ["a", "shape"], ["r"]),
+             _n("Sub", ["bias3", "r"], ["s3"]), _n("Conv", ["s3", "w2"], ["y"])]  # fmt: skip
+    inits = [_k("mean", [[[0.4]], [[-0.3]], [[0.1]]]), _k("std", np.array([0.5, 2.0, 1.2]).reshape(1, 3, 1, 1)),
+             weight("w1", [4, 3, 1, 1]), _k("gain", np.array([1.5, -0.5, 0.25, 3.0]).reshape(4, 1, 1)),
+             _k("shift", np.array([0.1, -0.2, 0.3, 0.0]).reshape(1, 4, 1, 1)), _k("shape", [1, 4, 20], np.int64),
+             _k("bias3", np.array([1.0, 0.0, -1.0, 0.5]).reshape(4, 1)), weight("w2", [2, 4, 1])]  # fmt: skip
+    return make_model(nodes, [("x", [1, 3, 4, 5])], [("y", [1, 2, 20])], inits)
+
+
 WILD = {
+    "normalise": _wild_normalise,
     "conv_transpose": _wild_conv_transpose,
     "batchnorm": _wild_batchnorm,
     "spectrum": _wild_spectrum,
@@ -347,7 +355,7 @@ def test_wild_ops_int8_host_bit_exact(name, tmp_path):
 
 @needs_qemu
 @pytest.mark.parametrize("name", ["spectrum", "pad_reflect", "slice_gather_conv1d", "peak_floor", "batchnorm",
-                                  "conv_transpose"])
+                                  "conv_transpose", "normalise"])
 def test_wild_ops_int8_cortex_m7_bit_exact(name, tmp_path):
     float_model, qmodel = _wild_quantized(name)
     _check(qmodel, float_model, "cortex-m7", tmp_path)
@@ -372,6 +380,12 @@ def _refused_div_of_tensors():
     return make_model(nodes, [("x", [1, 2, 3, 3])], [("y", [1, 2, 3, 3])], inits)
 
 
+def _refused_last_axis_constant():
+    nodes = [_n("Conv", ["x", "w1"], ["c1"]), _n("Mul", ["c1", "row"], ["m"]), _n("Conv", ["m", "w2"], ["y"])]
+    inits = [weight("w1", [2, 2, 1, 1]), _k("row", [0.5, 1.0, 2.0]), weight("w2", [2, 2, 1, 1])]
+    return make_model(nodes, [("x", [1, 2, 3, 3])], [("y", [1, 2, 3, 3])], inits)
+
+
 def _refused_scattered_gather():
     nodes = [_n("Conv", ["x", "w1"], ["c1"]), _n("Gather", ["c1", "idx"], ["g"], axis=1),
              _n("Conv", ["g", "w2"], ["y"])]  # fmt: skip
@@ -382,6 +396,7 @@ def _refused_scattered_gather():
 @pytest.mark.parametrize("build_model, needle", [
     (_refused_div_of_tensors, r"node 'div_d' \(Div\).*needs one constant operand"),
     (_refused_scattered_gather, r"node 'gather_g'.*evenly spaced.*\[0, 2, 3\]"),
+    (_refused_last_axis_constant, r"node 'mul_m' \(Mul\).*a scalar\) or one per channel.*\[3\]"),
 ])  # fmt: skip
 def test_wild_ops_refusals_name_node_and_way_out(build_model, needle):
     from edgecomp.errors import UnsupportedModelError

@@ -107,10 +107,19 @@ def batchnorm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
         raise UnsupportedModelError(f"node '{node.name}': a training-mode BatchNormalization has no integer kernel")
     gamma, beta, mean, var = (ex.real_const(n, node).reshape(-1) for n in node.input[1:5])
     factor = gamma / np.sqrt(var + float(a.get("epsilon", 1e-5)))
-    offset = beta - mean * factor
+    channel_affine(ex, node, x, factor, beta - mean * factor)
+
+
+def channel_affine(ex: Extractor, node: onnx.NodeProto, x: QTensor, factor: np.ndarray, offset: np.ndarray) -> None:
+    """Emit y = x * factor[c] + offset[c] along axis 1 of an NCHW or NCL tensor (BatchNormalization,
+    a Mul/Add/Sub/Div by a per-channel constant) as a depthwise 1x1 convolution: the factor quantized
+    here symmetric per channel (one int8 weight of +-127 each), the offset an int32 bias."""
     c = factor.size
-    if len(x.shape) not in (3, 4) or x.shape[1] != c:
-        raise UnsupportedModelError(f"node '{node.name}': integer BatchNormalization needs NCHW or NCL input")
+    if len(x.shape) not in (3, 4) or x.shape[1] != c or offset.size != c:
+        raise UnsupportedModelError(
+            f"node '{node.name}' ({node.op_type}): an integer per-channel {node.op_type} needs an NCHW or NCL "
+            f"input with one value per channel (axis 1), got {x.shape} and {c} values"
+        )
     out, (lo, hi) = ex.out(node)
     final = None
     if len(x.shape) == 3:

@@ -142,15 +142,45 @@ def binary_with_constant(ex: Extractor, node: onnx.NodeProto) -> bool:
         raise UnsupportedModelError(f"node '{node.name}' ({node.op_type}): both operands are constant; fold it first")
     k = which[0]
     c = ex.real_const(node.input[k], node)
-    if c.size == 0 or np.any(c != c.reshape(-1)[0]):
-        raise UnsupportedModelError(
-            f"node '{node.name}' ({node.op_type}): an integer {node.op_type} with a constant operand needs one "
-            f"value (a scalar); this constant has {c.size} different values: compile the model in float"
-        )
     x = ex.act_in(node.input[1 - k], node)
+    if c.size and np.any(c != c.reshape(-1)[0]):  # one value per channel: a depthwise 1x1 convolution
+        per_channel(ex, node, x, c, k)
+        return True
     value, fn = float(c.reshape(-1)[0]), BINARY[node.op_type]
     emit_table(ex, node, x, (lambda v: fn(v, value)) if k == 1 else (lambda v: fn(value, v)))
     return True
+
+
+def per_channel(ex: Extractor, node: onnx.NodeProto, x, c: np.ndarray, k: int) -> None:
+    """x op c with c one value per channel (axis 1 of NCHW / NCL: a normalisation's mean and
+    scale): y = x * factor[ch] + offset[ch], emitted as conv.channel_affine."""
+    from edgecomp.quant.ops.conv import channel_affine
+
+    op, rank = node.op_type, len(x.shape)
+    try:
+        full = np.broadcast_to(c, x.shape) if c.ndim <= rank else None
+    except ValueError:
+        full = None
+    if full is None or rank < 3 or op not in ("Add", "Sub", "Mul", "Div") or (op == "Div" and k == 0):
+        full = None
+    else:
+        vals = full.reshape(x.shape[0], x.shape[1], -1)[0, :, 0]
+        if not np.array_equal(np.broadcast_to(vals.reshape(1, -1, *([1] * (rank - 2))), x.shape), full):
+            full = None
+    if full is None:
+        raise UnsupportedModelError(
+            f"node '{node.name}' ({op}): an integer {op} with a constant operand needs one value (a scalar) or one "
+            f"per channel (Add/Sub/Mul, Div by it) of an NCHW/NCL tensor; this constant of shape {list(c.shape)} "
+            "is neither: compile the model in float"
+        )
+    if op == "Div" and not np.all(vals != 0):
+        raise UnsupportedModelError(f"node '{node.name}' (Div): a per-channel divisor of 0")
+    ones, zeros = np.ones_like(vals), np.zeros_like(vals)
+    if op in ("Add", "Sub"):
+        factor, offset = (ones, vals) if op == "Add" else (ones, -vals) if k == 1 else (-ones, vals)
+    else:
+        factor, offset = (vals if op == "Mul" else 1 / vals), zeros
+    channel_affine(ex, node, x, factor, offset)
 
 
 @handles("Div", "Pow")
