@@ -57,6 +57,7 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
     report: the scheme, calibration method and number of samples. `weight_bits` (layer name, as
     passes/int4.py layer_name says -> 4 or 8) overrides the weights' width layer by layer."""
     from edgecomp.passes.int4 import INT4_OPSET, bias_corrections, linear_layers, name_layers, set_weight_bits
+    from edgecomp.passes.quantize_lstm import quantize_lstms
 
     if scheme == "mixed":  # int8 activations; 4 or 8 bits per layer as `weight_bits` says (passes/mixed.py)
         scheme, weight_bits = "int8", dict(weight_bits or {})
@@ -69,8 +70,13 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
         corrections = bias_corrections(base.float_model, base.model, base.floats, samples[:CORRECTION_SAMPLES])
         qmodel, _ = set_weight_bits(base.model, base.floats, weight_bits, corrections=corrections)
         return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
-    return PassResult(quantize_base(model, samples, scheme, method).model,
-                      {"scheme": scheme, "calib_method": method, "samples": len(samples)})  # fmt: skip
+    # An int16 cell state needs QuantizeLinear of opset 21 (as int4 weights do).
+    lstm = scheme == "int8" and any(n.op_type == "LSTM" for n in model.graph.node)
+    base = quantize_base(model, samples, scheme, method, INT4_OPSET if lstm else QDQ_OPSET)
+    qmodel = base.model
+    if lstm:  # onnxruntime leaves LSTMs in float: the integer LSTM's form (passes/quantize_lstm.py)
+        qmodel = quantize_lstms(qmodel, base.float_model, samples)
+    return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
 
 
 class Base(NamedTuple):

@@ -1,0 +1,210 @@
+"""Quantize the LSTMs onnxruntime's quantize_static leaves in float (QDQ has no LSTM pattern), in
+the form the integer LSTM (quant/ops/lstm.py) compiles.
+
+Preserves: the model's interface and every other node; an LSTM the integer kernel does not take
+(reverse, peepholes...: ops.lstm.lstm_refusal) stays float, and the extractor names it. Adds
+around each LSTM: int8 per-row symmetric weights W and R (DequantizeLinear, axis 1), the float
+input quantized to int8 (unless it already comes from a DequantizeLinear), Y and Y_h int8 with one
+scale (h), Y_c int16 with zero point 0 and a power-of-two scale (c), the initial states quantized
+as the states they start. The ranges of h and c are every step's, from a float run of the LSTM in
+numpy on its inputs as onnxruntime computes them for the calibration samples (min/max: the LSTM
+is quantized by min/max whatever --calib-method says).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgecomp.quant.ops.lstm import lstm_refusal
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def float_lstm(x, w, r, b, h, c) -> tuple[np.ndarray, np.ndarray]:
+    """ONNX's forward LSTM (gates i, o, f, c), batch rows kept: every step's h and c, [seq, B, H]."""
+    hidden = r.shape[1]
+    hs, cs = [], []
+    for t in range(x.shape[0]):
+        g = x[t] @ w.T + h @ r.T + b[: 4 * hidden] + b[4 * hidden :]
+        i, o, f, z = (g[:, k * hidden : (k + 1) * hidden] for k in range(4))
+        c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(z)
+        h = _sigmoid(o) * np.tanh(c)
+        hs.append(h)
+        cs.append(c)
+    return np.stack(hs), np.stack(cs)
+
+
+def _candidates(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    consts = {t.name for t in model.graph.initializer}
+    result = []
+    for n in model.graph.node:
+        if n.op_type != "LSTM":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if lstm_refusal(n, attrs, list(n.input)) is None and all(i in consts for i in n.input[1:4] if i):
+            result.append(n)
+    return result
+
+
+def _calibrate(float_model: onnx.ModelProto, samples: list[list[np.ndarray]], nodes: list[onnx.NodeProto]):
+    """Per LSTM (by position among the model's LSTMs): (x min, x max, h min, h max, max |c|)."""
+    import onnxruntime as ort
+
+    g = float_model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    inputs = [i.name for i in g.input if i.name not in consts]
+    wanted = []
+    for n in nodes:
+        wanted += [i for i in (n.input[0], *(n.input[5:7])) if i and i not in inputs and i not in wanted]
+    m = onnx.ModelProto()
+    m.CopyFrom(float_model)
+    m.graph.output.extend([helper.make_empty_tensor_value_info(name) for name in wanted])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    stats = [[np.inf, -np.inf, 0.0, 0.0, 0.0] for _ in nodes]
+    for sample in samples:
+        feed = dict(zip(inputs, sample, strict=True))
+        values = {**feed, **dict(zip(wanted, sess.run(wanted, feed), strict=True))} if wanted else feed
+        for s, n in zip(stats, nodes, strict=True):
+            hidden = next(a.i for a in n.attribute if a.name == "hidden_size")
+            x = values[n.input[0]].astype(np.float64)
+            h0 = values[n.input[5]] if len(n.input) > 5 and n.input[5] else np.zeros((1, x.shape[1], hidden))
+            c0 = values[n.input[6]] if len(n.input) > 6 and n.input[6] else np.zeros((1, x.shape[1], hidden))
+            b = consts[n.input[3]].reshape(-1) if len(n.input) > 3 and n.input[3] else np.zeros(8 * hidden)
+            hs, cs = float_lstm(x, consts[n.input[1]][0], consts[n.input[2]][0], b.astype(np.float64),
+                                h0[0].astype(np.float64), c0[0].astype(np.float64))  # fmt: skip
+            h_all = np.concatenate([hs.reshape(-1), h0.reshape(-1)])
+            s[0], s[1] = min(s[0], float(x.min())), max(s[1], float(x.max()))
+            s[2], s[3] = min(s[2], float(h_all.min())), max(s[3], float(h_all.max()))
+            s[4] = max(s[4], float(np.abs(cs).max()), float(np.abs(c0).max()))
+    return stats
+
+
+def _asym_int8(lo: float, hi: float) -> tuple[float, int]:
+    """onnxruntime's asymmetric int8 parameters for a range (widened to hold 0)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    return scale, int(np.clip(round(-128 - lo / scale), -128, 127))
+
+
+def cell_scale(c_max: float) -> float:
+    """The smallest power of two whose int16 grid holds +-c_max (2**-15 for a tiny cell)."""
+    if c_max <= 0:
+        return 2.0**-15
+    return 2.0 ** min(-1, max(-29, math.ceil(math.log2(c_max / 32767.0))))
+
+
+def quantize_lstms(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
+                   samples: list[list[np.ndarray]]) -> onnx.ModelProto:  # fmt: skip
+    """`qmodel` (onnxruntime's QDQ model of `float_model`) with its supported LSTMs quantized."""
+    nodes = _candidates(qmodel)
+    if not nodes:
+        return qmodel
+    float_lstms = [n for n in float_model.graph.node if n.op_type == "LSTM"]
+    q_lstms = [n for n in qmodel.graph.node if n.op_type == "LSTM"]
+    if len(float_lstms) != len(q_lstms):
+        return qmodel
+    stats = _calibrate(float_model, samples, [float_lstms[q_lstms.index(n)] for n in nodes])
+    out = onnx.ModelProto()
+    out.CopyFrom(qmodel)
+    g = out.graph
+    consts = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    new_nodes: dict[int, tuple[list, list]] = {}  # position of an LSTM -> (nodes before, nodes after)
+    removed: set[str] = set()  # output names of onnxruntime's Q nodes replaced by ours
+
+    def qparams(prefix: str, scale, zp, dtype) -> tuple[str, str]:
+        s, z = f"{prefix}_scale", f"{prefix}_zero_point"
+        g.initializer.append(numpy_helper.from_array(np.asarray(scale, np.float32), s))
+        g.initializer.append(numpy_helper.from_array(np.asarray(zp, dtype), z))
+        return s, z
+
+    positions = [i for i, n in enumerate(g.node) if n.op_type == "LSTM"]
+    for k, (n, st) in enumerate(zip(nodes, stats, strict=True)):
+        pos = positions[q_lstms.index(n)]
+        node = g.node[pos]
+        tag = f"{node.name or 'lstm'}_{k}_q"
+        before, after = [], []
+        hidden = next(a.i for a in node.attribute if a.name == "hidden_size")
+        # Weights: int8, symmetric per gate row.
+        for idx in (1, 2):
+            w = numpy_helper.to_array(consts[node.input[idx]]).astype(np.float64)  # [1, 4H, K]
+            scale = np.abs(w).max(axis=(0, 2)) / 127.0
+            scale[scale == 0] = 1.0
+            q = np.clip(np.rint(w / scale[None, :, None]), -127, 127).astype(np.int8)
+            name = f"{tag}_w{idx}"
+            g.initializer.append(numpy_helper.from_array(q, name))
+            s, z = qparams(name, scale, np.zeros(4 * hidden), np.int8)
+            before.append(
+                helper.make_node("DequantizeLinear", [name, s, z], [name + "_dq"], f"{name}_dq", axis=1)
+            )
+            node.input[idx] = name + "_dq"
+        h_scale, h_zp = _asym_int8(st[2], st[3])
+        c_scale = cell_scale(st[4])
+        # The input, unless it is quantized already.
+        x_prod = producer.get(node.input[0])
+        if x_prod is None or x_prod.op_type != "DequantizeLinear":
+            s, z = qparams(f"{tag}_x", *_asym_int8(st[0], st[1]), np.int8)
+            before += [
+                helper.make_node("QuantizeLinear", [node.input[0], s, z], [f"{tag}_x_q"], f"{tag}_x_q"),
+                helper.make_node("DequantizeLinear", [f"{tag}_x_q", s, z], [f"{tag}_x_dq"], f"{tag}_x_dq"),
+            ]
+            node.input[0] = f"{tag}_x_dq"
+        hs, hz = qparams(f"{tag}_h", h_scale, h_zp, np.int8)
+        cs, cz = qparams(f"{tag}_c", c_scale, 0, np.int16)
+        for idx, (s, z) in ((5, (hs, hz)), (6, (cs, cz))):
+            if len(node.input) > idx and node.input[idx]:
+                src = node.input[idx]
+                before += [helper.make_node("QuantizeLinear", [src, s, z], [f"{tag}_s{idx}_q"], f"{tag}_s{idx}_q"),
+                           helper.make_node("DequantizeLinear", [f"{tag}_s{idx}_q", s, z], [f"{tag}_s{idx}_dq"],
+                                            f"{tag}_s{idx}_dq")]  # fmt: skip
+                node.input[idx] = f"{tag}_s{idx}_dq"
+        if len(node.input) < 7 or not node.input[6]:
+            # A zero initial cell state as an int16 constant: its DequantizeLinear keeps the cell's
+            # scale when Y_c is not read (and dead-code removal drops Y_c's QuantizeLinear).
+            while len(node.input) < 7:
+                node.input.append("")
+            g.initializer.append(numpy_helper.from_array(np.zeros((1, 1, hidden), np.int16), f"{tag}_c0"))
+            before.append(
+                helper.make_node("DequantizeLinear", [f"{tag}_c0", cs, cz], [f"{tag}_c0_dq"], f"{tag}_c0_dq")
+            )
+            node.input[6] = f"{tag}_c0_dq"
+        # Outputs Y, Y_h (h) and Y_c (c); Y_h and Y_c always, for their scales.
+        while len(node.output) < 3:
+            node.output.append("")
+        for idx, (s, z) in ((0, (hs, hz)), (1, (hs, hz)), (2, (cs, cz))):
+            name = node.output[idx]
+            if not name and idx == 0:
+                continue
+            name = name or f"{tag}_out{idx}"
+            raw, q_out = f"{tag}_out{idx}_raw", f"{tag}_out{idx}_q"
+            node.output[idx] = raw
+            after += [
+                helper.make_node("QuantizeLinear", [raw, s, z], [q_out], f"{tag}_out{idx}_q"),
+                helper.make_node("DequantizeLinear", [q_out, s, z], [name], f"{tag}_out{idx}_dq"),
+            ]
+            # onnxruntime's own QuantizeLinear of this output (for a quantized reader): ours instead.
+            for qn in [m for m in g.node if m.op_type == "QuantizeLinear" and m.input[0] == name]:
+                readers = [m for m in g.node if qn.output[0] in m.input]
+                if readers and all(m.op_type == "DequantizeLinear" for m in readers):
+                    for m in readers:
+                        m.input[:] = [q_out, s, z]
+                    removed.add(qn.output[0])
+        new_nodes[pos] = (before, after)
+    ordered = []
+    for pos, n in enumerate(g.node):
+        if n.op_type == "QuantizeLinear" and n.output[0] in removed:
+            continue
+        before, after = new_nodes.get(pos, ([], []))
+        ordered += [*before, n, *after]
+    del g.node[:]
+    g.node.extend(ordered)
+    del g.value_info[:]
+    return onnx.shape_inference.infer_shapes(out)

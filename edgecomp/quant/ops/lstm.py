@@ -1,0 +1,256 @@
+"""Integer LSTM (ONNX LSTM, forward, batch 1), after TFLite's / CMSIS-NN's 8x8->16 design.
+
+int8 input x and hidden state h (asymmetric), int8 weights W, R (symmetric, per gate row or per
+tensor), int16 cell state c (symmetric, scale 2**-cell_shift). Per step t, gate rows in ONNX's order
+i, o, f, c (g):
+
+    pre   = sat16(requant(W x_t + bias_x, Mx, nx) + requant(R h + bias_h, Mh, nh))   Q3.12 (2**-12)
+    i, o, f = sigmoid16(pre_i, pre_o, pre_f);  g = tanh16(pre_g)                       Q0.15
+    c     = sat16(rs(f * c, 15) + rs(i * g, 30 - cell_shift))                          2**-cell_shift
+    h     = clamp(requant(o * tanhc16(c), Mo, no) + h_zp, -128, 127)                   int8, h's scale
+
+with rs(v, n) = (v + 2**(n-1)) >> n, requant quant/fixedpoint.py's single rounding, the zero points
+of x and h folded into the biases (bias_x also holds ONNX's Wb + Rb). sigmoid16/tanh16/tanhc16 are
+513-point tables interpolated as the int16 LUTs (fixedpoint.interp_table): exact integer
+definitions, within a few LSB of Q0.15 of the real functions. Y (all h), Y_h (last h) and Y_c (last
+c) are each one op (`result`): an op per output the model reads, each running the recurrence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from edgecomp.errors import UnsupportedModelError
+from edgecomp.quant.extract import Extractor, handles
+from edgecomp.quant.fixedpoint import interp_table, quantize_multiplier, quantize_multipliers, requant
+from edgecomp.quant.ir import IntOp, QTensor, int_array, register
+
+GATE_BITS = 12  # gate pre-activations are Q3.12
+TABLE_POINTS = 513  # one point every 128 int16 steps (as quant/ops/lut.py's Lut16)
+RESULTS = ("y", "h", "c")
+
+
+def rshift_round(v: np.ndarray, n: int) -> np.ndarray:
+    """(v + 2**(n-1)) >> n on int64: a rounding shift, half towards +infinity."""
+    return (v + (np.int64(1) << (n - 1))) >> n
+
+
+def table16(fn, in_scale: float) -> np.ndarray:
+    """fn on the int16 grid of scale `in_scale`, in Q0.15, at every 128th input (513 points)."""
+    q = np.arange(-32768, 32769, 128, dtype=np.float64)
+    return np.clip(np.rint(fn(q * in_scale) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def lookup16(table: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return interp_table(table, v.astype(np.int64) + 32768)
+
+
+@register
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Lstm(IntOp):
+    """inputs: (x [seq, 1, in], then h0 [1, 1, hidden] if has_h0, then c0 [1, 1, hidden] if has_c0)."""
+
+    kind = "lstm"
+    result: str  # "y": every step's h [seq, 1, 1, hidden]; "h": the last h; "c": the last c (int16)
+    has_h0: bool
+    has_c0: bool
+    w: np.ndarray  # int8 [4 hidden, in], rows i, o, f, g
+    r: np.ndarray  # int8 [4 hidden, hidden]
+    bias_x: np.ndarray  # int32 [4 hidden]: biases and -x_zp * sum(w row)
+    bias_h: np.ndarray  # int32 [4 hidden]: -h_zp * sum(r row)
+    mult_x: np.ndarray  # int64 [4 hidden]: x_scale * w_scale / 2**-12
+    shift_x: np.ndarray
+    mult_h: np.ndarray  # h_scale * r_scale / 2**-12
+    shift_h: np.ndarray
+    out_mult: int  # 2**-30 / h_scale
+    out_shift: int
+    h_zp: int
+    cell_shift: int  # the cell state's scale is 2**-cell_shift
+    sigmoid: np.ndarray  # int16 [513]: Q3.12 -> Q0.15
+    tanh: np.ndarray  # int16 [513]: Q3.12 -> Q0.15
+    tanh_cell: np.ndarray  # int16 [513]: cell scale -> Q0.15
+
+    @property
+    def hidden(self) -> int:
+        return self.r.shape[1]
+
+    def validate(self) -> None:
+        rows = self.w.shape[0]
+        self._require(self.result in RESULTS, f"result must be one of {RESULTS}")
+        self._require(self.w.dtype == np.int8 and self.r.dtype == np.int8, "weights must be int8")
+        self._require(self.w.ndim == 2 and self.r.shape == (rows, rows // 4) and rows % 4 == 0,
+                      "w must be [4 hidden, in] and r [4 hidden, hidden]")  # fmt: skip
+        for name in ("bias_x", "bias_h", "mult_x", "shift_x", "mult_h", "shift_h"):
+            self._require(
+                getattr(self, name).shape == (rows,), f"{name} needs one value per gate row ({rows})"
+            )
+        self._require(self.bias_x.dtype == np.int32 and self.bias_h.dtype == np.int32, "biases must be int32")
+        self._require(bool(np.all(self.shift_x >= 1) and np.all(self.shift_h >= 1)) and self.out_shift >= 1,
+                      "shifts must be >= 1")  # fmt: skip
+        self._require(1 <= self.cell_shift <= 29, f"cell scale 2**-{self.cell_shift} outside 2**-29 .. 2**-1")
+        for name in ("sigmoid", "tanh", "tanh_cell"):
+            self._require(getattr(self, name).shape == (TABLE_POINTS,) and getattr(self, name).dtype == np.int16,
+                          f"{name} must be {TABLE_POINTS} int16 points")  # fmt: skip
+        self._require(len(self.inputs) == 1 + self.has_h0 + self.has_c0, "inputs: x, then h0, c0 if given")
+
+    def reference(self, xs, dtype):
+        hidden = self.hidden
+        x = xs[0].astype(np.int64).reshape(-1, self.w.shape[1])
+        k = 1
+        h = np.full(hidden, self.h_zp, np.int64)
+        c = np.zeros(hidden, np.int64)
+        if self.has_h0:
+            h, k = xs[k].astype(np.int64).reshape(hidden), k + 1
+        if self.has_c0:
+            c = xs[k].astype(np.int64).reshape(hidden)
+        w, r = self.w.astype(np.int64), self.r.astype(np.int64)
+        ys = []
+        for t in range(x.shape[0]):
+            gx = requant(w @ x[t] + self.bias_x, self.mult_x, self.shift_x)
+            gh = requant(r @ h + self.bias_h, self.mult_h, self.shift_h)
+            pre = np.clip(gx + gh, -32768, 32767)
+            i, o, f, g = (pre[j * hidden : (j + 1) * hidden] for j in range(4))
+            i, o, f = lookup16(self.sigmoid, i), lookup16(self.sigmoid, o), lookup16(self.sigmoid, f)
+            g = lookup16(self.tanh, g)
+            c = np.clip(rshift_round(f * c, 15) + rshift_round(i * g, 30 - self.cell_shift), -32768, 32767)
+            h = np.clip(
+                requant(o * lookup16(self.tanh_cell, c), self.out_mult, self.out_shift) + self.h_zp, -128, 127
+            )
+            ys.append(h)
+        out = {"y": np.stack(ys).reshape(-1, 1, 1, hidden), "h": h.reshape(1, 1, hidden),
+               "c": c.reshape(1, 1, hidden)}[self.result]  # fmt: skip
+        return out.astype(dtype)
+
+
+def lstm_refusal(node: onnx.NodeProto, attrs: dict, inputs: list[str]) -> str | None:
+    """Why the integer LSTM does not take this node (None: it does). Shared with the quantizer."""
+    if attrs.get("direction", b"forward") not in (b"forward", "forward"):
+        return f"direction {attrs['direction']!r} (forward only)"
+    if attrs.get("layout", 0) != 0:
+        return "layout 1 (layout 0 only)"
+    if "clip" in attrs:
+        return "a cell clip"
+    if attrs.get("input_forget", 0):
+        return "input_forget=1"
+    acts = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])]
+    if acts and acts != ["Sigmoid", "Tanh", "Tanh"]:
+        return f"activations {acts} (Sigmoid, Tanh, Tanh only)"
+    if len(inputs) > 4 and inputs[4]:
+        return "sequence_lens"
+    if len(inputs) > 7 and inputs[7]:
+        return "peepholes"
+    return None
+
+
+def _refuse(node: onnx.NodeProto, why: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"node '{node.name}' (LSTM): the integer LSTM does not support {why}; compile the model in float"
+    )
+
+
+def _state_out(ex: Extractor, node: onnx.NodeProto, name: str) -> tuple[QTensor | None, bool]:
+    """The int tensor an LSTM output is quantized to (None: no QuantizeLinear reads it), and whether
+    the model reads it (through the DequantizeLinear of that tensor)."""
+    users = ex.consumers.get(name, []) if name else []
+    qs = [u for u in users if u.op_type == "QuantizeLinear"]
+    if not qs:
+        return None, False
+    if len(qs) != len(users) or len(qs) > 1:
+        raise UnsupportedModelError(
+            f"node '{node.name}' (LSTM): its output '{name}' is used in float or quantized twice; edgecomp needs "
+            "it quantized once (QuantizeLinear) to compile an integer LSTM"
+        )
+    q = qs[0]
+    scale, zp, _ = ex.qparams(q)
+    t = QTensor(q.output[0], ex.shape(q.output[0]), ex._act_dtype(zp, q), ex._scale(scale, q), int(zp), name)
+    ex.tensors[t.name] = t
+    dqs = ex.consumers.get(q.output[0], [])
+    live = any(ex.consumers.get(d.output[0]) or d.output[0] in ex.graph_outputs for d in dqs)
+    return t, live or q.output[0] in ex.graph_outputs
+
+
+@handles("LSTM")
+def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
+    a = ex.attrs(node)
+    inputs = list(node.input)
+    why = lstm_refusal(node, a, inputs)
+    if why:
+        raise _refuse(node, why)
+    x = ex.act_in(inputs[0], node)
+    if x.dtype != "int8" or len(x.shape) != 3 or x.shape[1] != 1:
+        raise _refuse(node, f"input {x.shape} {x.dtype} (int8 [seq, 1, in]: batch 1)")
+    w, w_scale, _ = ex.weight(inputs[1], node)
+    r, r_scale, _ = ex.weight(inputs[2], node)
+    hidden = int(a["hidden_size"])
+    w, r = w.reshape(4 * hidden, -1), r.reshape(4 * hidden, hidden)
+    b = (
+        ex.real_const(inputs[3], node).reshape(8 * hidden)
+        if len(inputs) > 3 and inputs[3]
+        else np.zeros(8 * hidden)
+    )
+    outs = list(node.output) + [""] * (3 - len(node.output))
+    (y, y_live), (yh, yh_live), (yc, yc_live) = (_state_out(ex, node, n) for n in outs[:3])
+    h = yh or y
+    c0 = inputs[6] if len(inputs) > 6 and inputs[6] else ""
+    c0_const = c0 and c0 in ex.producer and ex.producer[c0].op_type == "DequantizeLinear" and \
+        ex.producer[c0].input[0] in ex.consts  # fmt: skip
+    if c0_const:  # a zero initial cell state (edgecomp's quantizer adds it): it holds the cell's scale
+        dq = ex.producer[c0]
+        scale, zp, _ = ex.qparams(dq)
+        if np.any(ex.consts[dq.input[0]] != 0) or ex.consts[dq.input[0]].dtype != np.int16:
+            raise _refuse(node, "a constant initial cell state other than int16 zeros")
+        c = yc or QTensor(c0, (1, 1, hidden), "int16", float(scale.reshape(-1)[0]), int(zp))
+    else:
+        c = yc
+    if h is None or c is None:
+        raise _refuse(
+            node, "h or c left in float (edgecomp's quantizer quantizes them: pass --quantize int8)"
+        )
+    if h.dtype != "int8" or c.dtype != "int16" or c.zero_point != 0:
+        raise _refuse(node, "states other than int8 h and int16 c with zero point 0")
+    cell_shift = -int(round(np.log2(c.scale)))
+    if 2.0**-cell_shift != c.scale:
+        raise _refuse(node, f"a cell state scale {c.scale} that is not a power of two")
+    if any(
+        t is not None and (t.dtype, t.scale, t.zero_point) != (h.dtype, h.scale, h.zero_point)
+        for t in (y, yh)
+    ):
+        raise _refuse(node, "Y and Y_h quantized differently (they are the same h)")
+    if yc is not None and c0_const and c.scale != float(ex.qparams(ex.producer[c0])[0].reshape(-1)[0]):
+        raise _refuse(node, "an initial cell state quantized unlike the cell state")
+    states = []
+    for idx, want in ((5, h), (6, c)):
+        if len(inputs) > idx and inputs[idx] and not (idx == 6 and c0_const):
+            s = ex.act_in(inputs[idx], node)
+            if (s.dtype, s.scale, s.zero_point) != (want.dtype, want.scale, want.zero_point):
+                raise _refuse(node, f"an initial state '{inputs[idx]}' quantized unlike the state it starts")
+            states.append(s.name)
+    w_scale = np.broadcast_to(w_scale, (4 * hidden,))
+    r_scale = np.broadcast_to(r_scale, (4 * hidden,))
+    bias_x = np.round((b[: 4 * hidden] + b[4 * hidden :]) / (x.scale * w_scale)) - x.zero_point * w.astype(
+        np.int64
+    ).sum(1)
+    bias_h = -h.zero_point * r.astype(np.int64).sum(1)
+    for name, bias, k in (("input", bias_x, w.shape[1]), ("recurrent", bias_h, hidden)):
+        if np.abs(bias).max(initial=0) + k * 128 * 128 >= 2**31:
+            raise _refuse(
+                node, f"a {name} bias that leaves int32 (the input's scale is too small for the bias)"
+            )
+    mult_x, shift_x = quantize_multipliers(x.scale * w_scale * 2**GATE_BITS)
+    mult_h, shift_h = quantize_multipliers(h.scale * r_scale * 2**GATE_BITS)
+    out_mult, out_shift = quantize_multiplier(2.0**-30 / h.scale)
+    common = dict(has_h0=len(inputs) > 5 and bool(inputs[5]), has_c0=bool(c0) and not c0_const,
+                  w=int_array(w, np.int8), r=int_array(r, np.int8), bias_x=int_array(bias_x, np.int32),
+                  bias_h=int_array(bias_h, np.int32), mult_x=int_array(mult_x, np.int64),
+                  shift_x=int_array(shift_x, np.int64), mult_h=int_array(mult_h, np.int64),
+                  shift_h=int_array(shift_h, np.int64), out_mult=out_mult, out_shift=out_shift,
+                  h_zp=h.zero_point, cell_shift=cell_shift,
+                  sigmoid=int_array(table16(lambda v: 1 / (1 + np.exp(-v)), 2.0**-GATE_BITS), np.int16),
+                  tanh=int_array(table16(np.tanh, 2.0**-GATE_BITS), np.int16),
+                  tanh_cell=int_array(table16(np.tanh, c.scale), np.int16))  # fmt: skip
+    for result, t, live in (("y", y, y_live), ("h", yh, yh_live), ("c", yc, yc_live)):
+        if t is not None and live:
+            ex.emit(Lstm(inputs=(x.name, *states), output=t.name, node=node.name, result=result, **common))

@@ -1,0 +1,118 @@
+"""The integer LSTM (quant/ops/lstm.py, the C kernel lower/kernels/lstm.py): edgecomp's quantizer
+quantizes an ONNX LSTM (passes/quantize_lstm.py), the build is bit-exact with the numpy reference
+on the host and in QEMU Cortex-M7, and close to the float model (SQNR vs onnxruntime's float run,
+on samples from the calibration distribution)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from conftest import needs_qemu, random_inputs, typed_model, weight
+from onnx import helper
+from test_recurrent import cell_model
+
+from edgecomp.errors import UnsupportedModelError
+from edgecomp.passes.quantize import quantize
+from edgecomp.pipeline import BuildOptions, build
+from edgecomp.quant import extract_int_graph
+from edgecomp.quant.accuracy import sqnr_db
+from edgecomp.quant.ops import Lstm
+from edgecomp.runner import run_samples
+from edgecomp.targets import load_target
+from edgecomp.verify import Reference, expected_outputs
+
+MIN_SQNR_DB = 20.0
+
+
+def conv_lstm_dense(seq: int = 8, hidden: int = 12) -> onnx.ModelProto:
+    """x [1, 4, seq] -> 1x1 Conv + Relu (int8) -> [seq, 1, 6] -> LSTM -> last h -> Gemm: a small
+    keyword-spotting shape, every op on the integer path."""
+    nodes = [
+        helper.make_node("Unsqueeze", ["x", "ax"], ["x4"]),
+        helper.make_node("Conv", ["x4", "cw", "cb"], ["cv"]),
+        helper.make_node("Relu", ["cv"], ["cr"]),
+        helper.make_node("Reshape", ["cr", "s3"], ["c3"]),  # [1, 6, seq]
+        helper.make_node("Transpose", ["c3"], ["xs"], perm=[2, 0, 1]),  # [seq, 1, 6]
+        helper.make_node("LSTM", ["xs", "W", "R", "B"], ["", "yh"], "lstm", hidden_size=hidden),
+        helper.make_node("Reshape", ["yh", "s2"], ["h2"]),
+        helper.make_node("Gemm", ["h2", "dw", "db"], ["y"], transB=1),
+    ]
+    inits = [weight("cw", [6, 4, 1, 1]), weight("cb", [6]), weight("W", [1, 4 * hidden, 6]),
+             weight("R", [1, 4 * hidden, hidden]), weight("B", [1, 8 * hidden]), weight("dw", [3, hidden]),
+             weight("db", [3]), onnx.numpy_helper.from_array(np.array([2], np.int64), "ax"),
+             onnx.numpy_helper.from_array(np.array([1, 6, seq], np.int64), "s3"),
+             onnx.numpy_helper.from_array(np.array([1, hidden], np.int64), "s2")]  # fmt: skip
+    return typed_model(nodes, [("x", [1, 4, seq])], [("y", [1, 3])], inits, opset=14)
+
+
+MODELS = {
+    # whole sequence, no state: Y and Y_h
+    "sequence": lambda: cell_model("LSTM", seq=10, batch=1, inputs=5, hidden=8, states=False, outputs="y,h"),
+    # the stateful one-step form streaming models run: state in, state out
+    "one_step_state": lambda: cell_model("LSTM", seq=1, batch=1, inputs=8, hidden=6),
+    # a sequence with initial states and every output
+    "sequence_state": lambda: cell_model("LSTM", seq=6, batch=1, inputs=3, hidden=5),
+    "conv_lstm_dense": conv_lstm_dense,
+}
+
+
+def _calib(model, n=16):
+    return [random_inputs(model, seed) for seed in range(100, 100 + n)]
+
+
+def _quantized(name):
+    model = onnx.shape_inference.infer_shapes(MODELS[name]())
+    return model, quantize(model, _calib(model)).model
+
+
+def _check(name, target, tmp_path) -> list[float]:
+    """Build the quantized model for `target`: its outputs bit-exact with the integer reference;
+    the SQNR of each output against the float model on onnxruntime."""
+    float_model, qmodel = _quantized(name)
+    path = tmp_path / "q.onnx"
+    onnx.save(qmodel, path)
+    result = build(path, load_target(target), tmp_path / f"o-{target}", BuildOptions(extra_cflags="-Werror"),
+                   log=lambda *_: None)  # fmt: skip
+    assert any(isinstance(op, Lstm) for op in result.int_graph.ops)
+    samples = [random_inputs(float_model, seed) for seed in range(3)]  # the calibration's distribution
+    runs = run_samples(result, samples)
+    for run, wants in zip(runs, expected_outputs(result, samples), strict=True):
+        for got, want in zip(run.outputs, wants, strict=True):
+            np.testing.assert_array_equal(got, want)  # bit-exact
+    floats = [Reference(float_model).run(s) for s in samples]
+    return [float(sqnr_db(np.stack([f[k] for f in floats]), np.stack([r.outputs[k] for r in runs])))
+            for k in range(len(runs[0].outputs))]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_int8_lstm_host(name, tmp_path):
+    sqnrs = _check(name, "host", tmp_path)
+    assert min(sqnrs) > MIN_SQNR_DB, sqnrs
+
+
+@needs_qemu
+@pytest.mark.parametrize("name", ["one_step_state", "conv_lstm_dense"])
+def test_int8_lstm_cortex_m7(name, tmp_path):
+    sqnrs = _check(name, "cortex-m7", tmp_path)
+    assert min(sqnrs) > MIN_SQNR_DB, sqnrs
+
+
+def test_quantized_lstm_form():
+    """Weights int8 per gate row, h int8, c int16 with a power-of-two scale; one op per output read."""
+    _, qmodel = _quantized("sequence_state")
+    graph = extract_int_graph(onnx.shape_inference.infer_shapes(qmodel))
+    lstms = [op for op in graph.ops if isinstance(op, Lstm)]
+    assert sorted(op.result for op in lstms) == ["c", "h", "y"]
+    c = graph.tensors[next(op.output for op in lstms if op.result == "c")]
+    assert c.dtype == "int16" and c.zero_point == 0 and 2.0 ** -lstms[0].cell_shift == c.scale
+
+
+def test_unsupported_lstm_stays_float_and_is_named():
+    model = onnx.shape_inference.infer_shapes(
+        cell_model("LSTM", seq=4, batch=1, direction="reverse", states=False, outputs="y,h")
+    )
+    qmodel = quantize(model, _calib(model)).model
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0].startswith("lstm") for n in qmodel.graph.node)
+    with pytest.raises(UnsupportedModelError, match="lstm_node.*LSTM.*reverse"):
+        extract_int_graph(onnx.shape_inference.infer_shapes(qmodel))
