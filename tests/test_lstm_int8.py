@@ -10,7 +10,7 @@ import onnx
 import pytest
 from conftest import needs_qemu, random_inputs, typed_model, weight
 from onnx import helper
-from test_recurrent import cell_model
+from test_recurrent import TORCH_CASES, cell_model
 
 from edgecomp.errors import UnsupportedModelError
 from edgecomp.passes.quantize import quantize
@@ -54,6 +54,10 @@ MODELS = {
     # a sequence with initial states and every output
     "sequence_state": lambda: cell_model("LSTM", seq=6, batch=1, inputs=3, hidden=5),
     "conv_lstm_dense": conv_lstm_dense,
+    # PyTorch (TorchScript exporter): a two-layer batch-first LSTM and a linear head on every frame
+    "torch_sequence": TORCH_CASES["lstm_sequence"],
+    # PyTorch: one frame and (h, c) in, the output and the new (h, c) out
+    "torch_streaming_step": TORCH_CASES["lstm_streaming_step"],
 }
 
 
@@ -92,7 +96,7 @@ def test_int8_lstm_host(name, tmp_path):
 
 
 @needs_qemu
-@pytest.mark.parametrize("name", ["one_step_state", "conv_lstm_dense"])
+@pytest.mark.parametrize("name", ["one_step_state", "conv_lstm_dense", "torch_streaming_step"])
 def test_int8_lstm_cortex_m7(name, tmp_path):
     sqnrs = _check(name, "cortex-m7", tmp_path)
     assert min(sqnrs) > MIN_SQNR_DB, sqnrs

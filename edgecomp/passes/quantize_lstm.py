@@ -160,7 +160,22 @@ def quantize_lstms(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
         hs, hz = qparams(f"{tag}_h", h_scale, h_zp, np.int8)
         cs, cz = qparams(f"{tag}_c", c_scale, 0, np.int16)
         for idx, (s, z) in ((5, (hs, hz)), (6, (cs, cz))):
-            if len(node.input) > idx and node.input[idx]:
+            if len(node.input) > idx and node.input[idx] in consts:  # a constant start: quantized here
+                value = numpy_helper.to_array(consts[node.input[idx]]).astype(np.float64)
+                scale = float(numpy_helper.to_array(next(t for t in g.initializer if t.name == s)))
+                zp = int(numpy_helper.to_array(next(t for t in g.initializer if t.name == z)))
+                dtype = np.int8 if idx == 5 else np.int16
+                info = np.iinfo(dtype)
+                g.initializer.append(
+                    numpy_helper.from_array(
+                        np.clip(np.rint(value / scale) + zp, info.min, info.max).astype(dtype),
+                        f"{tag}_s{idx}",
+                    )
+                )
+                before.append(helper.make_node("DequantizeLinear", [f"{tag}_s{idx}", s, z], [f"{tag}_s{idx}_dq"],
+                                               f"{tag}_s{idx}_dq"))  # fmt: skip
+                node.input[idx] = f"{tag}_s{idx}_dq"
+            elif len(node.input) > idx and node.input[idx]:
                 src = node.input[idx]
                 before += [helper.make_node("QuantizeLinear", [src, s, z], [f"{tag}_s{idx}_q"], f"{tag}_s{idx}_q"),
                            helper.make_node("DequantizeLinear", [f"{tag}_s{idx}_q", s, z], [f"{tag}_s{idx}_dq"],

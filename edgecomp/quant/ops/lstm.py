@@ -172,6 +172,28 @@ def _state_out(ex: Extractor, node: onnx.NodeProto, name: str) -> tuple[QTensor 
     return t, live or q.output[0] in ex.graph_outputs
 
 
+def _const_state(ex: Extractor, name: str) -> tuple[np.ndarray, float, int] | None:
+    """(int values, scale, zero point) of an initial state that is a constant through its
+    DequantizeLinear; None for a computed one."""
+    dq = ex.producer.get(name)
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in ex.consts:
+        return None
+    scale, zp, _ = ex.qparams(dq)
+    if scale.size != 1:
+        return None
+    return ex.consts[dq.input[0]].astype(np.int64), float(scale.reshape(-1)[0]), int(zp)
+
+
+def _state_params(ex: Extractor, node: onnx.NodeProto, name: str, shape: tuple[int, ...]) -> QTensor | None:
+    """The quantization of a state, from the DequantizeLinear of its initial value (when no output
+    of the LSTM that holds the state is quantized: dead-code removal drops unread ones)."""
+    dq = ex.producer.get(name) if name else None
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return None
+    scale, zp, _ = ex.qparams(dq)
+    return QTensor(name, shape, str(zp.dtype), float(scale.reshape(-1)[0]), int(zp))
+
+
 @handles("LSTM")
 def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
     a = ex.attrs(node)
@@ -193,18 +215,10 @@ def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
     )
     outs = list(node.output) + [""] * (3 - len(node.output))
     (y, y_live), (yh, yh_live), (yc, yc_live) = (_state_out(ex, node, n) for n in outs[:3])
-    h = yh or y
+    h0 = inputs[5] if len(inputs) > 5 and inputs[5] else ""
     c0 = inputs[6] if len(inputs) > 6 and inputs[6] else ""
-    c0_const = c0 and c0 in ex.producer and ex.producer[c0].op_type == "DequantizeLinear" and \
-        ex.producer[c0].input[0] in ex.consts  # fmt: skip
-    if c0_const:  # a zero initial cell state (edgecomp's quantizer adds it): it holds the cell's scale
-        dq = ex.producer[c0]
-        scale, zp, _ = ex.qparams(dq)
-        if np.any(ex.consts[dq.input[0]] != 0) or ex.consts[dq.input[0]].dtype != np.int16:
-            raise _refuse(node, "a constant initial cell state other than int16 zeros")
-        c = yc or QTensor(c0, (1, 1, hidden), "int16", float(scale.reshape(-1)[0]), int(zp))
-    else:
-        c = yc
+    h = yh or y or _state_params(ex, node, h0, (1, 1, hidden))
+    c = yc or _state_params(ex, node, c0, (1, 1, hidden))
     if h is None or c is None:
         raise _refuse(
             node, "h or c left in float (edgecomp's quantizer quantizes them: pass --quantize int8)"
@@ -219,15 +233,22 @@ def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
         for t in (y, yh)
     ):
         raise _refuse(node, "Y and Y_h quantized differently (they are the same h)")
-    if yc is not None and c0_const and c.scale != float(ex.qparams(ex.producer[c0])[0].reshape(-1)[0]):
-        raise _refuse(node, "an initial cell state quantized unlike the cell state")
     states = []
-    for idx, want in ((5, h), (6, c)):
-        if len(inputs) > idx and inputs[idx] and not (idx == 6 and c0_const):
-            s = ex.act_in(inputs[idx], node)
-            if (s.dtype, s.scale, s.zero_point) != (want.dtype, want.scale, want.zero_point):
-                raise _refuse(node, f"an initial state '{inputs[idx]}' quantized unlike the state it starts")
-            states.append(s.name)
+    for name, want in ((h0, h), (c0, c)):
+        if not name:
+            continue
+        const = _const_state(ex, name)
+        if const is not None:  # a constant start (edgecomp's quantizer adds a zero cell: it holds the scale)
+            (value, scale, zp) = const
+            if scale != want.scale or zp != want.zero_point or np.any(value != zp):
+                raise _refuse(node, f"a constant initial state '{name}' other than zero in the state's scale")
+            continue
+        st = ex.act_in(name, node)
+        if (st.dtype, st.scale, st.zero_point) != (want.dtype, want.scale, want.zero_point):
+            raise _refuse(node, f"an initial state '{name}' quantized unlike the state it starts")
+        states.append(st.name)
+    has_h0 = bool(h0) and _const_state(ex, h0) is None
+    has_c0 = bool(c0) and _const_state(ex, c0) is None
     w_scale = np.broadcast_to(w_scale, (4 * hidden,))
     r_scale = np.broadcast_to(r_scale, (4 * hidden,))
     bias_x = np.round((b[: 4 * hidden] + b[4 * hidden :]) / (x.scale * w_scale)) - x.zero_point * w.astype(
@@ -242,7 +263,7 @@ def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
     mult_x, shift_x = quantize_multipliers(x.scale * w_scale * 2**GATE_BITS)
     mult_h, shift_h = quantize_multipliers(h.scale * r_scale * 2**GATE_BITS)
     out_mult, out_shift = quantize_multiplier(2.0**-30 / h.scale)
-    common = dict(has_h0=len(inputs) > 5 and bool(inputs[5]), has_c0=bool(c0) and not c0_const,
+    common = dict(has_h0=has_h0, has_c0=has_c0,
                   w=int_array(w, np.int8), r=int_array(r, np.int8), bias_x=int_array(bias_x, np.int32),
                   bias_h=int_array(bias_h, np.int32), mult_x=int_array(mult_x, np.int64),
                   shift_x=int_array(shift_x, np.int64), mult_h=int_array(mult_h, np.int64),
