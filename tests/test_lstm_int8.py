@@ -120,3 +120,24 @@ def test_unsupported_lstm_stays_float_and_is_named():
     assert not any(n.op_type == "QuantizeLinear" and n.input[0].startswith("lstm") for n in qmodel.graph.node)
     with pytest.raises(UnsupportedModelError, match="lstm_node.*LSTM.*reverse"):
         extract_int_graph(onnx.shape_inference.infer_shapes(qmodel))
+
+
+def test_cli_build_streaming_lstm_int8(tmp_path):
+    """`edgecomp run model.onnx --quantize int8 --calib calib.npz`: a PyTorch streaming LSTM (frame,
+    h, c in; mask, h, c out) builds as an integer LSTM and runs bit-exact on the host."""
+    import subprocess
+    import sys
+
+    model = TORCH_CASES["lstm_streaming_step"]()
+    onnx.save(model, tmp_path / "step.onnx")
+    rng = np.random.default_rng(0)
+    names = [i.name for i in model.graph.input]
+    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    np.savez(tmp_path / "calib.npz", **{n: rng.standard_normal([16, *shapes[n]]).astype(np.float32) for n in names})
+    np.savez(tmp_path / "x.npz", **{n: rng.standard_normal(shapes[n]).astype(np.float32) for n in names})
+    proc = subprocess.run([sys.executable, "-m", "edgecomp", "run", str(tmp_path / "step.onnx"), "-t", "host",
+                           "--quantize", "int8", "--calib", str(tmp_path / "calib.npz"), "-i", str(tmp_path / "x.npz"),
+                           "-o", str(tmp_path / "o")], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "bit-exact" in proc.stdout
+    assert "lstm_s8" in (tmp_path / "o" / "model_kernels.c").read_text()

@@ -13,7 +13,8 @@ with rs(v, n) = (v + 2**(n-1)) >> n, requant quant/fixedpoint.py's single roundi
 of x and h folded into the biases (bias_x also holds ONNX's Wb + Rb). sigmoid16/tanh16/tanhc16 are
 513-point tables interpolated as the int16 LUTs (fixedpoint.interp_table): exact integer
 definitions, within a few LSB of Q0.15 of the real functions. Y (all h), Y_h (last h) and Y_c (last
-c) are each one op (`result`): an op per output the model reads, each running the recurrence.
+c) are each one op (`result`): an op per output the model reads, each running the recurrence
+(but Y_h of a one-step LSTM whose Y is read: a reshape of Y).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from edgecomp.errors import UnsupportedModelError
 from edgecomp.quant.extract import Extractor, handles
 from edgecomp.quant.fixedpoint import interp_table, quantize_multiplier, quantize_multipliers, requant
 from edgecomp.quant.ir import IntOp, QTensor, int_array, register
+from edgecomp.quant.ops.layout import Reshape
+from edgecomp.quant.ops.pool import rescale_of
 
 GATE_BITS = 12  # gate pre-activations are Q3.12
 TABLE_POINTS = 513  # one point every 128 int16 steps (as quant/ops/lut.py's Lut16)
@@ -273,5 +276,11 @@ def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
                   tanh=int_array(table16(np.tanh, 2.0**-GATE_BITS), np.int16),
                   tanh_cell=int_array(table16(np.tanh, c.scale), np.int16))  # fmt: skip
     for result, t, live in (("y", y, y_live), ("h", yh, yh_live), ("c", yc, yc_live)):
-        if t is not None and live:
+        if result == "h" and live and y_live and x.shape[0] == 1:  # one step: Y_h is Y
+            ex.emit(
+                Reshape(
+                    inputs=(y.name,), output=t.name, node=node.name, rescale=rescale_of(y, t), lo=-128, hi=127
+                )
+            )
+        elif t is not None and live:
             ex.emit(Lstm(inputs=(x.name, *states), output=t.name, node=node.name, result=result, **common))
