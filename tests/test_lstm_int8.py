@@ -103,13 +103,18 @@ def test_int8_lstm_cortex_m7(name, tmp_path):
 
 
 def test_quantized_lstm_form():
-    """Weights int8 per gate row, h int8, c int16 with a power-of-two scale; one op per output read."""
+    """Weights int8 per gate row, h int8, c int16 with a power-of-two scale; Y, Y_h and Y_c all read:
+    one recurrence (one op), each output cropped out of its result; one output read: one op for it."""
     _, qmodel = _quantized("sequence_state")
     graph = extract_int_graph(onnx.shape_inference.infer_shapes(qmodel))
     lstms = [op for op in graph.ops if isinstance(op, Lstm)]
-    assert sorted(op.result for op in lstms) == ["c", "h", "y"]
-    c = graph.tensors[next(op.output for op in lstms if op.result == "c")]
+    assert [op.result for op in lstms] == ["all"]
+    (c_name,) = [op.inputs[0] for op in graph.ops if op.output == "c"]
+    c = graph.tensors[c_name]
     assert c.dtype == "int16" and c.zero_point == 0 and 2.0 ** -lstms[0].cell_shift == c.scale
+    _, qmodel = _quantized("conv_lstm_dense")
+    graph = extract_int_graph(onnx.shape_inference.infer_shapes(qmodel))
+    assert [op.result for op in graph.ops if isinstance(op, Lstm)] == ["h"]
 
 
 def test_unsupported_lstm_stays_float_and_is_named():

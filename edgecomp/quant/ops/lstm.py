@@ -13,8 +13,8 @@ with rs(v, n) = (v + 2**(n-1)) >> n, requant quant/fixedpoint.py's single roundi
 of x and h folded into the biases (bias_x also holds ONNX's Wb + Rb). sigmoid16/tanh16/tanhc16 are
 513-point tables interpolated as the int16 LUTs (fixedpoint.interp_table): exact integer
 definitions, within a few LSB of Q0.15 of the real functions. Y (all h), Y_h (last h) and Y_c (last
-c) are each one op (`result`): an op per output the model reads, each running the recurrence
-(but Y_h of a one-step LSTM whose Y is read: a reshape of Y).
+c) are one op when the model reads one of them; when it reads several, one op writes every step's h
+and the last c into one int16 tensor and Crop ops take them out of it (one recurrence).
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ import onnx
 
 from edgecomp.errors import UnsupportedModelError
 from edgecomp.quant.extract import Extractor, handles
-from edgecomp.quant.fixedpoint import interp_table, quantize_multiplier, quantize_multipliers, requant
+from edgecomp.quant.fixedpoint import interp_table, qrange, quantize_multiplier, quantize_multipliers, requant
 from edgecomp.quant.ir import IntOp, QTensor, int_array, register
 from edgecomp.quant.ops.layout import Reshape
+from edgecomp.quant.ops.patch import Crop
 from edgecomp.quant.ops.pool import rescale_of
 
 GATE_BITS = 12  # gate pre-activations are Q3.12
 TABLE_POINTS = 513  # one point every 128 int16 steps (as quant/ops/lut.py's Lut16)
-RESULTS = ("y", "h", "c")
+RESULTS = ("y", "h", "c", "all")
 
 
 def rshift_round(v: np.ndarray, n: int) -> np.ndarray:
@@ -57,7 +58,9 @@ class Lstm(IntOp):
     """inputs: (x [seq, 1, in], then h0 [1, 1, hidden] if has_h0, then c0 [1, 1, hidden] if has_c0)."""
 
     kind = "lstm"
-    result: str  # "y": every step's h [seq, 1, 1, hidden]; "h": the last h; "c": the last c (int16)
+    # "y": every step's h [seq, 1, 1, hidden]; "h": the last h; "c": the last c (int16); "all": int16
+    # [1, 1, seq + 1, hidden], every step's h then the last c (Crop ops take Y, Y_h, Y_c out of it)
+    result: str
     has_h0: bool
     has_c0: bool
     w: np.ndarray  # int8 [4 hidden, in], rows i, o, f, g
@@ -123,6 +126,8 @@ class Lstm(IntOp):
                 requant(o * lookup16(self.tanh_cell, c), self.out_mult, self.out_shift) + self.h_zp, -128, 127
             )
             ys.append(h)
+        if self.result == "all":
+            return np.concatenate([np.stack(ys), c[None]]).reshape(1, 1, -1, hidden).astype(dtype)
         out = {"y": np.stack(ys).reshape(-1, 1, 1, hidden), "h": h.reshape(1, 1, hidden),
                "c": c.reshape(1, 1, hidden)}[self.result]  # fmt: skip
         return out.astype(dtype)
@@ -275,12 +280,29 @@ def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
                   sigmoid=int_array(table16(lambda v: 1 / (1 + np.exp(-v)), 2.0**-GATE_BITS), np.int16),
                   tanh=int_array(table16(np.tanh, 2.0**-GATE_BITS), np.int16),
                   tanh_cell=int_array(table16(np.tanh, c.scale), np.int16))  # fmt: skip
-    for result, t, live in (("y", y, y_live), ("h", yh, yh_live), ("c", yc, yc_live)):
-        if result == "h" and live and y_live and x.shape[0] == 1:  # one step: Y_h is Y
-            ex.emit(
-                Reshape(
-                    inputs=(y.name,), output=t.name, node=node.name, rescale=rescale_of(y, t), lo=-128, hi=127
-                )
+    wanted = [
+        (k, t)
+        for k, (t, live) in enumerate(((y, y_live), (yh, yh_live), (yc, yc_live)))
+        if t is not None and live
+    ]
+    if len(wanted) == 1:
+        k, t = wanted[0]
+        ex.emit(Lstm(inputs=(x.name, *states), output=t.name, node=node.name, result=RESULTS[k], **common))
+        return
+    # Several outputs: one recurrence into an int16 tensor, each output cropped out of it.
+    seq = x.shape[0]
+    both = QTensor(f"{node.name}__lstm_all", (1, 1, seq + 1, hidden), "int16")
+    ex.tensors[both.name] = both
+    ex.emit(Lstm(inputs=(x.name, *states), output=both.name, node=node.name, result="all", **common))
+    rows = {0: (0, seq), 1: (seq - 1, seq), 2: (seq, seq + 1)}
+    for k, t in wanted:
+        r0, r1 = rows[k]
+        part = QTensor(f"{both.name}_{k}", (1, 1, r1 - r0, hidden), t.dtype, t.scale, t.zero_point)
+        ex.tensors[part.name] = part
+        ex.emit(Crop(inputs=(both.name,), output=part.name, node=node.name, box=(r0, r1, 0, hidden)))
+        lo, hi = qrange(t.dtype)
+        ex.emit(
+            Reshape(
+                inputs=(part.name,), output=t.name, node=node.name, rescale=rescale_of(part, t), lo=lo, hi=hi
             )
-        elif t is not None and live:
-            ex.emit(Lstm(inputs=(x.name, *states), output=t.name, node=node.name, result=result, **common))
+        )
