@@ -102,6 +102,13 @@ def test_int8_lstm_cortex_m7(name, tmp_path):
     assert min(sqnrs) > MIN_SQNR_DB, sqnrs
 
 
+@needs_qemu
+def test_int8_lstm_cortex_m3_no_dsp(tmp_path):
+    """The kernel's dot products in portable C (a core without the DSP extension)."""
+    sqnrs = _check("sequence_state", "cortex-m3", tmp_path)
+    assert min(sqnrs) > MIN_SQNR_DB, sqnrs
+
+
 def test_quantized_lstm_form():
     """Weights int8 per gate row, h int8, c int16 with a power-of-two scale; Y, Y_h and Y_c all read:
     one recurrence (one op), each output cropped out of its result; one output read: one op for it."""
