@@ -145,7 +145,9 @@ def test_cli_build_streaming_lstm_int8(tmp_path):
     rng = np.random.default_rng(0)
     names = [i.name for i in model.graph.input]
     shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
-    np.savez(tmp_path / "calib.npz", **{n: rng.standard_normal([16, *shapes[n]]).astype(np.float32) for n in names})
+    np.savez(
+        tmp_path / "calib.npz", **{n: rng.standard_normal([16, *shapes[n]]).astype(np.float32) for n in names}
+    )
     np.savez(tmp_path / "x.npz", **{n: rng.standard_normal(shapes[n]).astype(np.float32) for n in names})
     proc = subprocess.run([sys.executable, "-m", "edgecomp", "run", str(tmp_path / "step.onnx"), "-t", "host",
                            "--quantize", "int8", "--calib", str(tmp_path / "calib.npz"), "-i", str(tmp_path / "x.npz"),
@@ -153,3 +155,18 @@ def test_cli_build_streaming_lstm_int8(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "bit-exact" in proc.stdout
     assert "lstm_s8" in (tmp_path / "o" / "model_kernels.c").read_text()
+
+
+def test_int16x8_leaves_lstm_in_float_and_says_so():
+    model = onnx.shape_inference.infer_shapes(MODELS["sequence"]())
+    qmodel = quantize(model, _calib(model), scheme="int16x8").model
+    with pytest.raises(UnsupportedModelError, match="lstm_node.*LSTM.*left in float.*--quantize int8"):
+        extract_int_graph(onnx.shape_inference.infer_shapes(qmodel))
+
+
+def test_w4a8_quantizes_the_lstm_as_int8():
+    """w4a8: int4 Conv/Gemm weights, the LSTM as with int8 (8-bit weights)."""
+    float_model = onnx.shape_inference.infer_shapes(conv_lstm_dense())
+    qmodel = quantize(float_model, _calib(float_model), scheme="w4a8").model
+    graph = extract_int_graph(onnx.shape_inference.infer_shapes(qmodel))
+    assert [op.result for op in graph.ops if isinstance(op, Lstm)] == ["h"]

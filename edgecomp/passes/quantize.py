@@ -69,6 +69,8 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
         base = quantize_base(model, samples, "int16x8" if scheme == "int16x8" else "int8", method, INT4_OPSET)
         corrections = bias_corrections(base.float_model, base.model, base.floats, samples[:CORRECTION_SAMPLES])
         qmodel, _ = set_weight_bits(base.model, base.floats, weight_bits, corrections=corrections)
+        if scheme != "int16x8":  # int8 activations: the integer LSTM's form (passes/quantize_lstm.py)
+            qmodel = quantize_lstms(qmodel, base.float_model, samples)
         return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
     # An int16 cell state needs QuantizeLinear of opset 21 (as int4 weights do).
     lstm = scheme == "int8" and any(n.op_type == "LSTM" for n in model.graph.node)

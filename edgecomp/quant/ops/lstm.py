@@ -209,6 +209,10 @@ def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
     why = lstm_refusal(node, a, inputs)
     if why:
         raise _refuse(node, why)
+    if not any(u.op_type == "QuantizeLinear" for o in node.output if o for u in ex.consumers.get(o, [])):
+        raise _refuse(
+            node, "an LSTM left in float (edgecomp's quantizer quantizes LSTMs with --quantize int8 and w4a8)"
+        )
     x = ex.act_in(inputs[0], node)
     if x.dtype != "int8" or len(x.shape) != 3 or x.shape[1] != 1:
         raise _refuse(node, f"input {x.shape} {x.dtype} (int8 [seq, 1, in]: batch 1)")
