@@ -54,6 +54,15 @@ MODELS = {
     # a sequence with initial states and every output
     "sequence_state": lambda: cell_model("LSTM", seq=6, batch=1, inputs=3, hidden=5),
     "conv_lstm_dense": conv_lstm_dense,
+    "reverse_state": lambda: cell_model("LSTM", seq=5, batch=1, inputs=4, hidden=6, direction="reverse"),
+    "bidirectional_state": lambda: cell_model(
+        "LSTM", seq=5, batch=1, inputs=4, hidden=6, direction="bidirectional"
+    ),
+    "bidirectional_y_only": lambda: cell_model(
+        "LSTM", seq=7, batch=1, inputs=4, hidden=8, direction="bidirectional", states=False, outputs="y"
+    ),
+    # PyTorch: a two-layer bidirectional LSTM
+    "torch_sequence_bidirectional": TORCH_CASES["lstm_sequence_bidirectional"],
     # PyTorch (TorchScript exporter): a two-layer batch-first LSTM and a linear head on every frame
     "torch_sequence": TORCH_CASES["lstm_sequence"],
     # PyTorch: one frame and (h, c) in, the output and the new (h, c) out
@@ -96,7 +105,9 @@ def test_int8_lstm_host(name, tmp_path):
 
 
 @needs_qemu
-@pytest.mark.parametrize("name", ["one_step_state", "conv_lstm_dense", "torch_streaming_step"])
+@pytest.mark.parametrize(
+    "name", ["one_step_state", "conv_lstm_dense", "torch_streaming_step", "bidirectional_state"]
+)
 def test_int8_lstm_cortex_m7(name, tmp_path):
     sqnrs = _check(name, "cortex-m7", tmp_path)
     assert min(sqnrs) > MIN_SQNR_DB, sqnrs
@@ -126,11 +137,11 @@ def test_quantized_lstm_form():
 
 def test_unsupported_lstm_stays_float_and_is_named():
     model = onnx.shape_inference.infer_shapes(
-        cell_model("LSTM", seq=4, batch=1, direction="reverse", states=False, outputs="y,h")
+        cell_model("LSTM", seq=4, batch=1, clip=0.5)
     )
     qmodel = quantize(model, _calib(model)).model
     assert not any(n.op_type == "QuantizeLinear" and n.input[0].startswith("lstm") for n in qmodel.graph.node)
-    with pytest.raises(UnsupportedModelError, match="lstm_node.*LSTM.*reverse"):
+    with pytest.raises(UnsupportedModelError, match="lstm_node.*LSTM.*cell clip"):
         extract_int_graph(onnx.shape_inference.infer_shapes(qmodel))
 
 

@@ -2,7 +2,7 @@
 the form the integer LSTM (quant/ops/lstm.py) compiles.
 
 Preserves: the model's interface and every other node; an LSTM the integer kernel does not take
-(reverse, peepholes...: ops.lstm.lstm_refusal) stays float, and the extractor names it. Adds
+(peepholes, cell clip...: ops.lstm.lstm_refusal) stays float, and the extractor names it. Adds
 around each LSTM: int8 per-row symmetric weights W and R (DequantizeLinear, axis 1), the float
 input quantized to int8 (unless it already comes from a DequantizeLinear), Y and Y_h int8 with one
 scale (h), Y_c int16 with zero point 0 and a power-of-two scale (c), the initial states quantized
@@ -40,6 +40,11 @@ def float_lstm(x, w, r, b, h, c) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(hs), np.stack(cs)
 
 
+def _direction(node: onnx.NodeProto) -> str:
+    value = next((a.s for a in node.attribute if a.name == "direction"), b"forward")
+    return value.decode()
+
+
 def _candidates(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     consts = {t.name for t in model.graph.initializer}
     result = []
@@ -74,12 +79,21 @@ def _calibrate(float_model: onnx.ModelProto, samples: list[list[np.ndarray]], no
         values = {**feed, **dict(zip(wanted, sess.run(wanted, feed), strict=True))} if wanted else feed
         for s, n in zip(stats, nodes, strict=True):
             hidden = next(a.i for a in n.attribute if a.name == "hidden_size")
+            w_all, r_all = consts[n.input[1]], consts[n.input[2]]
+            dirs = w_all.shape[0]
             x = values[n.input[0]].astype(np.float64)
-            h0 = values[n.input[5]] if len(n.input) > 5 and n.input[5] else np.zeros((1, x.shape[1], hidden))
-            c0 = values[n.input[6]] if len(n.input) > 6 and n.input[6] else np.zeros((1, x.shape[1], hidden))
-            b = consts[n.input[3]].reshape(-1) if len(n.input) > 3 and n.input[3] else np.zeros(8 * hidden)
-            hs, cs = float_lstm(x, consts[n.input[1]][0], consts[n.input[2]][0], b.astype(np.float64),
-                                h0[0].astype(np.float64), c0[0].astype(np.float64))  # fmt: skip
+            state = (dirs, x.shape[1], hidden)
+            h0 = values[n.input[5]] if len(n.input) > 5 and n.input[5] else np.zeros(state)
+            c0 = values[n.input[6]] if len(n.input) > 6 and n.input[6] else np.zeros(state)
+            b = (
+                consts[n.input[3]].reshape(dirs, -1)
+                if len(n.input) > 3 and n.input[3]
+                else np.zeros((dirs, 8 * hidden))
+            )
+            runs = [float_lstm(x[::-1] if d == 1 or _direction(n) == "reverse" else x, w_all[d], r_all[d],
+                               b[d].astype(np.float64), h0[d].astype(np.float64), c0[d].astype(np.float64))
+                    for d in range(dirs)]  # fmt: skip
+            hs, cs = np.stack([r[0] for r in runs]), np.stack([r[1] for r in runs])
             h_all = np.concatenate([hs.reshape(-1), h0.reshape(-1)])
             s[0], s[1] = min(s[0], float(x.min())), max(s[1], float(x.max()))
             s[2], s[3] = min(s[2], float(h_all.min())), max(s[3], float(h_all.max()))
@@ -133,6 +147,7 @@ def quantize_lstms(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
         tag = f"{node.name or 'lstm'}_{k}_q"
         before, after = [], []
         hidden = next(a.i for a in node.attribute if a.name == "hidden_size")
+        dirs = consts[node.input[1]].dims[0]
         # Weights: int8, symmetric per gate row.
         for idx in (1, 2):
             w = numpy_helper.to_array(consts[node.input[idx]]).astype(np.float64)  # [1, 4H, K]
@@ -186,7 +201,7 @@ def quantize_lstms(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
             # scale when Y_c is not read (and dead-code removal drops Y_c's QuantizeLinear).
             while len(node.input) < 7:
                 node.input.append("")
-            g.initializer.append(numpy_helper.from_array(np.zeros((1, 1, hidden), np.int16), f"{tag}_c0"))
+            g.initializer.append(numpy_helper.from_array(np.zeros((dirs, 1, hidden), np.int16), f"{tag}_c0"))
             before.append(
                 helper.make_node("DequantizeLinear", [f"{tag}_c0", cs, cz], [f"{tag}_c0_dq"], f"{tag}_c0_dq")
             )

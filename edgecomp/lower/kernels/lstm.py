@@ -14,7 +14,7 @@ from edgecomp.quant.ops.lstm import RESULTS, Lstm
 def lstm_s8(index: int, op: Lstm, graph: IntGraph):
     hidden, n_in = op.hidden, op.w.shape[1]
     seq = int(np.prod(graph.tensors[op.inputs[0]].shape)) // n_in
-    p = {"seq": seq, "n_in": n_in, "hidden": hidden, "has_h0": int(op.has_h0), "has_c0": int(op.has_c0),
+    p = {"seq": seq, "dirs": len(op.reverse), "reverse_mask": sum(int(r) << d for d, r in enumerate(op.reverse)), "n_in": n_in, "hidden": hidden, "has_h0": int(op.has_h0), "has_c0": int(op.has_c0),
          "h_zp": op.h_zp, "out_mult": op.out_mult, "out_shift": op.out_shift, "cell_shift": op.cell_shift,
          "result": RESULTS.index(op.result)}  # fmt: skip
     rows = np.stack([op.bias_x, op.mult_x, op.shift_x, op.bias_h, op.mult_h, op.shift_h], axis=1)

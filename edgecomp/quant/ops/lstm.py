@@ -58,16 +58,18 @@ class Lstm(IntOp):
     """inputs: (x [seq, 1, in], then h0 [1, 1, hidden] if has_h0, then c0 [1, 1, hidden] if has_c0)."""
 
     kind = "lstm"
-    # "y": every step's h [seq, 1, 1, hidden]; "h": the last h; "c": the last c (int16); "all": int16
-    # [1, 1, seq + 1, hidden], every step's h then the last c (Crop ops take Y, Y_h, Y_c out of it)
+    # "y": every step's h [seq, D, 1, hidden]; "h": the final h [D, 1, hidden]; "c": the final c
+    # (int16); "all": int16 [1, 1, seq + 2, D * hidden], every step's h, the final h, the final c
+    # (Crop ops take Y, Y_h, Y_c out of it). D directions: `reverse` says which run backwards.
     result: str
+    reverse: tuple[bool, ...]  # per direction: (False,) forward, (True,) reverse, (False, True) both
     has_h0: bool
     has_c0: bool
-    w: np.ndarray  # int8 [4 hidden, in], rows i, o, f, g
-    r: np.ndarray  # int8 [4 hidden, hidden]
-    bias_x: np.ndarray  # int32 [4 hidden]: biases and -x_zp * sum(w row)
-    bias_h: np.ndarray  # int32 [4 hidden]: -h_zp * sum(r row)
-    mult_x: np.ndarray  # int64 [4 hidden]: x_scale * w_scale / 2**-12
+    w: np.ndarray  # int8 [D * 4 hidden, in], rows i, o, f, g of each direction
+    r: np.ndarray  # int8 [D * 4 hidden, hidden]
+    bias_x: np.ndarray  # int32 [D * 4 hidden]: biases and -x_zp * sum(w row)
+    bias_h: np.ndarray  # int32 [D * 4 hidden]: -h_zp * sum(r row)
+    mult_x: np.ndarray  # int64 [D * 4 hidden]: x_scale * w_scale / 2**-12
     shift_x: np.ndarray
     mult_h: np.ndarray  # h_scale * r_scale / 2**-12
     shift_h: np.ndarray
@@ -87,8 +89,10 @@ class Lstm(IntOp):
         rows = self.w.shape[0]
         self._require(self.result in RESULTS, f"result must be one of {RESULTS}")
         self._require(self.w.dtype == np.int8 and self.r.dtype == np.int8, "weights must be int8")
-        self._require(self.w.ndim == 2 and self.r.shape == (rows, rows // 4) and rows % 4 == 0,
-                      "w must be [4 hidden, in] and r [4 hidden, hidden]")  # fmt: skip
+        dirs = len(self.reverse)
+        self._require(dirs in (1, 2), "one or two directions")
+        self._require(self.w.ndim == 2 and rows % (4 * dirs) == 0 and self.r.shape == (rows, rows // (4 * dirs)),
+                      "w must be [D * 4 hidden, in] and r [D * 4 hidden, hidden]")  # fmt: skip
         for name in ("bias_x", "bias_h", "mult_x", "shift_x", "mult_h", "shift_h"):
             self._require(
                 getattr(self, name).shape == (rows,), f"{name} needs one value per gate row ({rows})"
@@ -103,40 +107,56 @@ class Lstm(IntOp):
         self._require(len(self.inputs) == 1 + self.has_h0 + self.has_c0, "inputs: x, then h0, c0 if given")
 
     def reference(self, xs, dtype):
-        hidden = self.hidden
+        hidden, dirs = self.hidden, len(self.reverse)
         x = xs[0].astype(np.int64).reshape(-1, self.w.shape[1])
-        k = 1
-        h = np.full(hidden, self.h_zp, np.int64)
-        c = np.zeros(hidden, np.int64)
+        seq, k = x.shape[0], 1
+        h0 = np.full((dirs, hidden), self.h_zp, np.int64)
+        c0 = np.zeros((dirs, hidden), np.int64)
         if self.has_h0:
-            h, k = xs[k].astype(np.int64).reshape(hidden), k + 1
+            h0, k = xs[k].astype(np.int64).reshape(dirs, hidden), k + 1
         if self.has_c0:
-            c = xs[k].astype(np.int64).reshape(hidden)
-        w, r = self.w.astype(np.int64), self.r.astype(np.int64)
-        ys = []
-        for t in range(x.shape[0]):
-            gx = requant(w @ x[t] + self.bias_x, self.mult_x, self.shift_x)
-            gh = requant(r @ h + self.bias_h, self.mult_h, self.shift_h)
-            pre = np.clip(gx + gh, -32768, 32767)
-            i, o, f, g = (pre[j * hidden : (j + 1) * hidden] for j in range(4))
-            i, o, f = lookup16(self.sigmoid, i), lookup16(self.sigmoid, o), lookup16(self.sigmoid, f)
-            g = lookup16(self.tanh, g)
-            c = np.clip(rshift_round(f * c, 15) + rshift_round(i * g, 30 - self.cell_shift), -32768, 32767)
-            h = np.clip(
-                requant(o * lookup16(self.tanh_cell, c), self.out_mult, self.out_shift) + self.h_zp, -128, 127
-            )
-            ys.append(h)
+            c0 = xs[k].astype(np.int64).reshape(dirs, hidden)
+        ys = np.zeros((seq, dirs, hidden), np.int64)
+        hs, cs = np.zeros((dirs, hidden), np.int64), np.zeros((dirs, hidden), np.int64)
+        for d, rev in enumerate(self.reverse):
+            rows = slice(d * 4 * hidden, (d + 1) * 4 * hidden)
+            h, c = h0[d], c0[d]
+            for t in reversed(range(seq)) if rev else range(seq):
+                h, c = self._step(x[t], h, c, rows)
+                ys[t, d] = h
+            hs[d], cs[d] = h, c
         if self.result == "all":
-            return np.concatenate([np.stack(ys), c[None]]).reshape(1, 1, -1, hidden).astype(dtype)
-        out = {"y": np.stack(ys).reshape(-1, 1, 1, hidden), "h": h.reshape(1, 1, hidden),
-               "c": c.reshape(1, 1, hidden)}[self.result]  # fmt: skip
+            return (
+                np.concatenate([ys.reshape(seq, -1), hs.reshape(1, -1), cs.reshape(1, -1)])
+                .reshape(1, 1, seq + 2, dirs * hidden)
+                .astype(dtype)
+            )
+        out = {"y": ys.reshape(seq, dirs, 1, hidden), "h": hs.reshape(dirs, 1, hidden),
+               "c": cs.reshape(dirs, 1, hidden)}[self.result]  # fmt: skip
         return out.astype(dtype)
+
+    def _step(self, x, h, c, rows: slice):
+        """One step of one direction (gate rows `rows` of the weights): the new (h, c)."""
+        hidden = self.hidden
+        w, r = self.w[rows].astype(np.int64), self.r[rows].astype(np.int64)
+        gx = requant(w @ x + self.bias_x[rows], self.mult_x[rows], self.shift_x[rows])
+        gh = requant(r @ h + self.bias_h[rows], self.mult_h[rows], self.shift_h[rows])
+        pre = np.clip(gx + gh, -32768, 32767)
+        i, o, f, g = (pre[j * hidden : (j + 1) * hidden] for j in range(4))
+        i, o, f = lookup16(self.sigmoid, i), lookup16(self.sigmoid, o), lookup16(self.sigmoid, f)
+        g = lookup16(self.tanh, g)
+        c = np.clip(rshift_round(f * c, 15) + rshift_round(i * g, 30 - self.cell_shift), -32768, 32767)
+        h = np.clip(
+            requant(o * lookup16(self.tanh_cell, c), self.out_mult, self.out_shift) + self.h_zp, -128, 127
+        )
+        return h, c
+
+
+DIRECTIONS = {"forward": (False,), "reverse": (True,), "bidirectional": (False, True)}
 
 
 def lstm_refusal(node: onnx.NodeProto, attrs: dict, inputs: list[str]) -> str | None:
     """Why the integer LSTM does not take this node (None: it does). Shared with the quantizer."""
-    if attrs.get("direction", b"forward") not in (b"forward", "forward"):
-        return f"direction {attrs['direction']!r} (forward only)"
     if attrs.get("layout", 0) != 0:
         return "layout 1 (layout 0 only)"
     if "clip" in attrs:
@@ -180,6 +200,13 @@ def _state_out(ex: Extractor, node: onnx.NodeProto, name: str) -> tuple[QTensor 
     return t, live or q.output[0] in ex.graph_outputs
 
 
+def _row_scales(scale: np.ndarray, dirs: int, hidden: int) -> np.ndarray:
+    """A weight's scales, one per gate row of every direction (the quantizer's DequantizeLinear on
+    axis 1 has one per row, shared by the directions; or one per tensor)."""
+    scale = np.asarray(scale, np.float64).reshape(-1)
+    return np.tile(np.broadcast_to(scale, (4 * hidden,)), dirs)
+
+
 def _const_state(ex: Extractor, name: str) -> tuple[np.ndarray, float, int] | None:
     """(int values, scale, zero point) of an initial state that is a constant through its
     DequantizeLinear; None for a computed one."""
@@ -219,18 +246,23 @@ def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
     w, w_scale, _ = ex.weight(inputs[1], node)
     r, r_scale, _ = ex.weight(inputs[2], node)
     hidden = int(a["hidden_size"])
-    w, r = w.reshape(4 * hidden, -1), r.reshape(4 * hidden, hidden)
+    direction = a.get("direction", b"forward")
+    reverse = DIRECTIONS[direction.decode() if isinstance(direction, bytes) else direction]
+    dirs = len(reverse)
+    rows = dirs * 4 * hidden
+    w, r = w.reshape(rows, -1), r.reshape(rows, hidden)
     b = (
-        ex.real_const(inputs[3], node).reshape(8 * hidden)
+        ex.real_const(inputs[3], node).reshape(dirs, 8 * hidden)
         if len(inputs) > 3 and inputs[3]
-        else np.zeros(8 * hidden)
+        else np.zeros((dirs, 8 * hidden))
     )
+    b = (b[:, : 4 * hidden] + b[:, 4 * hidden :]).reshape(rows)  # Wb + Rb, per direction
     outs = list(node.output) + [""] * (3 - len(node.output))
     (y, y_live), (yh, yh_live), (yc, yc_live) = (_state_out(ex, node, n) for n in outs[:3])
     h0 = inputs[5] if len(inputs) > 5 and inputs[5] else ""
     c0 = inputs[6] if len(inputs) > 6 and inputs[6] else ""
-    h = yh or y or _state_params(ex, node, h0, (1, 1, hidden))
-    c = yc or _state_params(ex, node, c0, (1, 1, hidden))
+    h = yh or y or _state_params(ex, node, h0, (dirs, 1, hidden))
+    c = yc or _state_params(ex, node, c0, (dirs, 1, hidden))
     if h is None or c is None:
         raise _refuse(
             node, "h or c left in float (edgecomp's quantizer quantizes them: pass --quantize int8)"
@@ -261,11 +293,9 @@ def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
         states.append(st.name)
     has_h0 = bool(h0) and _const_state(ex, h0) is None
     has_c0 = bool(c0) and _const_state(ex, c0) is None
-    w_scale = np.broadcast_to(w_scale, (4 * hidden,))
-    r_scale = np.broadcast_to(r_scale, (4 * hidden,))
-    bias_x = np.round((b[: 4 * hidden] + b[4 * hidden :]) / (x.scale * w_scale)) - x.zero_point * w.astype(
-        np.int64
-    ).sum(1)
+    w_scale = _row_scales(w_scale, dirs, hidden)
+    r_scale = _row_scales(r_scale, dirs, hidden)
+    bias_x = np.round(b / (x.scale * w_scale)) - x.zero_point * w.astype(np.int64).sum(1)
     bias_h = -h.zero_point * r.astype(np.int64).sum(1)
     for name, bias, k in (("input", bias_x, w.shape[1]), ("recurrent", bias_h, hidden)):
         if np.abs(bias).max(initial=0) + k * 128 * 128 >= 2**31:
@@ -275,7 +305,7 @@ def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
     mult_x, shift_x = quantize_multipliers(x.scale * w_scale * 2**GATE_BITS)
     mult_h, shift_h = quantize_multipliers(h.scale * r_scale * 2**GATE_BITS)
     out_mult, out_shift = quantize_multiplier(2.0**-30 / h.scale)
-    common = dict(has_h0=has_h0, has_c0=has_c0,
+    common = dict(reverse=reverse, has_h0=has_h0, has_c0=has_c0,
                   w=int_array(w, np.int8), r=int_array(r, np.int8), bias_x=int_array(bias_x, np.int32),
                   bias_h=int_array(bias_h, np.int32), mult_x=int_array(mult_x, np.int64),
                   shift_x=int_array(shift_x, np.int64), mult_h=int_array(mult_h, np.int64),
@@ -295,15 +325,14 @@ def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
         return
     # Several outputs: one recurrence into an int16 tensor, each output cropped out of it.
     seq = x.shape[0]
-    both = QTensor(f"{node.name}__lstm_all", (1, 1, seq + 1, hidden), "int16")
+    both = QTensor(f"{node.name}__lstm_all", (1, 1, seq + 2, dirs * hidden), "int16")
     ex.tensors[both.name] = both
     ex.emit(Lstm(inputs=(x.name, *states), output=both.name, node=node.name, result="all", **common))
-    rows = {0: (0, seq), 1: (seq - 1, seq), 2: (seq, seq + 1)}
     for k, t in wanted:
-        r0, r1 = rows[k]
-        part = QTensor(f"{both.name}_{k}", (1, 1, r1 - r0, hidden), t.dtype, t.scale, t.zero_point)
+        r0, r1 = ((0, seq), (seq, seq + 1), (seq + 1, seq + 2))[k]
+        part = QTensor(f"{both.name}_{k}", (1, 1, r1 - r0, dirs * hidden), t.dtype, t.scale, t.zero_point)
         ex.tensors[part.name] = part
-        ex.emit(Crop(inputs=(both.name,), output=part.name, node=node.name, box=(r0, r1, 0, hidden)))
+        ex.emit(Crop(inputs=(both.name,), output=part.name, node=node.name, box=(r0, r1, 0, dirs * hidden)))
         lo, hi = qrange(t.dtype)
         ex.emit(
             Reshape(
