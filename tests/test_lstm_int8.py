@@ -16,7 +16,7 @@ from edgecomp.errors import UnsupportedModelError
 from edgecomp.passes.quantize import quantize
 from edgecomp.pipeline import BuildOptions, build
 from edgecomp.quant import extract_int_graph
-from edgecomp.quant.accuracy import sqnr_db
+from edgecomp.quant.accuracy import evaluate, sqnr_db
 from edgecomp.quant.ops import Lstm
 from edgecomp.runner import run_samples
 from edgecomp.targets import load_target
@@ -130,15 +130,18 @@ def test_quantized_lstm_form():
     (c_name,) = [op.inputs[0] for op in graph.ops if op.output == "c"]
     c = graph.tensors[c_name]
     assert c.dtype == "int16" and c.zero_point == 0 and 2.0 ** -lstms[0].cell_shift == c.scale
-    _, qmodel = _quantized("conv_lstm_dense")
+    float_model, qmodel = _quantized("conv_lstm_dense")
     graph = extract_int_graph(onnx.shape_inference.infer_shapes(qmodel))
     assert [op.result for op in graph.ops if isinstance(op, Lstm)] == ["h"]
+    # The per-layer report (--eval) names the LSTM's output by its own name.
+    layers = evaluate(float_model, graph, [random_inputs(float_model, s) for s in range(2)])[
+        "per_layer_sqnr_db"
+    ]
+    assert "yh" in [row["tensor"] for row in layers]
 
 
 def test_unsupported_lstm_stays_float_and_is_named():
-    model = onnx.shape_inference.infer_shapes(
-        cell_model("LSTM", seq=4, batch=1, clip=0.5)
-    )
+    model = onnx.shape_inference.infer_shapes(cell_model("LSTM", seq=4, batch=1, clip=0.5))
     qmodel = quantize(model, _calib(model)).model
     assert not any(n.op_type == "QuantizeLinear" and n.input[0].startswith("lstm") for n in qmodel.graph.node)
     with pytest.raises(UnsupportedModelError, match="lstm_node.*LSTM.*cell clip"):

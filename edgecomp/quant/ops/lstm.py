@@ -193,9 +193,16 @@ def _state_out(ex: Extractor, node: onnx.NodeProto, name: str) -> tuple[QTensor 
         )
     q = qs[0]
     scale, zp, _ = ex.qparams(q)
-    t = QTensor(q.output[0], ex.shape(q.output[0]), ex._act_dtype(zp, q), ex._scale(scale, q), int(zp), name)
-    ex.tensors[t.name] = t
     dqs = ex.consumers.get(q.output[0], [])
+    # The float tensor it quantizes (per-layer reports): the LSTM output's own name, which edgecomp's
+    # quantizer gives the first DequantizeLinear after it (a model output is reported as an output).
+    float_name = name
+    if dqs and dqs[0].op_type == "DequantizeLinear" and dqs[0].output[0] not in ex.graph_outputs:
+        float_name = dqs[0].output[0]
+    t = QTensor(
+        q.output[0], ex.shape(q.output[0]), ex._act_dtype(zp, q), ex._scale(scale, q), int(zp), float_name
+    )
+    ex.tensors[t.name] = t
     live = any(ex.consumers.get(d.output[0]) or d.output[0] in ex.graph_outputs for d in dqs)
     return t, live or q.output[0] in ex.graph_outputs
 
