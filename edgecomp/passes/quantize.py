@@ -72,11 +72,11 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
         if scheme != "int16x8":  # int8 activations: the integer LSTM's form (passes/quantize_lstm.py)
             qmodel = quantize_lstms(qmodel, base.float_model, samples)
         return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
-    # An int16 cell state needs QuantizeLinear of opset 21 (as int4 weights do).
-    lstm = scheme == "int8" and any(n.op_type == "LSTM" for n in model.graph.node)
+    # An LSTM's int16 cell state needs QuantizeLinear of opset 21 (as int4 weights do); GRUs go along.
+    lstm = scheme == "int8" and any(n.op_type in ("LSTM", "GRU") for n in model.graph.node)
     base = quantize_base(model, samples, scheme, method, INT4_OPSET if lstm else QDQ_OPSET)
     qmodel = base.model
-    if lstm:  # onnxruntime leaves LSTMs in float: the integer LSTM's form (passes/quantize_lstm.py)
+    if lstm:  # onnxruntime leaves LSTMs and GRUs in float: the integer form (passes/quantize_lstm.py)
         qmodel = quantize_lstms(qmodel, base.float_model, samples)
     return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
 

@@ -19,7 +19,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgecomp.quant.ops.gru import gru_refusal
 from edgecomp.quant.ops.lstm import lstm_refusal
+
+RECURRENT = ("LSTM", "GRU")
+GATES = {"LSTM": 4, "GRU": 3}
 
 
 def _sigmoid(v: np.ndarray) -> np.ndarray:
@@ -45,20 +49,39 @@ def _direction(node: onnx.NodeProto) -> str:
     return value.decode()
 
 
+def float_gru(x, w, r, b, h, linear_before_reset: bool) -> np.ndarray:
+    """ONNX's forward GRU (gates z, r, h), batch rows kept: every step's h, [seq, B, H]."""
+    hidden = r.shape[1]
+    wb, rb = b[: 3 * hidden], b[3 * hidden :]
+    hs = []
+    for t in range(x.shape[0]):
+        gx, gh = x[t] @ w.T + wb, h @ r.T + rb
+        z = _sigmoid(gx[:, :hidden] + gh[:, :hidden])
+        rg = _sigmoid(gx[:, hidden : 2 * hidden] + gh[:, hidden : 2 * hidden])
+        if linear_before_reset:
+            n = np.tanh(gx[:, 2 * hidden :] + rg * gh[:, 2 * hidden :])
+        else:
+            n = np.tanh(gx[:, 2 * hidden :] + (rg * h) @ r[2 * hidden :].T + rb[2 * hidden :])
+        h = (1 - z) * n + z * h
+        hs.append(h)
+    return np.stack(hs)
+
+
 def _candidates(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     consts = {t.name for t in model.graph.initializer}
     result = []
     for n in model.graph.node:
-        if n.op_type != "LSTM":
+        if n.op_type not in RECURRENT:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        if lstm_refusal(n, attrs, list(n.input)) is None and all(i in consts for i in n.input[1:4] if i):
+        refusal = (lstm_refusal if n.op_type == "LSTM" else gru_refusal)(n, attrs, list(n.input))
+        if refusal is None and all(i in consts for i in n.input[1:4] if i):
             result.append(n)
     return result
 
 
 def _calibrate(float_model: onnx.ModelProto, samples: list[list[np.ndarray]], nodes: list[onnx.NodeProto]):
-    """Per LSTM (by position among the model's LSTMs): (x min, x max, h min, h max, max |c|)."""
+    """Per LSTM/GRU (by position among the model's): (x min, x max, h min, h max, max |c|)."""
     import onnxruntime as ort
 
     g = float_model.graph
@@ -85,15 +108,22 @@ def _calibrate(float_model: onnx.ModelProto, samples: list[list[np.ndarray]], no
             state = (dirs, x.shape[1], hidden)
             h0 = values[n.input[5]] if len(n.input) > 5 and n.input[5] else np.zeros(state)
             c0 = values[n.input[6]] if len(n.input) > 6 and n.input[6] else np.zeros(state)
+            gates = GATES[n.op_type]
             b = (
                 consts[n.input[3]].reshape(dirs, -1)
                 if len(n.input) > 3 and n.input[3]
-                else np.zeros((dirs, 8 * hidden))
+                else np.zeros((dirs, 2 * gates * hidden))
             )
-            runs = [float_lstm(x[::-1] if d == 1 or _direction(n) == "reverse" else x, w_all[d], r_all[d],
-                               b[d].astype(np.float64), h0[d].astype(np.float64), c0[d].astype(np.float64))
-                    for d in range(dirs)]  # fmt: skip
-            hs, cs = np.stack([r[0] for r in runs]), np.stack([r[1] for r in runs])
+            xs = [x[::-1] if d == 1 or _direction(n) == "reverse" else x for d in range(dirs)]
+            if n.op_type == "GRU":
+                lbr = bool(next((a.i for a in n.attribute if a.name == "linear_before_reset"), 0))
+                hs = np.stack([float_gru(xs[d], w_all[d], r_all[d], b[d].astype(np.float64),
+                                         h0[d].astype(np.float64), lbr) for d in range(dirs)])  # fmt: skip
+                cs = np.zeros(1)
+            else:
+                runs = [float_lstm(xs[d], w_all[d], r_all[d], b[d].astype(np.float64), h0[d].astype(np.float64),
+                                   c0[d].astype(np.float64)) for d in range(dirs)]  # fmt: skip
+                hs, cs = np.stack([r[0] for r in runs]), np.stack([r[1] for r in runs])
             h_all = np.concatenate([hs.reshape(-1), h0.reshape(-1)])
             s[0], s[1] = min(s[0], float(x.min())), max(s[1], float(x.max()))
             s[2], s[3] = min(s[2], float(h_all.min())), max(s[3], float(h_all.max()))
@@ -117,12 +147,12 @@ def cell_scale(c_max: float) -> float:
 
 def quantize_lstms(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
                    samples: list[list[np.ndarray]]) -> onnx.ModelProto:  # fmt: skip
-    """`qmodel` (onnxruntime's QDQ model of `float_model`) with its supported LSTMs quantized."""
+    """`qmodel` (onnxruntime's QDQ model of `float_model`) with its supported LSTMs and GRUs quantized."""
     nodes = _candidates(qmodel)
     if not nodes:
         return qmodel
-    float_lstms = [n for n in float_model.graph.node if n.op_type == "LSTM"]
-    q_lstms = [n for n in qmodel.graph.node if n.op_type == "LSTM"]
+    float_lstms = [n for n in float_model.graph.node if n.op_type in RECURRENT]
+    q_lstms = [n for n in qmodel.graph.node if n.op_type in RECURRENT]
     if len(float_lstms) != len(q_lstms):
         return qmodel
     stats = _calibrate(float_model, samples, [float_lstms[q_lstms.index(n)] for n in nodes])
@@ -140,7 +170,7 @@ def quantize_lstms(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
         g.initializer.append(numpy_helper.from_array(np.asarray(zp, dtype), z))
         return s, z
 
-    positions = [i for i, n in enumerate(g.node) if n.op_type == "LSTM"]
+    positions = [i for i, n in enumerate(g.node) if n.op_type in RECURRENT]
     for k, (n, st) in enumerate(zip(nodes, stats, strict=True)):
         pos = positions[q_lstms.index(n)]
         node = g.node[pos]
@@ -148,6 +178,7 @@ def quantize_lstms(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
         before, after = [], []
         hidden = next(a.i for a in node.attribute if a.name == "hidden_size")
         dirs = consts[node.input[1]].dims[0]
+        lstm = node.op_type == "LSTM"
         # Weights: int8, symmetric per gate row.
         for idx in (1, 2):
             w = numpy_helper.to_array(consts[node.input[idx]]).astype(np.float64)  # [1, 4H, K]
@@ -156,7 +187,7 @@ def quantize_lstms(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
             q = np.clip(np.rint(w / scale[None, :, None]), -127, 127).astype(np.int8)
             name = f"{tag}_w{idx}"
             g.initializer.append(numpy_helper.from_array(q, name))
-            s, z = qparams(name, scale, np.zeros(4 * hidden), np.int8)
+            s, z = qparams(name, scale, np.zeros(w.shape[1]), np.int8)
             before.append(
                 helper.make_node("DequantizeLinear", [name, s, z], [name + "_dq"], f"{name}_dq", axis=1)
             )
@@ -174,7 +205,7 @@ def quantize_lstms(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
             node.input[0] = f"{tag}_x_dq"
         hs, hz = qparams(f"{tag}_h", h_scale, h_zp, np.int8)
         cs, cz = qparams(f"{tag}_c", c_scale, 0, np.int16)
-        for idx, (s, z) in ((5, (hs, hz)), (6, (cs, cz))):
+        for idx, (s, z) in ((5, (hs, hz)), (6, (cs, cz)))[: 2 if lstm else 1]:
             if len(node.input) > idx and node.input[idx] in consts:  # a constant start: quantized here
                 value = numpy_helper.to_array(consts[node.input[idx]]).astype(np.float64)
                 scale = float(numpy_helper.to_array(next(t for t in g.initializer if t.name == s)))
@@ -196,7 +227,7 @@ def quantize_lstms(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
                            helper.make_node("DequantizeLinear", [f"{tag}_s{idx}_q", s, z], [f"{tag}_s{idx}_dq"],
                                             f"{tag}_s{idx}_dq")]  # fmt: skip
                 node.input[idx] = f"{tag}_s{idx}_dq"
-        if len(node.input) < 7 or not node.input[6]:
+        if lstm and (len(node.input) < 7 or not node.input[6]):
             # A zero initial cell state as an int16 constant: its DequantizeLinear keeps the cell's
             # scale when Y_c is not read (and dead-code removal drops Y_c's QuantizeLinear).
             while len(node.input) < 7:
@@ -207,9 +238,9 @@ def quantize_lstms(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
             )
             node.input[6] = f"{tag}_c0_dq"
         # Outputs Y, Y_h (h) and Y_c (c); Y_h and Y_c always, for their scales.
-        while len(node.output) < 3:
+        while len(node.output) < (3 if lstm else 2):
             node.output.append("")
-        for idx, (s, z) in ((0, (hs, hz)), (1, (hs, hz)), (2, (cs, cz))):
+        for idx, (s, z) in ((0, (hs, hz)), (1, (hs, hz)), (2, (cs, cz)))[: 3 if lstm else 2]:
             name = node.output[idx]
             if not name and idx == 0:
                 continue

@@ -8,6 +8,7 @@ from edgecomp.quant.ops import (  # noqa: F401
     dense,
     edges,
     elementwise,
+    gru,
     layout,
     lstm,
     lut,
@@ -23,6 +24,7 @@ from edgecomp.quant.ops.conv import Conv
 from edgecomp.quant.ops.dense import Dense
 from edgecomp.quant.ops.edges import Dequantize, Quantize, integer_io, outputs_of
 from edgecomp.quant.ops.elementwise import Add, Mul, PRelu
+from edgecomp.quant.ops.gru import Gru
 from edgecomp.quant.ops.layout import Concat, Reshape, Transpose
 from edgecomp.quant.ops.lstm import Lstm
 from edgecomp.quant.ops.lut import Lut, Lut16
@@ -34,6 +36,6 @@ from edgecomp.quant.ops.softmax import Softmax
 from edgecomp.quant.ops.softmax_tfl import TflSoftmax
 
 __all__ = [
-    "Add", "AvgPool", "Concat", "Conv", "Crop", "Dense", "Dequantize", "Lstm", "Lut", "Lut16", "MaxPool", "Mul", "PRelu", "Pad", "Place",
+    "Add", "AvgPool", "Concat", "Conv", "Crop", "Dense", "Dequantize", "Gru", "Lstm", "Lut", "Lut16", "MaxPool", "Mul", "PRelu", "Pad", "Place",
     "Quantize", "Reshape", "Softmax", "TflAvgPool", "TflMean", "TflSoftmax", "Transpose", "integer_io", "outputs_of",
 ]  # fmt: skip

@@ -207,11 +207,11 @@ def _state_out(ex: Extractor, node: onnx.NodeProto, name: str) -> tuple[QTensor 
     return t, live or q.output[0] in ex.graph_outputs
 
 
-def _row_scales(scale: np.ndarray, dirs: int, hidden: int) -> np.ndarray:
+def _row_scales(scale: np.ndarray, dirs: int, hidden: int, gates: int = 4) -> np.ndarray:
     """A weight's scales, one per gate row of every direction (the quantizer's DequantizeLinear on
     axis 1 has one per row, shared by the directions; or one per tensor)."""
     scale = np.asarray(scale, np.float64).reshape(-1)
-    return np.tile(np.broadcast_to(scale, (4 * hidden,)), dirs)
+    return np.tile(np.broadcast_to(scale, (gates * hidden,)), dirs)
 
 
 def _const_state(ex: Extractor, name: str) -> tuple[np.ndarray, float, int] | None:
