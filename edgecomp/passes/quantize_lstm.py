@@ -1,11 +1,11 @@
-"""Quantize the LSTMs onnxruntime's quantize_static leaves in float (QDQ has no LSTM pattern), in
-the form the integer LSTM (quant/ops/lstm.py) compiles.
+"""Quantize the LSTMs and GRUs onnxruntime's quantize_static leaves in float (QDQ has no pattern
+for them), in the form the integer LSTM and GRU (quant/ops/lstm.py, gru.py) compile.
 
 Preserves: the model's interface and every other node; an LSTM the integer kernel does not take
-(peepholes, cell clip...: ops.lstm.lstm_refusal) stays float, and the extractor names it. Adds
+(peepholes, cell clip...: lstm_refusal, gru_refusal) stays float, and the extractor names it. Adds
 around each LSTM: int8 per-row symmetric weights W and R (DequantizeLinear, axis 1), the float
 input quantized to int8 (unless it already comes from a DequantizeLinear), Y and Y_h int8 with one
-scale (h), Y_c int16 with zero point 0 and a power-of-two scale (c), the initial states quantized
+scale (h), an LSTM's Y_c int16 with zero point 0 and a power-of-two scale (c), the initial states quantized
 as the states they start. The ranges of h and c are every step's, from a float run of the LSTM in
 numpy on its inputs as onnxruntime computes them for the calibration samples (min/max: the LSTM
 is quantized by min/max whatever --calib-method says).
@@ -204,7 +204,7 @@ def quantize_lstms(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
             ]
             node.input[0] = f"{tag}_x_dq"
         hs, hz = qparams(f"{tag}_h", h_scale, h_zp, np.int8)
-        cs, cz = qparams(f"{tag}_c", c_scale, 0, np.int16)
+        cs, cz = qparams(f"{tag}_c", c_scale, 0, np.int16) if lstm else ("", "")
         for idx, (s, z) in ((5, (hs, hz)), (6, (cs, cz)))[: 2 if lstm else 1]:
             if len(node.input) > idx and node.input[idx] in consts:  # a constant start: quantized here
                 value = numpy_helper.to_array(consts[node.input[idx]]).astype(np.float64)
