@@ -46,6 +46,34 @@ def conv_lstm_dense(seq: int = 8, hidden: int = 12) -> onnx.ModelProto:
     return typed_model(nodes, [("x", [1, 4, seq])], [("y", [1, 3])], inits, opset=14)
 
 
+def stacked_state_slices(seq: int = 4, inputs: int = 5, hidden: int = 6) -> onnx.ModelProto:
+    """Two stacked LSTMs whose states come in one [2, 1, H] input each for h and c (Slice per layer)
+    and go out concatenated: the state form of Silero VAD and openWakeWord's VAD."""
+    const = onnx.numpy_helper.from_array
+    nodes = []
+    for layer in range(2):
+        for s in ("h", "c"):
+            nodes.append(helper.make_node("Slice", [s, f"st{layer}", f"en{layer}", "ax0"], [f"{s}{layer}"]))
+    nodes += [
+        helper.make_node("LSTM", ["x", "W0", "R0", "B0", "", "h0", "c0"], ["y0", "yh0", "yc0"], "lstm0",
+                         hidden_size=hidden),
+        helper.make_node("Squeeze", ["y0", "ax1"], ["x1"]),
+        helper.make_node("LSTM", ["x1", "W1", "R1", "B1", "", "h1", "c1"], ["y1", "yh1", "yc1"], "lstm1",
+                         hidden_size=hidden),
+        helper.make_node("Concat", ["yh0", "yh1"], ["hn"], axis=0),
+        helper.make_node("Concat", ["yc0", "yc1"], ["cn"], axis=0),
+    ]  # fmt: skip
+    inits = [const(np.array([layer], np.int64), f"st{layer}") for layer in range(2)]
+    inits += [const(np.array([layer + 1], np.int64), f"en{layer}") for layer in range(2)]
+    inits += [const(np.array([0], np.int64), "ax0"), const(np.array([1], np.int64), "ax1")]
+    for layer, k in ((0, inputs), (1, hidden)):
+        inits += [weight(f"W{layer}", [1, 4 * hidden, k]), weight(f"R{layer}", [1, 4 * hidden, hidden]),
+                  weight(f"B{layer}", [1, 8 * hidden])]  # fmt: skip
+    state = [2, 1, hidden]
+    return typed_model(nodes, [("x", [seq, 1, inputs]), ("h", state), ("c", state)],
+                       [("y1", [seq, 1, 1, hidden]), ("hn", state), ("cn", state)], inits, opset=14)  # fmt: skip
+
+
 MODELS = {
     # whole sequence, no state: Y and Y_h
     "sequence": lambda: cell_model("LSTM", seq=10, batch=1, inputs=5, hidden=8, states=False, outputs="y,h"),
@@ -54,6 +82,7 @@ MODELS = {
     # a sequence with initial states and every output
     "sequence_state": lambda: cell_model("LSTM", seq=6, batch=1, inputs=3, hidden=5),
     "conv_lstm_dense": conv_lstm_dense,
+    "stacked_state_slices": stacked_state_slices,
     "reverse_state": lambda: cell_model("LSTM", seq=5, batch=1, inputs=4, hidden=6, direction="reverse"),
     "bidirectional_state": lambda: cell_model(
         "LSTM", seq=5, batch=1, inputs=4, hidden=6, direction="bidirectional"

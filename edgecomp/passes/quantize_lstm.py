@@ -23,6 +23,7 @@ from edgecomp.quant.ops.gru import gru_refusal
 from edgecomp.quant.ops.lstm import lstm_refusal
 
 RECURRENT = ("LSTM", "GRU")
+STATE_LAYOUT = ("Slice", "Gather", "Squeeze", "Unsqueeze", "Reshape", "Identity")
 GATES = {"LSTM": 4, "GRU": 3}
 
 
@@ -131,6 +132,37 @@ def _calibrate(float_model: onnx.ModelProto, samples: list[list[np.ndarray]], no
     return stats
 
 
+def _requantize_at_source(
+    g: onnx.GraphProto, producer: dict, dq: onnx.NodeProto | None, s: str, z: str
+) -> bool:
+    """When a state comes from onnxruntime's QuantizeLinear -> DequantizeLinear, give that pair (and
+    every DequantizeLinear of that QuantizeLinear) the state's scale and zero point `s`, `z`; True
+    if done. The op before it then writes the state in the state's own quantization."""
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in producer:
+        return False
+    q = producer[dq.input[0]]
+    readers = [m for m in g.node if q.output[0] in m.input]
+    if q.op_type != "QuantizeLinear" or not all(m.op_type == "DequantizeLinear" for m in readers):
+        return False
+    for m in (q, *readers):
+        del m.input[1:]
+        m.input.extend([s, z])
+    return True
+
+
+def _topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """`nodes` in an order where each comes after its inputs' producers (a state's layout op now
+    reads a DequantizeLinear added just before its LSTM), otherwise keeping their order."""
+    available = set(available) | {""}
+    pending, result = list(nodes), []
+    while pending:
+        ready = next((k for k, n in enumerate(pending) if all(i in available for i in n.input)), 0)
+        n = pending.pop(ready)
+        result.append(n)
+        available.update(n.output)
+    return result
+
+
 def _asym_int8(lo: float, hi: float) -> tuple[float, int]:
     """onnxruntime's asymmetric int8 parameters for a range (widened to hold 0)."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
@@ -156,6 +188,14 @@ def quantize_lstms(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
     if len(float_lstms) != len(q_lstms):
         return qmodel
     stats = _calibrate(float_model, samples, [float_lstms[q_lstms.index(n)] for n in nodes])
+    f_consts = {t.name for t in float_model.graph.initializer}
+    f_inputs = [i.name for i in float_model.graph.input if i.name not in f_consts]
+    model_inputs = {
+        name: np.stack([np.asarray(smp[k], np.float64) for smp in samples]) for k, name in enumerate(f_inputs)
+    }
+    input_q: dict[
+        str, str
+    ] = {}  # float model input -> its DequantizeLinear output (states through a layout op)
     out = onnx.ModelProto()
     out.CopyFrom(qmodel)
     g = out.graph
@@ -223,6 +263,28 @@ def quantize_lstms(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
                 node.input[idx] = f"{tag}_s{idx}_dq"
             elif len(node.input) > idx and node.input[idx]:
                 src = node.input[idx]
+                prod = producer.get(src)
+                if _requantize_at_source(g, producer, prod, s, z):
+                    continue  # a state onnxruntime quantized (e.g. a Slice of a model input): now in ours
+                if prod is not None and prod.op_type in STATE_LAYOUT and prod.input[0] in model_inputs:
+                    # A state taken out of a model input (a Slice of a [layers, 1, H] state): the input
+                    # quantized too (once, on its own range), so the layout op runs in integer.
+                    inp = prod.input[0]
+                    if inp not in input_q:
+                        v = model_inputs[inp]
+                        if idx == 5:
+                            iq = qparams(
+                                f"{inp}_state_q", *_asym_int8(float(v.min()), float(v.max())), np.int8
+                            )
+                        else:
+                            iq = qparams(f"{inp}_state_q", cell_scale(float(np.abs(v).max())), 0, np.int16)
+                        input_q[inp] = f"{inp}_state_q_dq"
+                        before += [
+                            helper.make_node("QuantizeLinear", [inp, *iq], [f"{inp}_state_q_q"], f"{inp}_state_q_q"),
+                            helper.make_node("DequantizeLinear", [f"{inp}_state_q_q", *iq], [input_q[inp]],
+                                             f"{inp}_state_q_dq"),
+                        ]  # fmt: skip
+                    prod.input[0] = input_q[inp]
                 before += [helper.make_node("QuantizeLinear", [src, s, z], [f"{tag}_s{idx}_q"], f"{tag}_s{idx}_q"),
                            helper.make_node("DequantizeLinear", [f"{tag}_s{idx}_q", s, z], [f"{tag}_s{idx}_dq"],
                                             f"{tag}_s{idx}_dq")]  # fmt: skip
@@ -266,6 +328,6 @@ def quantize_lstms(qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
         before, after = new_nodes.get(pos, ([], []))
         ordered += [*before, n, *after]
     del g.node[:]
-    g.node.extend(ordered)
+    g.node.extend(_topological(ordered, {i.name for i in g.input} | {t.name for t in g.initializer}))
     del g.value_info[:]
     return onnx.shape_inference.infer_shapes(out)
