@@ -274,6 +274,18 @@ def _wild_slice_gather_conv1d():
     return make_model(nodes, [("x", [1, 2, 7, 29])], [("y", [1, 4, 5])], inits)
 
 
+def _wild_split():
+    """Split into unequal parts (one unused), equal parts by count (opset 18, uneven: the last smaller)."""
+    nodes = [_n("Conv", ["x", "w1"], ["c1"]), _n("Split", ["c1", "sizes"], ["s0", "s1", "s2"], axis=1),
+             _n("Split", ["s2"], ["t0", "t1", "t2"], axis=3, num_outputs=3),
+             _n("Concat", ["t2", "t0"], ["cat"], axis=3), _n("Conv", ["s0", "w2"], ["y1"]),
+             _n("Conv", ["cat", "w3"], ["y2"])]  # fmt: skip
+    inits = [weight("w1", [6, 2, 1, 1]), _k("sizes", [1, 2, 3], np.int64), weight("w2", [2, 1, 1, 1]),
+             weight("w3", [2, 3, 1, 1])]  # fmt: skip
+    # c1 [1,6,3,7] -> s0 [1,1,3,7], s2 [1,3,3,7] -> t0 [1,3,3,3], t2 [1,3,3,1] -> cat [1,3,3,4]
+    return make_model(nodes, [("x", [1, 2, 3, 7])], [("y1", [1, 2, 3, 7]), ("y2", [1, 2, 3, 4])], inits, opset=18)
+
+
 def _wild_peak_floor():
     """A spectrogram's tail: ReduceMax over everything, minus a constant, as the run-time floor of a
     Clip (whose top is a constant); Max and Min of two tensors."""
@@ -327,6 +339,7 @@ def _wild_normalise():
 
 
 WILD = {
+    "split": _wild_split,
     "normalise": _wild_normalise,
     "conv_transpose": _wild_conv_transpose,
     "batchnorm": _wild_batchnorm,

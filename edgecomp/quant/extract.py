@@ -252,10 +252,11 @@ class Extractor:
         hi = float(self.const(act.input[2], act)) if len(act.input) > 2 and act.input[2] else np.inf
         return lo, hi
 
-    def out(self, node: onnx.NodeProto) -> tuple[QTensor, tuple[int, int]]:
-        """The int tensor an op writes (the QuantizeLinear that consumes its float output, through an
-        optional Relu/Clip) and the clamp [lo, hi] on its grid that the Relu/Clip and type leave."""
-        name = node.output[0]
+    def out(self, node: onnx.NodeProto, index: int = 0) -> tuple[QTensor, tuple[int, int]]:
+        """The int tensor an op writes (the QuantizeLinear that consumes its float output `index`,
+        through an optional Relu/Clip) and the clamp [lo, hi] on its grid that the Relu/Clip and
+        type leave."""
+        name = node.output[index]
         lo_f, hi_f = -np.inf, np.inf
         users = self.consumers.get(name, [])
         if len(users) == 1 and users[0].op_type in ("Relu", "Clip"):

@@ -1,4 +1,4 @@
-"""Integer Slice, and Gather of constant indices: pure data movement. Each input axis keeps the
+"""Integer Slice, Split (one Slice per output) and Gather of constant indices: pure data movement. Each input axis keeps the
 positions start, start + step, ... (count of them; a negative step runs backwards), and the values
 taken are laid out in the output's shape (a Gather of one index drops its axis)."""
 
@@ -92,6 +92,31 @@ def gather_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
     first, step, count = [0] * rank, [1] * rank, list(x.shape)
     first[ax], step[ax], count[ax] = int(idx[0]), int(diffs[0]) if idx.size > 1 else 1, int(idx.size)
     _emit(ex, node, x, out, first, step, count, lo, hi)
+
+
+@handles("Split")
+def split_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
+    """Each output used: the Slice of its part along the axis (sizes from the `split` input or
+    attribute, else equal parts, the last one smaller when they do not divide, as opset 18 says)."""
+    x = ex.act_in(node.input[0], node)
+    rank = len(x.shape)
+    a = ex.attrs(node)
+    ax = int(a.get("axis", 0)) % rank
+    sizes = _ints(ex, node, 1) or list(a.get("split", []))
+    n = len(node.output)
+    if not sizes:
+        part = -(-x.shape[ax] // n)
+        sizes = [min(part, x.shape[ax] - i * part) for i in range(n)]
+    if len(sizes) != n or sum(sizes) != x.shape[ax] or min(sizes) < 1:
+        raise UnsupportedModelError(f"node '{node.name}': Split sizes {sizes} do not cover an axis of {x.shape[ax]}")
+    offset = 0
+    for i, size in enumerate(sizes):
+        if node.output[i] and ex.consumers.get(node.output[i]):
+            out, (lo, hi) = ex.out(node, i)
+            first, count = [0] * rank, list(x.shape)
+            first[ax], count[ax] = offset, size
+            _emit(ex, node, x, out, first, [1] * rank, count, lo, hi)
+        offset += size
 
 
 def _emit(ex, node, x, out, first, step, count, lo, hi) -> None:
