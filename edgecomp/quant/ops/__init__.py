@@ -22,7 +22,7 @@ from edgecomp.quant.ops.conv import Conv
 from edgecomp.quant.ops.dense import Dense
 from edgecomp.quant.ops.edges import Dequantize, Quantize, integer_io, outputs_of
 from edgecomp.quant.ops.elementwise import Add, Mul, PRelu
-from edgecomp.quant.ops.layout import Concat, Reshape, Transpose
+from edgecomp.quant.ops.layout import Concat, Reshape, StridedSlice, Transpose
 from edgecomp.quant.ops.lut import Lut, Lut16, TflSigmoid16
 from edgecomp.quant.ops.mean import TflMean
 from edgecomp.quant.ops.pad import Pad
@@ -33,5 +33,5 @@ from edgecomp.quant.ops.softmax_tfl import TflSoftmax, TflSoftmax16
 
 __all__ = [
     "Add", "AvgPool", "Concat", "Conv", "Crop", "Dense", "Dequantize", "Lut", "Lut16", "MaxPool", "Mul", "PRelu", "Pad", "Place",
-    "Quantize", "Reshape", "Softmax", "TflAvgPool", "TflMean", "TflSigmoid16", "TflSoftmax", "TflSoftmax16", "Transpose", "integer_io", "outputs_of",
+    "Quantize", "Reshape", "Softmax", "StridedSlice", "TflAvgPool", "TflMean", "TflSigmoid16", "TflSoftmax", "TflSoftmax16", "Transpose", "integer_io", "outputs_of",
 ]  # fmt: skip
