@@ -1,6 +1,6 @@
 """TFLite int16 operators whose arithmetic is TFLite Micro's own rather than a requantization:
 LOGISTIC / TANH (its sigmoid table, over every int16 input), SOFTMAX (its exp and 1/(1+x)
-tables), QUANTIZE (Requantize), the int16 ReLUs, and what is refused. Hand-built .tflite models
+tables), QUANTIZE (Requantize), the int16 ReLUs, STRIDED_SLICE's index rules, and what is refused. Hand-built .tflite models
 (tests/tflite_models.py), compared with the tflite-micro interpreter on the host and in QEMU."""
 
 from __future__ import annotations
@@ -58,6 +58,22 @@ def _softmax_relu_quantize() -> bytes:
     return b.finish([x, x2], [*outs, q16, q8])
 
 
+def _strided_slices() -> bytes:
+    """STRIDED_SLICE with negative and positive steps, masks and a shrunk axis (values moved only)."""
+    b = Builder("strided_slice16")
+    x = _t16(b, [1, 6, 5, 4], 1e-3)
+    outs = []
+    for begin, end, strides, masks, shape in (
+        ([0, 5, 4, 0], [1, 0, 0, 4], [1, -2, -1, 1], dict(beginMask=9, endMask=9), [1, 3, 4, 4]),
+        ([0, 1, 0, 3], [1, 5, 5, 4], [1, 2, 2, 1], dict(beginMask=5, endMask=5, shrinkAxisMask=8), [1, 2, 3]),
+    ):
+        y = _t16(b, shape, 1e-3)
+        ts = [b.tensor([4], np.int32, np.array(v, np.int32)) for v in (begin, end, strides)]
+        b.op(BO.STRIDED_SLICE, [x, *ts], [y], OPT.StridedSliceOptions, options("StridedSliceOptionsT", **masks))
+        outs.append(y)
+    return b.finish([x], outs)
+
+
 def _all_int16(data: bytes, seed: int) -> list[np.ndarray]:
     from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as S
 
@@ -79,6 +95,7 @@ MODELS = {
     "sigmoid_tanh_small": lambda: _sigmoid_tanh([1.7e-4]),
     "sigmoid_tanh_wide": lambda: _sigmoid_tanh([2.9e-3]),
     "softmax_relu_quantize": _softmax_relu_quantize,
+    "strided_slices": _strided_slices,
 }
 
 
