@@ -159,3 +159,19 @@ def test_int16_op_without_tflm_kernel_refused_by_name(tmp_path, capsys):
     assert main(["build", str(tmp_path / "m.tflite"), "-t", "host", "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "HARD_SWISH (operator #0)" in err and "int16" in err and "Traceback" not in err
+
+
+def test_int16_conv_with_int32_bias_refused_by_name(tmp_path, capsys):
+    """int16x8 with int32 biases (the converter's _experimental_full_integer_quantization_bias_type)
+    takes other TFLM kernels, not compiled: refused, naming the operator."""
+    b = Builder("int16_bias32")
+    x = b.tensor([1, 4, 4, 2], np.int16, scale=1e-3, zp=0)
+    w = b.tensor([3, 1, 1, 2], np.int8, np.ones((3, 1, 1, 2), np.int8), scale=np.full(3, 0.01), zp=np.zeros(3))
+    bias = b.tensor([3], np.int32, np.zeros(3, np.int32), scale=np.full(3, 1e-5), zp=np.zeros(3))
+    y = b.tensor([1, 4, 4, 3], np.int16, scale=1e-3, zp=0)
+    b.op(BO.CONV_2D, [x, w, bias], [y], OPT.Conv2DOptions,
+         options("Conv2DOptionsT", padding=0, strideH=1, strideW=1, dilationHFactor=1, dilationWFactor=1))  # fmt: skip
+    (tmp_path / "m.tflite").write_bytes(b.finish([x], [y]))
+    assert main(["build", str(tmp_path / "m.tflite"), "-t", "host", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "CONV_2D (operator #0)" in err and "int32" in err and "Traceback" not in err
