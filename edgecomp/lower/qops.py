@@ -465,16 +465,89 @@ def _mean_tfl(x, *, a, dtype, shape):
 
 
 def _pad(x, *, a, dtype, shape):
-    """quant/ops/pad.py: the input inside, the constant around it."""
+    """quant/ops/pad.py: the input inside, the constant around it (mode constant), or the input at
+    the index that mode maps each outside position to (reflect, edge, wrap)."""
     before = [p[0] for p in a.pads]
     dims = [int(d) for d in x.shape]
 
+    def source(i, lo, d):
+        j = i - lo
+        if a.mode == "reflect":  # -j before the start, 2(d-1) - j after the end
+            j = tirx.Max(j, 0 - j)
+            k = (d - 1) - j
+            return (d - 1) - tirx.Max(k, 0 - k)
+        if a.mode == "wrap":
+            return tirx.floormod(j, d)
+        return tirx.Max(tirx.Min(j, d - 1), 0)  # edge (and in range for constant)
+
     def f(*idx):
+        if any(a.interior):  # input values every (interior + 1) positions, the constant between
+            steps = [i + 1 for i in a.interior]
+            conds, src = [], []
+            for i, lo, d, s in zip(idx, before, dims, steps, strict=True):
+                j = i - lo
+                conds += [j >= 0, j <= (d - 1) * s] + ([tirx.floormod(j, s) == 0] if s > 1 else [])
+                src.append(tirx.Max(tirx.Min(tirx.floordiv(j, s), d - 1), 0))
+            return tirx.if_then_else(tirx.all(*conds), x[tuple(src)], tirx.const(a.value, dtype))
+        src = tuple(source(i, lo, d) for i, lo, d in zip(idx, before, dims, strict=True))
+        if a.mode != "constant":
+            return x[src]
         inside = tirx.all(*(tirx.all(i >= lo, i < lo + d) for i, lo, d in zip(idx, before, dims, strict=True)))
-        src = tuple(tirx.Max(tirx.Min(i - lo, d - 1), 0) for i, lo, d in zip(idx, before, dims, strict=True))
         return tirx.if_then_else(inside, x[src], tirx.const(a.value, dtype))
 
     return te.compute(tuple(shape), f, name="pad")
+
+
+def _slice(x, *, a, dtype):
+    """quant/ops/slice.py: the value at start + step * k on each axis, the taken block laid out in
+    the output's shape (an index through the flat position when the two shapes differ)."""
+    block = list(a.counts)
+
+    def f(*out_idx):
+        if list(a.shape) == block:
+            idx = list(out_idx)
+        else:
+            flat = 0
+            for i, d in zip(out_idx, a.shape, strict=True):
+                flat = flat * d + i
+            idx = []
+            for d in reversed(block):
+                idx.append(flat % d)
+                flat = flat // d
+            idx.reverse()
+        src = tuple(i * t + s for i, s, t in zip(idx, a.starts, a.steps, strict=True))
+        return _clamp(_rescale_expr(x[src], a.rescale), a.lo, a.hi, dtype)
+
+    return te.compute(tuple(a.shape), f, name="slice")
+
+
+def _reduce(x, *, a, dtype):
+    """quant/ops/extremum.py Reduce: max (min) over a.axes, rescaled, in the output's shape."""
+    in_shape = [int(d) for d in x.shape]
+    red = {ax: te.reduce_axis((0, in_shape[ax]), f"r{ax}") for ax in a.axes}
+    kept = [i for i in range(len(in_shape)) if i not in red]
+    keepdims = len(a.shape) == len(in_shape)
+
+    def f(*idx):
+        it = iter([idx[k] for k in kept] if keepdims else idx)
+        src = tuple(red[i] if i in red else next(it) for i in range(len(in_shape)))
+        axis = list(red.values())
+        return te.max(x[src], axis=axis) if a.largest else te.min(x[src], axis=axis)
+
+    v = te.compute(tuple(a.shape), f, name="reduce")
+    return te.compute(tuple(a.shape), lambda *i: _clamp(_rescale_expr(v[i], a.rescale), a.lo, a.hi, dtype),
+                      name="out")  # fmt: skip
+
+
+def _extremum(*xs, a, dtype, shape):
+    def f(*idx):
+        vals = [_rescale_expr(_broadcast(x, idx, len(shape)), r) for x, r in zip(xs, a.rescales, strict=True)]
+        v = vals[0]
+        for w in vals[1:]:
+            v = tirx.Max(v, w) if a.largest else tirx.Min(v, w)
+        return _clamp(v, a.lo, a.hi, dtype)
+
+    return te.compute(tuple(shape), f, name="extremum")
 
 
 def _crop(x, *, a, dtype):
@@ -541,6 +614,9 @@ TE_KERNELS = {
         g.tensors[op.inputs[0]].shape[2:], op.kernel, op.strides, op.pads), I32)]),
     ops.TflMean: lambda op, g: (partial(_mean_tfl, a=op, shape=_out_shape(op, g)), []),
     ops.Pad: lambda op, g: (partial(_pad, a=op, shape=_out_shape(op, g)), []),
+    ops.Reduce: lambda op, g: (partial(_reduce, a=op), []),
+    ops.Extremum: lambda op, g: (partial(_extremum, a=op, shape=_out_shape(op, g)), []),
+    ops.Slice: lambda op, g: (partial(_slice, a=op), []),
     ops.Crop: lambda op, g: (partial(_crop, a=op), []),
     ops.Place: lambda op, g: (partial(_place, a=op), []),
 }  # fmt: skip
