@@ -301,3 +301,18 @@ def test_microkernel_cortex_m55_mve_bit_exact(name, tmp_path, monkeypatch):
     for run, wants in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
         for g, want in zip(run.outputs, wants, strict=True):
             np.testing.assert_array_equal(g, want)
+
+
+@needs_qemu
+def test_helium_requantization_with_a_large_multiplier(tmp_path):
+    """A multiplier above 1/4 (n <= 32, the int64 definition): conv_mve_s8's vector form of it
+    (VMULH/VMUL halves, rounding shifts), bit-exact in QEMU mps3-an547."""
+    model = _large_multiplier()
+    result = _build(model, "cortex-m55", tmp_path)
+    conv = next(op for op in result.int_graph.ops if op.kind == "conv")
+    assert np.any((conv.shift <= 32) & (conv.mult != 0))
+    text = (result.outdir / "model_kernels.c").read_text()
+    assert "ec_mk0_conv_mve_s8" in text and "ec_mve_requant_int64(" in text
+    samples = [random_inputs(model, s) for s in range(3)]
+    for run, want in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
+        np.testing.assert_array_equal(run.outputs[0], want[0])

@@ -16,8 +16,24 @@ from edgecomp.lower.model import MicroKernel
 from edgecomp.quant.ir import IntGraph
 from edgecomp.quant.ops import Conv, Dense
 
-# Requantizations the vector epilogue implements (ec_mve.h): the SMMLA form and TFLite's dbl31 form.
-MVE_REQUANT = ("ec_requant_s8", "ec_requant_s8_q31", "ec_requant_s8_dbl31")
+# Requantizations the vector epilogue implements (ec_mve.h): the SMMLA form, TFLite's dbl31 form and the
+# int64 definition (where its results fit int32: int64_fits).
+MVE_REQUANT = ("ec_requant_s8", "ec_requant_s8_q31", "ec_requant_s8_dbl31", "ec_requant_s8_int64")
+
+
+def int64_fits(op, rq: list[np.ndarray]) -> bool:
+    """Whether ec_mve_requant_int64's int32 arithmetic is exact for layer `op`: every channel with
+    n <= 32 keeps |acc * M| < 2^(n+30) over its accumulator range (bias +- 128 * sum |w|), so that its
+    result before the zero point and the clamp stays within +-2^30 (n > 32 always does)."""
+    bias, pairs, sh = (np.asarray(a, np.int64) for a in rq)
+    reach = np.abs(bias) + 128 * np.abs(op.weight.reshape(op.weight.shape[0], -1).astype(np.int64)).sum(axis=1)
+    mult = np.abs(pairs[0::2])
+    small = sh <= 32
+    return bool(np.all((reach[small] * mult[small]) >> (sh[small] + 30) == 0))
+
+
+def _requant_ok(p: dict, op, rq: list[np.ndarray]) -> bool:
+    return p["rq"] in MVE_REQUANT and (p["rq"] != "ec_requant_s8_int64" or int64_fits(op, rq))
 U16_MAX = 65535  # reach of a gather load's 16-bit offsets (conv columns: channel planes)
 U8_MAX = 255  # reach of an 8-bit offset gather (depthwise windows)
 
@@ -68,7 +84,7 @@ def conv_mve_s4(index: int, op: Conv, graph: IntGraph):
 
 def conv_mve_s8(index: int, op: Conv, graph: IntGraph, s4: bool = False):
     p, rq = conv_params(op, graph)
-    if p["rq"] not in MVE_REQUANT:
+    if not _requant_ok(p, op, rq):
         return None
     order = conv_order(p)
     w = op.weight.astype(np.int8)  # [cout, cin, kh, kw]
@@ -96,7 +112,7 @@ def conv_mve_s8(index: int, op: Conv, graph: IntGraph, s4: bool = False):
 
 def dense_mve_s8(index: int, op: Dense, graph: IntGraph):
     p, rq = dense_params(op, graph)
-    if p["rq"] not in MVE_REQUANT:
+    if not _requant_ok(p, op, rq):
         return None
     c4 = _ceil(p["cout"], 4)
     p.update(c4=c4)
@@ -120,7 +136,7 @@ def dwconv_mve_s4(index: int, op: Conv, graph: IntGraph):
 def dwconv_mve_s8(index: int, op: Conv, graph: IntGraph, s4: bool = False):
     """None when not even one output's window fits a 16-byte gather within 8-bit offsets."""
     p, rq = conv_params(op, graph)
-    if p["rq"] not in MVE_REQUANT:
+    if not _requant_ok(p, op, rq):
         return None
     hp = p["pt"] + p["h"] + int(op.pads[2])
     wp = p["pl"] + p["w"] + int(op.pads[3])
