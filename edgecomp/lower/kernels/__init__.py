@@ -52,6 +52,7 @@ VARIANTS: tuple[Variant, ...] = (
             lambda op, g: int4.is_int4(op, g) and conv.is_dense_conv(op, g), fuses_add=True),
     Variant("dwconv_mve_s4", Conv, "kernels/dwconv_mve_s8.c.j2", mve.dwconv_mve_s4, frozenset({"mve"}),
             lambda op, g: int4.is_int4(op, g) and conv.is_depthwise(op, g)),
+    Variant("dense_mve_s4", Dense, "kernels/dense_mve_s8.c.j2", mve.dense_mve_s4, frozenset({"mve"}), int4.is_int4),
     # int4 weights (weight_bits 4: lower/kernels/int4.py): packed two per byte, unpacked in the loop
     Variant("conv_s4", Conv, "kernels/conv_s4.c.j2", int4.conv_s4,
             applies=lambda op, g: int4.is_int4(op, g) and conv.is_dense_conv(op, g)),

@@ -110,15 +110,26 @@ def conv_mve_s8(index: int, op: Conv, graph: IntGraph, s4: bool = False):
     return mk, [np.ascontiguousarray(pairs.reshape(-1)), np.ascontiguousarray(qc)]
 
 
-def dense_mve_s8(index: int, op: Dense, graph: IntGraph):
+def dense_mve_s4(index: int, op: Dense, graph: IntGraph):
+    """dense_mve_s8 with int4 weights (w4a8): rows in chunks of 32 k, 16 bytes each."""
+    return dense_mve_s8(index, op, graph, s4=True)
+
+
+def dense_mve_s8(index: int, op: Dense, graph: IntGraph, s4: bool = False):
     p, rq = dense_params(op, graph)
     if not _requant_ok(p, op, rq):
         return None
     c4 = _ceil(p["cout"], 4)
-    p.update(c4=c4)
+    row_bytes = _ceil(p["k"], 32) // 2 if s4 else p["k"]
+    p.update(c4=c4, s4=int(s4), row_bytes=row_bytes)
     qc = _per_channel(rq, c4).reshape(c4 // 4, 4, 4).transpose(0, 2, 1).reshape(-1)
-    mk = MicroKernel(f"ec_mk{index}_dense_mve_s8", "kernels/dense_mve_s8.c.j2", tuple(sorted(p.items())), 0,
+    name = "dense_mve_s4" if s4 else "dense_mve_s8"
+    mk = MicroKernel(f"ec_mk{index}_{name}", "kernels/dense_mve_s8.c.j2", tuple(sorted(p.items())), 0,
                      p["n"] * p["cout"] * p["k"])  # fmt: skip
+    if s4:  # K padded to chunks of 32 (the input's tail loads are predicated)
+        w = np.zeros((c4, _ceil(p["k"], 32)), np.int8)
+        w[: p["cout"], : p["k"]] = op.weight
+        return mk, [_s4_chunks(w).view(np.int8), np.ascontiguousarray(qc)]
     w = np.zeros((c4, p["k"]), np.int8)  # rows as they are (the K tail's loads are predicated), zero rows after
     w[: p["cout"]] = op.weight
     return mk, [w, np.ascontiguousarray(qc)]
