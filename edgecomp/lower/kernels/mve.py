@@ -1,9 +1,10 @@
 """Helium (MVE, Cortex-M55/M85) int8 micro-kernels: convolution as an int8 im2col matrix product
 (conv_mve_s8), depthwise convolution by gathered windows (dwconv_mve_s8), dense layers
-(dense_mve_s8). Their inner step is VMLADAVA, 16 int8 MACs into a scalar int32 in one instruction;
-weights are stored int8 with each row zero-padded to a multiple of 16 so that every chunk is a full
-vector. The requantization runs on four int32 lanes (templates/kernels/ec_mve.h) with the same
-arithmetic as ec_dsp.h's scalar forms, so results are bit-identical to the reference."""
+(dense_mve_s8), and their int4-weight (w4a8) forms. Their inner step is VMLADAVA, 16 int8 MACs into
+a scalar int32 in one instruction; convolution weights are stored with each row zero-padded to a
+multiple of 16 (int4: 32) so that every chunk is a full vector, dense rows tail-predicated. The
+requantization runs on four int32 lanes (templates/kernels/ec_mve.h) with the same arithmetic as
+ec_dsp.h's scalar forms, so results are bit-identical to the reference (docs/helium.md)."""
 
 from __future__ import annotations
 
@@ -40,13 +41,6 @@ U8_MAX = 255  # reach of an 8-bit offset gather (depthwise windows)
 
 def _ceil(v: int, m: int) -> int:
     return -(-v // m) * m
-
-
-def _rows16(w2d: np.ndarray, rows: int) -> np.ndarray:
-    """[r, K] int8 -> [rows, K rounded up to 16], zero-padded (rows >= r)."""
-    out = np.zeros((rows, _ceil(w2d.shape[1], 16)), np.int8)
-    out[: w2d.shape[0], : w2d.shape[1]] = w2d
-    return out
 
 
 def _per_channel(rq: list[np.ndarray], rows: int) -> np.ndarray:
