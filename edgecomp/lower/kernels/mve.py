@@ -43,6 +43,27 @@ def _ceil(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
+def _shift_words(nsh: np.ndarray) -> np.ndarray:
+    """int8 values (a multiple of 4 of them) as little-endian int32 words."""
+    return np.ascontiguousarray(nsh.astype(np.int8)).view(np.int32)
+
+
+def _quads(rq: list[np.ndarray], rows: int) -> np.ndarray:
+    """Per group of four channels, 13 words: the four biases, Ms, addends (int32), then the four
+    -shifts as int8 in one word (one VLDRB.S32): 13 bytes a channel."""
+    q = _per_channel(rq, rows).reshape(rows // 4, 4, 4).transpose(0, 2, 1)  # [quad][field][channel]
+    words = [np.concatenate([q[i, :3].reshape(-1), _shift_words(q[i, 3])]) for i in range(rows // 4)]
+    return np.ascontiguousarray(np.concatenate(words).astype(np.int32))
+
+
+def _columns(rq: list[np.ndarray], rows: int) -> np.ndarray:
+    """[bias][M][addend] int32 arrays of `rows` channels, then their -shifts as int8 (padded to a word)."""
+    q = _per_channel(rq, rows)
+    nsh = np.zeros(-(-rows // 4) * 4, np.int64)
+    nsh[:rows] = q[:, 3]
+    return np.ascontiguousarray(np.concatenate([q[:, :3].T.reshape(-1), _shift_words(nsh)]).astype(np.int32))
+
+
 def _per_channel(rq: list[np.ndarray], rows: int) -> np.ndarray:
     """[rows][4] int32 (bias, M, addend, -shift) from requant_consts' (bias, pairs, shifts), zero rows after."""
     bias, pairs, sh = (np.asarray(a, np.int64) for a in rq)
@@ -87,8 +108,7 @@ def conv_mve_s8(index: int, op: Conv, graph: IntGraph, s4: bool = False):
     c4 = _ceil(p["cout"], 4)
     k16 = _ceil(k, 32 if s4 else 16)  # column slots (int4: chunks of 32)
     p.update(order=order, k=k, k16=k16, c4=c4, fuse_add=0, s4=int(s4))
-    # Per group of four channels: the four biases, Ms, addends, -shifts.
-    qc = _per_channel(rq, c4).reshape(c4 // 4, 4, 4).transpose(0, 2, 1).reshape(-1)
+    qc = _quads(rq, c4)
     macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * k
     pointwise = p["kh"] == p["kw"] == 1 and p["sh"] == p["sw"] == 1 and not any(op.pads)
     inplace = (0,) if pointwise and p["cout"] <= p["cin"] else ()
@@ -116,7 +136,7 @@ def dense_mve_s8(index: int, op: Dense, graph: IntGraph, s4: bool = False):
     c4 = _ceil(p["cout"], 4)
     row_bytes = _ceil(p["k"], 32) // 2 if s4 else p["k"]
     p.update(c4=c4, s4=int(s4), row_bytes=row_bytes)
-    qc = _per_channel(rq, c4).reshape(c4 // 4, 4, 4).transpose(0, 2, 1).reshape(-1)
+    qc = _quads(rq, c4)
     name = "dense_mve_s4" if s4 else "dense_mve_s8"
     mk = MicroKernel(f"ec_mk{index}_{name}", "kernels/dense_mve_s8.c.j2", tuple(sorted(p.items())), 0,
                      p["n"] * p["cout"] * p["k"])  # fmt: skip
@@ -183,4 +203,4 @@ def dwconv_mve_s8(index: int, op: Conv, graph: IntGraph, s4: bool = False):
     mk = MicroKernel(f"ec_mk{index}_{name}", "kernels/dwconv_mve_s8.c.j2", tuple(sorted(p.items())),
                      scratch, macs, inplace)  # fmt: skip
     taps = op.weight.reshape(-1).astype(np.int8)
-    return mk, [pack_nibbles(taps).view(np.int8) if s4 else np.ascontiguousarray(taps), _per_channel(rq, p["cout"])]
+    return mk, [pack_nibbles(taps).view(np.int8) if s4 else np.ascontiguousarray(taps), _columns(rq, p["cout"])]
