@@ -87,6 +87,19 @@ def _global_avgpool(hw):
     return make_model(nodes, [("x", [1, 3, *hw])], [("y", [1, 6, 1, 1])], [weight("w", [6, 3, 3, 3]), weight("b", [6])])
 
 
+def _depthwise_spread_scales(c, hw, stride):
+    """A 3x3 depthwise layer whose channels' weight scales span 2^-12..1: their requantization shifts
+    differ by more than int16 weights can absorb, so dwconv_rows_s8 keeps one shift per channel."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[stride, stride], pads=[1, 1, 1, 1], group=c),
+             helper.make_node("Relu", ["c"], ["y"])]  # fmt: skip
+    w = onnx.numpy_helper.to_array(weight("w", [c, 1, 3, 3])) * np.logspace(0, -12, c, base=2)[:, None, None, None]
+    oh, ow = ((s + 2 - 3) // stride + 1 for s in hw)
+    # no bias: a large one would pin the small channels to a constant output (then no shift at all)
+    inits = [onnx.numpy_helper.from_array(w.astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(np.zeros(c, np.float32), "b")]  # fmt: skip
+    return make_model(nodes, [("x", [1, c, *hw])], [("y", [1, c, oh, ow])], inits)
+
+
 CASES = {
     "conv_k27_odd_pixels": lambda: _conv(3, 5, (5, 7), (3, 3)),  # K=27 (padded to 28), 35 pixels, 5 channels
     "conv_stride2_asym": lambda: _conv(4, 6, (9, 8), (3, 3), stride=2, pads=(0, 1, 2, 1)),
@@ -97,6 +110,8 @@ CASES = {
     "depthwise_3x3": lambda: _conv(6, 6, (7, 5), (3, 3), group=6),  # odd width: the 2-output loop's tail
     "depthwise_stride2": lambda: _conv(4, 4, (8, 9), (3, 3), stride=2, group=4),
     "depthwise_narrow_pad_left2": lambda: _conv(3, 3, (6, 3), (3, 3), pads=(0, 2, 1, 0), group=3),  # width < 4
+    "depthwise_rows_shift_per_channel": lambda: _depthwise_spread_scales(5, (7, 6), 1),
+    "depthwise_rows_shift_per_channel_s2": lambda: _depthwise_spread_scales(5, (6, 7), 2),
     "depthwise_5x4_dilated": lambda: _conv(3, 3, (10, 9), (5, 4), dil=2, pads=(4, 3, 4, 3), group=3),
     "dense_k30_out7": lambda: _dense(30, 7),  # K % 4 and rows % 4 left over
     "dense_batch3": lambda: _dense(16, 8, batch=3),
@@ -134,6 +149,8 @@ PATHS = {
     "conv_single_pixel": [r"ec_mk0_conv_mm_s8: "],
     "depthwise_rows_streamed": [r"ec_mk1_dwconv_rows_s8: .* stride 1, .* (\d+) of (?!\1\b)\d+ buffered"],
     "depthwise_rows_streamed_s2": [r"ec_mk1_dwconv_rows_s8: .* stride 2, .* (\d+) of (?!\1\b)\d+ buffered"],
+    "depthwise_rows_shift_per_channel": [r"ec_mk0_dwconv_rows_s8: .* shift per channel"],
+    "depthwise_rows_shift_per_channel_s2": [r"ec_mk0_dwconv_rows_s8: .* stride 2, .* shift per channel"],
     "conv_k27_odd_pixels": [r"conv_mm_s8: .* im2col row3"],
     "conv_10x4_kws_like": [r"conv_mm_s8: .* im2col row4"],
     "conv_4x4_row4_cin3": [r"conv_mm_s8: .* im2col row4"],
@@ -189,7 +206,8 @@ def test_microkernel_host_bit_exact(name, tmp_path, monkeypatch):
                                   "add_standalone", "global_avgpool", "pointwise_in_place_w8_odd_pixels",
                                   "pointwise_w16s_odd_pixels", "conv_odd_pixels_even_cout", "conv_single_pixel", "depthwise_narrow_pad_left2", "conv_4x4_row4_cin3", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
                                   "conv_dilated_nopad", "pointwise_in_place_w8", "pointwise_widened_w16s",
-                                  "depthwise_rows_streamed", "depthwise_rows_streamed_s2"])  # fmt: skip
+                                  "depthwise_rows_streamed", "depthwise_rows_streamed_s2",
+                                  "depthwise_rows_shift_per_channel", "depthwise_rows_shift_per_channel_s2"])  # fmt: skip
 def test_microkernel_cortex_m7_bit_exact(name, tmp_path, monkeypatch):
     _check(name, "cortex-m7", tmp_path, monkeypatch)
 
