@@ -112,6 +112,9 @@ CASES = {
     "depthwise_narrow_pad_left2": lambda: _conv(3, 3, (6, 3), (3, 3), pads=(0, 2, 1, 0), group=3),  # width < 4
     "depthwise_rows_shift_per_channel": lambda: _depthwise_spread_scales(5, (7, 6), 1),
     "depthwise_rows_shift_per_channel_s2": lambda: _depthwise_spread_scales(5, (6, 7), 2),
+    # whole rows of 4k bytes: the LDM/STM image copy (pad left 1: odd halfword columns; pad 0, stride 2)
+    "depthwise_rows_ldm_w20": lambda: _conv(3, 3, (5, 20), (3, 3), group=3),
+    "depthwise_rows_ldm_s2_w16": lambda: _conv(4, 4, (7, 16), (3, 3), stride=2, pads=(0, 0, 1, 1), group=4),
     "depthwise_5x4_dilated": lambda: _conv(3, 3, (10, 9), (5, 4), dil=2, pads=(4, 3, 4, 3), group=3),
     "dense_k30_out7": lambda: _dense(30, 7),  # K % 4 and rows % 4 left over
     "dense_batch3": lambda: _dense(16, 8, batch=3),
@@ -151,6 +154,8 @@ PATHS = {
     "depthwise_rows_streamed_s2": [r"ec_mk1_dwconv_rows_s8: .* stride 2, .* (\d+) of (?!\1\b)\d+ buffered"],
     "depthwise_rows_shift_per_channel": [r"ec_mk0_dwconv_rows_s8: .* shift per channel"],
     "depthwise_rows_shift_per_channel_s2": [r"ec_mk0_dwconv_rows_s8: .* stride 2, .* shift per channel"],
+    "depthwise_rows_ldm_w20": [r"ec_mk0_dwconv_rows_s8_image_asm\(plane"],
+    "depthwise_rows_ldm_s2_w16": [r"ec_mk0_dwconv_rows_s8_image_asm\(plane"],
     "conv_k27_odd_pixels": [r"conv_mm_s8: .* im2col row3"],
     "conv_10x4_kws_like": [r"conv_mm_s8: .* im2col row4"],
     "conv_4x4_row4_cin3": [r"conv_mm_s8: .* im2col row4"],
@@ -207,7 +212,8 @@ def test_microkernel_host_bit_exact(name, tmp_path, monkeypatch):
                                   "pointwise_w16s_odd_pixels", "conv_odd_pixels_even_cout", "conv_single_pixel", "depthwise_narrow_pad_left2", "conv_4x4_row4_cin3", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
                                   "conv_dilated_nopad", "pointwise_in_place_w8", "pointwise_widened_w16s",
                                   "depthwise_rows_streamed", "depthwise_rows_streamed_s2",
-                                  "depthwise_rows_shift_per_channel", "depthwise_rows_shift_per_channel_s2"])  # fmt: skip
+                                  "depthwise_rows_shift_per_channel", "depthwise_rows_shift_per_channel_s2",
+                                  "depthwise_rows_ldm_w20", "depthwise_rows_ldm_s2_w16"])  # fmt: skip
 def test_microkernel_cortex_m7_bit_exact(name, tmp_path, monkeypatch):
     _check(name, "cortex-m7", tmp_path, monkeypatch)
 
