@@ -6,6 +6,7 @@ with SMLAD/SXTB16 on a Cortex-M7."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -282,3 +283,29 @@ def test_smmla_form_equals_the_requantization():
         got = np.clip(top >> sh[:, None], lo, hi)
         np.testing.assert_array_equal(got, want)
     assert smmla_form(np.array([2**30]), np.array([31]), 0, -128, 127, (-(2**20), 2**20)) is None  # n <= 32
+
+
+@needs_qemu
+def test_max_flash_keeps_int8_records_for_the_cheapest_layers(tmp_path):
+    """--max-flash on an int8 build: a convolution over >= 512 pixels reads int16 records (twice its
+    weights' bytes); under a budget one byte below that build's flash it reads int8 ones instead,
+    fits, and stays bit-exact; a budget nothing can meet is refused, saying by how much."""
+    from edgecomp.errors import DoesNotFitError
+
+    model = _conv(16, 16, (24, 24), (3, 3))
+    qmodel = quantize(onnx.shape_inference.infer_shapes(model), [random_inputs(model, s) for s in range(8)]).model
+    path = tmp_path / "q.onnx"
+    onnx.save(qmodel, path)
+    target = load_target("cortex-m7")
+    options = BuildOptions(extra_cflags="-Werror", integrity=False)
+    wide = build(path, target, tmp_path / "wide", options, log=lambda *_: None)
+    assert "records w16," in (wide.outdir / "model_kernels.c").read_text()
+    budget = wide.report["flash_bytes"] - 1
+    fit = build(path, target, tmp_path / "fit", replace(options, max_flash=budget), log=lambda *_: None)
+    assert fit.report["options"]["narrow_records"] and fit.report["flash_bytes"] <= budget
+    assert re.search(r"ec_mk0_conv_mm_s8: .* records (w8|w16s),", (fit.outdir / "model_kernels.c").read_text())
+    samples = [random_inputs(model, s) for s in range(2)]
+    for run, want in zip(run_samples(fit, samples), expected_outputs(fit, samples), strict=True):
+        np.testing.assert_array_equal(run.outputs[0], want[0])
+    with pytest.raises(DoesNotFitError, match="exceeds --max-flash"):
+        build(path, target, tmp_path / "none", replace(options, max_flash=1000), log=lambda *_: None)
