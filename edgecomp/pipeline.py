@@ -388,7 +388,7 @@ def _build_within_flash(model_path: Path, target: Target, outdir: Path | None, o
     excess = result.report["flash_bytes"] - budget
     if excess > 0:
         raise DoesNotFitError(f"flash {result.report['flash_bytes']:,} B exceeds --max-flash {budget:,} B by {excess:,} B "
-                        "with every convolution's weights as int8 records")
+                              "with no convolution left that reads int16 weight records")
     return result
 
 

@@ -201,9 +201,9 @@ def dwconv_rows_s8(index: int, op: Conv, graph: IntGraph):
     else:  # channels whose shifts differ too much to share one: each record carries its shift
         shift = -1
     lo16 = lambda v: v & 0xFFFF  # noqa: E731
-    cols = [lo16(w[:, 0]) | (w[:, 2] << 16), lo16(w[:, 3]) | (w[:, 5] << 16), lo16(w[:, 6]) | (w[:, 8] << 16),
-            lo16(w[:, 1]) | (w[:, 4] << 16), lo16(w[:, 7]), b, mult, addend]  # fmt: skip
-    recs = np.stack(cols + ([sh] if shift < 0 else []), axis=1)
+    own = sh if shift < 0 else np.zeros_like(sh)  # beside w21: ASR by register reads the low byte
+    recs = np.stack([lo16(w[:, 0]) | (w[:, 2] << 16), lo16(w[:, 3]) | (w[:, 5] << 16), lo16(w[:, 6]) | (w[:, 8] << 16),
+                     lo16(w[:, 1]) | (w[:, 4] << 16), lo16(own) | (w[:, 7] << 16), b, mult, addend], axis=1)  # fmt: skip
     recs = ((recs + 2**31) % 2**32 - 2**31).astype(np.int32)
     s = p["sh"]
     pb, pr = int(op.pads[2]), int(op.pads[3])
@@ -213,7 +213,7 @@ def dwconv_rows_s8(index: int, op: Conv, graph: IntGraph):
     rowb = 4 * we
     room = max(mm.scratch_room(op, graph), DW_MIN_SCRATCH)
     rows = hp if hp * rowb <= room else max(3 + s, room // rowb)
-    p.update(shift=shift, we=we, hp=hp, rows=rows, rowb=rowb, recw=recs.shape[1])
+    p.update(shift=shift, we=we, hp=hp, rows=rows, rowb=rowb)
     inplace = (0,) if p["oh"] <= p["h"] and p["ow"] <= p["w"] and p["pt"] <= 2 else ()
     macs = p["n"] * c * p["oh"] * p["ow"] * 9
     mk = MicroKernel(f"ec_mk{index}_dwconv_rows_s8", "kernels/dwconv_rows_s8.c.j2", tuple(sorted(p.items())),
