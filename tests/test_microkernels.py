@@ -116,6 +116,11 @@ CASES = {
     # whole rows of 4k bytes: the LDM/STM image copy (pad left 1: odd halfword columns; pad 0, stride 2)
     "depthwise_rows_ldm_w20": lambda: _conv(3, 3, (5, 20), (3, 3), group=3),
     "depthwise_rows_ldm_s2_w16": lambda: _conv(4, 4, (7, 16), (3, 3), stride=2, pads=(0, 0, 1, 1), group=4),
+    # conv_pw_few_s8: inputs in registers; an odd pixel count; an odd cout (a channel a loop step), no ReLU;
+    # P >= 256 (the output steps by ADDW)
+    "pointwise_few_cin8_odd_pixels": lambda: _conv(8, 16, (5, 7), (1, 1), pads=(0, 0, 0, 0)),
+    "pointwise_few_cin6_cout9": lambda: _conv(6, 9, (4, 4), (1, 1), pads=(0, 0, 0, 0), relu=False),
+    "pointwise_few_cin4_wide": lambda: _conv(4, 10, (16, 20), (1, 1), pads=(0, 0, 0, 0)),
     "depthwise_5x4_dilated": lambda: _conv(3, 3, (10, 9), (5, 4), dil=2, pads=(4, 3, 4, 3), group=3),
     "dense_k30_out7": lambda: _dense(30, 7),  # K % 4 and rows % 4 left over
     "dense_batch3": lambda: _dense(16, 8, batch=3),
@@ -157,6 +162,9 @@ PATHS = {
     "depthwise_rows_shift_per_channel_s2": [r"ec_mk0_dwconv_rows_s8: .* stride 2, .* shift per channel"],
     "depthwise_rows_ldm_w20": [r"ec_mk0_dwconv_rows_s8_image_asm\(plane"],
     "depthwise_rows_ldm_s2_w16": [r"ec_mk0_dwconv_rows_s8_image_asm\(plane"],
+    "pointwise_few_cin8_odd_pixels": [r"ec_mk0_conv_pw_few_s8: "],
+    "pointwise_few_cin6_cout9": [r"ec_mk0_conv_pw_few_s8: .* 1 channels a loop step"],
+    "pointwise_few_cin4_wide": [r"ec_mk0_conv_pw_few_s8: "],
     "conv_k27_odd_pixels": [r"conv_mm_s8: .* im2col row3"],
     "conv_10x4_kws_like": [r"conv_mm_s8: .* im2col row4"],
     "conv_4x4_row4_cin3": [r"conv_mm_s8: .* im2col row4"],
@@ -214,7 +222,8 @@ def test_microkernel_host_bit_exact(name, tmp_path, monkeypatch):
                                   "conv_dilated_nopad", "pointwise_in_place_w8", "pointwise_widened_w16s",
                                   "depthwise_rows_streamed", "depthwise_rows_streamed_s2",
                                   "depthwise_rows_shift_per_channel", "depthwise_rows_shift_per_channel_s2",
-                                  "depthwise_rows_ldm_w20", "depthwise_rows_ldm_s2_w16"])  # fmt: skip
+                                  "depthwise_rows_ldm_w20", "depthwise_rows_ldm_s2_w16", "pointwise_few_cin8_odd_pixels",
+                                  "pointwise_few_cin6_cout9", "pointwise_few_cin4_wide"])  # fmt: skip
 def test_microkernel_cortex_m7_bit_exact(name, tmp_path, monkeypatch):
     _check(name, "cortex-m7", tmp_path, monkeypatch)
 

@@ -59,6 +59,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("dense_s4", Dense, "kernels/dense_s4.c.j2", int4.dense_s4, applies=int4.is_int4),
     Variant("conv_neon_s8", Conv, "kernels/conv_neon_s8.c.j2", conv.conv_neon_s8, frozenset({"neon"}),
             conv.is_dense_conv, fuses_add=True),
+    Variant("conv_pw_few_s8", Conv, "kernels/conv_pw_few_s8.c.j2", conv.conv_pw_few_s8,
+            applies=conv.is_pointwise_few),
     Variant("conv_pw_s8", Conv, "kernels/conv_mm_s8.c.j2", conv.conv_pw_s8, applies=conv.is_pointwise,
             fuses_add=True, make_narrow=conv.conv_pw_s8_narrow),
     Variant("conv_mm_s8", Conv, "kernels/conv_mm_s8.c.j2", conv.conv_mm_s8, applies=conv.is_dense_conv,

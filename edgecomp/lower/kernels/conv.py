@@ -219,3 +219,39 @@ def dwconv_rows_s8(index: int, op: Conv, graph: IntGraph):
     mk = MicroKernel(f"ec_mk{index}_dwconv_rows_s8", "kernels/dwconv_rows_s8.c.j2", tuple(sorted(p.items())),
                      rows * rowb, macs, inplace)  # fmt: skip
     return mk, [recs]
+
+
+# Input channels up to which a pointwise layer keeps a pixel pair's inputs in registers (conv_pw_few_s8).
+FEW_MAX_CIN = 8
+
+
+def is_pointwise_few(op: Conv, graph: IntGraph) -> bool:
+    """Few, paired input channels, more outputs than inputs (a narrowing layer keeps conv_pw_s8, which
+    may run in place of its input)."""
+    cin = graph.tensors[op.inputs[0]].shape[1]
+    return is_pointwise(op, graph) and cin <= FEW_MAX_CIN and cin % 2 == 0 and op.weight.shape[0] > cin
+
+
+def conv_pw_few_s8(index: int, op: Conv, graph: IntGraph):
+    """Pointwise convolution over few (even, <= 8) input channels (templates/kernels/conv_pw_few_s8.c.j2):
+    a pixel pair's inputs gathered into registers once, then two outputs per channel record. Weights
+    int16 in the record, pre-scaled to the channels' common shift (mm.common_shift; None without one,
+    or for TFLite's rounding: conv_pw_s8 takes those)."""
+    p, (bias, pairs, sh) = _params(op, graph)
+    if p["rq"] not in ("ec_requant_s8", "ec_requant_s8_q31") or p["oh"] * p["ow"] < 2:
+        return None
+    c, cin = p["cout"], p["cin"]
+    w = op.weight.reshape(c, cin).astype(np.int64)
+    mult, addend, sh = pairs[0::2].astype(np.int64), pairs[1::2].astype(np.int64), sh.astype(np.int64)
+    common = mm.common_shift(w, bias.astype(np.int64), mult, addend, sh)
+    if common is None:
+        return None
+    shift, d, addend = common
+    w, b = w << d[:, None], bias.astype(np.int64) << d
+    words = [(w[:, 2 * j] & 0xFFFF) | (w[:, 2 * j + 1] << 16) for j in range(cin // 2)]
+    recs = np.stack([b, b, *words, mult, addend], axis=1)
+    recs = ((recs + 2**31) % 2**32 - 2**31).astype(np.int32)
+    p["shift"] = shift
+    macs = p["n"] * c * p["oh"] * p["ow"] * cin
+    mk = MicroKernel(f"ec_mk{index}_conv_pw_few_s8", "kernels/conv_pw_few_s8.c.j2", tuple(sorted(p.items())), 0, macs)
+    return mk, [recs]
