@@ -72,8 +72,8 @@ def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions,
     """Choose each layer's weight width to fit the budget, build the choice into `outdir`."""
     from edgecomp.io import load_calibration, load_eval
     from edgecomp.passes import fold_constants
-    from edgecomp.passes.int4 import INT4_OPSET, bias_corrections, name_layers, set_weight_bits
-    from edgecomp.passes.quantize import CORRECTION_SAMPLES, quantize_base
+    from edgecomp.passes.int4 import INT4_OPSET, bias_corrections, int4_weights, name_layers, set_weight_bits
+    from edgecomp.passes.quantize import CORRECTION_SAMPLES, GPTQ_SAMPLES, quantize_base
     from edgecomp.quant import int_graph_for, run_int_graph
     from edgecomp.quant.ir import LinearOp
     from edgecomp.verify import Reference
@@ -113,12 +113,14 @@ def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions,
             f"on {len(samples)} samples")  # fmt: skip
         named = name_layers(float_model)
         base = quantize_base(named, calib_samples, "int8", options.calib_method, INT4_OPSET)
-        corrections = bias_corrections(base.float_model, base.model, base.floats, calib_samples[:CORRECTION_SAMPLES])
+        weights = int4_weights(base.float_model, base.model, base.floats, calib_samples[:GPTQ_SAMPLES])
+        corrections = bias_corrections(base.float_model, base.model, base.floats, calib_samples[:CORRECTION_SAMPLES],
+                                       weights=weights)  # fmt: skip
         ref = Reference(float_model)
         want = np.stack([ref.run(s)[0] for s in samples])
 
         def graph_of(bits: dict[str, int]):
-            q, _ = set_weight_bits(base.model, base.floats, bits, corrections=corrections)
+            q, _ = set_weight_bits(base.model, base.floats, bits, corrections=corrections, weights=weights)
             return int_graph_for(fold_constants(onnx.shape_inference.infer_shapes(q)).model)
 
         def measure(bits: dict[str, int]) -> tuple[float, float | None]:

@@ -31,6 +31,7 @@ SCHEMES = ("int8", "int16x8", "w4a8", "mixed")  # mixed: `weight_bits` per layer
 METHODS = ("minmax", "percentile", "entropy")
 MIN_CALIB_SAMPLES = 4
 CORRECTION_SAMPLES = 64  # calibration samples int4 bias correction averages over (passes/int4.py)
+GPTQ_SAMPLES = 32  # calibration samples whose layer inputs steer int4 rounding (passes/int4.py int4_weights)
 
 
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (their `axis`) need opset 13
@@ -56,7 +57,14 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
     """Quantize `model` (already checked by the front end) on calibration `samples`: a QDQ model;
     report: the scheme, calibration method and number of samples. `weight_bits` (layer name, as
     passes/int4.py layer_name says -> 4 or 8) overrides the weights' width layer by layer."""
-    from edgecomp.passes.int4 import INT4_OPSET, bias_corrections, linear_layers, name_layers, set_weight_bits
+    from edgecomp.passes.int4 import (
+        INT4_OPSET,
+        bias_corrections,
+        int4_weights,
+        linear_layers,
+        name_layers,
+        set_weight_bits,
+    )
 
     if scheme == "mixed":  # int8 activations; 4 or 8 bits per layer as `weight_bits` says (passes/mixed.py)
         scheme, weight_bits = "int8", dict(weight_bits or {})
@@ -66,8 +74,11 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
         weight_bits = {**{name: 4 for name in linear_layers(model)}, **(weight_bits or {})}
     if weight_bits and any(b == 4 for b in weight_bits.values()):
         base = quantize_base(model, samples, "int16x8" if scheme == "int16x8" else "int8", method, INT4_OPSET)
-        corrections = bias_corrections(base.float_model, base.model, base.floats, samples[:CORRECTION_SAMPLES])
-        qmodel, _ = set_weight_bits(base.model, base.floats, weight_bits, corrections=corrections)
+        four = {name for name, b in weight_bits.items() if b == 4}
+        weights = int4_weights(base.float_model, base.model, base.floats, samples[:GPTQ_SAMPLES], layers=four)
+        corrections = bias_corrections(base.float_model, base.model, base.floats, samples[:CORRECTION_SAMPLES],
+                                       weights=weights)  # fmt: skip
+        qmodel, _ = set_weight_bits(base.model, base.floats, weight_bits, corrections=corrections, weights=weights)
         return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
     return PassResult(quantize_base(model, samples, scheme, method).model,
                       {"scheme": scheme, "calib_method": method, "samples": len(samples)})  # fmt: skip
@@ -152,9 +163,18 @@ def quantize_base(model: onnx.ModelProto, samples: list[list[np.ndarray]], schem
         return Base(onnx.load(str(dst)), float_model, floats)
 
 
+# Ops edgecomp has integer kernels for (tables, a mean) that onnxruntime's registries lack: asked
+# for by name, onnxruntime puts QuantizeLinear/DequantizeLinear around them too, so a chain of them
+# (ReduceMean -> Neg, Div -> Sub) is not left in float between two quantized ops. Pow is not among
+# them: its exponent would be quantized too (2 -> 1.9999999, and x ** 1.9999999 is NaN for x < 0);
+# between quantized ops it still gets them from its neighbours, its exponent left exact.
+INTEGER_EXTRAS = ("PRelu", "Neg", "Abs", "Sqrt", "Log", "Exp", "Reciprocal", "Erf", "Softplus", "Softsign", "Elu",
+                  "Sub", "Div", "ReduceMean", "ReduceMax", "ReduceMin", "Max", "Min")  # fmt: skip
+
+
 def _op_types() -> list[str]:
-    """onnxruntime's default set of ops to quantize, plus PRelu (edgecomp has an integer PRelu;
-    onnxruntime's registries lack it, so its output would stay float)."""
+    """onnxruntime's default set of ops to quantize, plus INTEGER_EXTRAS (without them their outputs
+    would stay float)."""
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    return sorted({*QLinearOpsRegistry, *QDQRegistry, "PRelu"})
+    return sorted({*QLinearOpsRegistry, *QDQRegistry, *INTEGER_EXTRAS})
