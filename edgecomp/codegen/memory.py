@@ -61,8 +61,12 @@ def plan_model(model: LoweredModel) -> ArenaPlan:
     An output much smaller than the input it could overlay (a stride-2 depthwise layer's) keeps that
     input's whole buffer alive as long as it lives, which can raise a later peak: the plan is made
     with and without those aliases, and the smaller arena kept (the first on a tie)."""
-    plans = [plan_arena(*arena_buffers(model, shrinking)) for shrinking in (True, False)]
+    plans = [plan_arena(*arena_buffers(model, shrinking)) for shrinking in SHRINKING_ALIASES]
     return min(plans, key=lambda p: p.arena_bytes)
+
+
+# The plans plan_model compares: with the aliases of outputs at most half their input's size, without.
+SHRINKING_ALIASES = (True, False)
 
 
 def arena_buffers(model: LoweredModel, shrinking: bool = True) -> tuple[list[Buffer], dict[str, str]]:
