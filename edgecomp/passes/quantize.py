@@ -65,6 +65,7 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
         name_layers,
         set_weight_bits,
     )
+    from edgecomp.passes.quantize_lstm import quantize_lstms
 
     if scheme == "mixed":  # int8 activations; 4 or 8 bits per layer as `weight_bits` says (passes/mixed.py)
         scheme, weight_bits = "int8", dict(weight_bits or {})
@@ -79,9 +80,16 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
         corrections = bias_corrections(base.float_model, base.model, base.floats, samples[:CORRECTION_SAMPLES],
                                        weights=weights)  # fmt: skip
         qmodel, _ = set_weight_bits(base.model, base.floats, weight_bits, corrections=corrections, weights=weights)
+        if scheme != "int16x8":  # int8 activations: the integer LSTM's form (passes/quantize_lstm.py)
+            qmodel = quantize_lstms(qmodel, base.float_model, samples)
         return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
-    return PassResult(quantize_base(model, samples, scheme, method).model,
-                      {"scheme": scheme, "calib_method": method, "samples": len(samples)})  # fmt: skip
+    # An LSTM's int16 cell state needs QuantizeLinear of opset 21 (as int4 weights do); GRUs go along.
+    lstm = scheme == "int8" and any(n.op_type in ("LSTM", "GRU") for n in model.graph.node)
+    base = quantize_base(model, samples, scheme, method, INT4_OPSET if lstm else QDQ_OPSET)
+    qmodel = base.model
+    if lstm:  # onnxruntime leaves LSTMs and GRUs in float: the integer form (passes/quantize_lstm.py)
+        qmodel = quantize_lstms(qmodel, base.float_model, samples)
+    return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
 
 
 class Base(NamedTuple):
