@@ -71,7 +71,8 @@ def _build_parent() -> argparse.ArgumentParser:
                    help="search pruning ratio and quantization for the least accuracy loss that fits the budget "
                         "(needs --calib and --eval)")  # fmt: skip
     q.add_argument("--max-flash", metavar="SIZE",
-                   help="--fit / --quantize mixed budget, e.g. 256K [the target's flash]")  # fmt: skip
+                   help="--fit / --quantize mixed budget, e.g. 256K [the target's flash]; an int8 build meets it "
+                        "with int8 instead of int16 weight records for the convolutions that cost least")  # fmt: skip
     q.add_argument("--max-ram", metavar="SIZE",
                    help="RAM budget incl. the reserved stack, e.g. 64K: for --fit and --quantize mixed, or "
                         "(quantized models) met by running the first stage patch by patch with the fewest "
@@ -424,8 +425,12 @@ def _build(args, reuse: bool, log) -> BuildResult:
 
         report.print_precision(result.report.get("mixed", {}), result.report.get("precision", []))
         return result
-    if args.max_flash:
-        raise UserError("--max-flash is a budget for --fit and --quantize mixed")
+    if args.max_flash:  # an integer build: int8 weight records where int16 ones do not fit
+        from edgecomp.options import parse_size
+
+        if args.quantize is None and not str(args.model).endswith(".tflite"):
+            raise UserError("--max-flash is a budget for --fit, --quantize (int8: weight records) and --quantize mixed")
+        options = replace(options, max_flash=parse_size(args.max_flash))
     if args.max_ram:
         from edgecomp.options import parse_size
 

@@ -55,6 +55,12 @@ class BuildOptions:
     # within PATCH_MAC_CAP times the MACs; "auto:1.5" another cap) or "TENSOR:GHxGW" (that cut and grid)
     patch: str = "none"
     max_ram: int | None = None  # a RAM budget (static RAM + the reserved stack) patching must meet
+    # --max-flash (int8 builds): a flash budget met by keeping the weights of the convolutions with the
+    # fewest output pixels as int8 records (slower by ~0.25 instructions/MAC) instead of int16 ones
+    max_flash: int | None = None
+    # Convolutions (by output tensor) whose matrix-product kernel reads int8 weight records though
+    # int16 ones would be faster: what --max-flash chose (edgecomp/lower/kernels/mm.py narrow_plan)
+    narrow_records: tuple[str, ...] = ()
     # --name: the prefix of every exported symbol, macro, section and file (kws_run, KWS_ARENA_BYTES,
     # kws.h); "model" keeps the names every earlier build had (codegen/naming.py)
     name: str = "model"
