@@ -322,3 +322,64 @@ def test_qat_recovers_to_half_a_point_and_compiles_bit_exactly(digits_model, tmp
     samples = [[x[None]] for x in xv[:4]]
     for run, w in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
         np.testing.assert_array_equal(run.outputs[0], w[0])
+
+
+def _wide_range_model():
+    """Conv -> Relu -> Flatten -> Gemm where one conv channel is 300x the others: the conv's int8
+    output grid (set by that channel) leaves the other channels a few steps; the dense layer
+    weighs that channel down, so the model's output depends on the fine ones."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 1, 3, 3)).astype(np.float32) * 0.3
+    w[0] *= 300.0
+    d = rng.standard_normal((10, 8 * 36)).astype(np.float32) * 0.2
+    d[:, :36] /= 300.0
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Gemm", ["f", "d", "e"], ["y"], transB=1,
+                                                                          name="fc")]  # fmt: skip
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+             numpy_helper.from_array(d, "d"), numpy_helper.from_array(np.zeros(10, np.float32), "e")]  # fmt: skip
+    return make_model(nodes, [("x", [1, 1, 8, 8])], [("y", [1, 10])], inits)
+
+
+def test_mixed_gives_int16_outputs_to_the_layer_that_needs_them(tmp_path):
+    """mixed with int16 activations allowed vs int8 activations only, at the same flash budget (60 %
+    of int8, so the dense layer goes to 4 bits either way): the wide-range conv gets an int16 output,
+    the Flatten passes it on, the dense layer reads int16; the host's output SQNR against float is
+    higher, and the host build is bit-exact with the integer reference."""
+    from edgecomp.mixed import mixed
+    from edgecomp.quant.accuracy import sqnr_db
+    from edgecomp.verify import Reference
+
+    model = _wide_range_model()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "calib.npy", np.stack([random_inputs(model, s)[0] for s in range(32)]))
+    host = load_target("host")
+    int8 = build(tmp_path / "m.onnx", host, tmp_path / "int8", BuildOptions(quantize="int8"), log=lambda *_: None,
+                 calib=tmp_path / "calib.npy")  # fmt: skip
+    budget = int(0.6 * int8.report["weights_bytes"])
+    samples = [random_inputs(model, s) for s in range(100, 116)]
+    want = np.stack([Reference(model).run(s)[0] for s in samples])
+    sqnr, results = {}, {}
+    for act16 in (True, False):
+        r = mixed(tmp_path / "m.onnx", host, tmp_path / f"mixed-{act16}", BuildOptions(), tmp_path / "calib.npy", None,
+                  budget, None, log=lambda *_: None, act16=act16)  # fmt: skip
+        assert r.report["weights_bytes"] <= budget and r.report["mixed"]["layers_4bit"] == ["fc"]
+        runs = run_samples(r, samples)
+        for run, exp in zip(runs, expected_outputs(r, samples), strict=True):
+            np.testing.assert_array_equal(run.outputs[0], exp[0])
+        sqnr[act16] = sqnr_db(want, np.stack([run.outputs[0] for run in runs]))
+        results[act16] = r
+    rows = {r["layer"]: r for r in results[True].report["precision"]}
+    assert results[True].report["mixed"]["layers_a16"] == ["conv"]
+    assert (rows["conv"]["in_bits"], rows["conv"]["act_bits"], rows["fc"]["in_bits"], rows["fc"]["act_bits"]) == (8, 16, 16, 8)
+    assert rows["fc"]["weight_bits"] == 4 and rows["conv"]["sqnr_a16_db"] > results[True].report["mixed"]["int8_sqnr_db"]
+    assert all(r["act_bits"] == 8 and r["in_bits"] == 8 for r in results[False].report["precision"])
+    print("output SQNR: int16 where needed", sqnr[True], "int8 activations only", sqnr[False])
+    assert sqnr[True] > sqnr[False] + 3.0
+    if HAVE_ARM:  # the same choice on the device: bit-exact in QEMU
+        opts = BuildOptions(quantize="mixed", weight_bits=(("fc", 4),), act_bits=(("conv", 16),), extra_cflags="-Werror")
+        m7 = build(tmp_path / "m.onnx", load_target("cortex-m7"), tmp_path / "m7", opts, log=lambda *_: None,
+                   calib=tmp_path / "calib.npy")  # fmt: skip
+        assert {t.dtype for t in m7.int_graph.tensors.values()} >= {"int8", "int16"}
+        for run, exp in zip(run_samples(m7, samples[:4]), expected_outputs(m7, samples[:4]), strict=True):
+            np.testing.assert_array_equal(run.outputs[0], exp[0])

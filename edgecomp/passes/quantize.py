@@ -52,10 +52,21 @@ def _at_least_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
 
 
 def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: str = "int8",
-             method: str = "minmax", weight_bits: dict[str, int] | None = None) -> PassResult:  # fmt: skip
+             method: str = "minmax", weight_bits: dict[str, int] | None = None,
+             act_bits: dict[str, int] | None = None) -> PassResult:  # fmt: skip
     """Quantize `model` (already checked by the front end) on calibration `samples`: a QDQ model;
     report: the scheme, calibration method and number of samples. `weight_bits` (layer name, as
-    passes/int4.py layer_name says -> 4 or 8) overrides the weights' width layer by layer."""
+    passes/int4.py layer_name says -> 4 or 8) overrides the weights' width layer by layer;
+    `act_bits` (layer name -> 16) makes those layers' outputs int16 (passes/act16.py)."""
+    a16 = {name for name, b in (act_bits or {}).items() if b == 16}
+    if a16 and scheme == "int16x8":
+        raise UserError("--quantize int16x8 has int16 activations everywhere already: per-layer int16 is for mixed")
+    if a16:
+        from edgecomp.passes.act16 import set_act_bits
+        from edgecomp.passes.int4 import name_layers as _name_layers
+
+        done = quantize(_name_layers(model), samples, scheme, method, weight_bits)
+        return PassResult(set_act_bits(done.model, a16), done.report)
     from edgecomp.passes.int4 import INT4_OPSET, bias_corrections, linear_layers, name_layers, set_weight_bits
 
     if scheme == "mixed":  # int8 activations; 4 or 8 bits per layer as `weight_bits` says (passes/mixed.py)
