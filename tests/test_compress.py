@@ -67,8 +67,9 @@ def _w4a8(model, tmp_path, target, kernels="auto"):
     return build(path, load_target(target), tmp_path / f"{target}-{kernels}", options, log=lambda *_: None)
 
 
-def _bit_exact(name, target, tmp_path, kernels="auto"):
-    make, variant = CASES[name]
+def _bit_exact(name, target, tmp_path, kernels="auto", variant=None):
+    make, portable = CASES[name]
+    variant = variant or portable
     model = make()
     result = _w4a8(model, tmp_path, target, kernels)
     assert all(op.weight_bits == 4 for op in result.int_graph.ops if hasattr(op, "weight_bits"))
@@ -180,10 +181,15 @@ def test_s4_kernels_dsp_bit_exact(name, target, tmp_path):
     assert "\tsmlad\t" in dis  # the DSP instruction, not its portable C
 
 
+NEON_VARIANTS = {"conv_s4": "conv_neon_s4", "dwconv": "dwconv_neon_s4", "dense_s4": "dense_neon_s4"}
+
+
 @pytest.mark.skipif(not HAVE_A64, reason="needs qemu-system-aarch64 and aarch64-linux-gnu-gcc")
-@pytest.mark.parametrize("name", ["conv_stride2_k36", "depthwise_stride2", "dense_k30_out7"])
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_s4_kernels_neon_bit_exact(name, tmp_path):
-    _bit_exact(name, "cortex-a53-virt", tmp_path)
+    """On AArch64 the NEON int4 kernels are chosen (K with and without a tail of K % 4 (conv) and
+    K % 16 (dense), pointwise, chunks), bit-exact with the reference in QEMU."""
+    _bit_exact(name, "cortex-a53-virt", tmp_path, variant=NEON_VARIANTS[CASES[name][1]])
 
 
 def test_onnxruntime_int4_qdq_imports(tmp_path):
