@@ -44,12 +44,18 @@ def _matmul(k, n_out):
     return make_model(nodes, [("x", [2, k])], [("y", [2, n_out])], [weight("w", [k, n_out])])
 
 
+def _residual(c, hw):
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Add", ["c", "x"], ["y"])]
+    return make_model(nodes, [("x", [1, c, *hw])], [("y", [1, c, *hw])], [weight("w", [c, c, 3, 3]), weight("b", [c])])
+
+
 CASES = {
     # K = 27 (not a multiple of 8: each row's nibbles padded to K8), 35 pixels, 5 channels (odd)
     "conv_k27_odd": (lambda: _conv(3, 5, (5, 7), 3), "conv_s4"),
     "conv_stride2_k36": (lambda: _conv(4, 7, (9, 8), 3, stride=2, pads=(0, 1, 2, 1)), "conv_s4"),
     "conv_1x1_k13": (lambda: _conv(13, 3, (3, 5), 1, pads=(0, 0, 0, 0)), "conv_s4"),
     "conv_k360_chunks": (lambda: _conv(40, 3, (4, 3), 3), "conv_s4"),  # K > 256: two chunks of products
+    "conv_residual_add": (lambda: _residual(6, (5, 6)), "conv_s4"),  # NEON: the Add fused into the conv
     "depthwise_odd": (lambda: _conv(5, 5, (7, 5), 3, group=5), "dwconv"),  # 45 taps: the last byte half used
     "depthwise_stride2": (lambda: _conv(4, 4, (8, 9), 3, stride=2, group=4), "dwconv"),
     "dense_k30_out7": (lambda: _dense(30, 7), "dense_s4"),
@@ -181,7 +187,8 @@ def test_s4_kernels_dsp_bit_exact(name, target, tmp_path):
     assert "\tsmlad\t" in dis  # the DSP instruction, not its portable C
 
 
-NEON_VARIANTS = {"conv_s4": "conv_neon_s4", "dwconv": "dwconv_neon_s4", "dense_s4": "dense_neon_s4"}
+NEON_VARIANTS = {"conv_s4": "conv_neon_s4", "dwconv": "dwconv_neon_s4", "dense_s4": "dense_neon_s4",
+                 "conv_residual_add": "conv_neon_s4+add"}  # fmt: skip
 
 
 @pytest.mark.skipif(not HAVE_A64, reason="needs qemu-system-aarch64 and aarch64-linux-gnu-gcc")
@@ -189,7 +196,7 @@ NEON_VARIANTS = {"conv_s4": "conv_neon_s4", "dwconv": "dwconv_neon_s4", "dense_s
 def test_s4_kernels_neon_bit_exact(name, tmp_path):
     """On AArch64 the NEON int4 kernels are chosen (K with and without a tail of K % 4 (conv) and
     K % 16 (dense), pointwise, chunks), bit-exact with the reference in QEMU."""
-    _bit_exact(name, "cortex-a53-virt", tmp_path, variant=NEON_VARIANTS[CASES[name][1]])
+    _bit_exact(name, "cortex-a53-virt", tmp_path, variant=NEON_VARIANTS.get(name, NEON_VARIANTS[CASES[name][1]]))
 
 
 def test_onnxruntime_int4_qdq_imports(tmp_path):
