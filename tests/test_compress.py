@@ -396,3 +396,32 @@ def test_mixed_gives_int16_outputs_to_the_layer_that_needs_them(tmp_path):
         assert {t.dtype for t in m7.int_graph.tensors.values()} >= {"int8", "int16"}
         for run, exp in zip(run_samples(m7, samples[:4]), expected_outputs(m7, samples[:4]), strict=True):
             np.testing.assert_array_equal(run.outputs[0], exp[0])
+
+
+def test_mixed_cli_reports_each_layers_activation_widths(tmp_path, capsys):
+    """`edgecomp build --quantize mixed`: report.json and the printed table give the conv's int16
+    output (the dense layer's int16 input); --no-a16 keeps int8 activations, and is refused
+    without mixed."""
+    import json
+
+    from edgecomp.cli import main
+
+    model = _wide_range_model()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "calib.npy", np.stack([random_inputs(model, s)[0] for s in range(32)]))
+    common = ["build", str(tmp_path / "m.onnx"), "-t", "host", "--calib", str(tmp_path / "calib.npy"),
+              "--quantize", "mixed", "--max-flash", "100K"]  # fmt: skip
+
+    def widths(folder):
+        rows = json.loads((tmp_path / folder / "report.json").read_text())["precision"]
+        return {r["layer"]: (r["in_bits"], r["act_bits"]) for r in rows}
+
+    assert main([*common, "-o", str(tmp_path / "a")]) == 0
+    assert "int16" in capsys.readouterr().out
+    assert widths("a") == {"conv": (8, 16), "fc": (16, 8)}
+    assert main([*common, "-o", str(tmp_path / "b"), "--no-a16"]) == 0
+    assert widths("b") == {"conv": (8, 8), "fc": (8, 8)}
+    capsys.readouterr()
+    assert main([*common[:-4], "-o", str(tmp_path / "c"), "--quantize", "int8", "--no-a16"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--no-a16" in err[0]
