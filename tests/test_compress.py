@@ -61,6 +61,7 @@ CASES = {
     "dense_k30_out7": (lambda: _dense(30, 7), "dense_s4"),
     "dense_k9_out3_batch2": (lambda: _dense(9, 3, batch=2), "dense_s4"),
     "dense_k600_out6_chunks": (lambda: _dense(600, 6), "dense_s4"),
+    "dense_k70_out9": (lambda: _dense(70, 9), "dense_s4"),  # NEON: two groups of 32, no 16, a tail of 6
     "matmul_k17": (lambda: _matmul(17, 5), "dense_s4"),
 }
 

@@ -166,14 +166,18 @@ def pack_s4_neon_conv(w2d: np.ndarray) -> np.ndarray:
 
 
 def pack_s4_neon_dense(w: np.ndarray) -> np.ndarray:
-    """[cout, K] int4 -> rows of 8 * (K // 16) + ceil(K % 16 / 2) bytes: each sixteen weights as
-    8 bytes (weight j | weight j + 8 << 4), the last K % 16 two per byte, low nibble first."""
+    """[cout, K] int4 -> rows of K // 16 * 8 + ceil(K % 16 / 2) bytes: each thirty-two weights as
+    16 bytes (weight j | weight j + 16 << 4), then (K % 32 >= 16) sixteen as 8 bytes (weight j |
+    weight j + 8 << 4), the last K % 16 two per byte, low nibble first."""
     rows, k = w.shape
-    k16 = k // 16 * 16
+    k32, k16 = k // 32 * 32, k // 16 * 16
     v = np.asarray(w, np.int64)
-    full = _nibble_bytes(v[:, :k16].reshape(-1, 16)).reshape(rows, -1)
-    tail = np.stack([pack_nibbles(r) for r in v[:, k16:]]) if k > k16 else np.zeros((rows, 0), np.uint8)
-    return np.ascontiguousarray(np.concatenate([full, tail], axis=1).reshape(-1))
+    parts = [_nibble_bytes(v[:, :k32].reshape(-1, 32)).reshape(rows, -1)]
+    if k16 > k32:
+        parts.append(_nibble_bytes(v[:, k32:k16].reshape(-1, 16)).reshape(rows, -1))
+    if k > k16:
+        parts.append(np.stack([pack_nibbles(r) for r in v[:, k16:]]))
+    return np.ascontiguousarray(np.concatenate(parts, axis=1).reshape(-1))
 
 
 def conv_neon_s4(index: int, op: Conv, graph: IntGraph):
@@ -189,8 +193,8 @@ def conv_neon_s4(index: int, op: Conv, graph: IntGraph):
 
 
 def dense_neon_s4(index: int, op: Dense, graph: IntGraph):
-    """dense_neon_s8 with int4 weights (p.s4): sixteen per eight bytes, unpacked by SHL/SSHR into two
-    int8 vectors, multiplied by the input's (SMULL, SMLAL into int16: |sum| <= 2 * 8 * 128)."""
+    """dense_neon_s8 with int4 weights (p.s4): thirty-two per sixteen bytes, unpacked by SHL/SSHR into
+    two int8 vectors, multiplied by the input's (SMULL, three SMLAL into int16: |sum| <= 4 * 8 * 128)."""
     from edgecomp.lower.kernels.dense import dense_neon_s8
 
     mk, consts = dense_neon_s8(index, op, graph)
