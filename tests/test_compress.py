@@ -376,7 +376,7 @@ def test_mixed_gives_int16_outputs_to_the_layer_that_needs_them(tmp_path):
     sqnr, results = {}, {}
     for act16 in (True, False):
         r = mixed(tmp_path / "m.onnx", host, tmp_path / f"mixed-{act16}", BuildOptions(), tmp_path / "calib.npy", None,
-                  budget, None, log=lambda *_: None, act16=act16)  # fmt: skip
+                  budget, None, log=lambda *_: None, act16=act16, save_quantized=tmp_path / f"q-{act16}.onnx")  # fmt: skip
         assert r.report["weights_bytes"] <= budget and r.report["mixed"]["layers_4bit"] == ["fc"]
         runs = run_samples(r, samples)
         for run, exp in zip(runs, expected_outputs(r, samples), strict=True):
@@ -388,6 +388,14 @@ def test_mixed_gives_int16_outputs_to_the_layer_that_needs_them(tmp_path):
     assert (rows["conv"]["in_bits"], rows["conv"]["act_bits"], rows["fc"]["in_bits"], rows["fc"]["act_bits"]) == (8, 16, 16, 8)
     assert rows["fc"]["weight_bits"] == 4 and rows["conv"]["sqnr_a16_db"] > results[True].report["mixed"]["int8_sqnr_db"]
     assert all(r["act_bits"] == 8 and r["in_bits"] == 8 for r in results[False].report["precision"])
+    # The chosen model is standard QDQ (int16 Q/DQ: opset 21) that onnxruntime runs, close to the device.
+    saved = onnx.load(tmp_path / "q-True.onnx")
+    onnx.checker.check_model(saved, full_check=True)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(saved.SerializeToString(), providers=["CPUExecutionProvider"])
+    by_ort = np.stack([sess.run(None, {"x": s[0]})[0] for s in samples])
+    assert sqnr_db(by_ort, np.stack([run.outputs[0] for run in run_samples(results[True], samples)])) > 30
     print("output SQNR: int16 where needed", sqnr[True], "int8 activations only", sqnr[False])
     assert sqnr[True] > sqnr[False] + 3.0
     if HAVE_ARM:  # the same choice on the device: bit-exact in QEMU

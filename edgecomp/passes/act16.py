@@ -27,6 +27,7 @@ from edgecomp.passes.int4 import LINEAR_OPS, layer_name
 
 PASS_THROUGH = ("MaxPool", "GlobalMaxPool", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")
 INT16_STEPS = 65535 / 255  # int16 steps per int8 step over the same range
+INT16_OPSET = 21  # QuantizeLinear / DequantizeLinear take int16 from opset 21 on
 
 
 def int16_params(scale: float, zp: int) -> tuple[float, int]:
@@ -41,6 +42,9 @@ def set_act_bits(qmodel: onnx.ModelProto, layers: set[str] | frozenset[str]) -> 
     are int16 (and the pass-through ops after them, see the module docstring)."""
     if not layers:
         return qmodel
+    opset = next((o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < INT16_OPSET:
+        raise ValueError(f"int16 QuantizeLinear/DequantizeLinear need opset {INT16_OPSET} (the model has {opset})")
     model = onnx.ModelProto()
     model.CopyFrom(qmodel)
     g = model.graph

@@ -61,11 +61,12 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
     a16 = {name for name, b in (act_bits or {}).items() if b == 16}
     if a16 and scheme == "int16x8":
         raise UserError("--quantize int16x8 has int16 activations everywhere already: per-layer int16 is for mixed")
-    if a16:
+    if a16:  # int16 QuantizeLinear/DequantizeLinear are standard ONNX from opset 21 on
         from edgecomp.passes.act16 import set_act_bits
+        from edgecomp.passes.int4 import INT4_OPSET
         from edgecomp.passes.int4 import name_layers as _name_layers
 
-        done = quantize(_name_layers(model), samples, scheme, method, weight_bits)
+        done = quantize(_at_least_opset(_name_layers(model), INT4_OPSET), samples, scheme, method, weight_bits)
         return PassResult(set_act_bits(done.model, a16), done.report)
     from edgecomp.passes.int4 import INT4_OPSET, bias_corrections, linear_layers, name_layers, set_weight_bits
 
