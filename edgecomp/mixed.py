@@ -16,7 +16,8 @@ fits the budget with the least measured loss.
    differs), more layers follow until the overshoot is covered, and the build is repeated.
 
 int16 activations ("a16", passes/act16.py) where a layer needs them: before the weights are
-chosen, each layer's output alone made int16 (its readers read int16), measured as above; a layer
+chosen, each layer's output alone made int16 (its readers read int16), measured as above (only
+when all of them int16 together gain A16_MIN_GAIN_DB: otherwise none can); a layer
 whose a16 output raises the model's output SQNR by at least A16_MIN_GAIN_DB (and costs no top-1)
 keeps it, most gain per extra RAM byte first, while the estimated RAM (int8's plus one byte per
 widened element) stays within the RAM budget. Its flash cost (the int64 biases and kernels of the
@@ -260,12 +261,21 @@ def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions,
 
 def _choose_a16(ops8: dict, g8, measure, s8: float, t8: float | None, ram8: int, ram_budget: int | None,
                 summary: dict, log) -> frozenset[str]:  # fmt: skip
-    """The layers whose int16 output is worth it (module docstring), within the RAM budget."""
+    """The layers whose int16 output is worth it (module docstring), within the RAM budget. All
+    candidates together first: when even that gains less than A16_MIN_GAIN_DB (the noise the int8
+    outputs add is small), no layer alone is measured — one run instead of one per layer."""
     rows = []
-    for name, op in ops8.items():
-        extra = int(np.prod(g8.tensors[op.output].shape))  # one more byte per element (at least)
-        if ram_budget and ram8 + extra > ram_budget:
-            continue  # no room for it: not worth measuring
+    extras = {name: int(np.prod(g8.tensors[op.output].shape)) for name, op in ops8.items()}  # +1 B an element
+    candidates = [name for name in ops8 if not ram_budget or ram8 + extras[name] <= ram_budget]
+    if not candidates:
+        return frozenset()
+    s_all, _ = measure({}, frozenset(candidates))
+    summary["a16_all_gain_db"] = round(s_all - s8, 2)
+    if s_all - s8 < A16_MIN_GAIN_DB:
+        log(f"mixed: int16 outputs everywhere would add {s_all - s8:+.1f} dB output SQNR: activations stay int8")
+        return frozenset()
+    for name in candidates:
+        extra = extras[name]
         s, t = measure({}, frozenset({name}))
         row = {"layer": name, "sqnr_a16_db": round(s, 2), "gain_db": round(s - s8, 2), "ram_extra_bytes": extra}
         if t is not None:
