@@ -85,8 +85,8 @@ def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions,
     from edgecomp.io import load_calibration, load_eval
     from edgecomp.passes import fold_constants
     from edgecomp.passes.act16 import set_act_bits
-    from edgecomp.passes.int4 import INT4_OPSET, bias_corrections, name_layers, set_weight_bits
-    from edgecomp.passes.quantize import CORRECTION_SAMPLES, quantize_base
+    from edgecomp.passes.int4 import INT4_OPSET, bias_corrections, int4_weights, name_layers, set_weight_bits
+    from edgecomp.passes.quantize import CORRECTION_SAMPLES, GPTQ_SAMPLES, quantize_base
     from edgecomp.quant import int_graph_for, run_int_graph
     from edgecomp.quant.ir import LinearOp
     from edgecomp.verify import Reference
@@ -119,9 +119,10 @@ def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions,
     named = name_layers(float_model)
     base = quantize_base(named, calib_samples, "int8", options.calib_method, INT4_OPSET)
     corrections: dict = {}
+    weights: dict = {}  # int4 weights (GPTQ, passes/int4.py int4_weights), made with the 4-bit sensitivities
 
     def graph_of(bits: dict[str, int], acts: frozenset[str] = frozenset()):
-        q, _ = set_weight_bits(base.model, base.floats, bits, corrections=corrections)
+        q, _ = set_weight_bits(base.model, base.floats, bits, corrections=corrections, weights=weights or None)
         return int_graph_for(fold_constants(onnx.shape_inference.infer_shapes(set_act_bits(q, acts))).model)
 
     ref = Reference(float_model)
@@ -157,8 +158,10 @@ def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions,
 
     def sensitivities(acts: frozenset[str]) -> list[dict]:
         """Each layer alone at 4 bits (with the a16 layers `acts`): loss, bytes saved."""
-        corrections.update(bias_corrections(base.float_model, base.model, base.floats,
-                                            calib_samples[:CORRECTION_SAMPLES]))  # fmt: skip
+        if not weights:
+            weights.update(int4_weights(base.float_model, base.model, base.floats, calib_samples[:GPTQ_SAMPLES]))
+            corrections.update(bias_corrections(base.float_model, base.model, base.floats,
+                                                calib_samples[:CORRECTION_SAMPLES], weights=weights))  # fmt: skip
         log(f"mixed: measuring each layer at 4 bits on {len(samples)} samples")
         g = graph_of({}, acts)
         ops = {op.node: op for op in g.ops if isinstance(op, LinearOp)}

@@ -11,6 +11,11 @@ weight error. With 15 levels, clipping the few largest weights of a channel buys
 all the others; on the digits CNNs it keeps ~1 dB more output SQNR than c = max|w| (c = max|w|,
 i.e. s = max|w| / 7, is the plain choice; `clip="max"` keeps it).
 
+The rounding, with calibration data (int4_weights): GPTQ at those scales, each layer on its own
+float inputs, so the layer's output error rather than its weight error is what is minimised;
+then bias correction removes the mean of what is left. On the digits depthwise-separable CNN
+all-int4 loses 0.4 pp instead of 3.4 pp (nearest) or 1.4 pp (nearest + bias correction).
+
 Preserves: the model's graph structure, interface and activation quantization; the function up
 to the int4 rounding of the chosen layers' weights.
 """
@@ -114,11 +119,13 @@ def _weight_dqs(model: onnx.ModelProto):
 
 
 def bias_corrections(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, floats: dict[str, np.ndarray],
-                     samples: list[list[np.ndarray]], clip: str = "mse") -> dict[str, np.ndarray]:  # fmt: skip
+                     samples: list[list[np.ndarray]], clip: str = "mse",
+                     weights: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
     """Per Conv/Gemm layer (by name) and output channel, the mean over `samples` of the error its
-    int4 weights add to its output, E[x * (Wq - W)] with float inputs x: subtracting it from the
-    bias removes the shift that rounding 15 levels leaves (bias correction, Nagel et al. 2019). The
-    error of each layer is computed beside it in the float model (one onnxruntime run for all)."""
+    int4 weights (`weights`' when it has the layer's, else rounded to nearest) add to its output,
+    E[x * (Wq - W)] with float inputs x: subtracting it from the bias removes the shift that
+    rounding 15 levels leaves (bias correction, Nagel et al. 2019). The error of each layer is
+    computed beside it in the float model (one onnxruntime run for all)."""
     from edgecomp.verify import Reference
 
     inits = {t.name: t for t in qmodel.graph.initializer}
@@ -131,7 +138,7 @@ def bias_corrections(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, floa
         if fnode is None or node.op_type not in ("Conv", "Gemm"):
             continue
         w, axis = _float_weights(dq, inits, floats)
-        q4, scale = int4_channels(w, axis, clip)
+        q4, scale = (weights or {}).get(name) or int4_channels(w, axis, clip)
         shape = [1] * w.ndim
         shape[axis] = -1
         delta = (q4.astype(np.float64) * scale.astype(np.float64).reshape(shape) - w).astype(np.float32)
@@ -155,12 +162,14 @@ def bias_corrections(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, floa
 
 
 def set_weight_bits(qmodel: onnx.ModelProto, floats: dict[str, np.ndarray], bits: dict[str, int],
-                    clip: str = "mse", corrections: dict[str, np.ndarray] | None = None
+                    clip: str = "mse", corrections: dict[str, np.ndarray] | None = None,
+                    weights: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
                     ) -> tuple[onnx.ModelProto, list[dict]]:  # fmt: skip
     """A copy of QDQ `qmodel` (int8 weights, opset >= 21) with the weights of the layers that `bits`
     maps to 4 re-quantized to int4 from their float values (`floats`, by the float initializer's
     name; onnxruntime names the quantized one NAME_quantized), biases re-quantized to match (less
-    the layer's bias correction, when `corrections` has one); and per layer {"layer",
+    the layer's bias correction, when `corrections` has one; the int4 values and scales are
+    `weights`' when it has the layer's (int4_weights)); and per layer {"layer",
     "weight_bits", "weights", "weights_bytes"}."""
     model = onnx.ModelProto()
     model.CopyFrom(qmodel)
@@ -178,8 +187,11 @@ def set_weight_bits(qmodel: onnx.ModelProto, floats: dict[str, np.ndarray], bits
         if opset < INT4_OPSET and dq.domain in ("", "ai.onnx"):
             raise ValueError(f"int4 weights need opset {INT4_OPSET} (the model has {opset})")
         old_scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64).reshape(-1)
-        w, axis = _float_weights(dq, inits, floats)
-        q4, scale = int4_channels(w, axis, clip, _scale_floor(node, producer, inits, floats, old_scale))
+        if weights and name in weights:
+            q4, scale = weights[name]
+        else:
+            w, axis = _float_weights(dq, inits, floats)
+            q4, scale = int4_channels(w, axis, clip, _scale_floor(node, producer, inits, floats, old_scale))
         base = dq.input[0]
         used_new += [_int4_tensor(q4, f"{base}_int4"), numpy_helper.from_array(scale, f"{base}_int4_scale"),
                      _int4_tensor(np.zeros(scale.shape, np.int8), f"{base}_int4_zero_point")]  # fmt: skip
@@ -255,3 +267,148 @@ def _drop_unused(model: onnx.ModelProto) -> None:
     keep = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
+
+
+# --- data-aware rounding (GPTQ) -----------------------------------------------------------------
+
+GPTQ_DAMP = 0.01  # H + damp * mean(diag H) * I: keeps H invertible where inputs are (nearly) collinear
+GPTQ_MAX_ROWS = 200_000  # input rows (im2col patches) per layer and sample kept, evenly strided
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    a = next((a for a in node.attribute if a.name == name), None)
+    return default if a is None else onnx.helper.get_attribute_value(a)
+
+
+def _patches(x: np.ndarray, node: onnx.NodeProto, kshape: tuple[int, ...], groups: int) -> np.ndarray | None:
+    """The im2col rows of a 2-D Conv's input `x` [N, C, H, W], as [rows, groups, C/groups * kh * kw]
+    in the weights' (C, kh, kw) order; None for what this does not cover (1-D/3-D, auto_pad)."""
+    if x.ndim != 4 or len(kshape) != 2 or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    kh, kw = kshape
+    sh, sw = _attr(node, "strides", [1, 1])
+    dh, dw = _attr(node, "dilations", [1, 1])
+    pt, pl, pb, pr = _attr(node, "pads", [0, 0, 0, 0])
+    xp = np.pad(x.astype(np.float32), ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # N, C, OH, OW, kh, kw
+    n, c, oh, ow = win.shape[:4]
+    rows = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, groups, (c // groups) * kh * kw)
+    return rows
+
+
+def _layer_rows(node: onnx.NodeProto, x: np.ndarray, w_shape: tuple[int, ...], axis: int) -> np.ndarray | None:
+    """A layer's input as rows [rows, groups, K] whose product with its weights (output channel
+    along `axis`, the other axes flattened in order to K) is the layer's output; None when the
+    layer is not one of the plain forms this knows."""
+    if node.op_type == "Conv":
+        if axis != 0:
+            return None
+        return _patches(x, node, tuple(w_shape[2:]), int(_attr(node, "group", 1)))
+    if len(w_shape) != 2:
+        return None
+    if node.op_type == "Gemm":
+        if _attr(node, "transA", 0) or axis != (0 if _attr(node, "transB", 0) else 1):
+            return None
+        return x.reshape(-1, 1, x.shape[-1])
+    if node.op_type == "MatMul" and axis == 1:
+        return x.reshape(-1, 1, x.shape[-1])
+    return None
+
+
+def layer_hessians(float_model: onnx.ModelProto, layers: dict[str, tuple[tuple[int, ...], int]],
+                   samples: list[list[np.ndarray]]) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per layer (name -> (weight shape, channel axis)), H = X^T X [groups, K, K] over the float
+    model's inputs to that layer on `samples` (one onnxruntime run per sample for all layers)."""
+    from edgecomp.verify import Reference, with_outputs
+
+    nodes = {layer_name(n): n for n in float_model.graph.node if n.op_type in LINEAR_OPS}
+    wanted = {name: nodes[name] for name in layers if name in nodes}
+    if not wanted or not samples:
+        return {}
+    inputs = sorted({n.input[0] for n in wanted.values()})
+    graph_inputs = [i.name for i in float_model.graph.input]
+    probe = with_outputs(float_model, [i for i in inputs if i not in graph_inputs])
+    n_out = len(float_model.graph.output)
+    ref = Reference(probe)
+    hessians: dict[str, np.ndarray] = {}
+    skipped: set[str] = set()
+    for sample in samples:
+        values = dict(zip(graph_inputs, sample, strict=False))
+        outs = ref.run(sample)
+        values.update(zip([o.name for o in probe.graph.output][n_out:], outs[n_out:], strict=True))
+        values.update(zip([o.name for o in probe.graph.output][:n_out], outs[:n_out], strict=True))
+        for name, node in wanted.items():
+            if name in skipped or node.input[0] not in values:
+                skipped.add(name)
+                continue
+            shape, axis = layers[name]
+            rows = _layer_rows(node, np.asarray(values[node.input[0]]), shape, axis)
+            if rows is None:
+                skipped.add(name)
+                continue
+            rows = rows[:: max(1, len(rows) // GPTQ_MAX_ROWS)].astype(np.float64)
+            h = np.einsum("rgk,rgl->gkl", rows, rows, optimize=True) if rows.shape[1] > 1 else (rows[:, 0].T @ rows[:, 0])[None]
+            hessians[name] = hessians.get(name, 0) + h
+    return {k: v for k, v in hessians.items() if k not in skipped}
+
+
+def gptq_round(rows: np.ndarray, scale: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    """int4 values [C, K] for float weights `rows` [C, K] (output channels, inputs) at per-channel
+    `scale`, rounded one input column at a time with each column's error spread over the columns
+    not yet rounded through H^-1 (GPTQ, Frantar et al. 2023: optimal brain quantization with a
+    Cholesky factor of H^-1), which minimises the layer's output error ||X (Wq - W)||^2 on the
+    calibration inputs rather than the weights' own error. `hessian` is [groups, K, K]; output
+    channel c reads group c // (C / groups)."""
+    c, k = rows.shape
+    g = hessian.shape[0]
+    h = hessian.astype(np.float64).copy()
+    idx = np.arange(k)
+    dead = h[:, idx, idx] <= 0
+    h[:, idx, idx] = np.where(dead, 1.0, h[:, idx, idx])
+    h[:, idx, idx] += GPTQ_DAMP * h[:, idx, idx].mean(axis=1, keepdims=True)
+    try:
+        u = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)  # upper: H^-1 = U^T U
+    except np.linalg.LinAlgError:
+        return np.clip(np.round(rows / scale[:, None]), -8, 7).astype(np.int8)
+    u = u[np.arange(c) // max(1, c // g)]  # C, K, K
+    w = rows.astype(np.float64).copy()
+    s = scale.astype(np.float64)
+    q = np.empty((c, k), np.int8)
+    for j in range(k):
+        qj = np.clip(np.round(w[:, j] / s), -8, 7)
+        q[:, j] = qj
+        err = (w[:, j] - qj * s) / u[:, j, j]
+        w[:, j + 1 :] -= err[:, None] * u[:, j, j + 1 :]
+    return q
+
+
+def int4_weights(float_model: onnx.ModelProto, qmodel: onnx.ModelProto, floats: dict[str, np.ndarray],
+                 samples: list[list[np.ndarray]] | None = None, clip: str = "mse",
+                 layers: set[str] | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """Per Conv/Gemm/MatMul layer of QDQ `qmodel` (all, or those in `layers`): its int4 weights
+    and per-channel scales. The scales: MSE clipping (int4_channels), no lower than what keeps the
+    bias in int32. The rounding: GPTQ on the float model's inputs to the layer when calibration
+    `samples` are given and the layer is a plain Conv/Gemm/MatMul, else to nearest."""
+    inits = {t.name: t for t in qmodel.graph.initializer}
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    plan: dict[str, tuple[onnx.NodeProto, np.ndarray, int, np.ndarray]] = {}
+    for name, node, dq in _weight_dqs(qmodel):
+        if layers is not None and name not in layers:
+            continue
+        old_scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64).reshape(-1)
+        w, axis = _float_weights(dq, inits, floats)
+        _, scale = int4_channels(w, axis, clip, _scale_floor(node, producer, inits, floats, old_scale))
+        plan[name] = (node, w, axis, scale)
+    hessians = layer_hessians(float_model, {n: (p[1].shape, p[2]) for n, p in plan.items()}, samples or [])
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, (_, w, axis, scale) in plan.items():
+        moved = np.moveaxis(w, axis, 0)
+        rows = moved.reshape(moved.shape[0], -1)
+        h = hessians.get(name)
+        if h is not None and h.shape[-1] == rows.shape[1] and rows.shape[0] % h.shape[0] == 0:
+            q = gptq_round(rows, scale, h)
+        else:
+            q = np.clip(np.round(rows / scale.astype(np.float64)[:, None]), -8, 7).astype(np.int8)
+        out[name] = (np.ascontiguousarray(np.moveaxis(q.reshape(moved.shape), 0, axis)), scale)
+    return out

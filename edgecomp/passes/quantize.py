@@ -31,6 +31,7 @@ SCHEMES = ("int8", "int16x8", "w4a8", "mixed")  # mixed: `weight_bits` per layer
 METHODS = ("minmax", "percentile", "entropy")
 MIN_CALIB_SAMPLES = 4
 CORRECTION_SAMPLES = 64  # calibration samples int4 bias correction averages over (passes/int4.py)
+GPTQ_SAMPLES = 32  # calibration samples whose layer inputs steer int4 rounding (passes/int4.py int4_weights)
 
 
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (their `axis`) need opset 13
@@ -58,17 +59,22 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
     report: the scheme, calibration method and number of samples. `weight_bits` (layer name, as
     passes/int4.py layer_name says -> 4 or 8) overrides the weights' width layer by layer;
     `act_bits` (layer name -> 16) makes those layers' outputs int16 (passes/act16.py)."""
+    from edgecomp.passes.int4 import (
+        INT4_OPSET,
+        bias_corrections,
+        int4_weights,
+        linear_layers,
+        name_layers,
+        set_weight_bits,
+    )
     a16 = {name for name, b in (act_bits or {}).items() if b == 16}
     if a16 and scheme == "int16x8":
         raise UserError("--quantize int16x8 has int16 activations everywhere already: per-layer int16 is for mixed")
     if a16:  # int16 QuantizeLinear/DequantizeLinear are standard ONNX from opset 21 on
         from edgecomp.passes.act16 import set_act_bits
-        from edgecomp.passes.int4 import INT4_OPSET
-        from edgecomp.passes.int4 import name_layers as _name_layers
 
-        done = quantize(_at_least_opset(_name_layers(model), INT4_OPSET), samples, scheme, method, weight_bits)
+        done = quantize(_at_least_opset(name_layers(model), INT4_OPSET), samples, scheme, method, weight_bits)
         return PassResult(set_act_bits(done.model, a16), done.report)
-    from edgecomp.passes.int4 import INT4_OPSET, bias_corrections, linear_layers, name_layers, set_weight_bits
 
     if scheme == "mixed":  # int8 activations; 4 or 8 bits per layer as `weight_bits` says (passes/mixed.py)
         scheme, weight_bits = "int8", dict(weight_bits or {})
@@ -78,8 +84,11 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
         weight_bits = {**{name: 4 for name in linear_layers(model)}, **(weight_bits or {})}
     if weight_bits and any(b == 4 for b in weight_bits.values()):
         base = quantize_base(model, samples, "int16x8" if scheme == "int16x8" else "int8", method, INT4_OPSET)
-        corrections = bias_corrections(base.float_model, base.model, base.floats, samples[:CORRECTION_SAMPLES])
-        qmodel, _ = set_weight_bits(base.model, base.floats, weight_bits, corrections=corrections)
+        four = {name for name, b in weight_bits.items() if b == 4}
+        weights = int4_weights(base.float_model, base.model, base.floats, samples[:GPTQ_SAMPLES], layers=four)
+        corrections = bias_corrections(base.float_model, base.model, base.floats, samples[:CORRECTION_SAMPLES],
+                                       weights=weights)  # fmt: skip
+        qmodel, _ = set_weight_bits(base.model, base.floats, weight_bits, corrections=corrections, weights=weights)
         return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
     return PassResult(quantize_base(model, samples, scheme, method).model,
                       {"scheme": scheme, "calib_method": method, "samples": len(samples)})  # fmt: skip
@@ -164,9 +173,18 @@ def quantize_base(model: onnx.ModelProto, samples: list[list[np.ndarray]], schem
         return Base(onnx.load(str(dst)), float_model, floats)
 
 
+# Ops edgecomp has integer kernels for (tables, a mean) that onnxruntime's registries lack: asked
+# for by name, onnxruntime puts QuantizeLinear/DequantizeLinear around them too, so a chain of them
+# (ReduceMean -> Neg, Div -> Sub) is not left in float between two quantized ops. Pow is not among
+# them: its exponent would be quantized too (2 -> 1.9999999, and x ** 1.9999999 is NaN for x < 0);
+# between quantized ops it still gets them from its neighbours, its exponent left exact.
+INTEGER_EXTRAS = ("PRelu", "Neg", "Abs", "Sqrt", "Log", "Exp", "Reciprocal", "Erf", "Softplus", "Softsign", "Elu",
+                  "Sub", "Div", "ReduceMean", "ReduceMax", "ReduceMin", "Max", "Min")  # fmt: skip
+
+
 def _op_types() -> list[str]:
-    """onnxruntime's default set of ops to quantize, plus PRelu (edgecomp has an integer PRelu;
-    onnxruntime's registries lack it, so its output would stay float)."""
+    """onnxruntime's default set of ops to quantize, plus INTEGER_EXTRAS (without them their outputs
+    would stay float)."""
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    return sorted({*QLinearOpsRegistry, *QDQRegistry, "PRelu"})
+    return sorted({*QLinearOpsRegistry, *QDQRegistry, *INTEGER_EXTRAS})
