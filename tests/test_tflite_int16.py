@@ -1,6 +1,6 @@
 """TFLite int16 operators whose arithmetic is TFLite Micro's own rather than a requantization:
 LOGISTIC / TANH (its sigmoid table, over every int16 input), SOFTMAX (its exp and 1/(1+x)
-tables), QUANTIZE (Requantize), the int16 ReLUs, and what is refused. Hand-built .tflite models
+tables), QUANTIZE (Requantize), the int16 ReLUs, STRIDED_SLICE's index rules, and what is refused. Hand-built .tflite models
 (tests/tflite_models.py), compared with the tflite-micro interpreter on the host and in QEMU."""
 
 from __future__ import annotations
@@ -58,6 +58,22 @@ def _softmax_relu_quantize() -> bytes:
     return b.finish([x, x2], [*outs, q16, q8])
 
 
+def _strided_slices() -> bytes:
+    """STRIDED_SLICE with negative and positive steps, masks and a shrunk axis (values moved only)."""
+    b = Builder("strided_slice16")
+    x = _t16(b, [1, 6, 5, 4], 1e-3)
+    outs = []
+    for begin, end, strides, masks, shape in (
+        ([0, 5, 4, 0], [1, 0, 0, 4], [1, -2, -1, 1], dict(beginMask=9, endMask=9), [1, 3, 4, 4]),
+        ([0, 1, 0, 3], [1, 5, 5, 4], [1, 2, 2, 1], dict(beginMask=5, endMask=5, shrinkAxisMask=8), [1, 2, 3]),
+    ):
+        y = _t16(b, shape, 1e-3)
+        ts = [b.tensor([4], np.int32, np.array(v, np.int32)) for v in (begin, end, strides)]
+        b.op(BO.STRIDED_SLICE, [x, *ts], [y], OPT.StridedSliceOptions, options("StridedSliceOptionsT", **masks))
+        outs.append(y)
+    return b.finish([x], outs)
+
+
 def _all_int16(data: bytes, seed: int) -> list[np.ndarray]:
     from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as S
 
@@ -79,6 +95,7 @@ MODELS = {
     "sigmoid_tanh_small": lambda: _sigmoid_tanh([1.7e-4]),
     "sigmoid_tanh_wide": lambda: _sigmoid_tanh([2.9e-3]),
     "softmax_relu_quantize": _softmax_relu_quantize,
+    "strided_slices": _strided_slices,
 }
 
 
@@ -142,3 +159,19 @@ def test_int16_op_without_tflm_kernel_refused_by_name(tmp_path, capsys):
     assert main(["build", str(tmp_path / "m.tflite"), "-t", "host", "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "HARD_SWISH (operator #0)" in err and "int16" in err and "Traceback" not in err
+
+
+def test_int16_conv_with_int32_bias_refused_by_name(tmp_path, capsys):
+    """int16x8 with int32 biases (the converter's _experimental_full_integer_quantization_bias_type)
+    takes other TFLM kernels, not compiled: refused, naming the operator."""
+    b = Builder("int16_bias32")
+    x = b.tensor([1, 4, 4, 2], np.int16, scale=1e-3, zp=0)
+    w = b.tensor([3, 1, 1, 2], np.int8, np.ones((3, 1, 1, 2), np.int8), scale=np.full(3, 0.01), zp=np.zeros(3))
+    bias = b.tensor([3], np.int32, np.zeros(3, np.int32), scale=np.full(3, 1e-5), zp=np.zeros(3))
+    y = b.tensor([1, 4, 4, 3], np.int16, scale=1e-3, zp=0)
+    b.op(BO.CONV_2D, [x, w, bias], [y], OPT.Conv2DOptions,
+         options("Conv2DOptionsT", padding=0, strideH=1, strideW=1, dilationHFactor=1, dilationWFactor=1))  # fmt: skip
+    (tmp_path / "m.tflite").write_bytes(b.finish([x], [y]))
+    assert main(["build", str(tmp_path / "m.tflite"), "-t", "host", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "CONV_2D (operator #0)" in err and "int32" in err and "Traceback" not in err

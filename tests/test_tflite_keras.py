@@ -60,7 +60,7 @@ def _ds_cnn():
 
 def _misc():
     """ZeroPadding2D, a valid Conv2D, global mean, sigmoid, tanh, Multiply, Subtract, Concatenate,
-    Reshape, Dense with a fused ReLU."""
+    Reshape, Dense with a fused ReLU, strided slices (one with a shrunk axis)."""
     x = tf.keras.Input((8, 8, 4), batch_size=1)
     p = L.ZeroPadding2D(((1, 0), (0, 1)))(x)
     c = L.Conv2D(6, 3, kernel_initializer=_init(11), bias_initializer="ones")(p)
@@ -71,7 +71,7 @@ def _misc():
     sub = L.Subtract()([m, t])
     r = L.Reshape((3, 6))(L.Concatenate()([mul, sub, s]))
     f = L.Dense(5, activation="relu", kernel_initializer=_init(12))(L.Flatten()(r))
-    return tf.keras.Model(x, [f, mul])
+    return tf.keras.Model(x, [f, mul, r[:, 1:, ::2], c[:, 2, 1:-1]])
 
 
 MODELS = {"cnn": _cnn, "ds_cnn": _ds_cnn, "misc": _misc}

@@ -81,9 +81,9 @@ SUPPORT: dict[str, OpSupport] = {
     "ConvInteger": OpSupport("int8, uint8 -> int32", "zero points constant"),
     "MatMulInteger": OpSupport("int8, uint8 -> int32", "zero points constant"),
     # Measured by edgecomp's op tests (tests/test_ops_wild.py, tests/test_recurrent.py).
-    "LSTM": OpSupport(_F, "unrolled over the static sequence (lower/recurrent.py); forward, reverse, bidirectional; layout 0 and 1; Y, Y_h, Y_c; initial_h/initial_c (the one-step streaming form: state in, state out); peepholes; clip; W, R, B, P constant (checked); sequence_lens absent or constant full length (checked); activations Sigmoid/Tanh/Relu without alpha/beta, input_forget=0 (checked)", "op tests"),
-    "GRU": OpSupport(_F, "as LSTM; linear_before_reset 0 and 1", "op tests"),
-    "RNN": OpSupport(_F, "as LSTM", "op tests"),
+    "LSTM": OpSupport(_F, "unrolled over the static sequence (lower/recurrent.py); forward, reverse, bidirectional; layout 0 and 1; Y, Y_h, Y_c; initial_h/initial_c (the one-step streaming form: state in, state out); peepholes; clip; W, R, B, P constant (checked); sequence_lens absent or constant full length (checked); activations Sigmoid/Tanh/Relu without alpha/beta, input_forget=0 (checked); integer (quant/ops/lstm.py, --quantize int8): forward, reverse, bidirectional; layout 0, batch 1, default activations, no peepholes, clip or sequence_lens; int8 x and h, int16 cell state", "op tests"),
+    "GRU": OpSupport(_F, "as LSTM in float; linear_before_reset 0 and 1; integer (quant/ops/gru.py, --quantize int8): forward, reverse, bidirectional; layout 0, batch 1, Sigmoid/Tanh, no clip or sequence_lens; int8 x and h", "op tests"),
+    "RNN": OpSupport(_F, "as LSTM in float", "op tests"),
     "TopK": OpSupport(_ALL, "K constant (checked); any axis, largest, sorted (sorted=0 gives the sorted order); K selection passes over the axis, equal values lower index first", "op tests"),
     "ArgMax": OpSupport(_F + " -> int64", "axis, keepdims, select_last_index", "op tests"),
     "Dropout": OpSupport(_ALL, "inference: the input, and a mask of all true; training_mode a constant false (checked)", "op tests"),

@@ -67,6 +67,8 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
         name_layers,
         set_weight_bits,
     )
+    from edgecomp.passes.quantize_lstm import quantize_lstms
+
     a16 = {name for name, b in (act_bits or {}).items() if b == 16}
     if a16 and scheme == "int16x8":
         raise UserError("--quantize int16x8 has int16 activations everywhere already: per-layer int16 is for mixed")
@@ -75,7 +77,6 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
 
         done = quantize(_at_least_opset(name_layers(model), INT4_OPSET), samples, scheme, method, weight_bits)
         return PassResult(set_act_bits(done.model, a16), done.report)
-
     if scheme == "mixed":  # int8 activations; 4 or 8 bits per layer as `weight_bits` says (passes/mixed.py)
         scheme, weight_bits = "int8", dict(weight_bits or {})
     if scheme == "w4a8" or weight_bits:
@@ -89,9 +90,16 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
         corrections = bias_corrections(base.float_model, base.model, base.floats, samples[:CORRECTION_SAMPLES],
                                        weights=weights)  # fmt: skip
         qmodel, _ = set_weight_bits(base.model, base.floats, weight_bits, corrections=corrections, weights=weights)
+        if scheme != "int16x8":  # int8 activations: the integer LSTM's form (passes/quantize_lstm.py)
+            qmodel = quantize_lstms(qmodel, base.float_model, samples)
         return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
-    return PassResult(quantize_base(model, samples, scheme, method).model,
-                      {"scheme": scheme, "calib_method": method, "samples": len(samples)})  # fmt: skip
+    # An LSTM's int16 cell state needs QuantizeLinear of opset 21 (as int4 weights do); GRUs go along.
+    lstm = scheme == "int8" and any(n.op_type in ("LSTM", "GRU") for n in model.graph.node)
+    base = quantize_base(model, samples, scheme, method, INT4_OPSET if lstm else QDQ_OPSET)
+    qmodel = base.model
+    if lstm:  # onnxruntime leaves LSTMs and GRUs in float: the integer form (passes/quantize_lstm.py)
+        qmodel = quantize_lstms(qmodel, base.float_model, samples)
+    return PassResult(qmodel, {"scheme": scheme, "calib_method": method, "samples": len(samples)})
 
 
 class Base(NamedTuple):

@@ -33,6 +33,7 @@ from edgecomp.quant.ops import (
     Pad,
     Quantize,
     Reshape,
+    StridedSlice,
     TflAvgPool,
     TflMean,
     TflSigmoid16,
@@ -488,6 +489,45 @@ class _Importer:
         value = int(_const(self.t(op.inputs[2]), op, "pad value").reshape(-1)[0]) if len(op.inputs) > 2 else \
             self.t(op.outputs[0]).zero_point  # fmt: skip
         self._pad(op, value)
+
+    def op_STRIDED_SLICE(self, op: TflOp) -> None:
+        """Constant begin/end/strides with begin, end and shrink-axis masks, in TFLite's order."""
+        x_t, y_t = self.t(op.inputs[0]), self.t(op.outputs[0])
+        _same_quant(op, x_t, y_t)
+        o = op.options
+        if o.get("EllipsisMask", 0) or o.get("NewAxisMask", 0) or o.get("Offset", False):
+            raise UnsupportedModelError(f"{op.label}: ellipsis or new-axis masks and offset are not compiled")
+        begin, end, strides = (_const(self.t(op.inputs[k]), op, what).astype(np.int64).reshape(-1)
+                               for k, what in ((1, "begin"), (2, "end"), (3, "strides")))  # fmt: skip
+        rank = len(x_t.shape)
+        if not len(begin) == len(end) == len(strides) == rank:
+            raise UnsupportedModelError(f"{op.label}: begin/end/strides of length {len(begin)} for rank {rank}")
+        starts, steps, sizes = [], [], []
+        for ax, dim in enumerate(x_t.shape):
+            bit = 1 << ax
+            if o.get("ShrinkAxisMask", 0) & bit:
+                idx = range(dim)[int(begin[ax]) : int(begin[ax]) + 1 or None]  # one index (negative from the end)
+            else:
+                b = None if o.get("BeginMask", 0) & bit else int(begin[ax])
+                e = None if o.get("EndMask", 0) & bit else int(end[ax])
+                idx = range(dim)[b:e:int(strides[ax])]
+            if len(idx) == 0:
+                raise UnsupportedModelError(f"{op.label}: an empty slice on axis {ax}")
+            starts.append(idx.start)
+            steps.append(idx.step)
+            sizes.append(len(idx))
+        x = self.get(op.inputs[0], "plain")
+        make = lambda out, q: StridedSlice(inputs=(x,), output=out, node=op.label, starts=tuple(starts),  # noqa: E731
+                                           steps=tuple(steps), shape=tuple(sizes))  # fmt: skip
+        if tuple(sizes) == tuple(y_t.shape):
+            self.define(op.outputs[0], make, "plain")
+            return
+        kept = self._name(f"{y_t.name}_kept")  # shrunk axes dropped by a reshape
+        self.tensors[kept] = QTensor(kept, tuple(sizes), y_t.dtype, y_t.scale, y_t.zero_point, y_t.name)
+        self.ops.append(make(kept, self.tensors[kept]))
+        self.define(op.outputs[0], lambda out, q: Reshape(inputs=(kept,), output=out, node=op.label,
+                                                           rescale=_identity(y_t.zero_point), lo=_qmin(y_t),
+                                                           hi=_qmax(y_t)), "plain")  # fmt: skip
 
     def op_TRANSPOSE(self, op: TflOp) -> None:
         x_t, y_t = self.t(op.inputs[0]), self.t(op.outputs[0])

@@ -9,7 +9,9 @@ from edgecomp.quant.ops import (  # noqa: F401
     edges,
     elementwise,
     extremum,
+    gru,
     layout,
+    lstm,
     lut,
     mean,
     pad,
@@ -25,7 +27,9 @@ from edgecomp.quant.ops.dense import Dense
 from edgecomp.quant.ops.edges import Dequantize, Quantize, integer_io, outputs_of
 from edgecomp.quant.ops.elementwise import Add, Mul, PRelu
 from edgecomp.quant.ops.extremum import Extremum, Reduce
-from edgecomp.quant.ops.layout import Concat, Reshape, Transpose
+from edgecomp.quant.ops.gru import Gru
+from edgecomp.quant.ops.layout import Concat, Reshape, StridedSlice, Transpose
+from edgecomp.quant.ops.lstm import Lstm
 from edgecomp.quant.ops.lut import Lut, Lut16, TflSigmoid16
 from edgecomp.quant.ops.mean import TflMean
 from edgecomp.quant.ops.pad import Pad
@@ -36,7 +40,7 @@ from edgecomp.quant.ops.softmax import Softmax
 from edgecomp.quant.ops.softmax_tfl import TflSoftmax, TflSoftmax16
 
 __all__ = [
-    "Add", "AvgPool", "Concat", "Conv", "Crop", "Dense", "Dequantize", "Extremum", "Lut", "Lut16", "MaxPool", "Mul", "PRelu", "Pad", "Place",
-    "Quantize", "Reduce", "Reshape", "Slice", "Softmax", "TflAvgPool", "TflMean", "TflSigmoid16", "TflSoftmax", "TflSoftmax16", "Transpose",
-    "integer_io", "outputs_of",
+    "Add", "AvgPool", "Concat", "Conv", "Crop", "Dense", "Dequantize", "Extremum", "Gru", "Lstm", "Lut", "Lut16", "MaxPool", "Mul", "PRelu",
+    "Pad", "Place", "Quantize", "Reduce", "Reshape", "Slice", "Softmax", "StridedSlice", "TflAvgPool", "TflMean", "TflSigmoid16", "TflSoftmax",
+    "TflSoftmax16", "Transpose", "integer_io", "outputs_of",
 ]  # fmt: skip

@@ -1,5 +1,6 @@
-"""Integer ops that move values: Reshape (also Flatten, Squeeze, Unsqueeze), Transpose, Concat.
-Each also rescales to its output's scale and zero point when they differ, then clamps."""
+"""Integer ops that move values: Reshape (also Flatten, Squeeze, Unsqueeze), Transpose, Concat,
+StridedSlice (TFLite's STRIDED_SLICE). All but StridedSlice also rescale to their output's scale and
+zero point when they differ, then clamp (TFLite requires a slice's to be its input's)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,26 @@ class Concat(IntOp):
     def reference(self, xs, dtype):
         parts = [r.apply(v) for v, r in zip(xs, self.rescales, strict=True)]
         return clamp(np.concatenate(parts, axis=self.axis), self.lo, self.hi, dtype)
+
+
+@register
+@dataclass(frozen=True, kw_only=True, eq=False)
+class StridedSlice(IntOp):
+    """out[i0, i1, ...] = x[starts[0] + i0 * steps[0], ...]: every axis an arithmetic progression
+    (a slice with any step, or one index); the output keeps the input's rank."""
+
+    kind = "strided_slice"
+    starts: tuple[int, ...]
+    steps: tuple[int, ...]
+    shape: tuple[int, ...]  # the output's
+
+    def validate(self) -> None:
+        self._require(len(self.starts) == len(self.steps) == len(self.shape), "one start, step and size per axis")
+        self._require(all(st != 0 for st in self.steps), "steps must not be 0")
+
+    def reference(self, xs, dtype):
+        idx = [s + np.arange(n) * st for s, st, n in zip(self.starts, self.steps, self.shape, strict=True)]
+        return xs[0][np.ix_(*idx)].astype(dtype)
 
 
 @handles("Reshape", "Flatten", "Squeeze", "Unsqueeze")
