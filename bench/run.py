@@ -182,7 +182,8 @@ MIXED_RULE = ("flash budget = the int8 build's flash less 40 % of its constants'
 def _mixed_choice(model: Path, target, workdir: Path, options: BuildOptions, calib: Path, prune: str | None
                   ) -> tuple[tuple[str, int], ...]:  # fmt: skip
     """The layers --quantize mixed puts at 4 bits for MIXED_RULE's budget (sensitivity measured on
-    the calibration samples: output SQNR)."""
+    the calibration samples: output SQNR). The rows compare weight widths: activations stay int8
+    (act16=False), as the rows' builds have them."""
     from edgecomp.mixed import mixed
 
     opts = replace(options, prune=prune) if prune else options
@@ -191,7 +192,7 @@ def _mixed_choice(model: Path, target, workdir: Path, options: BuildOptions, cal
     flash8 = int8.report.get("flash_bytes") or int8.report["weights_bytes"]
     budget = int(flash8 - (1 - MIXED_WEIGHTS_FRACTION) * int8.report["weights_bytes"])
     result = mixed(model, target, workdir / f"{model.stem}-{target.name}-mixed-search", replace(opts, fit_check=False),
-                   calib, None, budget, None, log=lambda *_: None)  # fmt: skip
+                   calib, None, budget, None, log=lambda *_: None, act16=False)  # fmt: skip
     return tuple(sorted(dict.fromkeys(result.report["mixed"]["layers_4bit"], 4).items()))
 
 

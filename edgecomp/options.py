@@ -36,6 +36,9 @@ class BuildOptions:
     # Layers (passes/int4.py layer_name) whose weights are int4, the rest int8: what --quantize mixed
     # chose (edgecomp/mixed.py), or an override for the other schemes.
     weight_bits: tuple[tuple[str, int], ...] = ()
+    # Layers whose output activations are int16 (passes/act16.py), the rest int8: --quantize mixed's
+    # choice (edgecomp/mixed.py).
+    act_bits: tuple[tuple[str, int], ...] = ()
     calib_method: str = "minmax"
     # "int8": a quantized model's C API takes and gives its integer tensors; "float": float tensors,
     # quantized at the edges; None: the model's own (float for ONNX, int8 for a full-integer TFLite).

@@ -228,7 +228,7 @@ def compile_model(prepared: Prepared, model_path: Path, target: Target, options:
             log(f"quantizing to {options.quantize} ({options.calib_method} calibration)")
             model = onnx.shape_inference.infer_shapes(
                 quantize(model, calib_samples, options.quantize, options.calib_method,
-                         dict(options.weight_bits) or None).model
+                         dict(options.weight_bits) or None, dict(options.act_bits) or None).model
             )  # fmt: skip
             if not is_quantized(model):  # asked for integers: a float build would be a silent surprise
                 ops = sorted({n.op_type for n in model.graph.node})
@@ -303,7 +303,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
             report["patches"] = patching
         report["integrity"] = {"enabled": options.integrity, "weights_sha256": project.weights_sha256,
                                "code_sha256": code_digest(binary)}  # fmt: skip
-        low_bit = options.quantize in LOW_BIT_SCHEMES or bool(options.weight_bits)
+        low_bit = options.quantize in LOW_BIT_SCHEMES or bool(options.weight_bits) or bool(options.act_bits)
         # The float-I/O integer graph, for accuracy against the float model (extracted once).
         float_io_graph = int_graph_for(fold_constants(model).model) if eval_data is not None or low_bit else None
         if eval_data is not None:

@@ -56,12 +56,16 @@ VARIANTS: tuple[Variant, ...] = (
             lambda op, g: int4.is_int4(op, g) and conv.is_depthwise(op, g)),
     Variant("dense_mve_s4", Dense, "kernels/dense_mve_s8.c.j2", mve.dense_mve_s4, frozenset({"mve"}), int4.is_int4),
     # int4 weights (weight_bits 4: lower/kernels/int4.py): packed two per byte, unpacked in the loop
+    Variant("conv_neon_s4", Conv, "kernels/conv_neon_s8.c.j2", int4.conv_neon_s4, frozenset({"neon"}),
+            lambda op, g: int4.is_int4(op, g) and conv.is_dense_conv(op, g), fuses_add=True),
     Variant("conv_s4", Conv, "kernels/conv_s4.c.j2", int4.conv_s4,
             applies=lambda op, g: int4.is_int4(op, g) and conv.is_dense_conv(op, g)),
     Variant("dwconv_neon_s4", Conv, "kernels/dwconv_s4.c.j2", int4.dwconv_neon_s4, frozenset({"neon"}),
             lambda op, g: int4.is_int4(op, g) and conv.neon_depthwise(op, g)),
     Variant("dwconv_s4", Conv, "kernels/dwconv_s4.c.j2", int4.dwconv_s4,
             applies=lambda op, g: int4.is_int4(op, g) and conv.is_depthwise(op, g)),
+    Variant("dense_neon_s4", Dense, "kernels/dense_neon_s8.c.j2", int4.dense_neon_s4, frozenset({"neon"}),
+            int4.is_int4),
     Variant("dense_s4", Dense, "kernels/dense_s4.c.j2", int4.dense_s4, applies=int4.is_int4),
     # Helium (Cortex-M55/M85): VMLADAVA dot products of int8 columns, vector requantization
     Variant("conv_mve_s8", Conv, "kernels/conv_mve_s8.c.j2", mve.conv_mve_s8, frozenset({"mve"}),
