@@ -76,7 +76,8 @@ def tflm_baseline() -> dict:
 
 
 def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: Path, prune: str | None = None,
-              dead_channels: str = "none", integrity: bool = False, patch: str | None = None) -> dict:  # fmt: skip
+              dead_channels: str = "none", integrity: bool = False, patch: str | None = None,
+              max_flash: int | None = None) -> dict:  # fmt: skip
     """One row. Builds leave out the weights check (--no-integrity), as TFLite Micro has none; with
     `integrity` the row also gets what the check (edgecomp's default) adds: flash and boot time."""
     target = load_target(target_name)
@@ -107,9 +108,11 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         options = replace(options, prune=prune)
     if patch:
         options = replace(options, patch=patch)
+    if max_flash:
+        options = replace(options, max_flash=max_flash)
     tag = (f"-{prune.replace('=', '')}" if prune else "") + (
         f"-dead{dead_channels}" if dead_channels != "none" else ""
-    ) + (f"-patch{patch.replace(':', '')}" if patch else "")
+    ) + (f"-patch{patch.replace(':', '')}" if patch else "") + (f"-flash{max_flash}" if max_flash else "")
     outdir = workdir / f"{model.stem}-{target_name}-{dtype}{tag}"
     # The compiler's own time and peak memory, measured in a child process that builds and exits.
     compile_s, peak_rss, result = _measured_build(model, target, outdir, options, calib)
@@ -127,6 +130,7 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
     floats = [Reference(ref_model).run(s) for s in float_samples[: len(runs)]]
     row = {
         "model": float_model.stem + (f" ({prune})" if prune else "") + (f" (patch {patch})" if patch else "")
+        + (f" (max-flash {max_flash:,})" if max_flash else "")
         + (f" (dead channels {dead_channels})" if dtype == "int8" and dead_channels != "none" else ""),
         "target": target_name, "dtype": dtype,
         "macs": rec["macs"],
@@ -137,6 +141,8 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
     }  # fmt: skip
     if result.report.get("patches"):
         row["patches"] = result.report["patches"]
+    if max_flash:
+        row["narrow_records"] = list(result.report.get("options", {}).get("narrow_records", []))
     check = check_outputs(result, samples[: len(runs)], [r.outputs for r in runs], tolerance=1e-4)
     if dtype == "fp32":
         row["rel_error_vs_onnxruntime"] = check.figures["rel_error"]
@@ -176,7 +182,8 @@ MIXED_RULE = ("flash budget = the int8 build's flash less 40 % of its constants'
 def _mixed_choice(model: Path, target, workdir: Path, options: BuildOptions, calib: Path, prune: str | None
                   ) -> tuple[tuple[str, int], ...]:  # fmt: skip
     """The layers --quantize mixed puts at 4 bits for MIXED_RULE's budget (sensitivity measured on
-    the calibration samples: output SQNR)."""
+    the calibration samples: output SQNR). The rows compare weight widths: activations stay int8
+    (act16=False), as the rows' builds have them."""
     from edgecomp.mixed import mixed
 
     opts = replace(options, prune=prune) if prune else options
@@ -185,7 +192,7 @@ def _mixed_choice(model: Path, target, workdir: Path, options: BuildOptions, cal
     flash8 = int8.report.get("flash_bytes") or int8.report["weights_bytes"]
     budget = int(flash8 - (1 - MIXED_WEIGHTS_FRACTION) * int8.report["weights_bytes"])
     result = mixed(model, target, workdir / f"{model.stem}-{target.name}-mixed-search", replace(opts, fit_check=False),
-                   calib, None, budget, None, log=lambda *_: None)  # fmt: skip
+                   calib, None, budget, None, log=lambda *_: None, act16=False)  # fmt: skip
     return tuple(sorted(dict.fromkeys(result.report["mixed"]["layers_4bit"], 4).items()))
 
 
@@ -223,8 +230,9 @@ def _nchw(shape: list[int]) -> tuple[int, ...]:
 
 
 def _with_baseline(row: dict, name: str, baseline: dict) -> dict:
-    """The row with its ratio to TFLite Micro + CMSIS-NN (int8, cortex-m7, unpruned)."""
-    if row["dtype"] in ("int8", "tflite") and row["target"] == "cortex-m7" and row["model"] == name and name in baseline:
+    """The row with its ratio to TFLite Micro + CMSIS-NN (int8, cortex-m7, unpruned; also a --max-flash row)."""
+    plain = row["model"] == name or row["model"].startswith(f"{name} (max-flash ")
+    if row["dtype"] in ("int8", "tflite") and row["target"] == "cortex-m7" and plain and name in baseline:
         b = baseline[name]
         ram = row["ram_bytes"] + (row["stack_bytes"] or 0)
         row["vs_tflm"] = {"instructions": round(row["instructions"] / b["instructions"], 3),
@@ -256,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                          "out, as TFLite Micro has none) and report its flash and its instructions at boot")  # fmt: skip
     ap.add_argument("--patch", help="int8/tflite: also build every model with this --patch (e.g. auto) and "
                                     "show its RAM and instructions beside the unpatched row")  # fmt: skip
+    ap.add_argument("--max-flash-tflm", type=float, metavar="FRACTION",
+                    help="int8/tflite: also build every model with --max-flash = FRACTION x its TFLM + CMSIS-NN "
+                         "flash (the baseline table; e.g. 0.8) and show its instructions beside the unbudgeted row")  # fmt: skip
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
     ap.add_argument("--workdir", type=Path, default=REPO / "build" / "bench")
     ap.add_argument(
@@ -292,12 +303,15 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in args.dtypes.split(","):
             for name in names:
                 console.print(f"[dim]bench: {name} {dtype} on {target}[/dim]")
-                variants = [(None, None)] + ([(args.prune, None)] if args.prune else []) + (
-                    [(None, args.patch)] if args.patch and dtype in ("int8", "tflite") else [])
-                for prune, patch in variants:
+                variants = [(None, None, None)] + ([(args.prune, None, None)] if args.prune else []) + (
+                    [(None, args.patch, None)] if args.patch and dtype in ("int8", "tflite") else [])
+                if args.max_flash_tflm and dtype in ("int8", "tflite") and name in baseline:
+                    variants.append((None, None, int(args.max_flash_tflm * baseline[name]["flash_bytes"])))
+                for prune, patch, max_flash in variants:
                     try:
                         row = bench_one(*paths[name], target, dtype, args.workdir, prune, args.dead_channels,
-                                        args.integrity and patch is None, patch)  # fmt: skip
+                                        args.integrity and patch is None and max_flash is None, patch,
+                                        max_flash)  # fmt: skip
                     except EdgecompError as exc:
                         console.print(f"[red]bench: {name} on {target}: {exc}[/red]")
                         rows.append({"model": name, "target": target, "dtype": dtype, "error": str(exc)})

@@ -46,8 +46,12 @@ def _build_parent() -> argparse.ArgumentParser:
     q.add_argument(
         "--quantize", choices=CHOICES["quantize"],
         help="post-training quantization before compiling (w4a8: int4 weights, int8 activations; mixed: 4 or "
-             "8 bits per layer, by measured sensitivity, to fit --max-flash/--max-ram)",
+             "8 bits per layer, by measured sensitivity, to fit --max-flash/--max-ram, and int16 outputs where "
+             "a layer needs them)",
     )  # fmt: skip
+    q.add_argument("--no-a16", action="store_true",
+                   help="--quantize mixed: keep every activation int8 (int16 layers run TVM's kernels, not the "
+                        "SIMD micro-kernels)")  # fmt: skip
     q.add_argument(
         "--calib",
         type=Path,
@@ -71,7 +75,8 @@ def _build_parent() -> argparse.ArgumentParser:
                    help="search pruning ratio and quantization for the least accuracy loss that fits the budget "
                         "(needs --calib and --eval)")  # fmt: skip
     q.add_argument("--max-flash", metavar="SIZE",
-                   help="--fit / --quantize mixed budget, e.g. 256K [the target's flash]")  # fmt: skip
+                   help="--fit / --quantize mixed budget, e.g. 256K [the target's flash]; an int8 build meets it "
+                        "with int8 instead of int16 weight records for the convolutions that cost least")  # fmt: skip
     q.add_argument("--max-ram", metavar="SIZE",
                    help="RAM budget incl. the reserved stack, e.g. 64K: for --fit and --quantize mixed, or "
                         "(quantized models) met by running the first stage patch by patch with the fewest "
@@ -419,13 +424,20 @@ def _build(args, reuse: bool, log) -> BuildResult:
         result = mixed(args.model, target, outdir, options, args.calib, args.eval,
                        parse_size(args.max_flash) if args.max_flash else None,
                        parse_size(args.max_ram) if args.max_ram else None, log,
-                       save_quantized=args.save_quantized, save_pruned=args.save_pruned)  # fmt: skip
+                       save_quantized=args.save_quantized, save_pruned=args.save_pruned,
+                       act16=not args.no_a16)  # fmt: skip
         from edgecomp import report
 
         report.print_precision(result.report.get("mixed", {}), result.report.get("precision", []))
         return result
-    if args.max_flash:
-        raise UserError("--max-flash is a budget for --fit and --quantize mixed")
+    if args.max_flash:  # an integer build: int8 weight records where int16 ones do not fit
+        from edgecomp.options import parse_size
+
+        if args.quantize is None and not str(args.model).endswith(".tflite"):
+            raise UserError("--max-flash is a budget for --fit, --quantize (int8: weight records) and --quantize mixed")
+        options = replace(options, max_flash=parse_size(args.max_flash))
+    if getattr(args, "no_a16", False):
+        raise UserError("--no-a16 is an option of --quantize mixed")
     if args.max_ram:
         from edgecomp.options import parse_size
 
@@ -557,7 +569,7 @@ def _qat(args, config, log) -> int:
             raise UserError("--qat mixed needs --max-flash (and --target for the flash figures)")
         outdir = args.output.with_name(args.output.stem + "-mixed-build")
         chosen = mixed(args.model, load_target(args.target), outdir, BuildOptions(calib_method=args.calib_method),
-                       args.calib, args.eval, parse_size(args.max_flash), None, log)  # fmt: skip
+                       args.calib, args.eval, parse_size(args.max_flash), None, log, act16=False)  # fmt: skip
         bits = dict.fromkeys(chosen.report["mixed"]["layers_4bit"], 4)
     lines = qat_files(args.model, args.qat, args.calib, args.data, args.eval, args.output, config,
                       parse_input_shapes(args.input_shape), args.calib_method, bits, log)  # fmt: skip

@@ -15,6 +15,15 @@ fits the budget with the least measured loss.
    is under the budget; then a real build. If the linker's figure is still over (kernel code
    differs), more layers follow until the overshoot is covered, and the build is repeated.
 
+int16 activations ("a16", passes/act16.py) where a layer needs them: before the weights are
+chosen, each layer's output alone made int16 (its readers read int16), measured as above (only
+when all of them int16 together gain A16_MIN_GAIN_DB: otherwise none can); a layer
+whose a16 output raises the model's output SQNR by at least A16_MIN_GAIN_DB (and costs no top-1)
+keeps it, most gain per extra RAM byte first, while the estimated RAM (int8's plus one byte per
+widened element) stays within the RAM budget. Its flash cost (the int64 biases and kernels of the
+int16-input layers) is counted like a saving in reverse; the 4-bit sensitivities are then measured
+with the a16 layers in place. If the model cannot fit with them, it is fitted again without.
+
 The report gets "precision" (each layer's bits, bytes, SQNR; pipeline.py) and "mixed" (the
 search: budget, every layer's sensitivity and saving, the builds tried).
 """
@@ -37,6 +46,7 @@ MAX_BUILDS = 6  # real builds tried after the estimate before giving up
 BIG_MODEL_MACS = 20_000_000  # above this, sensitivity is measured on SMALL_SAMPLES samples only
 SMALL_SAMPLES = 4
 MAX_SAMPLES = 500
+A16_MIN_GAIN_DB = 1.0  # output SQNR an int16 output must add to be worth its RAM and int16 kernels
 
 
 def _flash(result: BuildResult) -> int:
@@ -68,10 +78,13 @@ def const_bytes(op, graph, features: frozenset[str], kernels: str) -> int:
 
 def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions, calib: Path,
           eval_data: Path | None, max_flash: int | None, max_ram: int | None, log=print,
-          save_quantized: Path | None = None, save_pruned: Path | None = None) -> BuildResult:  # fmt: skip
-    """Choose each layer's weight width to fit the budget, build the choice into `outdir`."""
+          save_quantized: Path | None = None, save_pruned: Path | None = None, act16: bool = True
+          ) -> BuildResult:  # fmt: skip
+    """Choose each layer's weight width (and, with `act16`, output activation width) to fit the
+    budget, build the choice into `outdir`."""
     from edgecomp.io import load_calibration, load_eval
     from edgecomp.passes import fold_constants
+    from edgecomp.passes.act16 import set_act_bits
     from edgecomp.passes.int4 import INT4_OPSET, bias_corrections, int4_weights, name_layers, set_weight_bits
     from edgecomp.passes.quantize import CORRECTION_SAMPLES, GPTQ_SAMPLES, quantize_base
     from edgecomp.quant import int_graph_for, run_int_graph
@@ -85,8 +98,9 @@ def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions,
     quiet = lambda *_: None  # noqa: E731
     work = outdir.with_name(outdir.name + "-mixed")
     log("mixed: building int8 first")
-    int8 = build(model_path, target, work / "int8", replace(options, quantize="int8", weight_bits=(), fit_check=False),
-                 reuse=True, log=quiet, calib=calib)  # fmt: skip
+    int8 = build(model_path, target, work / "int8",
+                 replace(options, quantize="int8", weight_bits=(), act_bits=(), fit_check=False), reuse=True, log=quiet,
+                 calib=calib)  # fmt: skip
     flash8 = _flash(int8)
     summary: dict = {"flash_budget": flash_budget, "ram_budget": ram_budget, "int8_flash_bytes": flash8,
                      "int8_ram_bytes": _ram(int8), "builds": []}  # fmt: skip
@@ -102,87 +116,127 @@ def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions,
     summary["metric"] = "top1 + noise" if labels is not None else "noise (output SQNR)"
     summary["samples"] = len(samples)
 
-    chosen: dict[str, int] = {}
-    if flash8 <= flash_budget:
-        log(f"mixed: int8 fits ({flash8:,} B <= {flash_budget:,} B): every layer stays 8-bit")
-        final = build(model_path, target, outdir, replace(options, quantize="mixed", weight_bits=(), fit_check=False),
-                      reuse=True, log=quiet, calib=calib, eval_data=eval_data, save_quantized=save_quantized,
-                      save_pruned=save_pruned)  # fmt: skip
-    else:
-        log(f"mixed: int8 needs {flash8:,} B flash, budget {flash_budget:,} B: measuring each layer at 4 bits "
-            f"on {len(samples)} samples")  # fmt: skip
-        named = name_layers(float_model)
-        base = quantize_base(named, calib_samples, "int8", options.calib_method, INT4_OPSET)
-        weights = int4_weights(base.float_model, base.model, base.floats, calib_samples[:GPTQ_SAMPLES])
-        corrections = bias_corrections(base.float_model, base.model, base.floats, calib_samples[:CORRECTION_SAMPLES],
-                                       weights=weights)  # fmt: skip
-        ref = Reference(float_model)
-        want = np.stack([ref.run(s)[0] for s in samples])
+    named = name_layers(float_model)
+    base = quantize_base(named, calib_samples, "int8", options.calib_method, INT4_OPSET)
+    corrections: dict = {}
+    weights: dict = {}  # int4 weights (GPTQ, passes/int4.py int4_weights), made with the 4-bit sensitivities
 
-        def graph_of(bits: dict[str, int]):
-            q, _ = set_weight_bits(base.model, base.floats, bits, corrections=corrections, weights=weights)
-            return int_graph_for(fold_constants(onnx.shape_inference.infer_shapes(q)).model)
+    def graph_of(bits: dict[str, int], acts: frozenset[str] = frozenset()):
+        q, _ = set_weight_bits(base.model, base.floats, bits, corrections=corrections, weights=weights or None)
+        return int_graph_for(fold_constants(onnx.shape_inference.infer_shapes(set_act_bits(q, acts))).model)
 
-        def measure(bits: dict[str, int]) -> tuple[float, float | None]:
-            g = graph_of(bits)
-            got = np.stack([run_int_graph(g, s)[0] for s in samples])
-            top = None
-            if labels is not None:
-                top = float(np.mean(got.reshape(len(samples), -1).argmax(axis=1) == labels))
-            return float(sqnr_db(want, got)), top
+    ref = Reference(float_model)
+    want = np.stack([ref.run(s)[0] for s in samples])
 
-        g8 = graph_of({})
-        ops8 = {op.node: op for op in g8.ops if isinstance(op, LinearOp)}
-        all4 = graph_of(dict.fromkeys(ops8, 4))
+    def measure(bits: dict[str, int], acts: frozenset[str] = frozenset()) -> tuple[float, float | None]:
+        g = graph_of(bits, acts)
+        got = np.stack([run_int_graph(g, s)[0] for s in samples])
+        top = None
+        if labels is not None:
+            top = float(np.mean(got.reshape(len(samples), -1).argmax(axis=1) == labels))
+        return float(sqnr_db(want, got)), top
+
+    g8 = graph_of({})
+    ops8 = {op.node: op for op in g8.ops if isinstance(op, LinearOp)}
+    s8, t8 = measure({})
+    summary["int8_sqnr_db"] = round(s8, 2)
+    if t8 is not None:
+        summary["int8_top1"] = t8
+    a16: frozenset[str] = frozenset()
+    if act16:
+        a16 = _choose_a16(ops8, g8, measure, s8, t8, _ram(int8), ram_budget, summary, log)
+
+    def a16_flash(acts: frozenset[str]) -> int:
+        """The constants' bytes int16 activations add (int64 biases, int16-input kernels)."""
+        if not acts:
+            return 0
+        g = graph_of({}, acts)
+        return sum(const_bytes(op, g, target.features, options.kernels) for op in g.ops if isinstance(op, LinearOp)) - sum(
+            const_bytes(op, g8, target.features, options.kernels) for op in ops8.values())  # fmt: skip
+
+    rows: list[dict] | None = None
+
+    def sensitivities(acts: frozenset[str]) -> list[dict]:
+        """Each layer alone at 4 bits (with the a16 layers `acts`): loss, bytes saved."""
+        if not weights:
+            weights.update(int4_weights(base.float_model, base.model, base.floats, calib_samples[:GPTQ_SAMPLES]))
+            corrections.update(bias_corrections(base.float_model, base.model, base.floats,
+                                                calib_samples[:CORRECTION_SAMPLES], weights=weights))  # fmt: skip
+        log(f"mixed: measuring each layer at 4 bits on {len(samples)} samples")
+        g = graph_of({}, acts)
+        ops = {op.node: op for op in g.ops if isinstance(op, LinearOp)}
+        all4 = graph_of(dict.fromkeys(ops, 4), acts)
         ops4 = {op.node: op for op in all4.ops if isinstance(op, LinearOp)}
-        s0, t0 = measure({})
-        rows = []
-        for name, op8 in ops8.items():
+        s0, t0 = measure({}, acts)
+        out = []
+        for name, op8 in ops.items():
             op4 = ops4.get(name)
             if op4 is None or op4.weight_bits != 4:
                 continue
-            saved = const_bytes(op8, g8, target.features, options.kernels) - const_bytes(
+            saved = const_bytes(op8, g, target.features, options.kernels) - const_bytes(
                 op4, all4, target.features, options.kernels
             )
-            s, t = measure({name: 4})
+            s, t = measure({name: 4}, acts)
             loss = max(_noise(s) - _noise(s0), 0.0) + (max(t0 - t, 0.0) if t is not None else 0.0)
             row = {"layer": name, "weights": int(op8.weight.size), "bytes_saved": int(saved), "sqnr_4bit_db": round(s, 2),
                    "loss": loss}  # fmt: skip
             if t is not None:
                 row["top1_4bit"] = t
-            rows.append(row)
+            out.append(row)
             log(f"mixed: {name}: 4-bit saves {saved:,} B, output SQNR {s:.1f} dB" + (f", top-1 {t:.1%}" if t is not None else ""))
-        rows.sort(key=lambda r: (r["loss"] + 1e-12) / max(r["bytes_saved"], 1))
-        summary.update(int8_sqnr_db=round(s0, 2), layers=rows)
-        if t0 is not None:
-            summary["int8_top1"] = t0
-        target_flash = flash_budget
+        out.sort(key=lambda r: (r["loss"] + 1e-12) / max(r["bytes_saved"], 1))
+        return out
+
+    def fit(acts: frozenset[str]) -> tuple[BuildResult | None, dict[str, int]]:
+        """Builds with the a16 layers `acts` and ever more 4-bit layers until one fits the flash."""
+        nonlocal rows
+        extra = a16_flash(acts)
+        target_flash, chosen = flash_budget, {}
         for _ in range(MAX_BUILDS):
-            est, n = flash8, 0
-            while est > target_flash and n < len(rows):
+            est, n = flash8 + extra, 0
+            if est > target_flash and rows is None:
+                log(f"mixed: int8{' with int16 outputs' if acts else ''} needs ~{est:,} B flash, budget "
+                    f"{flash_budget:,} B")  # fmt: skip
+                rows = sensitivities(acts)
+            while est > target_flash and n < len(rows or []):
                 est -= rows[n]["bytes_saved"]
                 n += 1
-            chosen = {r["layer"]: 4 for r in rows[:n]}
-            opts = replace(options, quantize="mixed", weight_bits=tuple(sorted(chosen.items())), fit_check=False)
-            log(f"mixed: {n} of {len(rows)} layers at 4 bits (estimated {est:,} B): building")
+            chosen = {r["layer"]: 4 for r in (rows or [])[:n]}
+            opts = replace(options, quantize="mixed", weight_bits=tuple(sorted(chosen.items())),
+                           act_bits=tuple((name, 16) for name in sorted(acts)), fit_check=False)  # fmt: skip
+            log(f"mixed: {n} of {len(rows or [])} layers at 4 bits, {len(acts)} with int16 outputs "
+                f"(estimated {est:,} B): building")  # fmt: skip
             res = build(model_path, target, outdir, opts, reuse=True, log=quiet, calib=calib, eval_data=eval_data,
                         save_quantized=save_quantized, save_pruned=save_pruned)  # fmt: skip
             flash = _flash(res)
-            summary["builds"].append({"layers_4bit": n, "estimated_flash_bytes": est, "flash_bytes": flash})
-            if flash <= flash_budget or n == len(rows):
+            summary["builds"].append({"layers_4bit": n, "layers_a16": len(acts), "estimated_flash_bytes": est,
+                                      "flash_bytes": flash})  # fmt: skip
+            if flash <= flash_budget:
+                return res, chosen
+            if rows is not None and n == len(rows):
                 break
             target_flash -= flash - flash_budget  # the estimate was short by this much: aim lower
-        else:
-            res = None
-        for r in rows:
-            r["weight_bits"] = chosen.get(r["layer"], 8)
-        if res is None or _flash(res) > flash_budget:
-            got = _flash(res) if res is not None else flash8
-            raise DoesNotFitError(
-                f"--quantize mixed: even with {len(chosen)} of {len(rows)} layers at 4 bits the model needs "
-                f"{got:,} B flash > {flash_budget:,} B; prune it (--prune) or pick a bigger target"
-            )
-        final = res
+        return None, chosen
+
+    final, chosen = fit(a16)
+    if a16 and (final is None or (ram_budget and _ram(final) > ram_budget)):
+        log("mixed: the model does not fit with int16 outputs: fitting it again with int8 activations only")
+        a16 = frozenset()
+        rows = None
+        final, chosen = fit(a16)
+    if final is None:
+        n_rows = len(rows or [])
+        got = summary["builds"][-1]["flash_bytes"] if summary["builds"] else flash8
+        raise DoesNotFitError(
+            f"--quantize mixed: even with {len(chosen)} of {n_rows} layers at 4 bits the model needs "
+            f"{got:,} B flash > {flash_budget:,} B; prune it (--prune) or pick a bigger target"
+        )
+    if not chosen and not a16:
+        log(f"mixed: int8 fits ({flash8:,} B <= {flash_budget:,} B): every layer stays 8-bit")
+    for r in rows or []:
+        r["weight_bits"] = chosen.get(r["layer"], 8)
+    if rows is not None:
+        summary["layers"] = rows
     fits = final.report.get("fits", {})
     if options.fit_check and (fits.get("flash_ok") is False or fits.get("ram_ok") is False):
         raise DoesNotFitError(f"--quantize mixed: the chosen model ({_flash(final):,} B flash, {_ram(final):,} B RAM "
@@ -192,12 +246,51 @@ def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions,
                               "int4 weights do not reduce RAM: prune it or pick a bigger target")  # fmt: skip
     summary["flash_bytes"] = _flash(final)
     summary["layers_4bit"] = sorted(chosen)
+    summary["layers_a16"] = sorted(a16)
     sens = {r["layer"]: r for r in summary.get("layers", [])}
+    sens16 = {r["layer"]: r for r in summary.get("act16", [])}
     for row in final.report.get("precision", []):
         if row["layer"] in sens:
             row["sqnr_4bit_db"] = sens[row["layer"]]["sqnr_4bit_db"]
+        if row["layer"] in sens16:
+            row["sqnr_a16_db"] = sens16[row["layer"]]["sqnr_a16_db"]
     final.report["mixed"] = summary
     (final.outdir / "report.json").write_text(json.dumps(final.report, indent=2, default=float) + "\n")
-    log(f"mixed: {len(chosen)} layers at 4 bits: {summary['flash_bytes']:,} B flash (budget {flash_budget:,} B, "
+    log(f"mixed: {len(chosen)} layers at 4 bits, {len(a16)} with int16 outputs: {summary['flash_bytes']:,} B flash "
+        f"(budget {flash_budget:,} B, "
         f"int8 {flash8:,} B)")  # fmt: skip
     return final
+
+
+def _choose_a16(ops8: dict, g8, measure, s8: float, t8: float | None, ram8: int, ram_budget: int | None,
+                summary: dict, log) -> frozenset[str]:  # fmt: skip
+    """The layers whose int16 output is worth it (module docstring), within the RAM budget. All
+    candidates together first: when even that gains less than A16_MIN_GAIN_DB (the noise the int8
+    outputs add is small), no layer alone is measured — one run instead of one per layer."""
+    rows = []
+    extras = {name: int(np.prod(g8.tensors[op.output].shape)) for name, op in ops8.items()}  # +1 B an element
+    candidates = [name for name in ops8 if not ram_budget or ram8 + extras[name] <= ram_budget]
+    if not candidates:
+        return frozenset()
+    s_all, _ = measure({}, frozenset(candidates))
+    summary["a16_all_gain_db"] = round(s_all - s8, 2)
+    if s_all - s8 < A16_MIN_GAIN_DB:
+        log(f"mixed: int16 outputs everywhere would add {s_all - s8:+.1f} dB output SQNR: activations stay int8")
+        return frozenset()
+    for name in candidates:
+        extra = extras[name]
+        s, t = measure({}, frozenset({name}))
+        row = {"layer": name, "sqnr_a16_db": round(s, 2), "gain_db": round(s - s8, 2), "ram_extra_bytes": extra}
+        if t is not None:
+            row["top1_a16"] = t
+        row["chosen"] = s - s8 >= A16_MIN_GAIN_DB and (t is None or t8 is None or t >= t8)
+        rows.append(row)
+        log(f"mixed: {name}: int16 output: output SQNR {s:.1f} dB ({s - s8:+.1f} dB)")
+    ram = ram8
+    for row in sorted((r for r in rows if r["chosen"]), key=lambda r: -r["gain_db"] / max(r["ram_extra_bytes"], 1)):
+        if ram_budget and ram + row["ram_extra_bytes"] > ram_budget:
+            row["chosen"] = False
+            continue
+        ram += row["ram_extra_bytes"]
+    summary["act16"] = rows
+    return frozenset(r["layer"] for r in rows if r["chosen"])

@@ -36,6 +36,9 @@ class BuildOptions:
     # Layers (passes/int4.py layer_name) whose weights are int4, the rest int8: what --quantize mixed
     # chose (edgecomp/mixed.py), or an override for the other schemes.
     weight_bits: tuple[tuple[str, int], ...] = ()
+    # Layers whose output activations are int16 (passes/act16.py), the rest int8: --quantize mixed's
+    # choice (edgecomp/mixed.py).
+    act_bits: tuple[tuple[str, int], ...] = ()
     calib_method: str = "minmax"
     # "int8": a quantized model's C API takes and gives its integer tensors; "float": float tensors,
     # quantized at the edges; None: the model's own (float for ONNX, int8 for a full-integer TFLite).
@@ -55,6 +58,12 @@ class BuildOptions:
     # within PATCH_MAC_CAP times the MACs; "auto:1.5" another cap) or "TENSOR:GHxGW" (that cut and grid)
     patch: str = "none"
     max_ram: int | None = None  # a RAM budget (static RAM + the reserved stack) patching must meet
+    # --max-flash (int8 builds): a flash budget met by keeping the weights of the convolutions with the
+    # fewest output pixels as int8 records (slower by ~0.25 instructions/MAC) instead of int16 ones
+    max_flash: int | None = None
+    # Convolutions (by output tensor) whose matrix-product kernel reads int8 weight records though
+    # int16 ones would be faster: what --max-flash chose (edgecomp/lower/kernels/mm.py narrow_plan)
+    narrow_records: tuple[str, ...] = ()
     # --name: the prefix of every exported symbol, macro, section and file (kws_run, KWS_ARENA_BYTES,
     # kws.h); "model" keeps the names every earlier build had (codegen/naming.py)
     name: str = "model"

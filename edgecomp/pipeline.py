@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -228,7 +228,7 @@ def compile_model(prepared: Prepared, model_path: Path, target: Target, options:
             log(f"quantizing to {options.quantize} ({options.calib_method} calibration)")
             model = onnx.shape_inference.infer_shapes(
                 quantize(model, calib_samples, options.quantize, options.calib_method,
-                         dict(options.weight_bits) or None).model
+                         dict(options.weight_bits) or None, dict(options.act_bits) or None).model
             )  # fmt: skip
             if not is_quantized(model):  # asked for integers: a float build would be a silent surprise
                 ops = sorted({n.op_type for n in model.graph.node})
@@ -263,6 +263,9 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
     build needs neither the graph passes nor calibration again.
     """
     options = options or BuildOptions()
+    if options.max_flash is not None:
+        return _build_within_flash(model_path, target, outdir, options, reuse, log, calib, eval_data,
+                                   save_quantized, save_pruned)  # fmt: skip
     outdir = Path(outdir or default_outdir(model_path, target))
     prepared = prepare(model_path, options, calib, eval_data, save_quantized)
     tfl = prepared.tfl
@@ -300,7 +303,7 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
             report["patches"] = patching
         report["integrity"] = {"enabled": options.integrity, "weights_sha256": project.weights_sha256,
                                "code_sha256": code_digest(binary)}  # fmt: skip
-        low_bit = options.quantize in LOW_BIT_SCHEMES or bool(options.weight_bits)
+        low_bit = options.quantize in LOW_BIT_SCHEMES or bool(options.weight_bits) or bool(options.act_bits)
         # The float-I/O integer graph, for accuracy against the float model (extracted once).
         float_io_graph = int_graph_for(fold_constants(model).model) if eval_data is not None or low_bit else None
         if eval_data is not None:
@@ -353,6 +356,42 @@ def _as_built(graph: IntGraph | None, report: dict) -> IntGraph | None:
 NON_ARENA_RAM = 768  # static RAM besides the arena (harness buffers, runtime: 536 B on cortex-m7): for --max-ram
 
 
+# Builds at most this many times to meet --max-flash (the code of a narrowed kernel differs a little).
+FLASH_FIT_ROUNDS = 3
+
+
+def _build_within_flash(model_path: Path, target: Target, outdir: Path | None, options: BuildOptions, reuse: bool,
+                        log, calib, eval_data, save_quantized, save_pruned) -> BuildResult:  # fmt: skip
+    """--max-flash for an integer build: built as usual, then, while its flash is over the budget, again
+    with int8 weight records for the convolutions kernels.narrow_plan picks (the ones that cost the
+    fewest instructions per byte saved). A budget that cannot be met is an error saying by how much."""
+    from edgecomp.lower.kernels import narrow_plan
+
+    budget = options.max_flash
+    base = replace(options, max_flash=None)
+    result = build(model_path, target, outdir, base, reuse, log, calib, eval_data, save_quantized, save_pruned)
+    if result.int_graph is None:
+        raise UserError("--max-flash without --fit or --quantize mixed applies to integer builds: add --quantize int8")
+    narrow: tuple[str, ...] = ()
+    for _ in range(FLASH_FIT_ROUNDS):
+        excess = result.report["flash_bytes"] - budget
+        if excess <= 0:
+            return result
+        more, saved = narrow_plan(result.int_graph, target.features, excess, narrow)
+        if not more:
+            break
+        narrow = tuple(dict.fromkeys(narrow + more))
+        log(f"edgecomp: flash {result.report['flash_bytes']:,} B > --max-flash {budget:,} B: int8 weight records for "
+            f"{len(more)} more convolution(s) (~{saved:,} B)")
+        result = build(model_path, target, outdir, replace(base, narrow_records=narrow), reuse, log, calib, eval_data,
+                       save_quantized, save_pruned)  # fmt: skip
+    excess = result.report["flash_bytes"] - budget
+    if excess > 0:
+        raise DoesNotFitError(f"flash {result.report['flash_bytes']:,} B exceeds --max-flash {budget:,} B by {excess:,} B "
+                              "with no convolution left that reads int16 weight records")
+    return result
+
+
 def _patch_and_lower(model, int_graph: IntGraph | None, options: BuildOptions, target: Target, naming: Naming,
                      log):  # fmt: skip
     """(integer graph, lowered model, the patching report or None). Quantized builds may run their
@@ -364,7 +403,7 @@ def _patch_and_lower(model, int_graph: IntGraph | None, options: BuildOptions, t
 
     def lower(graph):
         return lower_model(model if graph is not None else fold_constants(model).model, graph,
-                           options.kernels, target.features, naming.ns)  # fmt: skip
+                           options.kernels, target.features, naming.ns, frozenset(options.narrow_records))  # fmt: skip
 
     if int_graph is None:
         if options.patch != "none" or options.max_ram is not None:

@@ -215,9 +215,13 @@ def print_precision(summary: dict, precision: list[dict]) -> None:
     if summary:
         title = (f"--quantize mixed: {summary.get('flash_bytes', 0):,} B flash (budget {summary['flash_budget']:,} B, "
                  f"int8 {summary['int8_flash_bytes']:,} B)")  # fmt: skip
-    table = Table("layer", "weights", "act", "weight bytes", "SQNR dB", "alone at 4 bits", title=title)
+    table = Table("layer", "weights", "act (in->out)", "weight bytes", "SQNR dB", "alone at 4 bits",
+                  "int16 output alone", title=title)  # fmt: skip
     for r in precision:
-        table.add_row(r["layer"], f"int{r['weight_bits']}", f"int{r['act_bits']}", f"{r['weights_bytes']:,}",
+        act = f"int{r['act_bits']}" if r.get("in_bits", r["act_bits"]) == r["act_bits"] else \
+            f"int{r['in_bits']}->int{r['act_bits']}"  # fmt: skip
+        table.add_row(r["layer"], f"int{r['weight_bits']}", act, f"{r['weights_bytes']:,}",
                       "" if r.get("sqnr_db") is None else f"{r['sqnr_db']:.1f}",
-                      "" if r.get("sqnr_4bit_db") is None else f"{r['sqnr_4bit_db']:.1f} dB")  # fmt: skip
+                      "" if r.get("sqnr_4bit_db") is None else f"{r['sqnr_4bit_db']:.1f} dB",
+                      "" if r.get("sqnr_a16_db") is None else f"{r['sqnr_a16_db']:.1f} dB")  # fmt: skip
     console.print(table)

@@ -44,17 +44,24 @@ def _matmul(k, n_out):
     return make_model(nodes, [("x", [2, k])], [("y", [2, n_out])], [weight("w", [k, n_out])])
 
 
+def _residual(c, hw):
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Add", ["c", "x"], ["y"])]
+    return make_model(nodes, [("x", [1, c, *hw])], [("y", [1, c, *hw])], [weight("w", [c, c, 3, 3]), weight("b", [c])])
+
+
 CASES = {
     # K = 27 (not a multiple of 8: each row's nibbles padded to K8), 35 pixels, 5 channels (odd)
     "conv_k27_odd": (lambda: _conv(3, 5, (5, 7), 3), "conv_s4"),
     "conv_stride2_k36": (lambda: _conv(4, 7, (9, 8), 3, stride=2, pads=(0, 1, 2, 1)), "conv_s4"),
     "conv_1x1_k13": (lambda: _conv(13, 3, (3, 5), 1, pads=(0, 0, 0, 0)), "conv_s4"),
     "conv_k360_chunks": (lambda: _conv(40, 3, (4, 3), 3), "conv_s4"),  # K > 256: two chunks of products
+    "conv_residual_add": (lambda: _residual(6, (5, 6)), "conv_s4"),  # NEON: the Add fused into the conv
     "depthwise_odd": (lambda: _conv(5, 5, (7, 5), 3, group=5), "dwconv"),  # 45 taps: the last byte half used
     "depthwise_stride2": (lambda: _conv(4, 4, (8, 9), 3, stride=2, group=4), "dwconv"),
     "dense_k30_out7": (lambda: _dense(30, 7), "dense_s4"),
     "dense_k9_out3_batch2": (lambda: _dense(9, 3, batch=2), "dense_s4"),
     "dense_k600_out6_chunks": (lambda: _dense(600, 6), "dense_s4"),
+    "dense_k70_out9": (lambda: _dense(70, 9), "dense_s4"),  # NEON: two groups of 32, no 16, a tail of 6
     "matmul_k17": (lambda: _matmul(17, 5), "dense_s4"),
 }
 
@@ -67,8 +74,9 @@ def _w4a8(model, tmp_path, target, kernels="auto"):
     return build(path, load_target(target), tmp_path / f"{target}-{kernels}", options, log=lambda *_: None)
 
 
-def _bit_exact(name, target, tmp_path, kernels="auto"):
-    make, variant = CASES[name]
+def _bit_exact(name, target, tmp_path, kernels="auto", variant=None):
+    make, portable = CASES[name]
+    variant = variant or portable
     model = make()
     result = _w4a8(model, tmp_path, target, kernels)
     assert all(op.weight_bits == 4 for op in result.int_graph.ops if hasattr(op, "weight_bits"))
@@ -180,10 +188,16 @@ def test_s4_kernels_dsp_bit_exact(name, target, tmp_path):
     assert "\tsmlad\t" in dis  # the DSP instruction, not its portable C
 
 
+NEON_VARIANTS = {"conv_s4": "conv_neon_s4", "dwconv": "dwconv_neon_s4", "dense_s4": "dense_neon_s4",
+                 "conv_residual_add": "conv_neon_s4+add"}  # fmt: skip
+
+
 @pytest.mark.skipif(not HAVE_A64, reason="needs qemu-system-aarch64 and aarch64-linux-gnu-gcc")
-@pytest.mark.parametrize("name", ["conv_stride2_k36", "depthwise_stride2", "dense_k30_out7"])
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_s4_kernels_neon_bit_exact(name, tmp_path):
-    _bit_exact(name, "cortex-a53-virt", tmp_path)
+    """On AArch64 the NEON int4 kernels are chosen (K with and without a tail of K % 4 (conv) and
+    K % 16 (dense), pointwise, chunks), bit-exact with the reference in QEMU."""
+    _bit_exact(name, "cortex-a53-virt", tmp_path, variant=NEON_VARIANTS.get(name, NEON_VARIANTS[CASES[name][1]]))
 
 
 def test_onnxruntime_int4_qdq_imports(tmp_path):
@@ -324,17 +338,118 @@ def test_qat_recovers_to_half_a_point_and_compiles_bit_exactly(digits_model, tmp
         np.testing.assert_array_equal(run.outputs[0], w[0])
 
 
+def _wide_range_model():
+    """Conv -> Relu -> Flatten -> Gemm where one conv channel is 300x the others: the conv's int8
+    output grid (set by that channel) leaves the other channels a few steps; the dense layer
+    weighs that channel down, so the model's output depends on the fine ones."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 1, 3, 3)).astype(np.float32) * 0.3
+    w[0] *= 300.0
+    d = rng.standard_normal((10, 8 * 36)).astype(np.float32) * 0.2
+    d[:, :36] /= 300.0
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Gemm", ["f", "d", "e"], ["y"], transB=1,
+                                                                          name="fc")]  # fmt: skip
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(8, np.float32), "b"),
+             numpy_helper.from_array(d, "d"), numpy_helper.from_array(np.zeros(10, np.float32), "e")]  # fmt: skip
+    return make_model(nodes, [("x", [1, 1, 8, 8])], [("y", [1, 10])], inits)
+
+
+def test_mixed_gives_int16_outputs_to_the_layer_that_needs_them(tmp_path):
+    """mixed with int16 activations allowed vs int8 activations only, at the same flash budget (60 %
+    of int8, so the dense layer goes to 4 bits either way): the wide-range conv gets an int16 output,
+    the Flatten passes it on, the dense layer reads int16; the host's output SQNR against float is
+    higher, and the host build is bit-exact with the integer reference."""
+    from edgecomp.mixed import mixed
+    from edgecomp.quant.accuracy import sqnr_db
+    from edgecomp.verify import Reference
+
+    model = _wide_range_model()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "calib.npy", np.stack([random_inputs(model, s)[0] for s in range(32)]))
+    host = load_target("host")
+    int8 = build(tmp_path / "m.onnx", host, tmp_path / "int8", BuildOptions(quantize="int8"), log=lambda *_: None,
+                 calib=tmp_path / "calib.npy")  # fmt: skip
+    budget = int(0.6 * int8.report["weights_bytes"])
+    samples = [random_inputs(model, s) for s in range(100, 116)]
+    want = np.stack([Reference(model).run(s)[0] for s in samples])
+    sqnr, results = {}, {}
+    for act16 in (True, False):
+        r = mixed(tmp_path / "m.onnx", host, tmp_path / f"mixed-{act16}", BuildOptions(), tmp_path / "calib.npy", None,
+                  budget, None, log=lambda *_: None, act16=act16, save_quantized=tmp_path / f"q-{act16}.onnx")  # fmt: skip
+        assert r.report["weights_bytes"] <= budget and r.report["mixed"]["layers_4bit"] == ["fc"]
+        runs = run_samples(r, samples)
+        for run, exp in zip(runs, expected_outputs(r, samples), strict=True):
+            np.testing.assert_array_equal(run.outputs[0], exp[0])
+        sqnr[act16] = sqnr_db(want, np.stack([run.outputs[0] for run in runs]))
+        results[act16] = r
+    rows = {r["layer"]: r for r in results[True].report["precision"]}
+    assert results[True].report["mixed"]["layers_a16"] == ["conv"]
+    assert (rows["conv"]["in_bits"], rows["conv"]["act_bits"], rows["fc"]["in_bits"], rows["fc"]["act_bits"]) == (8, 16, 16, 8)
+    assert rows["fc"]["weight_bits"] == 4 and rows["conv"]["sqnr_a16_db"] > results[True].report["mixed"]["int8_sqnr_db"]
+    assert all(r["act_bits"] == 8 and r["in_bits"] == 8 for r in results[False].report["precision"])
+    # The chosen model is standard QDQ (int16 Q/DQ: opset 21) that onnxruntime runs, close to the device.
+    saved = onnx.load(tmp_path / "q-True.onnx")
+    onnx.checker.check_model(saved, full_check=True)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(saved.SerializeToString(), providers=["CPUExecutionProvider"])
+    by_ort = np.stack([sess.run(None, {"x": s[0]})[0] for s in samples])
+    assert sqnr_db(by_ort, np.stack([run.outputs[0] for run in run_samples(results[True], samples)])) > 30
+    print("output SQNR: int16 where needed", sqnr[True], "int8 activations only", sqnr[False])
+    assert sqnr[True] > sqnr[False] + 3.0
+    if HAVE_ARM:  # the same choice on the device: bit-exact in QEMU
+        opts = BuildOptions(quantize="mixed", weight_bits=(("fc", 4),), act_bits=(("conv", 16),), extra_cflags="-Werror")
+        m7 = build(tmp_path / "m.onnx", load_target("cortex-m7"), tmp_path / "m7", opts, log=lambda *_: None,
+                   calib=tmp_path / "calib.npy")  # fmt: skip
+        assert {t.dtype for t in m7.int_graph.tensors.values()} >= {"int8", "int16"}
+        for run, exp in zip(run_samples(m7, samples[:4]), expected_outputs(m7, samples[:4]), strict=True):
+            np.testing.assert_array_equal(run.outputs[0], exp[0])
+
+
+def test_mixed_cli_reports_each_layers_activation_widths(tmp_path, capsys):
+    """`edgecomp build --quantize mixed`: report.json and the printed table give the conv's int16
+    output (the dense layer's int16 input); --no-a16 keeps int8 activations, and is refused
+    without mixed."""
+    import json
+
+    from edgecomp.cli import main
+
+    model = _wide_range_model()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "calib.npy", np.stack([random_inputs(model, s)[0] for s in range(32)]))
+    common = ["build", str(tmp_path / "m.onnx"), "-t", "host", "--calib", str(tmp_path / "calib.npy"),
+              "--quantize", "mixed", "--max-flash", "100K"]  # fmt: skip
+
+    def widths(folder):
+        rows = json.loads((tmp_path / folder / "report.json").read_text())["precision"]
+        return {r["layer"]: (r["in_bits"], r["act_bits"]) for r in rows}
+
+    assert main([*common, "-o", str(tmp_path / "a")]) == 0
+    assert "int16" in capsys.readouterr().out
+    assert widths("a") == {"conv": (8, 16), "fc": (16, 8)}
+    assert main([*common, "-o", str(tmp_path / "b"), "--no-a16"]) == 0
+    assert widths("b") == {"conv": (8, 8), "fc": (8, 8)}
+    capsys.readouterr()
+    assert main([*common[:-4], "-o", str(tmp_path / "c"), "--quantize", "int8", "--no-a16"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--no-a16" in err[0]
+
 
 @pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
 @pytest.mark.parametrize("name", ["conv_k27_odd", "conv_stride2_k36", "conv_1x1_k13", "conv_k360_chunks",
-                                  "depthwise_odd", "depthwise_stride2"])  # fmt: skip
+                                  "depthwise_odd", "depthwise_stride2", "dense_k30_out7", "dense_k9_out3_batch2",
+                                  "dense_k600_out6_chunks", "matmul_k17"])  # fmt: skip
 def test_int4_conv_cortex_m55_helium_bit_exact(name, tmp_path):
     """cortex-m55 declares "mve": its int4 convolutions unpack the nibbles with VSHL/VSHR in conv_mve_s4
     (K padded to chunks of 32, odd channel counts), depthwise ones per channel in dwconv_mve_s4 (45 taps
-    over 5 channels: a channel's taps start mid-byte), bit-exact in QEMU mps3-an547."""
+    over 5 channels: a channel's taps start mid-byte), dense layers in dense_mve_s4 (K tails below and
+    above 16, rows % 4), bit-exact in QEMU mps3-an547."""
     model = CASES[name][0]()
     result = _w4a8(model, tmp_path, "cortex-m55")
-    want = "dwconv_mve_s4" if name.startswith("depthwise") else "conv_mve_s4"
+    want = {"depthwise": "dwconv_mve_s4", "dense": "dense_mve_s4", "matmul": "dense_mve_s4"}.get(
+        name.split("_")[0], "conv_mve_s4"
+    )
     assert any(layer["variant"] == want for layer in result.report["layers"])
     samples = [random_inputs(model, s) for s in range(3)]
     for run, want in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):

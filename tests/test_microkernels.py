@@ -6,6 +6,7 @@ with SMLAD/SXTB16 on a Cortex-M7."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -87,6 +88,19 @@ def _global_avgpool(hw):
     return make_model(nodes, [("x", [1, 3, *hw])], [("y", [1, 6, 1, 1])], [weight("w", [6, 3, 3, 3]), weight("b", [6])])
 
 
+def _depthwise_spread_scales(c, hw, stride):
+    """A 3x3 depthwise layer whose channels' weight scales span 2^-12..1: their requantization shifts
+    differ by more than int16 weights can absorb, so dwconv_rows_s8 keeps one shift per channel."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], strides=[stride, stride], pads=[1, 1, 1, 1], group=c),
+             helper.make_node("Relu", ["c"], ["y"])]  # fmt: skip
+    w = onnx.numpy_helper.to_array(weight("w", [c, 1, 3, 3])) * np.logspace(0, -12, c, base=2)[:, None, None, None]
+    oh, ow = ((s + 2 - 3) // stride + 1 for s in hw)
+    # no bias: a large one would pin the small channels to a constant output (then no shift at all)
+    inits = [onnx.numpy_helper.from_array(w.astype(np.float32), "w"),
+             onnx.numpy_helper.from_array(np.zeros(c, np.float32), "b")]  # fmt: skip
+    return make_model(nodes, [("x", [1, c, *hw])], [("y", [1, c, oh, ow])], inits)
+
+
 CASES = {
     "conv_k27_odd_pixels": lambda: _conv(3, 5, (5, 7), (3, 3)),  # K=27 (padded to 28), 35 pixels, 5 channels
     "conv_stride2_asym": lambda: _conv(4, 6, (9, 8), (3, 3), stride=2, pads=(0, 1, 2, 1)),
@@ -97,6 +111,16 @@ CASES = {
     "depthwise_3x3": lambda: _conv(6, 6, (7, 5), (3, 3), group=6),  # odd width: the 2-output loop's tail
     "depthwise_stride2": lambda: _conv(4, 4, (8, 9), (3, 3), stride=2, group=4),
     "depthwise_narrow_pad_left2": lambda: _conv(3, 3, (6, 3), (3, 3), pads=(0, 2, 1, 0), group=3),  # width < 4
+    "depthwise_rows_shift_per_channel": lambda: _depthwise_spread_scales(5, (7, 6), 1),
+    "depthwise_rows_shift_per_channel_s2": lambda: _depthwise_spread_scales(5, (6, 7), 2),
+    # whole rows of 4k bytes: the LDM/STM image copy (pad left 1: odd halfword columns; pad 0, stride 2)
+    "depthwise_rows_ldm_w20": lambda: _conv(3, 3, (5, 20), (3, 3), group=3),
+    "depthwise_rows_ldm_s2_w16": lambda: _conv(4, 4, (7, 16), (3, 3), stride=2, pads=(0, 0, 1, 1), group=4),
+    # conv_pw_few_s8: inputs in registers; an odd pixel count; an odd cout (a channel a loop step), no ReLU;
+    # P >= 256 (the output steps by ADDW)
+    "pointwise_few_cin8_odd_pixels": lambda: _conv(8, 16, (5, 7), (1, 1), pads=(0, 0, 0, 0)),
+    "pointwise_few_cin6_cout9": lambda: _conv(6, 9, (4, 4), (1, 1), pads=(0, 0, 0, 0), relu=False),
+    "pointwise_few_cin4_wide": lambda: _conv(4, 10, (16, 20), (1, 1), pads=(0, 0, 0, 0)),
     "depthwise_5x4_dilated": lambda: _conv(3, 3, (10, 9), (5, 4), dil=2, pads=(4, 3, 4, 3), group=3),
     "dense_k30_out7": lambda: _dense(30, 7),  # K % 4 and rows % 4 left over
     "dense_batch3": lambda: _dense(16, 8, batch=3),
@@ -134,6 +158,13 @@ PATHS = {
     "conv_single_pixel": [r"ec_mk0_conv_mm_s8: "],
     "depthwise_rows_streamed": [r"ec_mk1_dwconv_rows_s8: .* stride 1, .* (\d+) of (?!\1\b)\d+ buffered"],
     "depthwise_rows_streamed_s2": [r"ec_mk1_dwconv_rows_s8: .* stride 2, .* (\d+) of (?!\1\b)\d+ buffered"],
+    "depthwise_rows_shift_per_channel": [r"ec_mk0_dwconv_rows_s8: .* shift per channel"],
+    "depthwise_rows_shift_per_channel_s2": [r"ec_mk0_dwconv_rows_s8: .* stride 2, .* shift per channel"],
+    "depthwise_rows_ldm_w20": [r"ec_mk0_dwconv_rows_s8_image_asm\(plane"],
+    "depthwise_rows_ldm_s2_w16": [r"ec_mk0_dwconv_rows_s8_image_asm\(plane"],
+    "pointwise_few_cin8_odd_pixels": [r"ec_mk0_conv_pw_few_s8: "],
+    "pointwise_few_cin6_cout9": [r"ec_mk0_conv_pw_few_s8: .* 1 channels a loop step"],
+    "pointwise_few_cin4_wide": [r"ec_mk0_conv_pw_few_s8: "],
     "conv_k27_odd_pixels": [r"conv_mm_s8: .* im2col row3"],
     "conv_10x4_kws_like": [r"conv_mm_s8: .* im2col row4"],
     "conv_4x4_row4_cin3": [r"conv_mm_s8: .* im2col row4"],
@@ -162,6 +193,10 @@ def _check(name, target, tmp_path, monkeypatch=None):
         from edgecomp.lower.kernels import mm
 
         monkeypatch.setattr(mm, "ROOM_SHARE", 0.0)
+    if name in IN_PLACE:  # the kernel's in-place path, even where a separate output makes a smaller arena
+        from edgecomp.codegen import memory
+
+        monkeypatch.setattr(memory, "SHRINKING_ALIASES", (True,))
     model = CASES[name]()
     result = _build(model, target, tmp_path)
     kernels_c = (result.outdir / "model_kernels.c").read_text()
@@ -189,7 +224,10 @@ def test_microkernel_host_bit_exact(name, tmp_path, monkeypatch):
                                   "add_standalone", "global_avgpool", "pointwise_in_place_w8_odd_pixels",
                                   "pointwise_w16s_odd_pixels", "conv_odd_pixels_even_cout", "conv_single_pixel", "depthwise_narrow_pad_left2", "conv_4x4_row4_cin3", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
                                   "conv_dilated_nopad", "pointwise_in_place_w8", "pointwise_widened_w16s",
-                                  "depthwise_rows_streamed", "depthwise_rows_streamed_s2"])  # fmt: skip
+                                  "depthwise_rows_streamed", "depthwise_rows_streamed_s2",
+                                  "depthwise_rows_shift_per_channel", "depthwise_rows_shift_per_channel_s2",
+                                  "depthwise_rows_ldm_w20", "depthwise_rows_ldm_s2_w16", "pointwise_few_cin8_odd_pixels",
+                                  "pointwise_few_cin6_cout9", "pointwise_few_cin4_wide"])  # fmt: skip
 def test_microkernel_cortex_m7_bit_exact(name, tmp_path, monkeypatch):
     _check(name, "cortex-m7", tmp_path, monkeypatch)
 
@@ -301,3 +339,44 @@ def test_microkernel_cortex_m55_mve_bit_exact(name, tmp_path, monkeypatch):
     for run, wants in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
         for g, want in zip(run.outputs, wants, strict=True):
             np.testing.assert_array_equal(g, want)
+
+
+@needs_qemu
+def test_helium_requantization_with_a_large_multiplier(tmp_path):
+    """A multiplier above 1/4 (n <= 32, the int64 definition): conv_mve_s8's vector form of it
+    (VMULH/VMUL halves, rounding shifts), bit-exact in QEMU mps3-an547."""
+    model = _large_multiplier()
+    result = _build(model, "cortex-m55", tmp_path)
+    conv = next(op for op in result.int_graph.ops if op.kind == "conv")
+    assert np.any((conv.shift <= 32) & (conv.mult != 0))
+    text = (result.outdir / "model_kernels.c").read_text()
+    assert "ec_mk0_conv_mve_s8" in text and "ec_mve_requant_int64(" in text
+    samples = [random_inputs(model, s) for s in range(3)]
+    for run, want in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
+        np.testing.assert_array_equal(run.outputs[0], want[0])
+
+
+@needs_qemu
+def test_max_flash_keeps_int8_records_for_the_cheapest_layers(tmp_path):
+    """--max-flash on an int8 build: a convolution over >= 512 pixels reads int16 records (twice its
+    weights' bytes); under a budget one byte below that build's flash it reads int8 ones instead,
+    fits, and stays bit-exact; a budget nothing can meet is refused, saying by how much."""
+    from edgecomp.errors import DoesNotFitError
+
+    model = _conv(16, 16, (24, 24), (3, 3))
+    qmodel = quantize(onnx.shape_inference.infer_shapes(model), [random_inputs(model, s) for s in range(8)]).model
+    path = tmp_path / "q.onnx"
+    onnx.save(qmodel, path)
+    target = load_target("cortex-m7")
+    options = BuildOptions(extra_cflags="-Werror", integrity=False)
+    wide = build(path, target, tmp_path / "wide", options, log=lambda *_: None)
+    assert "records w16," in (wide.outdir / "model_kernels.c").read_text()
+    budget = wide.report["flash_bytes"] - 1
+    fit = build(path, target, tmp_path / "fit", replace(options, max_flash=budget), log=lambda *_: None)
+    assert fit.report["options"]["narrow_records"] and fit.report["flash_bytes"] <= budget
+    assert re.search(r"ec_mk0_conv_mm_s8: .* records (w8|w16s),", (fit.outdir / "model_kernels.c").read_text())
+    samples = [random_inputs(model, s) for s in range(2)]
+    for run, want in zip(run_samples(fit, samples), expected_outputs(fit, samples), strict=True):
+        np.testing.assert_array_equal(run.outputs[0], want[0])
+    with pytest.raises(DoesNotFitError, match="exceeds --max-flash"):
+        build(path, target, tmp_path / "none", replace(options, max_flash=1000), log=lambda *_: None)

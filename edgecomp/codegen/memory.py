@@ -57,14 +57,22 @@ def workspace_name(step: int) -> str:
 
 
 def plan_model(model: LoweredModel) -> ArenaPlan:
-    """The arena plan of `model`: its buffers placed, in-place outputs sharing their input's offset."""
-    buffers, alias = arena_buffers(model)
-    return plan_arena(buffers, alias)
+    """The arena plan of `model`: its buffers placed, in-place outputs sharing their input's offset.
+    An output much smaller than the input it could overlay (a stride-2 depthwise layer's) keeps that
+    input's whole buffer alive as long as it lives, which can raise a later peak: the plan is made
+    with and without those aliases, and the smaller arena kept (the first on a tie)."""
+    plans = [plan_arena(*arena_buffers(model, shrinking)) for shrinking in SHRINKING_ALIASES]
+    return min(plans, key=lambda p: p.arena_bytes)
 
 
-def arena_buffers(model: LoweredModel) -> tuple[list[Buffer], dict[str, str]]:
+# The plans plan_model compares: with the aliases of outputs at most half their input's size, without.
+SHRINKING_ALIASES = (True, False)
+
+
+def arena_buffers(model: LoweredModel, shrinking: bool = True) -> tuple[list[Buffer], dict[str, str]]:
     """Intermediates and per-call workspaces of `model` with their lifetimes in steps, and the
-    outputs that share an input's buffer (see _inplace_aliases)."""
+    outputs that share an input's buffer (see _inplace_aliases; `shrinking` False: not those at most
+    half their input's size)."""
     first: dict[str, int] = {name: -1 for name in model.inputs}
     last: dict[str, int] = {name: -1 for name in model.inputs}
     for step, call in enumerate(model.calls):
@@ -75,7 +83,7 @@ def arena_buffers(model: LoweredModel) -> tuple[list[Buffer], dict[str, str]]:
             last[name] = step
     for name in model.outputs:
         last[name] = len(model.calls)
-    alias = _inplace_aliases(model, last)
+    alias = _inplace_aliases(model, last, shrinking)
     for out, root in alias.items():  # the root's buffer lives on as the output
         last[root] = max(last[root], last[out])
     buffers = [
@@ -91,7 +99,7 @@ def arena_buffers(model: LoweredModel) -> tuple[list[Buffer], dict[str, str]]:
     return buffers, alias
 
 
-def _inplace_aliases(model: LoweredModel, last: dict[str, int]) -> dict[str, str]:
+def _inplace_aliases(model: LoweredModel, last: dict[str, int], shrinking: bool = True) -> dict[str, str]:
     """Outputs that take over an input's buffer: a kernel that allows it (inplace: elementwise
     kernels, pointwise and depthwise convolutions that write each output after reading what it
     overlays), an input at least as large that this step reads for the last time and that is an
@@ -111,6 +119,7 @@ def _inplace_aliases(model: LoweredModel, last: dict[str, int]) -> dict[str, str
                 and shared
                 and last[src] == step
                 and model.tensors[out].nbytes <= t.nbytes
+                and (shrinking or 2 * model.tensors[out].nbytes > t.nbytes)
             ):
                 alias[out] = alias.get(src, src)
                 break

@@ -53,10 +53,12 @@ def _at_least_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
 
 
 def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: str = "int8",
-             method: str = "minmax", weight_bits: dict[str, int] | None = None) -> PassResult:  # fmt: skip
+             method: str = "minmax", weight_bits: dict[str, int] | None = None,
+             act_bits: dict[str, int] | None = None) -> PassResult:  # fmt: skip
     """Quantize `model` (already checked by the front end) on calibration `samples`: a QDQ model;
     report: the scheme, calibration method and number of samples. `weight_bits` (layer name, as
-    passes/int4.py layer_name says -> 4 or 8) overrides the weights' width layer by layer."""
+    passes/int4.py layer_name says -> 4 or 8) overrides the weights' width layer by layer;
+    `act_bits` (layer name -> 16) makes those layers' outputs int16 (passes/act16.py)."""
     from edgecomp.passes.int4 import (
         INT4_OPSET,
         bias_corrections,
@@ -67,6 +69,14 @@ def quantize(model: onnx.ModelProto, samples: list[list[np.ndarray]], scheme: st
     )
     from edgecomp.passes.quantize_lstm import quantize_lstms
 
+    a16 = {name for name, b in (act_bits or {}).items() if b == 16}
+    if a16 and scheme == "int16x8":
+        raise UserError("--quantize int16x8 has int16 activations everywhere already: per-layer int16 is for mixed")
+    if a16:  # int16 QuantizeLinear/DequantizeLinear are standard ONNX from opset 21 on
+        from edgecomp.passes.act16 import set_act_bits
+
+        done = quantize(_at_least_opset(name_layers(model), INT4_OPSET), samples, scheme, method, weight_bits)
+        return PassResult(set_act_bits(done.model, a16), done.report)
     if scheme == "mixed":  # int8 activations; 4 or 8 bits per layer as `weight_bits` says (passes/mixed.py)
         scheme, weight_bits = "int8", dict(weight_bits or {})
     if scheme == "w4a8" or weight_bits:

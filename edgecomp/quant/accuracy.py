@@ -99,7 +99,9 @@ def precision(graph: IntGraph, per_layer_sqnr: list[dict] | None = None) -> list
         if not isinstance(op, LinearOp):
             continue
         x, y = graph.tensors[op.inputs[0]], graph.tensors[op.output]
-        row = {"layer": op.node, "weight_bits": op.weight_bits, "act_bits": 16 if x.dtype == "int16" else 8,
+        # act_bits: the layer's output (what --quantize mixed chooses); in_bits: what it reads
+        row = {"layer": op.node, "weight_bits": op.weight_bits, "act_bits": 16 if y.dtype == "int16" else 8,
+               "in_bits": 16 if x.dtype == "int16" else 8,
                "weights": int(op.weight.size), "weights_bytes": -(-op.weight.size * op.weight_bits // 8)}  # fmt: skip
         if y.float_name in sqnr:
             row["sqnr_db"] = sqnr[y.float_name]

@@ -233,10 +233,28 @@ def patch_graph(graph: IntGraph, cut: str, grid: tuple[int, int]) -> IntGraph:
     return IntGraph(tensors, tuple(before + new_ops + after), graph.inputs, graph.outputs)
 
 
-def _in_place(graph: IntGraph) -> dict[str, str]:
+def _conv_in_place(op: IntOp, graph: IntGraph) -> bool:
+    """Whether the micro-kernel of convolution `op` writes its output over its input
+    (MicroKernel.inplace): a 3x3 depthwise layer that does not grow (dwconv_rows_s8; MobileNetV2's
+    28x28x192 ones are its peak once the first stage is patched). Pointwise layers may too
+    (conv_pw_s8), but whether they do depends on the records' scratch room; not counted here."""
+    if not isinstance(op, Conv) or not op.inputs:
+        return False
+    x, y = graph.tensors[op.inputs[0]].shape, graph.tensors[op.output].shape
+    if len(x) != 4 or len(y) != 4:
+        return False
+    kernel = tuple(op.weight.shape[2:])
+    return (op.groups == x[1] == op.weight.shape[0] and op.weight.shape[1] == 1 and kernel == (3, 3)
+            and tuple(op.dilations) == (1, 1) and op.strides[0] == op.strides[1] in (1, 2)
+            and y[2] <= x[2] and y[3] <= x[3] and op.pads[0] <= 2)  # fmt: skip
+
+
+def _in_place(graph: IntGraph, shrinking: bool = True) -> dict[str, str]:
     """Outputs that take an input's buffer, as the kernels allow (lower/kernels: MicroKernel.inplace)
     and the planner then does: a Place, an element-wise Add of same-shaped inputs (also when fused
-    into the convolution before it) whose input dies there. Maps output -> the buffer it shares."""
+    into the convolution before it), a 3x3 depthwise convolution (_conv_in_place),
+    whose input dies there (`shrinking` False: not a convolution's output of at most half its input's
+    size, as codegen/memory.py plans it too). Maps output -> the buffer it shares."""
     last: dict[str, int] = {}
     readers: dict[str, int] = {}
     for i, op in enumerate(graph.ops):
@@ -250,6 +268,8 @@ def _in_place(graph: IntGraph) -> dict[str, str]:
             choices = op.inputs[:1]
         elif isinstance(op, Add) and len({graph.tensors[n].shape for n in (*op.inputs, op.output)}) == 1:
             choices = op.inputs
+        elif _conv_in_place(op, graph) and (shrinking or 2 * _nbytes(graph, op.output) > _nbytes(graph, op.inputs[0])):
+            choices = op.inputs[:1]
         else:
             continue
         src = next((n for n in choices if last.get(n) == i and n not in graph.inputs and n not in graph.outputs), None)
@@ -264,10 +284,19 @@ def _in_place(graph: IntGraph) -> dict[str, str]:
     return alias
 
 
+def _nbytes(graph: IntGraph, name: str) -> int:
+    t = graph.tensors[name]
+    return int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
+
+
 def live_peak(graph: IntGraph) -> int:
     """Bytes of the tensors live at once at the worst op (inputs and outputs included; a Place
-    shares the buffer of the tensor it adds to): the arena the planner can reach at best."""
-    alias = _in_place(graph)
+    shares the buffer of the tensor it adds to): the arena the planner can reach at best (with or
+    without the in-place outputs much smaller than their input, as codegen/memory.py plans)."""
+    return min(_live_peak(graph, _in_place(graph, shrinking)) for shrinking in (True, False))
+
+
+def _live_peak(graph: IntGraph, alias: dict[str, str]) -> int:
     first: dict[str, int] = {n: -1 for n in graph.inputs}
     last: dict[str, int] = {alias.get(n, n): len(graph.ops) for n in graph.outputs}
     for i, op in enumerate(graph.ops):

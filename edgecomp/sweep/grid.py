@@ -52,6 +52,7 @@ NOT_SWEPT = {
     "harness": "points are profiled over edgecomp's own protocol",
     "mlperf_model": "points are profiled over edgecomp's own protocol",
     "weight_bits": "per-layer widths are what --quantize mixed chooses for a flash budget, not a grid value",
+    "act_bits": "per-layer widths are what --quantize mixed chooses for a flash budget, not a grid value",
 }
 NONE_VALUES = {"quantize": ("none", "fp32", "float"), "io": ("none",), "prune": ("none",)}
 QUANTIZED_ONLY = ("calib_method", "dead_channels", "io", "patch")  # no effect on a float configuration

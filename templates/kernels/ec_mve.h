@@ -41,6 +41,20 @@ static inline int32x4_t ec_mve_requant_dbl31(int32x4_t acc, int32x4_t m, int32x4
 #define EC_MVE_LD16(v, p)                                                                                     \
   __asm__("vldrb.u8 %q0, [%1], #16" : "=w"(v), "+r"(p) : "m"(*(const int8_t(*)[16])(const void *)(p)))
 
+/* ec_requant_s8_int64 on four lanes, the definition ((acc * m + 2^(n-1)) >> n) + zp, for layers whose
+ * results fit int32 before the clamp (lower/kernels/mve.py int64_fits): with acc * m = H 2^32 + L
+ * (H = VMULH, L = VMUL's low word, unsigned), it is H 2^(32-n) + ((L + 2^(n-1)) >> n) for n <= 32
+ * and (H + 2^(n-33)) >> (n-32) for n > 32 (the L term is then 0): VRSHL of H by 32 - n (a left shift
+ * or a rounding right shift) plus VRSHL of L by -n (unsigned), modulo 2^32. nsh = -n. */
+static inline int32x4_t ec_mve_requant_int64(int32x4_t acc, int32x4_t m, int32x4_t zp, int32x4_t nsh, int32_t lo,
+                                             int32_t hi)
+{
+  const int32x4_t h = vrshlq_s32(vmulhq_s32(acc, m), vaddq_n_s32(nsh, 32));
+  const uint32x4_t l = vrshlq_u32(vreinterpretq_u32_s32(vmulq_s32(acc, m)), nsh);
+  const int32x4_t r = vaddq_s32(vaddq_s32(h, vreinterpretq_s32_u32(l)), zp);
+  return vminq_s32(vmaxq_s32(r, vdupq_n_s32(lo)), vdupq_n_s32(hi));
+}
+
 /* Four int32 lanes from four scalars (two VMOV Q[2], Q[0] pairs). */
 static inline int32x4_t ec_mve_x4(int32_t a, int32_t b, int32_t c, int32_t d)
 {

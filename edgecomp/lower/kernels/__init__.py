@@ -43,6 +43,8 @@ class Variant:
     applies: Callable[[IntOp, IntGraph], bool] = _always  # cheap test before make
     fuses_add: bool = False  # its epilogue can apply a following residual Add (p.fuse_add)
     dtypes: tuple[str, ...] = ("int8",)  # of every input and the output
+    # The same kernel with int8 weight records where int16 ones would be faster (--max-flash)
+    make_narrow: Make | None = None
 
 
 # In order of preference: the first that the target's features allow and that applies is used.
@@ -52,13 +54,18 @@ VARIANTS: tuple[Variant, ...] = (
             lambda op, g: int4.is_int4(op, g) and conv.is_dense_conv(op, g), fuses_add=True),
     Variant("dwconv_mve_s4", Conv, "kernels/dwconv_mve_s8.c.j2", mve.dwconv_mve_s4, frozenset({"mve"}),
             lambda op, g: int4.is_int4(op, g) and conv.is_depthwise(op, g)),
+    Variant("dense_mve_s4", Dense, "kernels/dense_mve_s8.c.j2", mve.dense_mve_s4, frozenset({"mve"}), int4.is_int4),
     # int4 weights (weight_bits 4: lower/kernels/int4.py): packed two per byte, unpacked in the loop
+    Variant("conv_neon_s4", Conv, "kernels/conv_neon_s8.c.j2", int4.conv_neon_s4, frozenset({"neon"}),
+            lambda op, g: int4.is_int4(op, g) and conv.is_dense_conv(op, g), fuses_add=True),
     Variant("conv_s4", Conv, "kernels/conv_s4.c.j2", int4.conv_s4,
             applies=lambda op, g: int4.is_int4(op, g) and conv.is_dense_conv(op, g)),
     Variant("dwconv_neon_s4", Conv, "kernels/dwconv_s4.c.j2", int4.dwconv_neon_s4, frozenset({"neon"}),
             lambda op, g: int4.is_int4(op, g) and conv.neon_depthwise(op, g)),
     Variant("dwconv_s4", Conv, "kernels/dwconv_s4.c.j2", int4.dwconv_s4,
             applies=lambda op, g: int4.is_int4(op, g) and conv.is_depthwise(op, g)),
+    Variant("dense_neon_s4", Dense, "kernels/dense_neon_s8.c.j2", int4.dense_neon_s4, frozenset({"neon"}),
+            int4.is_int4),
     Variant("dense_s4", Dense, "kernels/dense_s4.c.j2", int4.dense_s4, applies=int4.is_int4),
     # Helium (Cortex-M55/M85): VMLADAVA dot products of int8 columns, vector requantization
     Variant("conv_mve_s8", Conv, "kernels/conv_mve_s8.c.j2", mve.conv_mve_s8, frozenset({"mve"}),
@@ -69,10 +76,12 @@ VARIANTS: tuple[Variant, ...] = (
             dense.is_not_sparse),
     Variant("conv_neon_s8", Conv, "kernels/conv_neon_s8.c.j2", conv.conv_neon_s8, frozenset({"neon"}),
             conv.is_dense_conv, fuses_add=True),
+    Variant("conv_pw_few_s8", Conv, "kernels/conv_pw_few_s8.c.j2", conv.conv_pw_few_s8,
+            applies=conv.is_pointwise_few),
     Variant("conv_pw_s8", Conv, "kernels/conv_mm_s8.c.j2", conv.conv_pw_s8, applies=conv.is_pointwise,
-            fuses_add=True),
+            fuses_add=True, make_narrow=conv.conv_pw_s8_narrow),
     Variant("conv_mm_s8", Conv, "kernels/conv_mm_s8.c.j2", conv.conv_mm_s8, applies=conv.is_dense_conv,
-            fuses_add=True),
+            fuses_add=True, make_narrow=conv.conv_mm_s8_narrow),
     Variant("conv_s8", Conv, "kernels/conv_s8.c.j2", conv.conv_s8, applies=conv.is_dense_conv, fuses_add=True),
     Variant("dwconv_neon_s8", Conv, "kernels/dwconv_s8.c.j2", conv.dwconv_neon_s8, frozenset({"neon"}),
             conv.neon_depthwise),
@@ -101,16 +110,18 @@ VARIANTS: tuple[Variant, ...] = (
 )  # fmt: skip
 
 
-def select(op: IntOp, graph: IntGraph, index: int, features: frozenset[str]
+def select(op: IntOp, graph: IntGraph, index: int, features: frozenset[str], narrow: frozenset[str] = frozenset()
            ) -> tuple[Variant, MicroKernel, list[np.ndarray]] | None:  # fmt: skip
     """The first variant that computes `op` on a target with `features`, its kernel (symbols
-    numbered by `index`) and constant arguments; None keeps TVM's kernel."""
+    numbered by `index`) and constant arguments; None keeps TVM's kernel. Ops whose output is in
+    `narrow` take their variant's int8-record form where it has one."""
     for v in VARIANTS:
         if not isinstance(op, v.op) or not v.requires <= features or not v.applies(op, graph):
             continue
         if any(graph.tensors[n].dtype not in v.dtypes for n in (*op.inputs, op.output)):
             continue
-        made = v.make(index, op, graph)
+        make = v.make_narrow if v.make_narrow is not None and op.output in narrow else v.make
+        made = make(index, op, graph)
         if made is not None:
             mk, consts = made
             return v, mk, consts
@@ -152,11 +163,12 @@ def _fused_add(op: IntOp, graph: IntGraph, consumers: dict, ready: set[str]) -> 
     return users[0] if len(others) == 1 and others[0] in ready else None
 
 
-def _with_add(conv_op: IntOp, add_op: Add, graph: IntGraph, index: int, features: frozenset[str]) -> Chosen | None:
+def _with_add(conv_op: IntOp, add_op: Add, graph: IntGraph, index: int, features: frozenset[str],
+              narrow: frozenset[str] = frozenset()) -> Chosen | None:  # fmt: skip
     """A convolution kernel that also applies the Add of its result and a tensor computed earlier in
     its epilogue — the same arithmetic as the two ops — taking the other addend as its last input,
     whose buffer its output may take."""
-    conv_k, add_k = select(conv_op, graph, index, features), select(add_op, graph, 0, features)
+    conv_k, add_k = select(conv_op, graph, index, features, narrow), select(add_op, graph, 0, features)
     if conv_k is None or add_k is None or not conv_k[0].fuses_add:
         return None
     (variant, mk, consts), (_, add_mk, (ta, tb)) = conv_k, add_k
@@ -171,10 +183,12 @@ def _with_add(conv_op: IntOp, add_op: Add, graph: IntGraph, index: int, features
     return Chosen(f"{variant.name}+add", fused, conv_op.inputs, (*consts, *tables), residual, add_op.output)
 
 
-def choose(graph: IntGraph, features: frozenset[str], only=None) -> dict[int, Chosen]:
+def choose(graph: IntGraph, features: frozenset[str], only=None, narrow: frozenset[str] = frozenset()
+           ) -> dict[int, Chosen]:  # fmt: skip
     """The micro-kernel of each op (by index in graph.ops) that one covers, in graph order (kernel
     symbols are numbered in that order); ops fused into another's kernel are skipped. With `only`
-    (a test on ops), just the ops it accepts get one (e.g. the ops TVM has no kernel for)."""
+    (a test on ops), just the ops it accepts get one (e.g. the ops TVM has no kernel for);
+    `narrow`: convolutions (by output) that keep int8 weight records (select)."""
     consumers = graph.consumers()
     index_of = {id(op): i for i, op in enumerate(graph.ops)}
     ready = set(graph.inputs)
@@ -186,12 +200,12 @@ def choose(graph: IntGraph, features: frozenset[str], only=None) -> dict[int, Ch
             ready.add(op.output)
             continue
         add_op = _fused_add(op, graph, consumers, ready)
-        chosen = _with_add(op, add_op, graph, len(plan), features) if add_op is not None else None
+        chosen = _with_add(op, add_op, graph, len(plan), features, narrow) if add_op is not None else None
         if chosen is not None:
             chosen = Chosen(chosen.variant, chosen.kernel, chosen.inputs, chosen.consts, chosen.extra_inputs,
                             chosen.outputs, (index_of[id(add_op)],))  # fmt: skip
         else:
-            made = select(op, graph, len(plan), features)
+            made = select(op, graph, len(plan), features, narrow)
             if made is not None:
                 variant, mk, consts = made
                 chosen = Chosen(variant.name, mk, op.inputs, tuple(consts), (), op.output)
@@ -205,3 +219,27 @@ def choose(graph: IntGraph, features: frozenset[str], only=None) -> dict[int, Ch
 
 def variant_names() -> list[str]:
     return [v.name for v in VARIANTS]
+
+
+def narrow_plan(graph: IntGraph, features: frozenset[str], excess: int, done: tuple[str, ...] = ()
+                ) -> tuple[tuple[str, ...], int]:  # fmt: skip
+    """(convolutions to give int8 weight records, by output tensor; the flash bytes that saves) to save
+    at least `excess` bytes: among the layers whose kernel reads int16 records from flash (mode w16),
+    those that reuse each weight over the fewest output pixels first — the instructions a record
+    narrowed adds per byte it saves grow with that count (~0.25 instructions/MAC over cout * K bytes,
+    i.e. ~P/4 per byte); those in `done` are narrowed already. Fewer bytes than `excess` when all of
+    them are not enough."""
+    candidates = []
+    for i, ch in choose(graph, features).items():
+        p = dict(ch.kernel.params)
+        if p.get("mode") != "w16" or "k4" not in p or graph.ops[i].output in done:
+            continue
+        saved = -(-p["cout"] // 2) * 8 * p["g"]  # int16 groups of a channel-pair record -> int8
+        candidates.append((p["oh"] * p["ow"], -saved, graph.ops[i].output, saved))
+    chosen, total = [], 0
+    for _, _, name, saved in sorted(candidates):
+        if total >= excess:
+            break
+        chosen.append(name)
+        total += saved
+    return tuple(chosen), total

@@ -114,12 +114,13 @@ def neon_depthwise(op: Conv, graph: IntGraph) -> bool:
 MM_REQUANT = ("ec_requant_s8", "ec_requant_s8_q31", "ec_requant_s8_dbl31")
 
 
-def conv_mm_s8(index: int, op: Conv, graph: IntGraph, name: str = "conv_mm_s8"):
+def conv_mm_s8(index: int, op: Conv, graph: IntGraph, name: str = "conv_mm_s8", narrow: bool = False):
     """Two channels x two pixels per step over an int16 im2col block (mm.py): weights as int16
     records in flash (w16), int8 records widened into scratch per block of pixels (w16s), or int8
     records widened in the loop (w8). A pointwise layer with no more outputs than inputs may write
     its output over its input (MicroKernel.inplace): every block of pixels is gathered into scratch
-    before its outputs are written, and output (c, p) lands on input (c, p)."""
+    before its outputs are written, and output (c, p) lands on input (c, p). `narrow`: int8 records
+    (w16s or w8) even where int16 ones would be faster (--max-flash)."""
     p, (bias, pairs, sh) = _params(op, graph)
     if p["rq"] not in MM_REQUANT or p["n"] * p["oh"] * p["ow"] < 1:
         return None
@@ -127,7 +128,7 @@ def conv_mm_s8(index: int, op: Conv, graph: IntGraph, name: str = "conv_mm_s8"):
     order = mm.slot_order(kind, p["cin"], p["kh"], p["kw"])
     k = p["cin"] * p["kh"] * p["kw"]
     p.update(kind=kind, k=k, k4=order.size, g=order.size // 4, fuse_add=0)
-    p.update(mm.plan(p, mm.scratch_room(op, graph)))
+    p.update(mm.plan(p, mm.scratch_room(op, graph), narrow))
     dbl = p["rq"] == "ec_requant_s8_dbl31"
     w2d = op.weight.reshape(p["cout"], -1).astype(np.int64)
     bias = bias.astype(np.int64)
@@ -162,6 +163,14 @@ def conv_pw_s8(index: int, op: Conv, graph: IntGraph):
     return conv_mm_s8(index, op, graph, "conv_pw_s8")
 
 
+def conv_mm_s8_narrow(index: int, op: Conv, graph: IntGraph):
+    return conv_mm_s8(index, op, graph, narrow=True)
+
+
+def conv_pw_s8_narrow(index: int, op: Conv, graph: IntGraph):
+    return conv_mm_s8(index, op, graph, "conv_pw_s8", narrow=True)
+
+
 def is_depthwise_3x3(op: Conv, graph: IntGraph) -> bool:
     return (is_depthwise(op, graph) and op.weight.shape[2:] == (3, 3) and tuple(op.dilations) == (1, 1)
             and op.strides[0] == op.strides[1] in (1, 2))  # fmt: skip
@@ -185,13 +194,16 @@ def dwconv_rows_s8(index: int, op: Conv, graph: IntGraph):
     w = op.weight.reshape(c, 9).astype(np.int64)
     mult, addend, sh = pairs[0::2].astype(np.int64), pairs[1::2].astype(np.int64), sh.astype(np.int64)
     common = mm.common_shift(w, bias.astype(np.int64), mult, addend, sh)
-    if common is None:
-        return None
-    shift, d, addend = common
-    w, b = w << d[:, None], bias.astype(np.int64) << d
+    b = bias.astype(np.int64)
+    if common is not None:
+        shift, d, addend = common
+        w, b = w << d[:, None], b << d
+    else:  # channels whose shifts differ too much to share one: each record carries its shift
+        shift = -1
     lo16 = lambda v: v & 0xFFFF  # noqa: E731
+    own = sh if shift < 0 else np.zeros_like(sh)  # beside w21: ASR by register reads the low byte
     recs = np.stack([lo16(w[:, 0]) | (w[:, 2] << 16), lo16(w[:, 3]) | (w[:, 5] << 16), lo16(w[:, 6]) | (w[:, 8] << 16),
-                     lo16(w[:, 1]) | (w[:, 4] << 16), lo16(w[:, 7]), b, mult, addend], axis=1)  # fmt: skip
+                     lo16(w[:, 1]) | (w[:, 4] << 16), lo16(own) | (w[:, 7] << 16), b, mult, addend], axis=1)  # fmt: skip
     recs = ((recs + 2**31) % 2**32 - 2**31).astype(np.int32)
     s = p["sh"]
     pb, pr = int(op.pads[2]), int(op.pads[3])
@@ -206,4 +218,40 @@ def dwconv_rows_s8(index: int, op: Conv, graph: IntGraph):
     macs = p["n"] * c * p["oh"] * p["ow"] * 9
     mk = MicroKernel(f"ec_mk{index}_dwconv_rows_s8", "kernels/dwconv_rows_s8.c.j2", tuple(sorted(p.items())),
                      rows * rowb, macs, inplace)  # fmt: skip
+    return mk, [recs]
+
+
+# Input channels up to which a pointwise layer keeps a pixel pair's inputs in registers (conv_pw_few_s8).
+FEW_MAX_CIN = 8
+
+
+def is_pointwise_few(op: Conv, graph: IntGraph) -> bool:
+    """Few, paired input channels, more outputs than inputs (a narrowing layer keeps conv_pw_s8, which
+    may run in place of its input)."""
+    cin = graph.tensors[op.inputs[0]].shape[1]
+    return is_pointwise(op, graph) and cin <= FEW_MAX_CIN and cin % 2 == 0 and op.weight.shape[0] > cin
+
+
+def conv_pw_few_s8(index: int, op: Conv, graph: IntGraph):
+    """Pointwise convolution over few (even, <= 8) input channels (templates/kernels/conv_pw_few_s8.c.j2):
+    a pixel pair's inputs gathered into registers once, then two outputs per channel record. Weights
+    int16 in the record, pre-scaled to the channels' common shift (mm.common_shift; None without one,
+    or for TFLite's rounding: conv_pw_s8 takes those)."""
+    p, (bias, pairs, sh) = _params(op, graph)
+    if p["rq"] not in ("ec_requant_s8", "ec_requant_s8_q31") or p["oh"] * p["ow"] < 2:
+        return None
+    c, cin = p["cout"], p["cin"]
+    w = op.weight.reshape(c, cin).astype(np.int64)
+    mult, addend, sh = pairs[0::2].astype(np.int64), pairs[1::2].astype(np.int64), sh.astype(np.int64)
+    common = mm.common_shift(w, bias.astype(np.int64), mult, addend, sh)
+    if common is None:
+        return None
+    shift, d, addend = common
+    w, b = w << d[:, None], bias.astype(np.int64) << d
+    words = [(w[:, 2 * j] & 0xFFFF) | (w[:, 2 * j + 1] << 16) for j in range(cin // 2)]
+    recs = np.stack([b, b, *words, mult, addend], axis=1)
+    recs = ((recs + 2**31) % 2**32 - 2**31).astype(np.int32)
+    p["shift"] = shift
+    macs = p["n"] * c * p["oh"] * p["ow"] * cin
+    mk = MicroKernel(f"ec_mk{index}_conv_pw_few_s8", "kernels/conv_pw_few_s8.c.j2", tuple(sorted(p.items())), 0, macs)
     return mk, [recs]

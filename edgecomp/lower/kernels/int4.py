@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgecomp.lower.kernels.packing import pack_pointwise
 from edgecomp.lower.kernels.requant import requant_consts
 from edgecomp.lower.model import MicroKernel
 from edgecomp.quant.ir import IntGraph
@@ -142,3 +143,63 @@ def dense_s4(index: int, op: Dense, graph: IntGraph):
     mk = MicroKernel(f"ec_mk{index}_dense_s4", "kernels/dense_s4.c.j2", tuple(sorted(p.items())), 2 * p["k8"],
                      n * cout * k)  # fmt: skip
     return mk, [pack_s4_rows(op.weight), *rq]
+
+
+def _nibble_bytes(v: np.ndarray) -> np.ndarray:
+    """[groups, 2h] int4 values -> [groups, h] bytes: value j low, value j + h high (so that one
+    SHL+SSHR of the bytes gives the first h values in order and one SSHR the next h)."""
+    h = v.shape[1] // 2
+    return ((v[:, :h] & 0xF) | ((v[:, h:] & 0xF) << 4)).astype(np.uint8)
+
+
+def pack_s4_neon_conv(w2d: np.ndarray) -> np.ndarray:
+    """[cout, K] int4 -> conv_neon_s8's [cout/4][K][4] order, two per byte: each group of four
+    channels 2K bytes, each four k's 16 values as 8 bytes (value j | value j + 8 << 4: one SSHR and
+    one SHL+SSHR give the eight int8 lanes of two k's each), a last K % 4 k's 4 values as 2 bytes."""
+    flat = pack_pointwise(w2d).astype(np.int64)
+    cout, k = w2d.shape
+    groups = flat.reshape(-1, 4 * k)
+    k4 = k // 4 * 4
+    full = _nibble_bytes(groups[:, : 4 * k4].reshape(-1, 16)).reshape(groups.shape[0], -1)
+    tail = _nibble_bytes(groups[:, 4 * k4 :].reshape(-1, 4)).reshape(groups.shape[0], -1)
+    return np.ascontiguousarray(np.concatenate([full, tail], axis=1).reshape(-1))
+
+
+def pack_s4_neon_dense(w: np.ndarray) -> np.ndarray:
+    """[cout, K] int4 -> rows of K // 16 * 8 + ceil(K % 16 / 2) bytes: each thirty-two weights as
+    16 bytes (weight j | weight j + 16 << 4), then (K % 32 >= 16) sixteen as 8 bytes (weight j |
+    weight j + 8 << 4), the last K % 16 two per byte, low nibble first."""
+    rows, k = w.shape
+    k32, k16 = k // 32 * 32, k // 16 * 16
+    v = np.asarray(w, np.int64)
+    parts = [_nibble_bytes(v[:, :k32].reshape(-1, 32)).reshape(rows, -1)]
+    if k16 > k32:
+        parts.append(_nibble_bytes(v[:, k32:k16].reshape(-1, 16)).reshape(rows, -1))
+    if k > k16:
+        parts.append(np.stack([pack_nibbles(r) for r in v[:, k16:]]))
+    return np.ascontiguousarray(np.concatenate(parts, axis=1).reshape(-1))
+
+
+def conv_neon_s4(index: int, op: Conv, graph: IntGraph):
+    """conv_neon_s8 with int4 weights (p.s4): each eight bytes unpacked to sixteen int16 lanes by
+    SHL/SSHR and SXTL in the loop."""
+    from edgecomp.lower.kernels.conv import conv_neon_s8
+
+    mk, consts = conv_neon_s8(index, op, graph)
+    p = dict(mk.params)
+    p["s4"] = 1
+    mk = MicroKernel(f"ec_mk{index}_conv_neon_s4", mk.template, tuple(sorted(p.items())), mk.scratch_bytes, mk.macs)
+    return mk, [pack_s4_neon_conv(op.weight.reshape(op.weight.shape[0], -1)), *consts[1:]]
+
+
+def dense_neon_s4(index: int, op: Dense, graph: IntGraph):
+    """dense_neon_s8 with int4 weights (p.s4): thirty-two per sixteen bytes, unpacked by SHL/SSHR into
+    two int8 vectors, multiplied by the input's (SMULL, three SMLAL into int16: |sum| <= 4 * 8 * 128)."""
+    from edgecomp.lower.kernels.dense import dense_neon_s8
+
+    mk, consts = dense_neon_s8(index, op, graph)
+    p = dict(mk.params)
+    k = p["k"]
+    p["s4"], p["rb"] = 1, k // 16 * 8 + -(-(k % 16) // 2)
+    mk = MicroKernel(f"ec_mk{index}_dense_neon_s4", mk.template, tuple(sorted(p.items())), mk.scratch_bytes, mk.macs)
+    return mk, [pack_s4_neon_dense(op.weight), *consts[1:]]

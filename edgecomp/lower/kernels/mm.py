@@ -207,18 +207,19 @@ def scratch_room(op: IntOp, graph: IntGraph) -> int:
     return int((max(live) - live[here]) * ROOM_SHARE) if live else 0
 
 
-def plan(p: dict, room: int) -> dict:
+def plan(p: dict, room: int, narrow: bool = False) -> dict:
     """Mode (w16, w16s, w8) and pixels per block (even) of a layer with P output pixels, K4 slots and
-    cout channels, given `room` bytes of scratch that cost no arena."""
+    cout channels, given `room` bytes of scratch that cost no arena; `narrow`: never int16 records
+    in flash."""
     P, k4, cout = p["oh"] * p["ow"], p["k4"], p["cout"]
     per_px = 2 * k4  # int16 column bytes per pixel
     rec16 = 16 + 4 * k4 + 24
     budget = max(room, MIN_SCRATCH)
-    if cout * k4 <= WIDE_MAX_BYTES or P >= WIDE_MIN_PIXELS:
+    if not narrow and (cout * k4 <= WIDE_MAX_BYTES or P >= WIDE_MIN_PIXELS):
         mode = "w16"
     elif (budget - rec16) // per_px >= min(MIN_BLOCK, P):
         mode = "w16s"
-    elif P >= 100:
+    elif P >= 100 and not narrow:
         mode = "w16"
     else:
         mode = "w8"

@@ -1,9 +1,10 @@
 """Helium (MVE, Cortex-M55/M85) int8 micro-kernels: convolution as an int8 im2col matrix product
 (conv_mve_s8), depthwise convolution by gathered windows (dwconv_mve_s8), dense layers
-(dense_mve_s8). Their inner step is VMLADAVA, 16 int8 MACs into a scalar int32 in one instruction;
-weights are stored int8 with each row zero-padded to a multiple of 16 so that every chunk is a full
-vector. The requantization runs on four int32 lanes (templates/kernels/ec_mve.h) with the same
-arithmetic as ec_dsp.h's scalar forms, so results are bit-identical to the reference."""
+(dense_mve_s8), and their int4-weight (w4a8) forms. Their inner step is VMLADAVA, 16 int8 MACs into
+a scalar int32 in one instruction; convolution weights are stored with each row zero-padded to a
+multiple of 16 (int4: 32) so that every chunk is a full vector, dense rows tail-predicated. The
+requantization runs on four int32 lanes (templates/kernels/ec_mve.h) with the same arithmetic as
+ec_dsp.h's scalar forms, so results are bit-identical to the reference (docs/helium.md)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,24 @@ from edgecomp.lower.model import MicroKernel
 from edgecomp.quant.ir import IntGraph
 from edgecomp.quant.ops import Conv, Dense
 
-# Requantizations the vector epilogue implements (ec_mve.h): the SMMLA form and TFLite's dbl31 form.
-MVE_REQUANT = ("ec_requant_s8", "ec_requant_s8_q31", "ec_requant_s8_dbl31")
+# Requantizations the vector epilogue implements (ec_mve.h): the SMMLA form, TFLite's dbl31 form and the
+# int64 definition (where its results fit int32: int64_fits).
+MVE_REQUANT = ("ec_requant_s8", "ec_requant_s8_q31", "ec_requant_s8_dbl31", "ec_requant_s8_int64")
+
+
+def int64_fits(op, rq: list[np.ndarray]) -> bool:
+    """Whether ec_mve_requant_int64's int32 arithmetic is exact for layer `op`: every channel with
+    n <= 32 keeps |acc * M| < 2^(n+30) over its accumulator range (bias +- 128 * sum |w|), so that its
+    result before the zero point and the clamp stays within +-2^30 (n > 32 always does)."""
+    bias, pairs, sh = (np.asarray(a, np.int64) for a in rq)
+    reach = np.abs(bias) + 128 * np.abs(op.weight.reshape(op.weight.shape[0], -1).astype(np.int64)).sum(axis=1)
+    mult = np.abs(pairs[0::2])
+    small = sh <= 32
+    return bool(np.all((reach[small] * mult[small]) >> (sh[small] + 30) == 0))
+
+
+def _requant_ok(p: dict, op, rq: list[np.ndarray]) -> bool:
+    return p["rq"] in MVE_REQUANT and (p["rq"] != "ec_requant_s8_int64" or int64_fits(op, rq))
 U16_MAX = 65535  # reach of a gather load's 16-bit offsets (conv columns: channel planes)
 U8_MAX = 255  # reach of an 8-bit offset gather (depthwise windows)
 
@@ -26,11 +43,25 @@ def _ceil(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
-def _rows16(w2d: np.ndarray, rows: int) -> np.ndarray:
-    """[r, K] int8 -> [rows, K rounded up to 16], zero-padded (rows >= r)."""
-    out = np.zeros((rows, _ceil(w2d.shape[1], 16)), np.int8)
-    out[: w2d.shape[0], : w2d.shape[1]] = w2d
-    return out
+def _shift_words(nsh: np.ndarray) -> np.ndarray:
+    """int8 values (a multiple of 4 of them) as little-endian int32 words."""
+    return np.ascontiguousarray(nsh.astype(np.int8)).view(np.int32)
+
+
+def _quads(rq: list[np.ndarray], rows: int) -> np.ndarray:
+    """Per group of four channels, 13 words: the four biases, Ms, addends (int32), then the four
+    -shifts as int8 in one word (one VLDRB.S32): 13 bytes a channel."""
+    q = _per_channel(rq, rows).reshape(rows // 4, 4, 4).transpose(0, 2, 1)  # [quad][field][channel]
+    words = [np.concatenate([q[i, :3].reshape(-1), _shift_words(q[i, 3])]) for i in range(rows // 4)]
+    return np.ascontiguousarray(np.concatenate(words).astype(np.int32))
+
+
+def _columns(rq: list[np.ndarray], rows: int) -> np.ndarray:
+    """[bias][M][addend] int32 arrays of `rows` channels, then their -shifts as int8 (padded to a word)."""
+    q = _per_channel(rq, rows)
+    nsh = np.zeros(-(-rows // 4) * 4, np.int64)
+    nsh[:rows] = q[:, 3]
+    return np.ascontiguousarray(np.concatenate([q[:, :3].T.reshape(-1), _shift_words(nsh)]).astype(np.int32))
 
 
 def _per_channel(rq: list[np.ndarray], rows: int) -> np.ndarray:
@@ -68,7 +99,7 @@ def conv_mve_s4(index: int, op: Conv, graph: IntGraph):
 
 def conv_mve_s8(index: int, op: Conv, graph: IntGraph, s4: bool = False):
     p, rq = conv_params(op, graph)
-    if p["rq"] not in MVE_REQUANT:
+    if not _requant_ok(p, op, rq):
         return None
     order = conv_order(p)
     w = op.weight.astype(np.int8)  # [cout, cin, kh, kw]
@@ -77,8 +108,7 @@ def conv_mve_s8(index: int, op: Conv, graph: IntGraph, s4: bool = False):
     c4 = _ceil(p["cout"], 4)
     k16 = _ceil(k, 32 if s4 else 16)  # column slots (int4: chunks of 32)
     p.update(order=order, k=k, k16=k16, c4=c4, fuse_add=0, s4=int(s4))
-    # Per group of four channels: the four biases, Ms, addends, -shifts.
-    qc = _per_channel(rq, c4).reshape(c4 // 4, 4, 4).transpose(0, 2, 1).reshape(-1)
+    qc = _quads(rq, c4)
     macs = p["n"] * p["cout"] * p["oh"] * p["ow"] * k
     pointwise = p["kh"] == p["kw"] == 1 and p["sh"] == p["sw"] == 1 and not any(op.pads)
     inplace = (0,) if pointwise and p["cout"] <= p["cin"] else ()
@@ -94,15 +124,26 @@ def conv_mve_s8(index: int, op: Conv, graph: IntGraph, s4: bool = False):
     return mk, [np.ascontiguousarray(pairs.reshape(-1)), np.ascontiguousarray(qc)]
 
 
-def dense_mve_s8(index: int, op: Dense, graph: IntGraph):
+def dense_mve_s4(index: int, op: Dense, graph: IntGraph):
+    """dense_mve_s8 with int4 weights (w4a8): rows in chunks of 32 k, 16 bytes each."""
+    return dense_mve_s8(index, op, graph, s4=True)
+
+
+def dense_mve_s8(index: int, op: Dense, graph: IntGraph, s4: bool = False):
     p, rq = dense_params(op, graph)
-    if p["rq"] not in MVE_REQUANT:
+    if not _requant_ok(p, op, rq):
         return None
     c4 = _ceil(p["cout"], 4)
-    p.update(c4=c4)
-    qc = _per_channel(rq, c4).reshape(c4 // 4, 4, 4).transpose(0, 2, 1).reshape(-1)
-    mk = MicroKernel(f"ec_mk{index}_dense_mve_s8", "kernels/dense_mve_s8.c.j2", tuple(sorted(p.items())), 0,
+    row_bytes = _ceil(p["k"], 32) // 2 if s4 else p["k"]
+    p.update(c4=c4, s4=int(s4), row_bytes=row_bytes)
+    qc = _quads(rq, c4)
+    name = "dense_mve_s4" if s4 else "dense_mve_s8"
+    mk = MicroKernel(f"ec_mk{index}_{name}", "kernels/dense_mve_s8.c.j2", tuple(sorted(p.items())), 0,
                      p["n"] * p["cout"] * p["k"])  # fmt: skip
+    if s4:  # K padded to chunks of 32 (the input's tail loads are predicated)
+        w = np.zeros((c4, _ceil(p["k"], 32)), np.int8)
+        w[: p["cout"], : p["k"]] = op.weight
+        return mk, [_s4_chunks(w).view(np.int8), np.ascontiguousarray(qc)]
     w = np.zeros((c4, p["k"]), np.int8)  # rows as they are (the K tail's loads are predicated), zero rows after
     w[: p["cout"]] = op.weight
     return mk, [w, np.ascontiguousarray(qc)]
@@ -120,7 +161,7 @@ def dwconv_mve_s4(index: int, op: Conv, graph: IntGraph):
 def dwconv_mve_s8(index: int, op: Conv, graph: IntGraph, s4: bool = False):
     """None when not even one output's window fits a 16-byte gather within 8-bit offsets."""
     p, rq = conv_params(op, graph)
-    if p["rq"] not in MVE_REQUANT:
+    if not _requant_ok(p, op, rq):
         return None
     hp = p["pt"] + p["h"] + int(op.pads[2])
     wp = p["pl"] + p["w"] + int(op.pads[3])
@@ -162,4 +203,4 @@ def dwconv_mve_s8(index: int, op: Conv, graph: IntGraph, s4: bool = False):
     mk = MicroKernel(f"ec_mk{index}_{name}", "kernels/dwconv_mve_s8.c.j2", tuple(sorted(p.items())),
                      scratch, macs, inplace)  # fmt: skip
     taps = op.weight.reshape(-1).astype(np.int8)
-    return mk, [pack_nibbles(taps).view(np.int8) if s4 else np.ascontiguousarray(taps), _per_channel(rq, p["cout"])]
+    return mk, [pack_nibbles(taps).view(np.int8) if s4 else np.ascontiguousarray(taps), _columns(rq, p["cout"])]
