@@ -412,6 +412,29 @@ def test_tf2onnx_nhwc_model_compiles_as_downloaded(tmp_path):
     assert _matches_downloaded(_tf2onnx_style(), tmp_path, {"input_1:0": [1, 8, 8, 3]}, {"input_1:0": x}) < 1e-5
 
 
+def test_tf2onnx_export_of_a_keras_model_compiles_as_downloaded(tmp_path):
+    """The real route: a Keras model (conv, depthwise, batch norm, pooling, dense, softmax; random
+    non-trivial batch-norm statistics) exported by tf2onnx with a dynamic batch, compiled with only
+    --input-shape and compared with onnxruntime on the exported file."""
+    tf = pytest.importorskip("tensorflow", reason="tensorflow (dev extra) is not installed")
+    tf2onnx = pytest.importorskip("tf2onnx", reason="tf2onnx (dev extra) is not installed")
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([
+        tf.keras.Input((12, 12, 3)), tf.keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+        tf.keras.layers.DepthwiseConv2D(3, strides=2), tf.keras.layers.BatchNormalization(),
+        tf.keras.layers.ReLU(6.0), tf.keras.layers.GlobalAveragePooling2D(), tf.keras.layers.Dense(5),
+        tf.keras.layers.Softmax()])  # fmt: skip
+    bn = model.layers[2]
+    rng = np.random.default_rng(1)
+    bn.set_weights([rng.uniform(0.5, 1.5, 8), rng.normal(0, 0.2, 8), rng.normal(0, 0.3, 8), rng.uniform(0.5, 2, 8)])
+    spec = (tf.TensorSpec((None, 12, 12, 3), tf.float32, name="input_1"),)
+    proto, _ = tf2onnx.convert.from_function(tf.function(lambda x: model(x)), input_signature=spec, opset=13)
+    name = proto.graph.input[0].name
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 0  # exported with a dynamic batch
+    x = rng.standard_normal((1, 12, 12, 3)).astype(np.float32)
+    assert _matches_downloaded(proto, tmp_path, {name: [1, 12, 12, 3]}, {name: x}) < 1e-5
+
+
 def _hugging_face_style(vocab: int = 50, hidden: int = 16, heads: int = 2) -> onnx.ModelProto:
     """A BERT-style encoder layer as torch.onnx exports Hugging Face models (opset 14): int64
     input_ids and attention_mask with symbolic batch_size/sequence_length, position ids from
