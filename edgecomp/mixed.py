@@ -80,6 +80,8 @@ def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions,
 
     flash_budget = max_flash or target.flash_budget
     ram_budget = max_ram or target.ram_budget
+    if max_ram is not None:  # every build meets it, patching its first stage if it must (pipeline.py)
+        options = replace(options, max_ram=max_ram)
     if not flash_budget:
         raise UserError(f"target {target.name} has no flash budget: give --max-flash")
     quiet = lambda *_: None  # noqa: E731
@@ -189,7 +191,8 @@ def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions,
                               f"incl. stack) does not fit {target.name} itself; pass --no-fit-check to build anyway")  # fmt: skip
     if ram_budget and _ram(final) > ram_budget:
         raise DoesNotFitError(f"--quantize mixed: the model needs {_ram(final):,} B RAM (incl. stack) > {ram_budget:,} B; "
-                              "int4 weights do not reduce RAM: prune it or pick a bigger target")  # fmt: skip
+                              "int4 weights do not reduce RAM: give --max-ram (patch-based execution), prune it or "
+                              "pick a bigger target")  # fmt: skip
     summary["flash_bytes"] = _flash(final)
     summary["layers_4bit"] = sorted(chosen)
     sens = {r["layer"]: r for r in summary.get("layers", [])}

@@ -231,6 +231,41 @@ def test_s4_kernels_neon_bit_exact(name, tmp_path):
     _bit_exact(name, "cortex-a53-virt", tmp_path)
 
 
+@pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
+def test_mixed_meets_max_ram_by_patching_with_int4_kernels(tmp_path):
+    """--quantize mixed --max-flash --max-ram: every build meets the RAM budget by patch-based
+    execution of the first stage, whose int4 layers run bit-exactly in QEMU; the flash budget (the
+    all-int4 patched build's) takes every layer to 4 bits."""
+    from test_patches import H, cnn
+
+    from edgecomp.mixed import mixed
+
+    onnx.save(cnn(), tmp_path / "cnn.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(3).standard_normal((8, 1, 3, H, H)).astype(np.float32))
+    m7, quiet = load_target("cortex-m7"), lambda *_: None
+
+    def one(out, **kw):
+        opts = BuildOptions(integrity=False, dead_channels="none", **kw)
+        return build(tmp_path / "cnn.onnx", m7, tmp_path / out, opts, calib=tmp_path / "calib.npy", log=quiet)
+
+    plain, small = one("plain", quantize="w4a8"), one("small", quantize="w4a8", patch="auto:4")
+    ram = [r.report["ram_bytes"] + r.report["stack_reserved_bytes"] for r in (small, plain)]
+    budget = ram[0] + 240  # a patching is known to meet it (test_patches), the unpatched build does not
+    assert budget < ram[1]
+    all4 = one("w4a8", quantize="w4a8", max_ram=budget)
+    assert all4.report["patches"]["max_ram"] == budget
+    result = mixed(tmp_path / "cnn.onnx", m7, tmp_path / "mixed", BuildOptions(integrity=False, dead_channels="none"),
+                   tmp_path / "calib.npy", None, all4.report["flash_bytes"], budget, log=quiet)  # fmt: skip
+    rep = result.report
+    assert rep["patches"]["max_ram"] == budget and rep["patches"]["grid"][0] * rep["patches"]["grid"][1] > 1
+    assert rep["flash_bytes"] <= all4.report["flash_bytes"] and rep["ram_bytes"] + rep["stack_reserved_bytes"] <= budget
+    linear = [op for op in result.int_graph.ops if hasattr(op, "weight_bits")]
+    assert len(linear) > 5 and all(op.weight_bits == 4 for op in linear)  # patched copies of the first stage
+    xs = [[np.random.default_rng(s).standard_normal((1, 3, H, H)).astype(np.float32)] for s in range(2)]
+    for run, want in zip(run_samples(result, xs), expected_outputs(result, xs), strict=True):
+        np.testing.assert_array_equal(run.outputs[0], want[0])
+
+
 def test_onnxruntime_int4_qdq_imports(tmp_path):
     """onnxruntime's own quantizer with QuantType.QInt4 (per channel; at opset 13 it writes
     com.microsoft DequantizeLinear nodes) compiles with int4 weights, bit-exact."""
