@@ -406,3 +406,21 @@ def test_qat_recovers_to_half_a_point_and_compiles_bit_exactly(digits_model, tmp
     samples = [[x[None]] for x in xv[:4]]
     for run, w in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
         np.testing.assert_array_equal(run.outputs[0], w[0])
+
+
+
+@pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
+@pytest.mark.parametrize("name", ["conv_k27_odd", "conv_stride2_k36", "conv_1x1_k13", "conv_k360_chunks",
+                                  "depthwise_odd", "depthwise_stride2"])  # fmt: skip
+def test_int4_conv_cortex_m55_helium_bit_exact(name, tmp_path):
+    """cortex-m55 declares "mve": its int4 convolutions unpack the nibbles with VSHL/VSHR in conv_mve_s4
+    (K padded to chunks of 32, odd channel counts), depthwise ones per channel in dwconv_mve_s4 (45 taps
+    over 5 channels: a channel's taps start mid-byte), bit-exact in QEMU mps3-an547."""
+    model = CASES[name][0]()
+    result = _w4a8(model, tmp_path, "cortex-m55")
+    want = "dwconv_mve_s4" if name.startswith("depthwise") else "conv_mve_s4"
+    assert any(layer["variant"] == want for layer in result.report["layers"])
+    samples = [random_inputs(model, s) for s in range(3)]
+    for run, want in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
+        for got, w in zip(run.outputs, want, strict=True):
+            np.testing.assert_array_equal(got, w)

@@ -258,3 +258,46 @@ def test_smmla_form_equals_the_requantization():
         got = np.clip(top >> sh[:, None], lo, hi)
         np.testing.assert_array_equal(got, want)
     assert smmla_form(np.array([2**30]), np.array([31]), 0, -128, 127, (-(2**20), 2**20)) is None  # n <= 32
+
+
+# Helium (cortex-m55 declares "mve"): the MVE variant takes the layer, bit-exact in QEMU mps3-an547.
+MVE_CASES = {
+    "conv_k27_odd_pixels": "conv_mve_s8",  # row columns (cin 3), K 27 -> 32 slots, odd pixels and channels
+    "conv_stride2_asym": "conv_mve_s8",  # chan columns with a channel tail (cin 4), asymmetric pads
+    "conv_dilated_nopad": "conv_mve_s8",
+    "conv_1x1_batch2": "conv_mve_s8",  # pointwise, batch 2, odd channels
+    "conv_10x4_kws_like": "conv_mve_s8",  # row columns, 10x4 windows, cin 1
+    "conv_wide_weights": "conv_mve_s8",
+    "conv_single_pixel": "conv_mve_s8",
+    "pointwise_in_place_w8_odd_pixels": "conv_mve_s8",  # in place of its input, odd pixel count
+    "residual_add_fused": "conv_mve_s8",  # the Add in the epilogue (gathered residual, table lookups)
+    "residual_add_fused_wide": "conv_mve_s8",
+    "depthwise_3x3": "dwconv_mve_s8",
+    "depthwise_stride2": "dwconv_mve_s8",
+    "depthwise_narrow_pad_left2": "dwconv_mve_s8",
+    "depthwise_5x4_dilated": "dwconv_mve_s8",  # 20 taps: beyond a 16-lane gather, the DSP kernel
+    "depthwise_rows_streamed": "dwconv_mve_s8",
+    "dense_k30_out7": "dense_mve_s8",  # K tail predicated, rows % 4 left over
+    "dense_batch3": "dense_mve_s8",
+    "dense_interleaved_out6": "dense_mve_s8",
+}
+
+
+@needs_qemu
+@pytest.mark.parametrize("name", sorted(MVE_CASES))
+def test_microkernel_cortex_m55_mve_bit_exact(name, tmp_path, monkeypatch):
+    model = CASES[name]()
+    result = _build(model, "cortex-m55", tmp_path)
+    kernels_c = (result.outdir / "model_kernels.c").read_text()
+    if name == "depthwise_5x4_dilated":
+        assert "dwconv_mve_s8" not in kernels_c and "_dwconv_s8" in kernels_c
+    else:
+        assert MVE_CASES[name] in kernels_c
+    if name in IN_PLACE:
+        assert any("in_place_of" in b for b in result.report["memory_plan"])
+    if name.startswith("residual"):
+        assert "conv_add_s8" in kernels_c
+    samples = [random_inputs(model, s) for s in range(3)]
+    for run, wants in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
+        for g, want in zip(run.outputs, wants, strict=True):
+            np.testing.assert_array_equal(g, want)

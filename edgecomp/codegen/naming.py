@@ -35,7 +35,7 @@ RUNTIME_SYMBOLS = (
 # The runtime's C files, copied into every model's library (their globals renamed as above).
 RUNTIME_SOURCES = ("ec_runtime.c", "ec_sha256.c")
 # The headers the model's own C includes from its internal folder.
-RUNTIME_HEADERS = ("ec_tvm_shim.h", "ec_sha256.h", "ec_dsp.h", "ec_fpu.h", "ec_neon.h", "ec_mm.h", "ec_port.h")
+RUNTIME_HEADERS = ("ec_tvm_shim.h", "ec_sha256.h", "ec_dsp.h", "ec_fpu.h", "ec_neon.h", "ec_mve.h", "ec_mm.h", "ec_port.h")
 
 
 def check_prefix(prefix: str) -> str:

@@ -21,6 +21,7 @@ from edgecomp.lower import kernels
 from edgecomp.lower.kernels import Chosen
 from edgecomp.lower.model import MicroKernel
 from edgecomp.quant import ops
+from edgecomp.quant import tflite_arith as A
 from edgecomp.quant.ir import IntGraph, IntOp, Rescale
 from edgecomp.quant.ops.avgpool_tfl import tap_counts
 
@@ -42,9 +43,9 @@ def _requant_double(acc, mult, shift):
     x = acc * (_c(1) << tirx.Max(s, _c(0)))  # a multiplication: << of a negative value is undefined in C
     h = (x * mult + (_c(1) << _c(30))) >> _c(31)  # SaturatingRoundingDoublingHighMul: ties up
     e = tirx.Max(-s, _c(0))
-    mask = (_c(1) << e) - _c(1)
-    threshold = (mask >> _c(1)) + tirx.Select(h < _c(0), _c(1), _c(0))
-    return (h >> e) + tirx.Select((h & mask) > threshold, _c(1), _c(0))  # RoundingDivideByPOT: ties away
+    # RoundingDivideByPOT (ties away from zero) as (h + ((2^e - (h < 0)) >> 1)) >> e: h read twice, not
+    # three times, so that chained requantizations (an Add's three) stay small expressions for TVM.
+    return (h + (((_c(1) << e) - tirx.Select(h < _c(0), _c(1), _c(0))) >> _c(1))) >> e
 
 
 def _requant_by(rounding: str):
@@ -68,7 +69,7 @@ def _rescale_expr(v, r: Rescale):
     v = v.astype(I64)
     if r.is_identity:
         return v
-    return _requant(v - _c(r.in_zp), _c(r.mult), _c(r.shift)) + _c(r.out_zp)
+    return _requant_by(r.rounding)(v - _c(r.in_zp), _c(r.mult), _c(r.shift)) + _c(r.out_zp)
 
 
 def _acc_dtype(x) -> str:
@@ -159,14 +160,14 @@ def _operands(x, y, shape):
 
 
 def _add(x, y, *, a, dtype, shape):
-    ls = _c(a.left_shift)
+    ls = _c(1 << a.left_shift)  # a multiplication: << of a negative value is undefined in C
     rq = _requant_by(a.rounding)
     at = _operands(x, y, shape)
 
     def f(*idx):
         xv, yv = at(idx)
-        xa = rq((xv.astype(I64) - _c(a.a_zp)) << ls, _c(a.a_mult), _c(a.a_shift))
-        xb = rq((yv.astype(I64) - _c(a.b_zp)) << ls, _c(a.b_mult), _c(a.b_shift))
+        xa = rq((xv.astype(I64) - _c(a.a_zp)) * ls, _c(a.a_mult), _c(a.a_shift))
+        xb = rq((yv.astype(I64) - _c(a.b_zp)) * ls, _c(a.b_mult), _c(a.b_shift))
         return _clamp(rq(xa - xb if a.subtract else xa + xb, _c(a.mult), _c(a.shift)) + _c(a.out_zp), a.lo, a.hi,
                       dtype)  # fmt: skip
 
@@ -323,6 +324,70 @@ def _softmax(x, table, *, a, dtype):
     return te.compute(shape, out, name="out")
 
 
+def _lut_int16(table, v):
+    """tflite_arith.lut_lookup_int16 for one int32 expression v in [-32768, 32767]."""
+    idx = (v >> _c(7, I32)) + _c(256, I32)
+    base = table[idx].astype(I32)
+    return base + (((table[idx + 1].astype(I32) - base) * (v & _c(127, I32)) + _c(64, I32)) >> _c(7, I32))
+
+
+def _softmax_tfl16(x, exp_lut, recip_lut, *, a, dtype):
+    """quant/ops/softmax_tfl.py TflSoftmax16 (TFLM's SoftmaxInt16) over the last axis."""
+    shape = [int(d) for d in x.shape]
+    k = te.reduce_axis((0, shape[-1]), "k")
+    mx = te.compute(shape[:-1], lambda *i: te.max(x[(*i, k)].astype(I32), axis=k), name="max")
+
+    def exp(*i):
+        d = _requant_double((x[i].astype(I32) - mx[i[:-1]]).astype(I64), _c(a.mult), _c(31 - a.shift))
+        return _lut_int16(exp_lut, _clamp(d + _c(32767), -32768, 32767, I32))
+
+    e = te.compute(shape, exp, name="exp")
+    k2 = te.reduce_axis((0, shape[-1]), "k2")
+    total = te.compute(shape[:-1], lambda *i: te.sum(e[(*i, k2)], axis=k2), name="sum")
+    # CountLeadingZeros of a positive int32: the powers of two 2^0..2^31 above it.
+    hp1 = te.compute(shape[:-1], lambda *i: sum((tirx.Select(total[i].astype(I64) < _c(1 << b), _c(1, I32), _c(0, I32))
+                                                 for b in range(32)), _c(0, I32)), name="clz")  # fmt: skip
+
+    def recip(*i):
+        h = hp1[i].astype(I64)
+        shifted = ((total[i].astype(I64) << (h - _c(1))) + _c(1 << 13)) >> _c(14)
+        return _lut_int16(recip_lut, _clamp(shifted - _c((1 << 15) + (1 << 16)), -32768, 32767, I32))
+
+    r = te.compute(shape[:-1], recip, name="recip")
+
+    def out(*i):
+        rs = _c(31) - hp1[i[:-1]].astype(I64)
+        v = (e[i].astype(I64) * r[i[:-1]].astype(I64) + (_c(1) << (rs - _c(1)))) >> rs
+        return _clamp(v, 0, 32767, dtype)
+
+    return te.compute(shape, out, name="out")
+
+
+def _sigmoid_tfl16(x, table, *, a, dtype):
+    """quant/ops/lut.py TflSigmoid16 (tflite_arith.sigmoid_int16); the rescaled input is its own stage."""
+    rnd = (1 << (a.shift - 1)) if a.shift > 0 else 0
+    v = te.compute(x.shape, lambda *i: (x[i].astype(I32) * _c(a.mult, I32) + _c(rnd, I32)) >> _c(a.shift, I32),
+                   name="scaled")  # fmt: skip
+    bits = 8 if a.tanh else 9
+
+    def f(*i):
+        s = v[i]
+        mag = tirx.Select(s < _c(0, I32), -s, s)
+        uh = mag >> _c(bits, I32)
+        k = tirx.Min(uh, _c(254, I32))
+        ua = table[k]
+        res = (ua << _c(bits, I32)) + (mag & _c((1 << bits) - 1, I32)) * (table[k + 1] - ua)
+        if a.tanh:
+            res = tirx.Select(uh >= _c(255, I32), _c(0xFFFF << 8, I32), res)
+            res = tirx.Select(s >= _c(0, I32), res - _c((1 << 23) - (1 << 7), I32), _c((1 << 23) + (1 << 7) - 1, I32) - res)
+            return (res >> _c(8, I32)).astype(dtype)
+        res = tirx.Select(uh >= _c(255, I32), _c(0x7FFF << 10, I32), res)
+        res = tirx.Select(s >= _c(0, I32), res + _c(1 << 9, I32), _c((1 << 25) + (1 << 9) - 1, I32) - res)
+        return (res >> _c(10, I32)).astype(dtype)
+
+    return te.compute(x.shape, f, name="sigmoid16")
+
+
 def _quantize(x, scale, *, a, dtype):
     # ONNX rounds half to even (nearbyint); TFLite half away from zero: C's roundf, by name (TVM's
     # own round intrinsic becomes nearbyint in C).
@@ -393,16 +458,89 @@ def _mean_tfl(x, *, a, dtype, shape):
 
 
 def _pad(x, *, a, dtype, shape):
-    """quant/ops/pad.py: the input inside, the constant around it."""
+    """quant/ops/pad.py: the input inside, the constant around it (mode constant), or the input at
+    the index that mode maps each outside position to (reflect, edge, wrap)."""
     before = [p[0] for p in a.pads]
     dims = [int(d) for d in x.shape]
 
+    def source(i, lo, d):
+        j = i - lo
+        if a.mode == "reflect":  # -j before the start, 2(d-1) - j after the end
+            j = tirx.Max(j, 0 - j)
+            k = (d - 1) - j
+            return (d - 1) - tirx.Max(k, 0 - k)
+        if a.mode == "wrap":
+            return tirx.floormod(j, d)
+        return tirx.Max(tirx.Min(j, d - 1), 0)  # edge (and in range for constant)
+
     def f(*idx):
+        if any(a.interior):  # input values every (interior + 1) positions, the constant between
+            steps = [i + 1 for i in a.interior]
+            conds, src = [], []
+            for i, lo, d, s in zip(idx, before, dims, steps, strict=True):
+                j = i - lo
+                conds += [j >= 0, j <= (d - 1) * s] + ([tirx.floormod(j, s) == 0] if s > 1 else [])
+                src.append(tirx.Max(tirx.Min(tirx.floordiv(j, s), d - 1), 0))
+            return tirx.if_then_else(tirx.all(*conds), x[tuple(src)], tirx.const(a.value, dtype))
+        src = tuple(source(i, lo, d) for i, lo, d in zip(idx, before, dims, strict=True))
+        if a.mode != "constant":
+            return x[src]
         inside = tirx.all(*(tirx.all(i >= lo, i < lo + d) for i, lo, d in zip(idx, before, dims, strict=True)))
-        src = tuple(tirx.Max(tirx.Min(i - lo, d - 1), 0) for i, lo, d in zip(idx, before, dims, strict=True))
         return tirx.if_then_else(inside, x[src], tirx.const(a.value, dtype))
 
     return te.compute(tuple(shape), f, name="pad")
+
+
+def _slice(x, *, a, dtype):
+    """quant/ops/slice.py: the value at start + step * k on each axis, the taken block laid out in
+    the output's shape (an index through the flat position when the two shapes differ)."""
+    block = list(a.counts)
+
+    def f(*out_idx):
+        if list(a.shape) == block:
+            idx = list(out_idx)
+        else:
+            flat = 0
+            for i, d in zip(out_idx, a.shape, strict=True):
+                flat = flat * d + i
+            idx = []
+            for d in reversed(block):
+                idx.append(flat % d)
+                flat = flat // d
+            idx.reverse()
+        src = tuple(i * t + s for i, s, t in zip(idx, a.starts, a.steps, strict=True))
+        return _clamp(_rescale_expr(x[src], a.rescale), a.lo, a.hi, dtype)
+
+    return te.compute(tuple(a.shape), f, name="slice")
+
+
+def _reduce(x, *, a, dtype):
+    """quant/ops/extremum.py Reduce: max (min) over a.axes, rescaled, in the output's shape."""
+    in_shape = [int(d) for d in x.shape]
+    red = {ax: te.reduce_axis((0, in_shape[ax]), f"r{ax}") for ax in a.axes}
+    kept = [i for i in range(len(in_shape)) if i not in red]
+    keepdims = len(a.shape) == len(in_shape)
+
+    def f(*idx):
+        it = iter([idx[k] for k in kept] if keepdims else idx)
+        src = tuple(red[i] if i in red else next(it) for i in range(len(in_shape)))
+        axis = list(red.values())
+        return te.max(x[src], axis=axis) if a.largest else te.min(x[src], axis=axis)
+
+    v = te.compute(tuple(a.shape), f, name="reduce")
+    return te.compute(tuple(a.shape), lambda *i: _clamp(_rescale_expr(v[i], a.rescale), a.lo, a.hi, dtype),
+                      name="out")  # fmt: skip
+
+
+def _extremum(*xs, a, dtype, shape):
+    def f(*idx):
+        vals = [_rescale_expr(_broadcast(x, idx, len(shape)), r) for x, r in zip(xs, a.rescales, strict=True)]
+        v = vals[0]
+        for w in vals[1:]:
+            v = tirx.Max(v, w) if a.largest else tirx.Min(v, w)
+        return _clamp(v, a.lo, a.hi, dtype)
+
+    return te.compute(tuple(shape), f, name="extremum")
 
 
 def _crop(x, *, a, dtype):
@@ -459,12 +597,18 @@ TE_KERNELS = {
     ops.Lut: lambda op, g: (_lut, [_const(op.table, str(op.table.dtype))]),
     ops.Lut16: lambda op, g: (partial(_lut16, a=op), [_const(op.table, I32)]),
     ops.Softmax: lambda op, g: (partial(_softmax, a=op), [_const(op.table, I32)]),
+    ops.TflSigmoid16: lambda op, g: (partial(_sigmoid_tfl16, a=op), [_const(A.SIGMOID_TABLE_UINT16, I32)]),
+    ops.TflSoftmax16: lambda op, g: (partial(_softmax_tfl16, a=op), [_const(op.exp_lut, "int16"),
+                                                                     _const(op.recip_lut, "int16")]),
     ops.Quantize: lambda op, g: (partial(_quantize, a=op), [_const([op.scale], "float32")]),
     ops.Dequantize: lambda op, g: (partial(_dequantize, a=op), [_const([op.scale], "float32")]),
     ops.TflAvgPool: lambda op, g: (partial(_avgpool_tfl, a=op), [_const(tap_counts(
         g.tensors[op.inputs[0]].shape[2:], op.kernel, op.strides, op.pads), I32)]),
     ops.TflMean: lambda op, g: (partial(_mean_tfl, a=op, shape=_out_shape(op, g)), []),
     ops.Pad: lambda op, g: (partial(_pad, a=op, shape=_out_shape(op, g)), []),
+    ops.Reduce: lambda op, g: (partial(_reduce, a=op), []),
+    ops.Extremum: lambda op, g: (partial(_extremum, a=op, shape=_out_shape(op, g)), []),
+    ops.Slice: lambda op, g: (partial(_slice, a=op), []),
     ops.Crop: lambda op, g: (partial(_crop, a=op), []),
     ops.Place: lambda op, g: (partial(_place, a=op), []),
 }  # fmt: skip

@@ -163,9 +163,18 @@ def quantize_base(model: onnx.ModelProto, samples: list[list[np.ndarray]], schem
         return Base(onnx.load(str(dst)), float_model, floats)
 
 
+# Ops edgecomp has integer kernels for (tables, a mean) that onnxruntime's registries lack: asked
+# for by name, onnxruntime puts QuantizeLinear/DequantizeLinear around them too, so a chain of them
+# (ReduceMean -> Neg, Div -> Sub) is not left in float between two quantized ops. Pow is not among
+# them: its exponent would be quantized too (2 -> 1.9999999, and x ** 1.9999999 is NaN for x < 0);
+# between quantized ops it still gets them from its neighbours, its exponent left exact.
+INTEGER_EXTRAS = ("PRelu", "Neg", "Abs", "Sqrt", "Log", "Exp", "Reciprocal", "Erf", "Softplus", "Softsign", "Elu",
+                  "Sub", "Div", "ReduceMean", "ReduceMax", "ReduceMin", "Max", "Min")  # fmt: skip
+
+
 def _op_types() -> list[str]:
-    """onnxruntime's default set of ops to quantize, plus PRelu (edgecomp has an integer PRelu;
-    onnxruntime's registries lack it, so its output would stay float)."""
+    """onnxruntime's default set of ops to quantize, plus INTEGER_EXTRAS (without them their outputs
+    would stay float)."""
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    return sorted({*QLinearOpsRegistry, *QDQRegistry, "PRelu"})
+    return sorted({*QLinearOpsRegistry, *QDQRegistry, *INTEGER_EXTRAS})

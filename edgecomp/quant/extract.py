@@ -198,6 +198,13 @@ class Extractor:
             )
         return t
 
+    def is_const(self, name: str) -> bool:
+        """A constant: an initializer, or one read through its DequantizeLinear."""
+        if name in self.consts:
+            return True
+        dq = self.producer.get(name)
+        return dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in self.consts
+
     def real_const(self, name: str, node: onnx.NodeProto) -> np.ndarray:
         """A float constant, or the real values of a quantized one (through its DequantizeLinear)."""
         if name in self.consts:
@@ -315,6 +322,22 @@ class Extractor:
 
     def emit(self, op: IntOp) -> None:
         self.ops.append(op)
+
+    def derived(self, t: QTensor, shape: tuple[int, ...], suffix: str) -> QTensor:
+        """A new int tensor on `t`'s grid in another shape: where an op runs in a layout of its
+        own (a 1-D convolution as a 2-D one of height 1, a batched MatMul as a 2-D one)."""
+        new = QTensor(f"{t.name}__{suffix}", tuple(shape), t.dtype, t.scale, t.zero_point, t.float_name)
+        self.tensors[new.name] = new
+        return new
+
+    def reshape(self, src: QTensor, dst: QTensor, node: onnx.NodeProto) -> None:
+        """Emit the copy of `src` into `dst` (same grid, same number of values, another shape)."""
+        from edgecomp.quant.ir import Rescale
+        from edgecomp.quant.ops.layout import Reshape
+
+        lo, hi = qrange(dst.dtype)
+        same = Rescale(1 << 30, 30, src.zero_point, dst.zero_point)  # the identity
+        self.emit(Reshape(inputs=(src.name,), output=dst.name, node=node.name, rescale=same, lo=lo, hi=hi))
 
     def bias(self, node, idx, x: QTensor, w_scale: np.ndarray, n_out: int) -> np.ndarray:
         """A Conv/Gemm bias in the accumulator's scale (x.scale * w_scale), int64; zeros if absent."""

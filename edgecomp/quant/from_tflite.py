@@ -35,7 +35,9 @@ from edgecomp.quant.ops import (
     Reshape,
     TflAvgPool,
     TflMean,
+    TflSigmoid16,
     TflSoftmax,
+    TflSoftmax16,
     Transpose,
 )
 
@@ -179,23 +181,38 @@ class _Importer:
         dil = (max(1, op.options.get("DilationHFactor", 1)), max(1, op.options.get("DilationWFactor", 1)))
         pads = tflite_padding(op.options, x_t.shape[1:3], w_oihw.shape[2:], strides, dil)
         scales = np.broadcast_to(w_t.scales, (cout,))
-        mult, shift = _per_channel_multipliers(x_t.scale, scales, y_t.scale)
-        bias = self._bias(op, 2, cout)
+        mult, shift, rounding = self._linear_requant(op, x_t, scales, y_t)
+        bias = self._bias(op, 2, cout, x_t)
         bias = bias - x_t.zero_point * w_oihw.astype(np.int64).reshape(cout, -1).sum(axis=1)
         lo, hi = self._act_range(op, y_t)
         self.define(op.outputs[0], lambda out, q: Conv(
-            inputs=(x,), output=out, node=op.label, weight=int_array(w_oihw, np.int8), bias=int_array(bias, np.int32),
+            inputs=(x,), output=out, node=op.label, weight=int_array(w_oihw, np.int8), bias=_acc(bias, x_t),
             mult=int_array(mult, np.int64), shift=int_array(shift, np.int64), strides=strides, pads=pads,
             dilations=dil, groups=groups, pad_value=x_t.zero_point, out_zp=y_t.zero_point, lo=lo, hi=hi,
-            rounding="double"))  # fmt: skip
+            rounding=rounding))  # fmt: skip
 
-    def _bias(self, op: TflOp, idx: int, n: int) -> np.ndarray:
+    def _bias(self, op: TflOp, idx: int, n: int, x_t: TflTensor) -> np.ndarray:
         if len(op.inputs) <= idx or op.inputs[idx] < 0:
             return np.zeros(n, np.int64)
         b = _const(self.t(op.inputs[idx]), op, "bias")
-        if b.dtype != np.int32:
-            raise UnsupportedModelError(f"{op.label}: bias of type {b.dtype} (int32 expected)")
+        want = np.int64 if x_t.dtype == "int16" else np.int32  # int16x8: TFLM's int64 accumulator path
+        if b.dtype != want:
+            raise UnsupportedModelError(f"{op.label}: bias of type {b.dtype} with {x_t.dtype} input "
+                                        f"({np.dtype(want).name} expected)")  # fmt: skip
         return b.astype(np.int64).reshape(-1)
+
+    def _linear_requant(self, op: TflOp, x_t: TflTensor, w_scales, y_t: TflTensor):
+        """(mult, shift, rounding) of a conv / fully connected layer. int8: TFLM's double rounding.
+        int16x8: TFLM's int64 MultiplyByQuantizedMultiplier, which reduces the multiplier to 15 bits
+        and rounds once: exactly edgecomp's single rounding with (M >> 16 rounded, 15 - shift)."""
+        if x_t.dtype != y_t.dtype:
+            raise UnsupportedModelError(f"{op.label}: {x_t.dtype} input with {y_t.dtype} output is not compiled")
+        mult, shift = _per_channel_multipliers(x_t.scale, w_scales, y_t.scale)
+        if x_t.dtype == "int8":
+            return mult, shift, "double"
+        _int16_zero_points(op, x_t, y_t)
+        reduced = np.array([A.reduce_multiplier_int64(int(m)) for m in mult], np.int64)
+        return reduced, shift - 16, "single"
 
     def op_FULLY_CONNECTED(self, op: TflOp) -> None:
         x_t, w_t, y_t = self.t(op.inputs[0]), self.t(op.inputs[1]), self.t(op.outputs[0])
@@ -209,14 +226,14 @@ class _Importer:
         batch = int(np.prod(x_t.shape)) // depth
         if x_t.shape != (batch, depth):  # TFLite flattens the input to [batch, depth]
             x = self._reshape_to(x, x_t, (batch, depth))
-        mult, shift = _per_channel_multipliers(x_t.scale, np.broadcast_to(w_t.scales, (w.shape[0],)), y_t.scale)
-        bias = self._bias(op, 2, w.shape[0]) - x_t.zero_point * w.astype(np.int64).sum(axis=1)
+        mult, shift, rounding = self._linear_requant(op, x_t, np.broadcast_to(w_t.scales, (w.shape[0],)), y_t)
+        bias = self._bias(op, 2, w.shape[0], x_t) - x_t.zero_point * w.astype(np.int64).sum(axis=1)
         lo, hi = self._act_range(op, y_t)
         out_shape = (batch, w.shape[0])
         make = lambda out, q: Dense(  # noqa: E731
-            inputs=(x,), output=out, node=op.label, weight=int_array(w, np.int8), bias=int_array(bias, np.int32),
+            inputs=(x,), output=out, node=op.label, weight=int_array(w, np.int8), bias=_acc(bias, x_t),
             mult=int_array(mult, np.int64), shift=int_array(shift, np.int64), out_zp=y_t.zero_point, lo=lo, hi=hi,
-            rounding="double")  # fmt: skip
+            rounding=rounding)  # fmt: skip
         if y_t.shape == out_shape:
             self.define(op.outputs[0], make, "plain")
         else:  # keep_num_dims
@@ -255,9 +272,11 @@ class _Importer:
     def _add(self, op: TflOp, subtract: bool) -> None:
         a_t, b_t, y_t = self.t(op.inputs[0]), self.t(op.inputs[1]), self.t(op.outputs[0])
         (a, b), layout = self._same_layout(op)
-        if y_t.dtype != "int8":
-            raise UnsupportedModelError(f"{op.label}: int16 ADD/SUB are not compiled")
-        left_shift = 20
+        if not a_t.dtype == b_t.dtype == y_t.dtype:
+            raise UnsupportedModelError(f"{op.label}: operands of types {a_t.dtype}, {b_t.dtype} -> {y_t.dtype}")
+        if y_t.dtype == "int16" and op.options.get("PotScaleInt16", False):
+            raise UnsupportedModelError(f"{op.label}: int16 with power-of-two scales (pot_scale_int16) is not compiled")
+        left_shift = 20 if y_t.dtype == "int8" else 15  # TFLM's add/sub_common.cc
         twice_max = 2.0 * float(max(np.float32(a_t.scale), np.float32(b_t.scale)))
         ma, sa = A.quantize_multiplier_smaller_than_one_exp(float(np.float32(a_t.scale)) / twice_max)
         mb, sb = A.quantize_multiplier_smaller_than_one_exp(float(np.float32(b_t.scale)) / twice_max)
@@ -309,8 +328,10 @@ class _Importer:
 
     def op_SOFTMAX(self, op: TflOp) -> None:
         x_t, y_t = self.t(op.inputs[0]), self.t(op.outputs[0])
+        if x_t.dtype == y_t.dtype == "int16":
+            return self._softmax16(op, x_t, y_t)
         if x_t.dtype != "int8" or y_t.dtype != "int8":
-            raise UnsupportedModelError(f"{op.label}: only int8 -> int8 softmax is compiled")
+            raise UnsupportedModelError(f"{op.label}: only int8 -> int8 and int16 -> int16 softmax are compiled")
         if y_t.zero_point != -128 or np.float32(y_t.scale) != np.float32(1 / 256):
             raise UnsupportedModelError(f"{op.label}: TFLite's int8 softmax needs output scale 1/256, zero point -128")
         p = A.prepare_softmax(x_t.scale, op.options.get("Beta", 1.0))
@@ -320,9 +341,22 @@ class _Importer:
             inputs=(x,), output=out, node=op.label, exp=int_array(exp, np.int32),
             exp12=int_array(A.rdbpot(exp, 12), np.int32)), "plain")  # fmt: skip
 
+    def _softmax16(self, op: TflOp, x_t: TflTensor, y_t: TflTensor) -> None:
+        _int16_zero_points(op, x_t, y_t)
+        if abs(float(np.float32(y_t.scale)) - 1 / 32768) > 0.001 / 32768:
+            raise UnsupportedModelError(f"{op.label}: TFLite's int16 softmax needs output scale 1/32768")
+        m, s = A.prepare_softmax_int16(x_t.scale, op.options.get("Beta", 1.0))
+        exp_lut, recip_lut = A.softmax_int16_luts()
+        x = self.get(op.inputs[0], "plain")
+        self.define(op.outputs[0], lambda out, q: TflSoftmax16(
+            inputs=(x,), output=out, node=op.label, mult=m, shift=s, exp_lut=int_array(exp_lut, np.int16),
+            recip_lut=int_array(recip_lut, np.int16)), "plain")  # fmt: skip
+
     def unary(self, op: TflOp) -> None:
         """Element-wise int8 functions as 256-entry tables of TFLM's own results."""
         x_t, y_t = self.t(op.inputs[0]), self.t(op.outputs[0])
+        if "int16" in (x_t.dtype, y_t.dtype):
+            return self._unary16(op, x_t, y_t)
         if x_t.dtype != "int8" or y_t.dtype != "int8":
             raise UnsupportedModelError(f"{op.label}: only int8 -> int8 is compiled on the integer path")
         q = np.arange(-128, 128, dtype=np.int64).astype(np.int8)
@@ -350,6 +384,39 @@ class _Importer:
         layout = "nchw" if len(x_t.shape) == 4 else "plain"
         self.define(op.outputs[0], lambda out, qt: Lut(inputs=(x,), output=out, node=op.label,
                                                         table=int_array(table, np.int8)), layout)  # fmt: skip
+
+    def _unary16(self, op: TflOp, x_t: TflTensor, y_t: TflTensor) -> None:
+        """Element-wise functions with an int16 side (a 64K-entry table is too big): QUANTIZE as
+        TFLM's Requantize (MultiplyByQuantizedMultiplier, double rounding), RELU/RELU6/RELU_N1_TO_1
+        on int16 as clamps (TFLM's int16 ReLUs keep the input's quantization)."""
+        x = self.get(op.inputs[0])
+        layout = "nchw" if len(x_t.shape) == 4 else "plain"
+        name = op.name
+        if name == "QUANTIZE":
+            m, s = A.prepare_requantize(x_t.scale, y_t.scale)
+            rescale = Rescale(m, _n(s), x_t.zero_point, y_t.zero_point, "double")
+            lo, hi = _qmin(y_t), _qmax(y_t)
+        elif name in ("RELU", "RELU6", "RELU_N1_TO_1") and x_t.dtype == y_t.dtype == "int16":
+            _same_quant(op, x_t, y_t)
+            act = {"RELU": A.ACT_RELU, "RELU6": A.ACT_RELU6, "RELU_N1_TO_1": A.ACT_RELU_N1_TO_1}[name]
+            rescale = _identity(x_t.zero_point)
+            lo, hi = A.calculate_activation_range_quantized(act, x_t.scale, x_t.zero_point, _qmin(y_t), _qmax(y_t))
+        elif name in ("LOGISTIC", "TANH") and x_t.dtype == y_t.dtype == "int16":
+            _int16_zero_points(op, x_t, y_t)
+            pot, log2 = A.checked_log2(y_t.scale)
+            if not pot or log2 != -15:
+                raise UnsupportedModelError(f"{op.label}: TFLite's int16 {name} needs output scale 2^-15")
+            try:
+                m, s = A.prepare_sigmoid_int16(x_t.scale, tanh=name == "TANH")
+            except ValueError as exc:
+                raise UnsupportedModelError(f"{op.label}: {exc}") from None
+            self.define(op.outputs[0], lambda out, q: TflSigmoid16(inputs=(x,), output=out, node=op.label, mult=m,
+                                                                    shift=s, tanh=name == "TANH"), layout)  # fmt: skip
+            return
+        else:
+            raise UnsupportedModelError(f"{op.label}: {x_t.dtype} -> {y_t.dtype} is not compiled on the integer path")
+        self.define(op.outputs[0], lambda out, q: Reshape(inputs=(x,), output=out, node=op.label, rescale=rescale,
+                                                           lo=lo, hi=hi), layout)  # fmt: skip
 
     def op_QUANTIZE(self, op: TflOp) -> None:
         """float -> int8 (an int8 -> int8 QUANTIZE is a table, see unary)."""
@@ -437,6 +504,19 @@ def _qmin(t: TflTensor) -> int:
 
 def _qmax(t: TflTensor) -> int:
     return int(np.iinfo(t.dtype).max)
+
+
+def _acc(bias: np.ndarray, x_t: TflTensor) -> np.ndarray:
+    """The bias in the accumulator's type: int32 for int8 inputs, int64 for int16 (TFLM's int64 path)."""
+    return int_array(bias, np.int64 if x_t.dtype == "int16" else np.int32)
+
+
+def _int16_zero_points(op: TflOp, *ts: TflTensor) -> None:
+    """TFLM's int16 kernels require symmetric activations (it checks zero point 0 in Prepare)."""
+    for t in ts:
+        if t.dtype == "int16" and t.zero_point != 0:
+            raise UnsupportedModelError(f"{op.label}: int16 tensor '{t.name}' has zero point {t.zero_point} "
+                                        "(TFLite Micro's int16 kernels need 0)")  # fmt: skip
 
 
 def _const(t: TflTensor, op: TflOp, what: str) -> np.ndarray:

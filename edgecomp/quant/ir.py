@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from edgecomp.quant.fixedpoint import ROUNDINGS, requant, requant_by
+from edgecomp.quant.fixedpoint import ROUNDINGS, requant_by
 
 
 @dataclass(frozen=True)
@@ -55,19 +55,20 @@ class IntOp:
 @dataclass(frozen=True)
 class Rescale:
     """v -> requant(v - in_zp, mult, shift) + out_zp: a tensor moved to another scale and zero point
-    (identity when both are the same)."""
+    (identity when both are the same). `rounding` "double": TFLite's (an int16 QUANTIZE's Requantize)."""
 
     mult: int
     shift: int
     in_zp: int
     out_zp: int
+    rounding: str = "single"  # fixedpoint.ROUNDINGS
 
     @property
     def is_identity(self) -> bool:
         return self.mult == 1 << 30 and self.shift == 30 and self.in_zp == self.out_zp
 
     def apply(self, v: np.ndarray) -> np.ndarray:
-        return requant(v.astype(np.int64) - self.in_zp, self.mult, self.shift) + self.out_zp
+        return requant_by(self.rounding, v.astype(np.int64) - self.in_zp, self.mult, self.shift) + self.out_zp
 
 
 def clamp(v: np.ndarray, lo: int, hi: int, dtype: str) -> np.ndarray:

@@ -89,6 +89,14 @@ def quantize_multiplier(double_multiplier: float):
     return q_fixed, shift
 
 
+def reduce_multiplier_int64(quantized_multiplier: int) -> int:
+    """The 15-bit multiplier of MultiplyByQuantizedMultiplier(int64_t x, ...) (common.h, the int16x8
+    kernels' int64 accumulators): (m + 2^15) >> 16, or 0x7FFF from 0x7FFF0000 up. That function then
+    rounds once: (x * reduced + 2^(14 - shift)) >> (15 - shift)."""
+    m = int(quantized_multiplier)
+    return (m + (1 << 15)) >> 16 if m < 0x7FFF0000 else 0x7FFF
+
+
 def quantize_multiplier_smaller_than_one_exp(double_multiplier: float):
     """QuantizeMultiplierSmallerThanOneExp: requires 0 < m < 1; returns
     (multiplier, left_shift) with left_shift <= 0."""
@@ -680,3 +688,132 @@ def prepare_mean(input_scale, output_scale):
     """PrepareMeanOrSum (micro/kernels/reduce_common.cc): real = (double)s_in /
     (double)s_out -> QuantizeMultiplier."""
     return quantize_multiplier(float(f32(input_scale)) / float(f32(output_scale)))
+
+
+def gen_lut_int16(func, input_min: float, input_max: float, output_min: float, output_max: float) -> np.ndarray:
+    """gen_lut<float, int16_t, int16_t> (kernels/internal/common.h): 512 samples of `func` over
+    [input_min, input_max] plus one end point, each biased by half the error of linear interpolation
+    at the midpoint; all in float32 as TFLM computes it (func takes and returns np.float32)."""
+    step = (f32(input_max) - f32(input_min)) / f32(512)
+    half = step / f32(2)
+    inv = f32(65536) / (f32(output_max) - f32(output_min))
+    lut = np.zeros(513, np.int64)
+    for i in range(512):
+        x = f32(input_min) + f32(i) * step
+        val, mid, nxt = func(x), func(x + half), func(f32(input_min) + f32(i + 1) * step)
+        sample = round_half_away(val * inv)
+        interp = round_half_away((nxt * inv + round_half_away(val * inv)) / f32(2))
+        bias = round_half_away((interp - round_half_away(mid * inv)) / f32(2))
+        lut[i] = int(min(max(sample - bias, f32(-32768)), f32(32767)))
+    lut[512] = int(min(max(round_half_away(func(f32(input_max)) * inv), f32(-32768)), f32(32767)))
+    return lut
+
+
+def _expf(x):
+    """expf: float64 exp rounded to float32 (glibc's expf is correctly rounded on these inputs)."""
+    return f32(math.exp(float(x)))
+
+
+def softmax_int16_luts() -> tuple[np.ndarray, np.ndarray]:
+    """SoftmaxPrepare's int16 tables (micro/kernels/softmax_common.cc): exp over [-10, 0] and
+    1 / (1 + x) over [0, 1], both to [-1, 1] in Q0.15."""
+    return (gen_lut_int16(_expf, -10.0, 0.0, -1.0, 1.0),
+            gen_lut_int16(lambda v: f32(1.0) / (f32(1.0) + v), 0.0, 1.0, -1.0, 1.0))
+
+
+def prepare_softmax_int16(input_scale: float, beta: float) -> tuple[int, int]:
+    """CalculateSoftmaxParams, int16: QuantizeMultiplier((double)s_in * (double)beta / (10.0 / 65535.0))
+    (the row's differences [-65535, 0] onto the exp table's [-10, 0])."""
+    return quantize_multiplier(float(f32(input_scale)) * float(f32(beta)) / (10.0 / 65535.0))
+
+
+def lut_lookup_int16(v, lut):
+    """lut_lookup_with_interpolation (common.h): int16 v, 513-entry table: base lut[256 + (v >> 7)]
+    plus (slope * (v & 127) + 64) >> 7."""
+    v = np.asarray(v, dtype=np.int64)
+    lut = np.asarray(lut, dtype=np.int64)
+    idx = 256 + (v >> 7)
+    base = lut[idx]
+    return base + (((lut[idx + 1] - base) * (v & 127) + 64) >> 7)
+
+
+def softmax_int16(x, mult: int, shift: int, exp_lut, recip_lut):
+    """reference_ops::SoftmaxInt16 (reference/softmax.h) over the last axis."""
+    x = np.asarray(x, dtype=np.int64)
+    diff = x - x.max(axis=-1, keepdims=True)
+    e = lut_lookup_int16(np.clip(mbqm(diff, mult, shift) + 32767, -32768, 32767), exp_lut)
+    total = e.sum(axis=-1, keepdims=True)
+    hp1 = count_leading_zeros32(total)
+    shifted = ((total << (hp1 - 1)) + (1 << 13)) >> 14
+    recip = lut_lookup_int16(np.clip(shifted - ((1 << 15) + (1 << 16)), -32768, 32767), recip_lut)
+    rs = 31 - hp1
+    return np.clip((e * recip + (np.int64(1) << (rs - 1))) >> rs, 0, 32767)
+
+
+# sigmoid(i / 24) in Q0.16 for i = 0..255: the table of TFLite's int16 LOGISTIC and TANH kernels
+# (sigmoid_table_uint16, tensorflow/lite/kernels/internal/common.h; CMSIS-NN arm_nntables.c has the same).
+# Not a rounding of the function that can be recomputed (44 entries differ by 1 from round()): kept as TFLM has it.
+SIGMOID_TABLE_UINT16 = np.array([
+    32768, 33451, 34133, 34813, 35493, 36169, 36843, 37513, 38180, 38841, 39498, 40149, 40794, 41432, 42064, 42688,
+    43304, 43912, 44511, 45102, 45683, 46255, 46817, 47369, 47911, 48443, 48964, 49475, 49975, 50464, 50942, 51409,
+    51865, 52311, 52745, 53169, 53581, 53983, 54374, 54755, 55125, 55485, 55834, 56174, 56503, 56823, 57133, 57433,
+    57724, 58007, 58280, 58544, 58800, 59048, 59288, 59519, 59743, 59959, 60168, 60370, 60565, 60753, 60935, 61110,
+    61279, 61441, 61599, 61750, 61896, 62036, 62172, 62302, 62428, 62549, 62666, 62778, 62886, 62990, 63090, 63186,
+    63279, 63368, 63454, 63536, 63615, 63691, 63765, 63835, 63903, 63968, 64030, 64090, 64148, 64204, 64257, 64308,
+    64357, 64405, 64450, 64494, 64536, 64576, 64614, 64652, 64687, 64721, 64754, 64786, 64816, 64845, 64873, 64900,
+    64926, 64950, 64974, 64997, 65019, 65039, 65060, 65079, 65097, 65115, 65132, 65149, 65164, 65179, 65194, 65208,
+    65221, 65234, 65246, 65258, 65269, 65280, 65291, 65301, 65310, 65319, 65328, 65337, 65345, 65352, 65360, 65367,
+    65374, 65381, 65387, 65393, 65399, 65404, 65410, 65415, 65420, 65425, 65429, 65433, 65438, 65442, 65445, 65449,
+    65453, 65456, 65459, 65462, 65465, 65468, 65471, 65474, 65476, 65479, 65481, 65483, 65485, 65488, 65489, 65491,
+    65493, 65495, 65497, 65498, 65500, 65501, 65503, 65504, 65505, 65507, 65508, 65509, 65510, 65511, 65512, 65513,
+    65514, 65515, 65516, 65517, 65517, 65518, 65519, 65520, 65520, 65521, 65522, 65522, 65523, 65523, 65524, 65524,
+    65525, 65525, 65526, 65526, 65526, 65527, 65527, 65528, 65528, 65528, 65529, 65529, 65529, 65529, 65530, 65530,
+    65530, 65530, 65531, 65531, 65531, 65531, 65531, 65532, 65532, 65532, 65532, 65532, 65532, 65533, 65533, 65533,
+    65533, 65533, 65533, 65533, 65533, 65534, 65534, 65534, 65534, 65534, 65534, 65534, 65534, 65534, 65534, 65535,
+], np.int64)
+
+
+def checked_log2(x: float) -> tuple[bool, int]:
+    """CheckedLog2 (quantization_util.h): log2 in float32 via logf, rounded; (|frac| < 1e-3, rounded)."""
+    lg = f32(f32(math.log(float(f32(x)))) * f32(1.0 / float(f32(math.log(2.0)))))
+    r = round_half_away(lg)
+    return bool(abs(lg - r) < f32(1e-3)), int(r)
+
+
+def prepare_sigmoid_int16(input_scale: float, tanh: bool) -> tuple[int, int]:
+    """LOGISTIC / TANH int16 Prepare (micro/kernels/logistic_common.cc, tanh.cc): the input onto
+    the table's scale 1/(3 * 4096): (multiplier, right shift) as the kernel applies them (a
+    power-of-two input scale: 3 << shift, 0). Raises ValueError when TFLM's DCHECK (<= 32767) fails."""
+    pot, log2r = checked_log2(input_scale)
+    shift = 12 + log2r
+    pot = pot and (shift in (0, 1) if tanh else shift == 0)
+    if pot:
+        return 3 << shift, 0
+    m, shift = float(f32(input_scale)) * 4096.0 * 3.0, 0
+    while m <= 32767.0 / 2.0 and shift <= 30:
+        shift += 1
+        m *= 2.0
+    if int(m) > 32767:
+        raise ValueError(f"input scale {input_scale:g} is too large for TFLite's int16 table (multiplier {int(m)})")
+    return int(m), shift
+
+
+def sigmoid_int16(x, mult: int, shift: int, tanh: bool):
+    """reference_integer_ops::Logistic / Tanh, int16 (integer_ops/logistic.h, tanh.h): the input
+    rescaled ((x * mult + round) >> shift), |.| looked up in SIGMOID_TABLE_UINT16 with linear
+    interpolation (9 fraction bits for logistic, 8 for tanh = 2 * sigmoid(2x) - 1), the sign folded back."""
+    x = np.asarray(x, dtype=np.int64)
+    v = (x * mult + ((1 << (shift - 1)) if shift > 0 else 0)) >> shift
+    a = np.abs(v)
+    bits = 8 if tanh else 9
+    uh = a >> bits
+    i = np.minimum(uh, 254)
+    ua, ub = SIGMOID_TABLE_UINT16[i], SIGMOID_TABLE_UINT16[i + 1]
+    res = (ua << bits) + (a & ((1 << bits) - 1)) * (ub - ua)
+    if tanh:
+        res = np.where(uh >= 255, 0xFFFF << 8, res)
+        res = np.where(v >= 0, res - (1 << 23) + (1 << 7), -res + (1 << 23) + (1 << 7) - 1)
+        return res >> 8
+    res = np.where(uh >= 255, 0x7FFF << 10, res)
+    res = np.where(v >= 0, res + (1 << 9), (1 << 25) - res + (1 << 9) - 1)
+    return res >> 10

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecomp.lower.kernels import add, conv, dense, float32, int4, place, pool, softmax
+from edgecomp.lower.kernels import add, conv, dense, float32, int4, mve, place, pool, softmax
 from edgecomp.lower.model import MicroKernel
 from edgecomp.quant.ir import IntGraph, IntOp
 from edgecomp.quant.ops import Add, AvgPool, Conv, Dense, Place, TflSoftmax
@@ -47,6 +47,11 @@ class Variant:
 
 # In order of preference: the first that the target's features allow and that applies is used.
 VARIANTS: tuple[Variant, ...] = (
+    # int4 weights with Helium: unpacked in the loop by VSHL/VSHR, then as conv_mve_s8
+    Variant("conv_mve_s4", Conv, "kernels/conv_mve_s8.c.j2", mve.conv_mve_s4, frozenset({"mve"}),
+            lambda op, g: int4.is_int4(op, g) and conv.is_dense_conv(op, g), fuses_add=True),
+    Variant("dwconv_mve_s4", Conv, "kernels/dwconv_mve_s8.c.j2", mve.dwconv_mve_s4, frozenset({"mve"}),
+            lambda op, g: int4.is_int4(op, g) and conv.is_depthwise(op, g)),
     # int4 weights (weight_bits 4: lower/kernels/int4.py): packed two per byte, unpacked in the loop
     Variant("conv_s4", Conv, "kernels/conv_s4.c.j2", int4.conv_s4,
             applies=lambda op, g: int4.is_int4(op, g) and conv.is_dense_conv(op, g)),
@@ -55,6 +60,13 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("dwconv_s4", Conv, "kernels/dwconv_s4.c.j2", int4.dwconv_s4,
             applies=lambda op, g: int4.is_int4(op, g) and conv.is_depthwise(op, g)),
     Variant("dense_s4", Dense, "kernels/dense_s4.c.j2", int4.dense_s4, applies=int4.is_int4),
+    # Helium (Cortex-M55/M85): VMLADAVA dot products of int8 columns, vector requantization
+    Variant("conv_mve_s8", Conv, "kernels/conv_mve_s8.c.j2", mve.conv_mve_s8, frozenset({"mve"}),
+            conv.is_dense_conv, fuses_add=True),
+    Variant("dwconv_mve_s8", Conv, "kernels/dwconv_mve_s8.c.j2", mve.dwconv_mve_s8, frozenset({"mve"}),
+            conv.is_depthwise),
+    Variant("dense_mve_s8", Dense, "kernels/dense_mve_s8.c.j2", mve.dense_mve_s8, frozenset({"mve"}),
+            dense.is_not_sparse),
     Variant("conv_neon_s8", Conv, "kernels/conv_neon_s8.c.j2", conv.conv_neon_s8, frozenset({"neon"}),
             conv.is_dense_conv, fuses_add=True),
     Variant("conv_pw_s8", Conv, "kernels/conv_mm_s8.c.j2", conv.conv_pw_s8, applies=conv.is_pointwise,

@@ -28,8 +28,15 @@ class Dense(LinearOp):
 
 
 def _dense(ex: Extractor, node, x: QTensor, w: np.ndarray, w_scale, bias_idx: int) -> None:
-    """w is [out, in]."""
+    """w is [out, in]. An N-D input (a batched MatMul by a 2-D constant) runs as a 2-D one of its
+    rows, between two reshapes."""
     out, (lo, hi) = ex.out(node)
+    final = None
+    if len(x.shape) > 2 and node.op_type == "MatMul":
+        rows = int(np.prod(x.shape[:-1]))
+        x2 = ex.derived(x, (rows, x.shape[-1]), "rows")
+        ex.reshape(x, x2, node)
+        x, final, out = x2, out, ex.derived(out, (rows, out.shape[-1]), "rows")
     n_out = w.shape[0]
     bias = ex.bias(node, bias_idx, x, w_scale, n_out)
     bias = bias - x.zero_point * w.astype(np.int64).sum(axis=1)
@@ -41,6 +48,8 @@ def _dense(ex: Extractor, node, x: QTensor, w: np.ndarray, w_scale, bias_idx: in
                   bias=int_array(bias, bias.dtype), mult=int_array(mult, np.int64),
                   shift=int_array(shift, np.int64), out_zp=out.zero_point, lo=lo, hi=hi,
                   weight_bits=ex.weight_bits(node.input[1])))  # fmt: skip
+    if final is not None:
+        ex.reshape(out, final, node)
 
 
 @handles("Gemm")

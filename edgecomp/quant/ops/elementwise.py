@@ -1,4 +1,5 @@
-"""Integer element-wise ops of two tensors (Add, Mul) and PRelu."""
+"""Integer element-wise ops of two tensors (Add, Sub, Mul; numpy broadcasting) and PRelu. With one
+constant operand they are a function of the other tensor: a table (quant/ops/lut.py)."""
 
 from __future__ import annotations
 
@@ -97,13 +98,28 @@ class PRelu(IntOp):
         return clamp(y, self.lo, self.hi, dtype)
 
 
-@handles("Add")
-def add_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
+def _broadcast_operands(ex: Extractor, node: onnx.NodeProto):
+    """The two int tensors of a two-tensor element-wise op, checked to broadcast to its output."""
     a_t, b_t = (ex.act_in(i, node) for i in node.input[:2])
-    if a_t.shape != b_t.shape:
+    try:
+        shape = np.broadcast_shapes(a_t.shape, b_t.shape)
+    except ValueError:
+        shape = None
+    if shape is None or tuple(shape) != tuple(ex.shape(node.output[0])):
         raise UnsupportedModelError(
-            f"node '{node.name}': integer Add needs equal shapes, got {a_t.shape} and {b_t.shape}"
+            f"node '{node.name}': integer {node.op_type} needs shapes that broadcast to its output, got "
+            f"{a_t.shape} and {b_t.shape}"
         )
+    return a_t, b_t
+
+
+@handles("Add", "Sub")
+def add_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
+    from edgecomp.quant.ops.lut import binary_with_constant
+
+    if binary_with_constant(ex, node):
+        return
+    a_t, b_t = _broadcast_operands(ex, node)
     out, (lo, hi) = ex.out(node)
     # int16 values need 17 bits after the zero point: shift less so the int64 products fit.
     left_shift = 15 if "int16" in (a_t.dtype, b_t.dtype) else ADD_LEFT_SHIFT
@@ -113,14 +129,17 @@ def add_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
     mo, so = quantize_multiplier(twice_max / ((1 << left_shift) * out.scale))
     ex.emit(Add(inputs=(a_t.name, b_t.name), output=out.name, node=node.name, a_zp=a_t.zero_point,
                 b_zp=b_t.zero_point, a_mult=ma, a_shift=sa, b_mult=mb, b_shift=sb, mult=mo, shift=so,
-                left_shift=left_shift, out_zp=out.zero_point, lo=lo, hi=hi))  # fmt: skip
+                left_shift=left_shift, out_zp=out.zero_point, lo=lo, hi=hi,
+                subtract=node.op_type == "Sub"))  # fmt: skip
 
 
 @handles("Mul")
 def mul_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
-    a_t, b_t = (ex.act_in(i, node) for i in node.input[:2])
-    if a_t.shape != b_t.shape:
-        raise UnsupportedModelError(f"node '{node.name}': integer Mul needs equal shapes")
+    from edgecomp.quant.ops.lut import binary_with_constant
+
+    if binary_with_constant(ex, node):
+        return
+    a_t, b_t = _broadcast_operands(ex, node)
     out, (lo, hi) = ex.out(node)
     bound = span(a_t.dtype) * span(b_t.dtype)
     m, s = quantize_multiplier(a_t.scale * b_t.scale / out.scale, multiplier_bits(bound))

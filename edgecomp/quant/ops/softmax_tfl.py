@@ -33,3 +33,24 @@ class TflSoftmax(IntOp):
         recip, nbou = A.get_reciprocal(total, 12)
         y = A.rdbpot(A.srdhm(recip, self.exp.astype(np.int64)[k]), nbou + 23) - 128
         return clamp(y, -128, 127, dtype)
+
+
+@register
+@dataclass(frozen=True, kw_only=True, eq=False)
+class TflSoftmax16(IntOp):
+    """TFLite's int16 softmax (reference_ops::SoftmaxInt16): the row's differences from its max
+    rescaled onto [-10, 0] (MultiplyByQuantizedMultiplier), exp from a 513-point table with TFLM's
+    interpolation, the sum's reciprocal from a second table, y = e * recip >> (31 - clz(sum)).
+    Input and output zero point 0, output scale 1/32768 (TFLite requires them)."""
+
+    kind = "softmax_tfl16"
+    mult: int
+    shift: int  # TFLite's (left when > 0)
+    exp_lut: np.ndarray  # int16 [513]
+    recip_lut: np.ndarray  # int16 [513]
+
+    def validate(self) -> None:
+        self._require(self.exp_lut.shape == (513,) and self.recip_lut.shape == (513,), "tables of 513 entries")
+
+    def reference(self, xs, dtype):
+        return A.softmax_int16(xs[0], self.mult, self.shift, self.exp_lut, self.recip_lut).astype(dtype)
