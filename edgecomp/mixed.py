@@ -173,13 +173,15 @@ def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions,
             summary["builds"].append({"layers_4bit": n, "estimated_flash_bytes": est, "flash_bytes": flash})
             if flash <= flash_budget or n == len(rows):
                 break
-            target_flash -= flash - flash_budget  # the estimate was short by this much: aim lower
+            # The estimate was short by this much: aim that far below it (not below the previous aim,
+            # which the estimate may already undercut: the same choice would be built again).
+            target_flash = min(target_flash, est) - (flash - flash_budget)
         else:
-            res = None
+            last_flash, res = _flash(res), None
         for r in rows:
             r["weight_bits"] = chosen.get(r["layer"], 8)
         if res is None or _flash(res) > flash_budget:
-            got = _flash(res) if res is not None else flash8
+            got = _flash(res) if res is not None else last_flash
             raise DoesNotFitError(
                 f"--quantize mixed: even with {len(chosen)} of {len(rows)} layers at 4 bits the model needs "
                 f"{got:,} B flash > {flash_budget:,} B; prune it (--prune) or pick a bigger target"
