@@ -13,6 +13,7 @@ import onnx
 from edgecomp.errors import UnsupportedModelError
 from edgecomp.quant.extract import Extractor, handles
 from edgecomp.quant.ir import IntOp, Rescale, clamp, register
+from edgecomp.quant.ops.mean import reduce_axes
 from edgecomp.quant.ops.pool import rescale_of
 
 
@@ -58,17 +59,8 @@ class Extremum(IntOp):
 def reduce_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
     x = ex.act_in(node.input[0], node)
     out, (lo, hi) = ex.out(node)
-    rank = len(x.shape)
-    a = ex.attrs(node)
-    axes = a.get("axes")
-    if len(node.input) > 1 and node.input[1]:  # opset 18: an input
-        axes = ex.const(node.input[1], node).reshape(-1).tolist()
-    if not axes:
-        if a.get("noop_with_empty_axes", 0):
-            raise UnsupportedModelError(f"node '{node.name}': a {node.op_type} with no axes is an identity; fold it")
-        axes = list(range(rank))
     ex.emit(Reduce(inputs=(x.name,), output=out.name, node=node.name,
-                   axes=tuple(sorted({int(v) % rank for v in axes})), largest=node.op_type == "ReduceMax",
+                   axes=reduce_axes(ex, node, len(x.shape)), largest=node.op_type == "ReduceMax",
                    shape=tuple(out.shape), rescale=rescale_of(x, out), lo=lo, hi=hi))  # fmt: skip
 
 

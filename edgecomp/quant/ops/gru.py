@@ -27,14 +27,14 @@ from edgecomp.quant.fixedpoint import qrange, quantize_multiplier, quantize_mult
 from edgecomp.quant.ir import IntOp, QTensor, int_array, register
 from edgecomp.quant.ops.layout import Reshape
 from edgecomp.quant.ops.lstm import (
-    DIRECTIONS,
     GATE_BITS,
     TABLE_POINTS,
-    _const_state,
     _row_scales,
     _state_out,
     _state_params,
+    initial_state,
     lookup16,
+    recurrent_weights,
     rshift_round,
     table16,
 )
@@ -165,29 +165,11 @@ def _refuse(node: onnx.NodeProto, why: str) -> UnsupportedModelError:
 
 @handles("GRU")
 def gru_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
-    a = ex.attrs(node)
-    inputs = list(node.input)
-    why = gru_refusal(node, a, inputs)
+    why = gru_refusal(node, ex.attrs(node), list(node.input))
     if why:
         raise _refuse(node, why)
-    if not any(u.op_type == "QuantizeLinear" for o in node.output if o for u in ex.consumers.get(o, [])):
-        raise _refuse(
-            node, "a GRU left in float (edgecomp's quantizer quantizes GRUs with --quantize int8 and w4a8)"
-        )
-    x = ex.act_in(inputs[0], node)
-    if x.dtype != "int8" or len(x.shape) != 3 or x.shape[1] != 1:
-        raise _refuse(node, f"input {x.shape} {x.dtype} (int8 [seq, 1, in]: batch 1)")
-    w, w_scale, _ = ex.weight(inputs[1], node)
-    r, r_scale, _ = ex.weight(inputs[2], node)
-    hidden = int(a["hidden_size"])
-    direction = a.get("direction", b"forward")
-    reverse = DIRECTIONS[direction.decode() if isinstance(direction, bytes) else direction]
-    dirs = len(reverse)
+    a, inputs, x, w, w_scale, r, r_scale, hidden, reverse, dirs, rows, b = recurrent_weights(ex, node, "GRU", 3, _refuse)
     lbr = bool(a.get("linear_before_reset", 0))
-    rows = dirs * 3 * hidden
-    w, r = w.reshape(rows, -1), r.reshape(rows, hidden)
-    b = ex.real_const(inputs[3], node).reshape(dirs, 6 * hidden) if len(inputs) > 3 and inputs[3] else \
-        np.zeros((dirs, 6 * hidden))  # fmt: skip
     wb, rb = b[:, : 3 * hidden].copy(), b[:, 3 * hidden :].copy()
     wb[:, : 2 * hidden] += rb[:, : 2 * hidden]  # z and r: both biases with the input part
     rb[:, : 2 * hidden] = 0.0  # the h row's recurrent bias stays inside the reset product
@@ -200,17 +182,9 @@ def gru_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
     if any(t is not None and (t.scale, t.zero_point) != (h.scale, h.zero_point) for t in (y, yh)):
         raise _refuse(node, "Y and Y_h quantized differently (they are the same h)")
     states = []
-    if h0:
-        const = _const_state(ex, h0)
-        if const is not None:
-            value, scale, zp = const
-            if scale != h.scale or zp != h.zero_point or np.any(value != zp):
-                raise _refuse(node, f"a constant initial state '{h0}' other than zero in the state's scale")
-        else:
-            st = ex.act_in(h0, node)
-            if (st.dtype, st.scale, st.zero_point) != (h.dtype, h.scale, h.zero_point):
-                raise _refuse(node, f"an initial state '{h0}' quantized unlike the state it starts")
-            states.append(st.name)
+    st = initial_state(ex, node, h0, h, _refuse) if h0 else None
+    if st is not None:
+        states.append(st)
     w_scale = _row_scales(w_scale, dirs, hidden, 3)
     r_scale = _row_scales(r_scale, dirs, hidden, 3)
     r_sum = r.astype(np.int64).sum(1)

@@ -236,33 +236,52 @@ def _state_params(ex: Extractor, node: onnx.NodeProto, name: str, shape: tuple[i
     return QTensor(name, shape, str(zp.dtype), float(scale.reshape(-1)[0]), int(zp))
 
 
-@handles("LSTM")
-def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
+def recurrent_weights(ex: Extractor, node: onnx.NodeProto, kind: str, gates: int, refuse) -> tuple:
+    """What LSTM and GRU read alike: checks that the quantizer wrapped the node, then the int8
+    [seq, 1, in] input, the weights W and R as [rows, k] with their scales, hidden size, directions
+    (`reverse` per direction) and the float bias B as [dirs, 2 * gates * hidden] (zeros if absent)."""
     a = ex.attrs(node)
     inputs = list(node.input)
-    why = lstm_refusal(node, a, inputs)
-    if why:
-        raise _refuse(node, why)
     if not any(u.op_type == "QuantizeLinear" for o in node.output if o for u in ex.consumers.get(o, [])):
-        raise _refuse(
-            node, "an LSTM left in float (edgecomp's quantizer quantizes LSTMs with --quantize int8 and w4a8)"
-        )
+        raise refuse(node, f"a{'n' if kind == 'LSTM' else ''} {kind} left in float (edgecomp's quantizer quantizes "
+                           f"{kind}s with --quantize int8 and w4a8)")  # fmt: skip
     x = ex.act_in(inputs[0], node)
     if x.dtype != "int8" or len(x.shape) != 3 or x.shape[1] != 1:
-        raise _refuse(node, f"input {x.shape} {x.dtype} (int8 [seq, 1, in]: batch 1)")
+        raise refuse(node, f"input {x.shape} {x.dtype} (int8 [seq, 1, in]: batch 1)")
     w, w_scale, _ = ex.weight(inputs[1], node)
     r, r_scale, _ = ex.weight(inputs[2], node)
     hidden = int(a["hidden_size"])
     direction = a.get("direction", b"forward")
     reverse = DIRECTIONS[direction.decode() if isinstance(direction, bytes) else direction]
     dirs = len(reverse)
-    rows = dirs * 4 * hidden
+    rows = dirs * gates * hidden
     w, r = w.reshape(rows, -1), r.reshape(rows, hidden)
-    b = (
-        ex.real_const(inputs[3], node).reshape(dirs, 8 * hidden)
-        if len(inputs) > 3 and inputs[3]
-        else np.zeros((dirs, 8 * hidden))
-    )
+    b = ex.real_const(inputs[3], node).reshape(dirs, 2 * gates * hidden) if len(inputs) > 3 and inputs[3] else \
+        np.zeros((dirs, 2 * gates * hidden))  # fmt: skip
+    return a, inputs, x, w, w_scale, r, r_scale, hidden, reverse, dirs, rows, b
+
+
+def initial_state(ex: Extractor, node: onnx.NodeProto, name: str, want: QTensor, refuse) -> str | None:
+    """The run-time initial state `name` if it is one (None for a constant start: edgecomp's
+    quantizer adds a zero state that holds the scale), checked to be quantized as the state it starts."""
+    const = _const_state(ex, name)
+    if const is not None:
+        value, scale, zp = const
+        if scale != want.scale or zp != want.zero_point or np.any(value != zp):
+            raise refuse(node, f"a constant initial state '{name}' other than zero in the state's scale")
+        return None
+    st = ex.act_in(name, node)
+    if (st.dtype, st.scale, st.zero_point) != (want.dtype, want.scale, want.zero_point):
+        raise refuse(node, f"an initial state '{name}' quantized unlike the state it starts")
+    return st.name
+
+
+@handles("LSTM")
+def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
+    why = lstm_refusal(node, ex.attrs(node), list(node.input))
+    if why:
+        raise _refuse(node, why)
+    a, inputs, x, w, w_scale, r, r_scale, hidden, reverse, dirs, rows, b = recurrent_weights(ex, node, "LSTM", 4, _refuse)
     b = (b[:, : 4 * hidden] + b[:, 4 * hidden :]).reshape(rows)  # Wb + Rb, per direction
     outs = list(node.output) + [""] * (3 - len(node.output))
     (y, y_live), (yh, yh_live), (yc, yc_live) = (_state_out(ex, node, n) for n in outs[:3])
@@ -286,18 +305,9 @@ def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
         raise _refuse(node, "Y and Y_h quantized differently (they are the same h)")
     states = []
     for name, want in ((h0, h), (c0, c)):
-        if not name:
-            continue
-        const = _const_state(ex, name)
-        if const is not None:  # a constant start (edgecomp's quantizer adds a zero cell: it holds the scale)
-            (value, scale, zp) = const
-            if scale != want.scale or zp != want.zero_point or np.any(value != zp):
-                raise _refuse(node, f"a constant initial state '{name}' other than zero in the state's scale")
-            continue
-        st = ex.act_in(name, node)
-        if (st.dtype, st.scale, st.zero_point) != (want.dtype, want.scale, want.zero_point):
-            raise _refuse(node, f"an initial state '{name}' quantized unlike the state it starts")
-        states.append(st.name)
+        st = initial_state(ex, node, name, want, _refuse) if name else None
+        if st is not None:
+            states.append(st)
     has_h0 = bool(h0) and _const_state(ex, h0) is None
     has_c0 = bool(c0) and _const_state(ex, c0) is None
     w_scale = _row_scales(w_scale, dirs, hidden)

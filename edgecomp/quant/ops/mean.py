@@ -35,20 +35,25 @@ class TflMean(IntOp):
         return clamp(y, self.lo, self.hi, dtype)
 
 
-@handles("ReduceMean")
-def reduce_mean_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
-    x = ex.act_in(node.input[0], node)
-    out, (lo, hi) = ex.out(node)
-    rank = len(x.shape)
+def reduce_axes(ex: Extractor, node: onnx.NodeProto, rank: int) -> tuple[int, ...]:
+    """A Reduce* node's axes, sorted and non-negative: the attribute, or (opset 18) the input;
+    none means all (an identity with noop_with_empty_axes is refused: it should have been folded)."""
     a = ex.attrs(node)
     axes = a.get("axes")
     if len(node.input) > 1 and node.input[1]:  # opset 18: an input
         axes = ex.const(node.input[1], node).reshape(-1).tolist()
     if not axes:
         if a.get("noop_with_empty_axes", 0):
-            raise UnsupportedModelError(f"node '{node.name}': a ReduceMean with no axes is an identity; fold it")
+            raise UnsupportedModelError(f"node '{node.name}': a {node.op_type} with no axes is an identity; fold it")
         axes = list(range(rank))
-    axes = tuple(sorted({int(v) % rank for v in axes}))
+    return tuple(sorted({int(v) % rank for v in axes}))
+
+
+@handles("ReduceMean")
+def reduce_mean_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
+    x = ex.act_in(node.input[0], node)
+    out, (lo, hi) = ex.out(node)
+    axes = reduce_axes(ex, node, len(x.shape))
     count = int(np.prod([x.shape[i] for i in axes]))
     if count * 65536 >= 1 << 31:
         raise UnsupportedModelError(f"node '{node.name}': a ReduceMean over {count} values overflows an int32 sum")
