@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "test: running the test suite (pytest)"
-EDGECOMP_TEST_STRICT=${EDGECOMP_TEST_STRICT:-1} .venv/bin/python -m pytest -q -rfEs "$@"
+EDGECOMP_TEST_STRICT=${EDGECOMP_TEST_STRICT:-1} .venv/bin/python -m pytest -q -rfEs --durations=20 "$@"

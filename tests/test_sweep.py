@@ -294,8 +294,9 @@ def _measured(row: dict) -> dict:
 
 
 def _mul_model() -> onnx.ModelProto:
-    """A per-channel Mul on the input: float compiles, int8 has no kernel for it."""
-    scale = numpy_helper.from_array(np.array([0.5, 2.0, 1.5], np.float32).reshape(1, 3, 1, 1), "s")
+    """A Mul by a constant that varies along the width: float compiles, int8 has no kernel for it
+    (a constant operand must be one value, or one per channel)."""
+    scale = numpy_helper.from_array(np.array([0.5, 2.0, 1.5, -1.0, 3.0, 0.25], np.float32).reshape(1, 1, 1, 6), "s")
     nodes = [helper.make_node("Mul", ["x", "s"], ["m"], "scale_mul"), helper.make_node("Relu", ["m"], ["y"], "relu")]
     return make_model(nodes, [("x", [1, 3, 6, 6])], [("y", [1, 3, 6, 6])], [scale])
 

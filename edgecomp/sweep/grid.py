@@ -47,6 +47,8 @@ NOT_SWEPT = {
     "sign": "signing changes no figure a sweep measures",
     "sign_version": "signing changes no figure a sweep measures",
     "max_ram": "a RAM budget is a constraint, not an option: sweep patch = [...] and read the RAM column",
+    "max_flash": "a flash budget is a constraint, not an option: sweep quantize = [...] and read the flash column",
+    "narrow_records": "which layers keep int8 weight records is what --max-flash chooses for a budget, not a grid value",
     "name": "a symbol prefix changes no figure a sweep measures",
     "arena": "points are profiled with edgecomp's firmware, which owns the arena",
     "harness": "points are profiled over edgecomp's own protocol",
