@@ -24,6 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgecomp.passes.int4 import LINEAR_OPS, layer_name
+from edgecomp.passes.simplify import consumers as graph_consumers
 
 PASS_THROUGH = ("MaxPool", "GlobalMaxPool", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")
 INT16_STEPS = 65535 / 255  # int16 steps per int8 step over the same range
@@ -49,10 +50,7 @@ def set_act_bits(qmodel: onnx.ModelProto, layers: set[str] | frozenset[str]) -> 
     model.CopyFrom(qmodel)
     g = model.graph
     inits = {t.name: t for t in g.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = graph_consumers(g)
     new: list[onnx.TensorProto] = []
     done: set[str] = set()
 

@@ -31,7 +31,8 @@ def simplify(model: onnx.ModelProto) -> PassResult:
     return PassResult(model, dict(sorted(stats.items())))
 
 
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes that read it."""
     users: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -69,7 +70,7 @@ def _remove_passthrough(model: onnx.ModelProto, stats: Counter) -> None:
     for node in list(graph.node):
         if node.op_type not in ("Identity", "Dropout") or _training_dropout(graph, node):
             continue
-        mask_unused = len(node.output) == 1 or not _consumers(graph).get(node.output[1])
+        mask_unused = len(node.output) == 1 or not consumers(graph).get(node.output[1])
         if mask_unused and _bypass(graph, node):
             stats[f"{node.op_type.lower()}_removed"] += 1
 
@@ -104,7 +105,7 @@ def _fold_batchnorm(model: onnx.ModelProto, stats: Counter) -> None:
         if not all(n in inits for n in bn.input[1:5]):
             continue
         producer = next((n for n in graph.node if bn.input[0] in n.output), None)
-        if (producer is None or producer.op_type not in ("Conv", "Gemm") or len(_consumers(graph)[bn.input[0]]) != 1
+        if (producer is None or producer.op_type not in ("Conv", "Gemm") or len(consumers(graph)[bn.input[0]]) != 1
                 or bn.input[0] in {o.name for o in graph.output} or producer.input[1] not in inits):  # fmt: skip
             continue
         if producer.op_type == "Gemm" and not _gemm_foldable(producer, inits):
@@ -154,7 +155,7 @@ def _merge_chains(model: onnx.ModelProto, stats: Counter, op: str) -> None:
     changed = True
     while changed:
         changed = False
-        users = _consumers(graph)
+        users = consumers(graph)
         outputs = {o.name for o in graph.output}
         for first in list(graph.node):
             if first.op_type != op or first.output[0] in outputs:

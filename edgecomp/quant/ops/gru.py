@@ -17,11 +17,11 @@ The bias of the h row's recurrent part (Rb_h) stays with it (it is inside the re
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import onnx
 
-from edgecomp.errors import UnsupportedModelError
 from edgecomp.quant.extract import Extractor, handles
 from edgecomp.quant.fixedpoint import qrange, quantize_multiplier, quantize_multipliers, requant
 from edgecomp.quant.ir import IntOp, QTensor, int_array, register
@@ -35,6 +35,7 @@ from edgecomp.quant.ops.lstm import (
     initial_state,
     lookup16,
     recurrent_weights,
+    refusal,
     rshift_round,
     table16,
 )
@@ -157,10 +158,7 @@ def gru_refusal(node: onnx.NodeProto, attrs: dict, inputs: list[str]) -> str | N
     return None
 
 
-def _refuse(node: onnx.NodeProto, why: str) -> UnsupportedModelError:
-    return UnsupportedModelError(
-        f"node '{node.name}' (GRU): the integer GRU does not support {why}; compile the model in float"
-    )
+_refuse = partial(refusal, "GRU")
 
 
 @handles("GRU")

@@ -20,6 +20,7 @@ and the last c into one int16 tensor and Crop ops take them out of it (one recur
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import onnx
@@ -173,10 +174,14 @@ def lstm_refusal(node: onnx.NodeProto, attrs: dict, inputs: list[str]) -> str | 
     return None
 
 
-def _refuse(node: onnx.NodeProto, why: str) -> UnsupportedModelError:
+def refusal(kind: str, node: onnx.NodeProto, why: str) -> UnsupportedModelError:
+    """The one-line refusal of an integer recurrent op (`kind`: LSTM, GRU)."""
     return UnsupportedModelError(
-        f"node '{node.name}' (LSTM): the integer LSTM does not support {why}; compile the model in float"
+        f"node '{node.name}' ({kind}): the integer {kind} does not support {why}; compile the model in float"
     )
+
+
+_refuse = partial(refusal, "LSTM")
 
 
 def _state_out(ex: Extractor, node: onnx.NodeProto, name: str) -> tuple[QTensor | None, bool]:
