@@ -369,27 +369,29 @@ def _build_within_flash(model_path: Path, target: Target, outdir: Path | None, o
 
     budget = options.max_flash
     base = replace(options, max_flash=None)
-    result = build(model_path, target, outdir, base, reuse, log, calib, eval_data, save_quantized, save_pruned)
-    if result.int_graph is None:
-        raise UserError("--max-flash without --fit or --quantize mixed applies to integer builds: add --quantize int8")
-    narrow: tuple[str, ...] = ()
-    for _ in range(FLASH_FIT_ROUNDS):
+    outdir = Path(outdir or default_outdir(model_path, target))
+    with staged_dir(outdir) as tmp:  # a build over the budget is not left in outdir
+        result = build(model_path, target, tmp, base, reuse, log, calib, eval_data, save_quantized, save_pruned)
+        if result.int_graph is None:
+            raise UserError("--max-flash without --fit or --quantize mixed applies to integer builds: add --quantize int8")
+        narrow: tuple[str, ...] = ()
+        for _ in range(FLASH_FIT_ROUNDS):
+            excess = result.report["flash_bytes"] - budget
+            if excess <= 0:
+                break
+            more, saved = narrow_plan(result.int_graph, target.features, excess, narrow)
+            if not more:
+                break
+            narrow = tuple(dict.fromkeys(narrow + more))
+            log(f"edgecomp: flash {result.report['flash_bytes']:,} B > --max-flash {budget:,} B: int8 weight records "
+                f"for {len(more)} more convolution(s) (~{saved:,} B)")
+            result = build(model_path, target, tmp, replace(base, narrow_records=narrow), reuse, log, calib,
+                           eval_data, save_quantized, save_pruned)  # fmt: skip
         excess = result.report["flash_bytes"] - budget
-        if excess <= 0:
-            return result
-        more, saved = narrow_plan(result.int_graph, target.features, excess, narrow)
-        if not more:
-            break
-        narrow = tuple(dict.fromkeys(narrow + more))
-        log(f"edgecomp: flash {result.report['flash_bytes']:,} B > --max-flash {budget:,} B: int8 weight records for "
-            f"{len(more)} more convolution(s) (~{saved:,} B)")
-        result = build(model_path, target, outdir, replace(base, narrow_records=narrow), reuse, log, calib, eval_data,
-                       save_quantized, save_pruned)  # fmt: skip
-    excess = result.report["flash_bytes"] - budget
-    if excess > 0:
-        raise DoesNotFitError(f"flash {result.report['flash_bytes']:,} B exceeds --max-flash {budget:,} B by {excess:,} B "
-                              "with no convolution left that reads int16 weight records")
-    return result
+        if excess > 0:
+            raise DoesNotFitError(f"flash {result.report['flash_bytes']:,} B exceeds --max-flash {budget:,} B by "
+                                  f"{excess:,} B with no convolution left that reads int16 weight records")
+    return replace(result, outdir=outdir)
 
 
 def _patch_and_lower(model, int_graph: IntGraph | None, options: BuildOptions, target: Target, naming: Naming,

@@ -380,3 +380,4 @@ def test_max_flash_keeps_int8_records_for_the_cheapest_layers(tmp_path):
         np.testing.assert_array_equal(run.outputs[0], want[0])
     with pytest.raises(DoesNotFitError, match="exceeds --max-flash"):
         build(path, target, tmp_path / "none", replace(options, max_flash=1000), log=lambda *_: None)
+    assert not (tmp_path / "none").exists()  # a build over the budget is not left behind
