@@ -393,6 +393,19 @@ def _export(args, log) -> int:
     return 0
 
 
+def _is_qdq(path) -> bool:
+    """A QDQ .onnx (already quantized: an integer build without --quantize); False if it cannot be
+    read here (the build then says why)."""
+    import onnx
+
+    from edgecomp.quant.extract import is_quantized
+
+    try:
+        return is_quantized(onnx.load(str(path), load_external_data=False))
+    except Exception:  # noqa: BLE001 - a bad file is reported by the build itself
+        return False
+
+
 def _build(args, reuse: bool, log) -> BuildResult:
     target = load_target(args.target)
     options = _options(args)
@@ -433,8 +446,9 @@ def _build(args, reuse: bool, log) -> BuildResult:
     if args.max_flash:  # an integer build: int8 weight records where int16 ones do not fit
         from edgecomp.options import parse_size
 
-        if args.quantize is None and not str(args.model).endswith(".tflite"):
-            raise UserError("--max-flash is a budget for --fit, --quantize (int8: weight records) and --quantize mixed")
+        if args.quantize is None and not str(args.model).endswith(".tflite") and not _is_qdq(args.model):
+            raise UserError("--max-flash is a budget for --fit, --quantize (int8: weight records), a quantized model "
+                            "and --quantize mixed")  # fmt: skip
         options = replace(options, max_flash=parse_size(args.max_flash))
     if getattr(args, "no_a16", False):
         raise UserError("--no-a16 is an option of --quantize mixed")
