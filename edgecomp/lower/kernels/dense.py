@@ -64,8 +64,11 @@ def dense_s8(index: int, op: Dense, graph: IntGraph):
 def dense_w16_s8(index: int, op: Dense, graph: IntGraph):
     """dense_s8 with its weights stored as int16 records (twice the flash): each step of four MACs
     per row is one LDRD of weights and two SMLADs, no SXTB16 (--optimize speed). K is padded to a
-    multiple of 4 with zero weights; the input is widened once into scratch (2 * K4 bytes)."""
+    multiple of 4 with zero weights; the input is widened once into scratch (2 * K4 bytes). Fewer
+    than four rows do not repay the widening (VWW's 256 x 2 classifier: +280 instructions): dense_s8."""
     p, rq = _params(op, graph)
+    if p["cout"] < 4:
+        return dense_s8(index, op, graph)
     k4 = -(-p["k"] // 4) * 4
     p.update(k4=k4, kq=p["k"] // 4 * 4, mode="w16", unroll=next(u for u in (4, 2, 1) if k4 // 4 % u == 0))
     mk = MicroKernel(f"ec_mk{index}_dense_w16_s8", "kernels/dense_w16_s8.c.j2", tuple(sorted(p.items())),
