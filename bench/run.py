@@ -112,7 +112,7 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         options = replace(options, max_flash=max_flash)
     tag = (f"-{prune.replace('=', '')}" if prune else "") + (
         f"-dead{dead_channels}" if dead_channels != "none" else ""
-    ) + (f"-patch{patch.replace(':', '')}" if patch else "") + (f"-flash{max_flash}" if max_flash else "")
+    ) + (f"-patch{re.sub(r'[^A-Za-z0-9_.-]+', '_', patch.replace(':', ''))}" if patch else "") + (f"-flash{max_flash}" if max_flash else "")
     outdir = workdir / f"{model.stem}-{target_name}-{dtype}{tag}"
     # The compiler's own time and peak memory, measured in a child process that builds and exits.
     compile_s, peak_rss, result = _measured_build(model, target, outdir, options, calib)
