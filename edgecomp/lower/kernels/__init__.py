@@ -24,7 +24,7 @@ import numpy as np
 from edgecomp.lower.kernels import add, conv, dense, float32, int4, lstm, mve, place, pool, softmax
 from edgecomp.lower.model import MicroKernel
 from edgecomp.quant.ir import IntGraph, IntOp
-from edgecomp.quant.ops import Add, AvgPool, Conv, Dense, Gru, Lstm, Place, TflSoftmax
+from edgecomp.quant.ops import Add, AvgPool, Conv, Crop, Dense, Gru, Lstm, Place, TflSoftmax
 
 Make = Callable[[int, IntOp, IntGraph], "tuple[MicroKernel, list[np.ndarray]] | None"]
 
@@ -105,6 +105,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("lstm_s8", Lstm, "kernels/lstm_s8.c.j2", lstm.lstm_s8, dtypes=("int8", "int16")),
     Variant("gru_s8", Gru, "kernels/gru_s8.c.j2", lstm.gru_s8),
     Variant("place", Place, "kernels/place.c.j2", place.place, dtypes=("int8", "int16")),
+    Variant("crop", Crop, "kernels/crop.c.j2", place.crop, dtypes=("int8", "int16")),
     # Float layers (lower/float_groups.py) on cores with a hardware FPU.
     Variant("conv_f32", float32.FloatConv, "kernels/conv_f32.c.j2", float32.conv_f32, frozenset({"fpu"}),
             float32.is_dense_conv, dtypes=("float32",)),

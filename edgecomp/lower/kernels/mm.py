@@ -163,11 +163,13 @@ def _fused_into_add(graph: IntGraph) -> set[str]:
 def _in_place(op: IntOp, graph: IntGraph, fused: set[str]) -> str | None:
     """The input whose buffer `op`'s output will likely take (the kernels that allow it: pointwise
     and depthwise convolutions that do not grow, elementwise Adds: the residual when the other
-    addend is a convolution fused into it), else None."""
-    from edgecomp.quant.ops import Add, Conv
+    addend is a convolution fused into it; patch-based execution's Crop and Place), else None."""
+    from edgecomp.quant.ops import Add, Conv, Crop, Place
 
     if not op.inputs:
         return None
+    if isinstance(op, Crop) or isinstance(op, Place) and len(op.inputs) == 2:
+        return op.inputs[0]
     x, out = graph.tensors[op.inputs[0]], graph.tensors[op.output]
     if isinstance(op, Conv) and int(np.prod(out.shape)) <= int(np.prod(x.shape)):
         pointwise = op.weight.shape[2:] == (1, 1) and tuple(op.strides) == (1, 1) and not any(op.pads)
