@@ -16,6 +16,7 @@ does: floats with rtol 1e-3 / atol 1e-7, integers exactly.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import subprocess
 import sys
@@ -82,21 +83,27 @@ def node_tests_dir(fetch: bool = True) -> Path | None:
         return CACHE
     if not fetch:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps",
-             "--only-binary=:all:", f"onnx=={ONNX_WITH_DATA}", "-d", tmp],
-            check=True,
-        )  # fmt: skip
-        wheel = next(Path(tmp).glob("onnx-*.whl"))
-        prefix = "onnx/backend/test/data/node/"
-        with zipfile.ZipFile(wheel) as z:
-            for info in z.infolist():
-                if info.filename.startswith(prefix) and not info.is_dir():
-                    dest = CACHE / info.filename[len(prefix) :]
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.write_bytes(z.read(info))
-    (CACHE / ".complete").write_text(ONNX_WITH_DATA + "\n")
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    # Test workers (pytest-xdist) collect at the same time: one downloads, the others wait for it.
+    with open(CACHE.parent / f".{CACHE.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (CACHE / ".complete").exists():
+            return CACHE
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps",
+                 "--only-binary=:all:", f"onnx=={ONNX_WITH_DATA}", "-d", tmp],
+                check=True,
+            )  # fmt: skip
+            wheel = next(Path(tmp).glob("onnx-*.whl"))
+            prefix = "onnx/backend/test/data/node/"
+            with zipfile.ZipFile(wheel) as z:
+                for info in z.infolist():
+                    if info.filename.startswith(prefix) and not info.is_dir():
+                        dest = CACHE / info.filename[len(prefix) :]
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        dest.write_bytes(z.read(info))
+        (CACHE / ".complete").write_text(ONNX_WITH_DATA + "\n")
     return CACHE
 
 
