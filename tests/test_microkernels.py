@@ -143,6 +143,8 @@ CASES = {
     "conv_single_pixel": lambda: _conv(4, 6, (3, 3), (3, 3), pads=(0, 0, 0, 0)),  # no pixel pair: one-lane path only
     # room under the first layer's peak: int8 records widened into scratch per block (w16s), odd cout
     "pointwise_widened_w16s": lambda: _chain(16, (16, 16), (64, 3, 4, (1, 1, 1, 1), 1), (63, 1, 1, (0,) * 4, 1)),
+    # odd pixel count (9) with 36 groups: the odd last pixel's lane-only pass loops over its groups
+    "pointwise_w16s_odd_pixels_g36": lambda: _chain(64, (12, 12), (144, 3, 4, (1, 1, 1, 1), 1), (40, 1, 1, (0,) * 4, 1)),
     # w16s with an odd group count (K = 20): the LDM/STM widening's one-group tail
     "pointwise_w16s_odd_groups": lambda: _chain(16, (16, 16), (20, 3, 4, (1, 1, 1, 1), 1), (110, 1, 1, (0,) * 4, 1)),
     # dwconv_rows_s8 with fewer buffered rows than the padded plane, in place, strides 1 and 2
@@ -157,6 +159,7 @@ PATHS = {
     "pointwise_in_place_w8": [r"ec_mk1_conv_pw_s8: .* records w8,"],
     "pointwise_widened_w16s": [r"ec_mk1_conv_pw_s8: .* records w16s,"],
     "pointwise_w16s_odd_groups": [r"ec_mk1_conv_pw_s8: .* 20 slots, records w16s,"],
+    "pointwise_w16s_odd_pixels_g36": [r"ec_mk1_conv_pw_s8: .* 144 slots, records w16s,", r"ec_mk1_conv_pw_s8_mm1\(&c\)"],
     "pointwise_in_place_w8_odd_pixels": [r"ec_mk1_conv_pw_s8: .* records w8,", r"const int32_t last = "],
     "pointwise_w16s_odd_pixels": [r"ec_mk1_conv_pw_s8: .* records w16s,", r"const int32_t last = "],
     "conv_odd_pixels_even_cout": [r"ec_mk0_conv_mm_s8: .* records w16,", r"const int32_t last = "],
@@ -230,7 +233,7 @@ def test_microkernel_host_bit_exact(name, tmp_path, monkeypatch):
                                   "add_standalone", "global_avgpool", "pointwise_in_place_w8_odd_pixels",
                                   "pointwise_w16s_odd_pixels", "conv_odd_pixels_even_cout", "conv_single_pixel", "depthwise_narrow_pad_left2", "conv_4x4_row4_cin3", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
                                   "conv_dilated_nopad", "pointwise_in_place_w8", "pointwise_widened_w16s",
-                                  "pointwise_w16s_odd_groups", "conv_row4_pad3", "depthwise_rows_streamed", "depthwise_rows_streamed_s2",
+                                  "pointwise_w16s_odd_groups", "pointwise_w16s_odd_pixels_g36", "conv_row4_pad3", "depthwise_rows_streamed", "depthwise_rows_streamed_s2",
                                   "depthwise_rows_shift_per_channel", "depthwise_rows_shift_per_channel_s2",
                                   "depthwise_rows_ldm_w20", "depthwise_rows_ldm_s2_w16", "pointwise_few_cin8_odd_pixels",
                                   "pointwise_few_cin6_cout9", "pointwise_few_cin4_wide"])  # fmt: skip
