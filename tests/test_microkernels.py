@@ -177,7 +177,7 @@ PATHS = {
     "depthwise_rows_ldm_s2_w16": [r"ec_mk0_dwconv_rows_s8_image_asm\(plane"],
     "pointwise_few_cin8_odd_pixels": [r"ec_mk0_conv_pw_few_s8: "],
     "pointwise_few_cin6_cout9": [r"ec_mk0_conv_pw_few_s8: .* 1 channels a loop step"],
-    "pointwise_few_cin4_wide": [r"ec_mk0_conv_pw_few_s8: "],
+    "pointwise_few_cin4_wide": [r"ec_mk0_conv_pw_few_s8: ", r"add lr, lr, #640"],  # channel pairs: one ADD of 2P
     "conv_k27_odd_pixels": [r"conv_mm_s8: .* im2col row3", r"Two records a loop step"],
     "conv_wide_weights": [r"Two records a loop step"],
     "conv_10x4_kws_like": [r"conv_mm_s8: .* im2col row4"],
