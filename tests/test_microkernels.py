@@ -113,6 +113,8 @@ CASES = {
     "conv_row3_cin1_s2": lambda: _conv(1, 4, (9, 10), (3, 3), stride=2),
     "conv_row3_cin1": lambda: _conv(1, 4, (7, 8), (3, 3)),
     "conv_row3_cin2": lambda: _conv(2, 6, (8, 9), (3, 3)),
+    # two records a loop step with 3P + 1 >= 4096: the second record's outputs from y + 2P in a register
+    "conv_two_records_far": lambda: _conv(3, 4, (46, 46), (3, 3)),  # 2P = 4232: MOVW + ADD
     # windows 1 to 3 columns past either edge: a row's bytes as one shifted word of its end
     "conv_row4_pad3": lambda: _conv(2, 3, (7, 9), (3, 4), pads=(1, 3, 1, 3)),
     "depthwise_3x3": lambda: _conv(6, 6, (7, 5), (3, 3), group=6),  # odd width: the 2-output loop's tail
@@ -183,6 +185,7 @@ PATHS = {
     "conv_10x4_kws_like": [r"conv_mm_s8: .* im2col row4"],
     "conv_4x4_row4_cin3": [r"conv_mm_s8: .* im2col row4"],
     "conv_row4_pad3": [r"conv_mm_s8: .* im2col row4"],
+    "conv_two_records_far": [r"Two records a loop step", r"add r1, r0, r1"],
     "conv_row3_cin3_s2": [r"conv_mm_s8: .* im2col row3", r"_cols_in\(src, d\)"],
     "conv_row3_cin1_s2": [r"conv_mm_s8: .* im2col row3", r"_cols_in\(src, d\)"],
     "conv_row3_cin1": [r"conv_mm_s8: .* im2col row3", r"_cols_in\(src, d\)"],
@@ -244,7 +247,8 @@ def test_microkernel_host_bit_exact(name, tmp_path, monkeypatch):
                                   "pointwise_w16s_odd_pixels", "conv_odd_pixels_even_cout", "conv_single_pixel", "depthwise_narrow_pad_left2", "conv_4x4_row4_cin3", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
                                   "conv_dilated_nopad", "pointwise_in_place_w8", "pointwise_widened_w16s",
                                   "pointwise_w16s_odd_groups", "pointwise_w16s_odd_pixels_g36", "conv_row4_pad3",
-                                  "conv_row3_cin3_s2", "conv_row3_cin1_s2", "conv_row3_cin1", "conv_row3_cin2", "depthwise_rows_streamed", "depthwise_rows_streamed_s2",
+                                  "conv_row3_cin3_s2", "conv_row3_cin1_s2", "conv_row3_cin1", "conv_row3_cin2",
+                                  "conv_two_records_far", "depthwise_rows_streamed", "depthwise_rows_streamed_s2",
                                   "depthwise_rows_shift_per_channel", "depthwise_rows_shift_per_channel_s2",
                                   "depthwise_rows_ldm_w20", "depthwise_rows_ldm_s2_w16", "pointwise_few_cin8_odd_pixels",
                                   "pointwise_few_cin6_cout9", "pointwise_few_cin4_wide"])  # fmt: skip
