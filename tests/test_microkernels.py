@@ -152,6 +152,8 @@ CASES = {
     "pointwise_widened_w16s": lambda: _chain(16, (16, 16), (64, 3, 4, (1, 1, 1, 1), 1), (63, 1, 1, (0,) * 4, 1)),
     # odd pixel count (9) with 36 groups: the odd last pixel's lane-only pass loops over its groups
     "pointwise_w16s_odd_pixels_g36": lambda: _chain(64, (12, 12), (144, 3, 4, (1, 1, 1, 1), 1), (40, 1, 1, (0,) * 4, 1)),
+    # w16s, even pixel count, 36 groups (a k loop): the matrix loop widens each record itself
+    "pointwise_w16s_g36_in_loop": lambda: _chain(64, (16, 16), (144, 3, 4, (1, 1, 1, 1), 1), (40, 1, 1, (0,) * 4, 1)),
     # w16s with an odd group count (K = 20): the LDM/STM widening's one-group tail
     "pointwise_w16s_odd_groups": lambda: _chain(16, (16, 16), (20, 3, 4, (1, 1, 1, 1), 1), (110, 1, 1, (0,) * 4, 1)),
     # dwconv_rows_s8 with fewer buffered rows than the padded plane, in place, strides 1 and 2
@@ -165,7 +167,8 @@ CASES = {
 PATHS = {
     "pointwise_in_place_w8": [r"ec_mk1_conv_pw_s8: .* records w8,"],
     "pointwise_widened_w16s": [r"ec_mk1_conv_pw_s8: .* records w16s,"],
-    "pointwise_w16s_odd_groups": [r"ec_mk1_conv_pw_s8: .* 20 slots, records w16s,"],
+    "pointwise_w16s_odd_groups": [r"ec_mk1_conv_pw_s8: .* 20 slots, records w16s,", r"the loop widens each record"],
+    "pointwise_w16s_g36_in_loop": [r"ec_mk1_conv_pw_s8: .* 144 slots, records w16s,", r"the loop widens each record"],
     "pointwise_w16s_odd_pixels_g36": [r"ec_mk1_conv_pw_s8: .* 144 slots, records w16s,", r"ec_mk1_conv_pw_s8_mm1\(&c\)"],
     "pointwise_in_place_w8_odd_pixels": [r"ec_mk1_conv_pw_s8: .* records w8,", r"const int32_t last = "],
     "pointwise_w16s_odd_pixels": [r"ec_mk1_conv_pw_s8: .* records w16s,", r"const int32_t last = "],
@@ -246,7 +249,7 @@ def test_microkernel_host_bit_exact(name, tmp_path, monkeypatch):
                                   "add_standalone", "global_avgpool", "pointwise_in_place_w8_odd_pixels",
                                   "pointwise_w16s_odd_pixels", "conv_odd_pixels_even_cout", "conv_single_pixel", "depthwise_narrow_pad_left2", "conv_4x4_row4_cin3", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
                                   "conv_dilated_nopad", "pointwise_in_place_w8", "pointwise_widened_w16s",
-                                  "pointwise_w16s_odd_groups", "pointwise_w16s_odd_pixels_g36", "conv_row4_pad3",
+                                  "pointwise_w16s_odd_groups", "pointwise_w16s_odd_pixels_g36", "pointwise_w16s_g36_in_loop", "conv_row4_pad3",
                                   "conv_row3_cin3_s2", "conv_row3_cin1_s2", "conv_row3_cin1", "conv_row3_cin2",
                                   "conv_two_records_far", "depthwise_rows_streamed", "depthwise_rows_streamed_s2",
                                   "depthwise_rows_shift_per_channel", "depthwise_rows_shift_per_channel_s2",
