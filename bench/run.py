@@ -38,6 +38,7 @@ from calib import augmented  # noqa: E402
 from edgecomp.errors import EdgecompError
 from edgecomp.frontend import load_model
 from edgecomp.io import to_model_dtype
+from edgecomp.options import parse_size
 from edgecomp.pipeline import BuildOptions, BuildResult, build
 from edgecomp.quant.accuracy import sqnr_db
 from edgecomp.runner import integrity_cost, profile_record, run_samples
@@ -77,7 +78,7 @@ def tflm_baseline() -> dict:
 
 def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: Path, prune: str | None = None,
               dead_channels: str = "none", integrity: bool = False, patch: str | None = None,
-              max_flash: int | None = None) -> dict:  # fmt: skip
+              max_flash: int | None = None, optimize: str = "balanced", max_ram: int | None = None) -> dict:  # fmt: skip
     """One row. Builds leave out the weights check (--no-integrity), as TFLite Micro has none; with
     `integrity` the row also gets what the check (edgecomp's default) adds: flash and boot time."""
     target = load_target(target_name)
@@ -110,9 +111,15 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
         options = replace(options, patch=patch)
     if max_flash:
         options = replace(options, max_flash=max_flash)
+    if max_ram:
+        options = replace(options, max_ram=max_ram)
+    if optimize != "balanced":
+        options = replace(options, optimize=optimize)
     tag = (f"-{prune.replace('=', '')}" if prune else "") + (
         f"-dead{dead_channels}" if dead_channels != "none" else ""
-    ) + (f"-patch{patch.replace(':', '')}" if patch else "") + (f"-flash{max_flash}" if max_flash else "")
+    ) + (f"-patch{re.sub(r'[^A-Za-z0-9_.-]+', '_', patch.replace(':', ''))}" if patch else "") + (
+        f"-flash{max_flash}" if max_flash else "") + (f"-ram{max_ram}" if max_ram else "") + (
+        f"-{optimize}" if optimize != "balanced" else "")
     outdir = workdir / f"{model.stem}-{target_name}-{dtype}{tag}"
     # The compiler's own time and peak memory, measured in a child process that builds and exits.
     compile_s, peak_rss, result = _measured_build(model, target, outdir, options, calib)
@@ -130,7 +137,8 @@ def bench_one(model: Path, sample: Path, target_name: str, dtype: str, workdir: 
     floats = [Reference(ref_model).run(s) for s in float_samples[: len(runs)]]
     row = {
         "model": float_model.stem + (f" ({prune})" if prune else "") + (f" (patch {patch})" if patch else "")
-        + (f" (max-flash {max_flash:,})" if max_flash else "")
+        + (f" (max-flash {max_flash:,})" if max_flash else "") + (f" (max-ram {max_ram:,})" if max_ram else "")
+        + (f" (optimize {optimize})" if optimize != "balanced" else "")
         + (f" (dead channels {dead_channels})" if dtype == "int8" and dead_channels != "none" else ""),
         "target": target_name, "dtype": dtype,
         "macs": rec["macs"],
@@ -230,8 +238,9 @@ def _nchw(shape: list[int]) -> tuple[int, ...]:
 
 
 def _with_baseline(row: dict, name: str, baseline: dict) -> dict:
-    """The row with its ratio to TFLite Micro + CMSIS-NN (int8, cortex-m7, unpruned; also a --max-flash row)."""
-    plain = row["model"] == name or row["model"].startswith(f"{name} (max-flash ")
+    """The row with its ratio to TFLite Micro + CMSIS-NN (int8, cortex-m7, unpruned; also a --max-flash or
+    --optimize row)."""
+    plain = row["model"] == name or row["model"].startswith((f"{name} (max-flash ", f"{name} (optimize "))
     if row["dtype"] in ("int8", "tflite") and row["target"] == "cortex-m7" and plain and name in baseline:
         b = baseline[name]
         ram = row["ram_bytes"] + (row["stack_bytes"] or 0)
@@ -264,9 +273,15 @@ def main(argv: list[str] | None = None) -> int:
                          "out, as TFLite Micro has none) and report its flash and its instructions at boot")  # fmt: skip
     ap.add_argument("--patch", help="int8/tflite: also build every model with this --patch (e.g. auto) and "
                                     "show its RAM and instructions beside the unpatched row")  # fmt: skip
+    ap.add_argument("--max-ram", metavar="SIZE",
+                    help="int8/tflite: also build every model with --max-ram SIZE (static RAM + the target's "
+                         "reserved stack; met by patching, the fewest MACs that fit) beside the unbudgeted row")  # fmt: skip
     ap.add_argument("--max-flash-tflm", type=float, metavar="FRACTION",
                     help="int8/tflite: also build every model with --max-flash = FRACTION x its TFLM + CMSIS-NN "
                          "flash (the baseline table; e.g. 0.8) and show its instructions beside the unbudgeted row")  # fmt: skip
+    ap.add_argument("--optimize", choices=["balanced", "speed", "size"], default="balanced",
+                    help="int8/tflite: build every row with edgecomp's --optimize (the rows' names say it "
+                         "when it is not the default) [balanced]")  # fmt: skip
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
     ap.add_argument("--workdir", type=Path, default=REPO / "build" / "bench")
     ap.add_argument(
@@ -303,15 +318,18 @@ def main(argv: list[str] | None = None) -> int:
         for dtype in args.dtypes.split(","):
             for name in names:
                 console.print(f"[dim]bench: {name} {dtype} on {target}[/dim]")
-                variants = [(None, None, None)] + ([(args.prune, None, None)] if args.prune else []) + (
-                    [(None, args.patch, None)] if args.patch and dtype in ("int8", "tflite") else [])
+                variants = [(None, None, None, None)] + ([(args.prune, None, None, None)] if args.prune else []) + (
+                    [(None, args.patch, None, None)] if args.patch and dtype in ("int8", "tflite") else [])
                 if args.max_flash_tflm and dtype in ("int8", "tflite") and name in baseline:
-                    variants.append((None, None, int(args.max_flash_tflm * baseline[name]["flash_bytes"])))
-                for prune, patch, max_flash in variants:
+                    variants.append((None, None, int(args.max_flash_tflm * baseline[name]["flash_bytes"]), None))
+                if args.max_ram and dtype in ("int8", "tflite"):
+                    variants.append((None, None, None, parse_size(args.max_ram)))
+                for prune, patch, max_flash, max_ram in variants:
                     try:
                         row = bench_one(*paths[name], target, dtype, args.workdir, prune, args.dead_channels,
-                                        args.integrity and patch is None and max_flash is None, patch,
-                                        max_flash)  # fmt: skip
+                                        args.integrity and patch is None and max_flash is None and max_ram is None,
+                                        patch, max_flash, args.optimize if dtype != "fp32" else "balanced",
+                                        max_ram)  # fmt: skip
                     except EdgecompError as exc:
                         console.print(f"[red]bench: {name} on {target}: {exc}[/red]")
                         rows.append({"model": name, "target": target, "dtype": dtype, "error": str(exc)})

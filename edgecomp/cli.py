@@ -94,6 +94,10 @@ def _build_parent() -> argparse.ArgumentParser:
     q.add_argument("--kernels", choices=CHOICES["kernels"], default="auto",
                    help="int8 convolutions and dense layers: templated DSP micro-kernels (auto) or "
                         "TVM's generic kernels (tvm) [auto]")  # fmt: skip
+    q.add_argument("--optimize", choices=CHOICES["optimize"], default="balanced",
+                   help="integer builds: the kernels' weight records: int16 where the flash is worth it "
+                        "(balanced), int16 wherever a kernel has them (speed: faster, more flash) or int8 "
+                        "everywhere (size); --max-flash narrows from this choice [balanced]")  # fmt: skip
     q.add_argument("--save-quantized", type=Path, metavar="Q.onnx", help="also write the quantized QDQ model")
     q.add_argument("--eval", type=Path, metavar="DATA.npz",
                    help="accuracy of the quantized model vs float on x (and labels y) -> report.json")  # fmt: skip
@@ -342,6 +346,7 @@ def _options(args) -> BuildOptions:
         calib_method=args.calib_method,
         io=args.io,
         kernels=args.kernels,
+        optimize=args.optimize,
         per_layer=args.per_layer,
         prune=args.prune,
         prune_importance=args.prune_importance,

@@ -17,6 +17,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "kernels": ("auto", "tvm"),
     "prune_importance": ("l1", "l2", "activation"),
     "dead_channels": ("proven", "calib", "none"),
+    "optimize": ("balanced", "speed", "size"),
 }
 
 
@@ -64,6 +65,10 @@ class BuildOptions:
     # Convolutions (by output tensor) whose matrix-product kernel reads int8 weight records though
     # int16 ones would be faster: what --max-flash chose (edgecomp/lower/kernels/mm.py narrow_plan)
     narrow_records: tuple[str, ...] = ()
+    # --optimize (integer builds): the weight records of the kernels that have a choice (kernels.select):
+    # "balanced", int16 where each kernel's rule finds the flash worth it; "speed", int16 wherever a kernel
+    # has them (faster, more flash); "size", int8 everywhere. --max-flash narrows from this choice.
+    optimize: str = "balanced"
     # --name: the prefix of every exported symbol, macro, section and file (kws_run, KWS_ARENA_BYTES,
     # kws.h); "model" keeps the names every earlier build had (codegen/naming.py)
     name: str = "model"

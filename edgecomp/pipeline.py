@@ -40,7 +40,7 @@ from edgecomp.frontend.tflite import TflModel, is_tflite
 from edgecomp.io import load_calibration, load_eval
 from edgecomp.lower import LoweredModel
 from edgecomp.lower.kernels.dense import TILE_ROWS
-from edgecomp.options import BuildOptions, parse_prune
+from edgecomp.options import CHOICES, BuildOptions, parse_prune
 from edgecomp.passes import (
     count_params,
     dead_channel_masks,
@@ -263,6 +263,11 @@ def build(model_path: Path, target: Target, outdir: Path | None = None, options:
     build needs neither the graph passes nor calibration again.
     """
     options = options or BuildOptions()
+    if options.optimize not in CHOICES["optimize"]:
+        raise UserError(f"--optimize takes {', '.join(CHOICES['optimize'])}, not '{options.optimize}'")
+    if options.optimize != "balanced" and options.kernels == "tvm":
+        raise UserError(f"--optimize {options.optimize} chooses the micro-kernels' weight records: not with "
+                        "--kernels tvm")  # fmt: skip
     if options.max_flash is not None:
         return _build_within_flash(model_path, target, outdir, options, reuse, log, calib, eval_data,
                                    save_quantized, save_pruned)  # fmt: skip
@@ -353,6 +358,7 @@ def _as_built(graph: IntGraph | None, report: dict) -> IntGraph | None:
     return patch_graph(graph, patching["cut"], tuple(patching["grid"]))
 
 
+PATCH_TRIES = 6  # --max-ram: patched builds lowered and planned at most
 NON_ARENA_RAM = 768  # static RAM besides the arena (harness buffers, runtime: 536 B on cortex-m7): for --max-ram
 
 
@@ -363,7 +369,7 @@ FLASH_FIT_ROUNDS = 3
 def _build_within_flash(model_path: Path, target: Target, outdir: Path | None, options: BuildOptions, reuse: bool,
                         log, calib, eval_data, save_quantized, save_pruned) -> BuildResult:  # fmt: skip
     """--max-flash for an integer build: built as usual, then, while its flash is over the budget, again
-    with int8 weight records for the convolutions kernels.narrow_plan picks (the ones that cost the
+    with int8 weight records for the layers kernels.narrow_plan picks (the ones that cost the
     fewest instructions per byte saved). A budget that cannot be met is an error saying by how much."""
     from edgecomp.lower.kernels import narrow_plan
 
@@ -379,18 +385,18 @@ def _build_within_flash(model_path: Path, target: Target, outdir: Path | None, o
             excess = result.report["flash_bytes"] - budget
             if excess <= 0:
                 break
-            more, saved = narrow_plan(result.int_graph, target.features, excess, narrow)
+            more, saved = narrow_plan(result.int_graph, target.features, excess, narrow, options.optimize)
             if not more:
                 break
             narrow = tuple(dict.fromkeys(narrow + more))
             log(f"edgecomp: flash {result.report['flash_bytes']:,} B > --max-flash {budget:,} B: int8 weight records "
-                f"for {len(more)} more convolution(s) (~{saved:,} B)")
+                f"for {len(more)} more layer(s) (~{saved:,} B)")
             result = build(model_path, target, tmp, replace(base, narrow_records=narrow), reuse, log, calib,
                            eval_data, save_quantized, save_pruned)  # fmt: skip
         excess = result.report["flash_bytes"] - budget
         if excess > 0:
             raise DoesNotFitError(f"flash {result.report['flash_bytes']:,} B exceeds --max-flash {budget:,} B by "
-                                  f"{excess:,} B with no convolution left that reads int16 weight records")
+                                  f"{excess:,} B with no layer left that reads int16 weight records")
     return replace(result, outdir=outdir)
 
 
@@ -405,11 +411,15 @@ def _patch_and_lower(model, int_graph: IntGraph | None, options: BuildOptions, t
 
     def lower(graph):
         return lower_model(model if graph is not None else fold_constants(model).model, graph,
-                           options.kernels, target.features, naming.ns, frozenset(options.narrow_records))  # fmt: skip
+                           options.kernels, target.features, naming.ns, frozenset(options.narrow_records),
+                           options.optimize)  # fmt: skip
 
     if int_graph is None:
         if options.patch != "none" or options.max_ram is not None:
             raise UserError("--patch and --max-ram (without --fit) apply to quantized models: add --quantize")
+        if options.optimize != "balanced":
+            raise UserError(f"--optimize {options.optimize} chooses integer kernels' weight records: a float build "
+                            "has none (add --quantize int8)")  # fmt: skip
         return None, lower(None), None
     mode, arg, grid = parse_patch(options.patch)
     if mode == "none" and options.max_ram is None:
@@ -437,15 +447,25 @@ def _patch_and_lower(model, int_graph: IntGraph | None, options: BuildOptions, t
     if plan_model(lowered).arena_bytes <= arena_budget:
         return int_graph, lowered, None
     smallest = None
-    # The estimate leaves out kernel scratch and the planner's packing (either way): try the plans a
-    # little over it too, fewest MACs first, and keep the first whose planned arena fits.
-    tries = patches.within_budget(plans, int(arena_budget * 1.3))[:3]
-    tries += [p for p in [patches.smallest_peak(plans, float("inf"))] if p is not None and p not in tries]
-    for plan in tries:
+    # The estimate leaves out kernel scratch and the planner's packing, which differ from plan to plan
+    # (IC ResNet-8: 1.2 to 2.3 KB): try the plans whose estimate fits, fewest MACs first, after a few
+    # misses only those that fit with the smallest excess of an arena over its estimate seen, and
+    # keep the first whose planned arena fits (up to PATCH_TRIES).
+    excess: list[int] = []
+    tried: list = []
+    for attempt in range(PATCH_TRIES):
+        margin = min(excess) if attempt >= PATCH_TRIES // 2 else 0
+        plan = next((p for p in patches.within_budget(plans, arena_budget - margin) if p not in tried), None)
+        if plan is None:  # none fits by its estimate: the smallest peak, once, to say how far off
+            plan = patches.smallest_peak(plans, float("inf"))
+            if plan is None or plan in tried:
+                break
+        tried.append(plan)
         patched = patches.patch_graph(int_graph, plan.cut, plan.grid)
         lowered = lower(patched)
         arena = plan_model(lowered).arena_bytes
         smallest = min(smallest or arena, arena)
+        excess.append(arena - plan.peak_bytes)
         if arena <= arena_budget:
             log(f"--max-ram: first stage in {plan.grid[0]}x{plan.grid[1]} patches up to '{plan.cut}' "
                 f"({plan.macs / plan.macs_before:.2f}x the MACs)")  # fmt: skip

@@ -321,3 +321,25 @@ def test_qemu_that_exits_at_start_is_reported_with_its_message(tmp_path, target)
     toml.write_text(text)
     proc = edgecomp("profile", EXAMPLE, "-t", toml, "-o", tmp_path / "o", "--timeout", "2")
     assert_clean_error(proc, 3, "QEMU stopped", "no-such-device-edgecomp")
+
+
+def test_optimize_speed_and_size_builds_and_bad_values(tmp_path):
+    """--optimize speed: int16 weight records (the dense layer's dense_w16_s8, no int8 convolution
+    records); size: int8 records everywhere; a bad value, --kernels tvm, or a float build: exit 2."""
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32))
+    common = ("build", EXAMPLE, "-t", "host", "--quantize", "int8", "--calib", calib)
+    for optimize in ("speed", "size"):
+        proc = edgecomp(*common, "--optimize", optimize, "-o", tmp_path / optimize)
+        assert proc.returncode == 0, proc.stderr
+        kernels_c = (tmp_path / optimize / "model_kernels.c").read_text()
+        assert ("_dense_w16_s8: " in kernels_c) == (optimize == "speed")
+        assert ("records w16," in kernels_c) == (optimize == "speed")
+        assert ("_dense_s8: " in kernels_c) == (optimize == "size")
+    assert_clean_error(edgecomp(*common, "--optimize", "fast"), 2, "--optimize", "invalid choice")
+    proc = edgecomp(*common, "--optimize", "speed", "--kernels", "tvm", "-o", tmp_path / "tvm")
+    assert_clean_error(proc, 2, "--optimize speed", "--kernels tvm")
+    assert not (tmp_path / "tvm").exists()
+    proc = edgecomp("build", EXAMPLE, "-t", "host", "--optimize", "size", "-o", tmp_path / "float")
+    assert_clean_error(proc, 2, "--optimize size", "float build")
+    assert [line for line in proc.stderr.splitlines() if "error" in line.lower()] == proc.stderr.splitlines()[-1:]

@@ -408,3 +408,50 @@ def test_max_flash_keeps_int8_records_for_the_cheapest_layers(tmp_path):
     with pytest.raises(DoesNotFitError, match="exceeds --max-flash"):
         build(path, target, tmp_path / "none", replace(options, max_flash=1000), log=lambda *_: None)
     assert not (tmp_path / "none").exists()  # a build over the budget is not left behind
+
+
+def _dense_chain(batch=2):
+    """Dense layers of K 13, 9, 3, 8, 16 (K % 4 left over; only the tail; two and four groups a loop
+    step) and 9, 3, 8, 16, 6 rows (one and two rows left over; fewer than four; none), with ReLU and
+    Clip clamps."""
+    widths, nodes, inits = [13, 9, 3, 8, 16, 6], [], []
+    acts = {0: "Relu", 1: "Clip", 3: "Relu"}
+    for i, (k, n) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        out = f"g{i}" if i in acts else f"x{i + 1}"
+        nodes.append(helper.make_node("Gemm", [f"x{i}", f"w{i}", f"b{i}"], [out], transB=1))
+        inits += [weight(f"w{i}", [n, k]), weight(f"b{i}", [n])]
+        if acts.get(i) == "Relu":
+            nodes.append(helper.make_node("Relu", [out], [f"x{i + 1}"]))
+        elif acts.get(i) == "Clip":
+            inits += [onnx.numpy_helper.from_array(np.float32(v), n_) for v, n_ in ((-0.5, "lo"), (0.5, "hi"))]
+            nodes.append(helper.make_node("Clip", [out, "lo", "hi"], [f"x{i + 1}"]))
+    nodes[-1].output[0] = "y"
+    return make_model(nodes, [("x0", [batch, widths[0]])], [("y", [batch, widths[-1]])], inits)
+
+
+@pytest.mark.parametrize("target", ["host", pytest.param("cortex-m7", marks=needs_qemu)])
+def test_dense_int16_records_under_optimize_speed(target, tmp_path):
+    """--optimize speed: the dense layers of four rows or more read int16 weight records
+    (dense_w16_s8, twice the weights' flash), bit-exact with the integer reference; fewer rows, and
+    all of them under --optimize size: the int8 kernel."""
+    model = _dense_chain()
+    qmodel = quantize(onnx.shape_inference.infer_shapes(model), [random_inputs(model, s) for s in range(8)]).model
+    path = tmp_path / "q.onnx"
+    onnx.save(qmodel, path)
+    samples = [random_inputs(model, s) for s in range(3)]
+    for optimize, w16 in (("speed", {0, 2, 3, 4}), ("size", set())):
+        options = BuildOptions(extra_cflags="-Werror", integrity=False, optimize=optimize)
+        result = build(path, load_target(target), tmp_path / optimize, options, log=lambda *_: None)
+        kernels_c = (result.outdir / "model_kernels.c").read_text()
+        for i in range(5):
+            assert f"ec_mk{i}_{'dense_w16_s8' if i in w16 else 'dense_s8'}: " in kernels_c, (optimize, i)
+        for run, want in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
+            np.testing.assert_array_equal(run.outputs[0], want[0])
+    # --max-flash narrows from speed's choice: the dense layers too, the fewest rows first (2 for all
+    # here), then the most bytes saved: the 13 -> 9 layer, 9 rows of K4 16 int16 instead of K 13 int8
+    from edgecomp.lower.kernels import narrow_plan
+
+    features = load_target(target).features
+    names, saved = narrow_plan(result.int_graph, features, 1, optimize="speed")
+    assert len(names) == 1 and saved == 9 * (2 * 16 - 13)
+    assert narrow_plan(result.int_graph, features, 10**6, optimize="size") == ((), 0)

@@ -156,3 +156,61 @@ def test_cli_rejects_a_bad_patch_and_a_float_model(model_files, tmp_path):
         proc = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=600)
         assert proc.returncode == 2, proc.stderr
         assert words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def resnet() -> onnx.ModelProto:
+    """ResNet-8's first stages in small: a stem conv, a residual block, then a stride-2 block with a
+    1x1 stride-2 shortcut, pooled: the stage up to the second Add is what patching cuts."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["r0", "c2"], ["a2"]),
+        helper.make_node("Relu", ["a2"], ["s1"]),
+        helper.make_node("Conv", ["s1", "w3", "b3"], ["c3"], strides=[2, 2], pads=[0, 0, 1, 1]),
+        helper.make_node("Relu", ["c3"], ["r3"]),
+        helper.make_node("Conv", ["r3", "w4", "b4"], ["c4"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["s1", "w5", "b5"], ["c5"], strides=[2, 2]),
+        helper.make_node("Add", ["c5", "c4"], ["a4"]),
+        helper.make_node("Relu", ["a4"], ["s2"]),
+        helper.make_node("GlobalAveragePool", ["s2"], ["y"]),
+    ]
+    inits = [weight("w0", (24, 3, 3, 3)), weight("b0", (24,)), weight("w1", (24, 24, 3, 3)), weight("b1", (24,)),
+             weight("w2", (24, 24, 3, 3)), weight("b2", (24,)), weight("w3", (32, 24, 3, 3)), weight("b3", (32,)),
+             weight("w4", (32, 32, 3, 3)), weight("b4", (32,)), weight("w5", (32, 24, 1, 1)), weight("b5", (32,))]  # fmt: skip
+    return make_model(nodes, [("x", [1, 3, RH, RW])], [("y", [1, 32, 1, 1])], inits)
+
+
+RH, RW = 32, 12  # tall: bands recompute only halo rows
+
+
+@pytest.mark.parametrize("target", ["host"] + (["cortex-m7"] if HAVE_ARM else []))
+def test_band_patching_of_residual_stages_is_bit_exact_and_crops_in_place(target, tmp_path):
+    """Full-width bands (Rx1) through both residual blocks, up to the stride-2 block's Add: the
+    integers of the integer reference on the host and in QEMU; the residual branches are cropped where
+    their whole window dies, in that window's buffer, and the arena falls below the unpatched one's."""
+    onnx.save(resnet(), tmp_path / "resnet.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(5).standard_normal((8, 1, 3, RH, RW)).astype(np.float32))
+    files = tmp_path / "resnet.onnx", tmp_path / "calib.npy"
+    plain = _build(files, target, tmp_path / "plain", io="int8")
+    cut = [op.output for op in plain.int_graph.ops if type(op).__name__ == "Add"][-1]
+    assert plain.int_graph.tensors[cut].shape == (1, 32, RH // 2, RW // 2)
+    assert any(p.grid == (4, 1) for p in patches.all_plans(plain.int_graph))  # bands are among the plans
+    banded = _build(files, target, tmp_path / "band", io="int8", patch=f"{cut}:4x1")
+    assert banded.report["patches"]["grid"] == [4, 1]
+    # Each patch crops the stem's output for the first Add and the first block's output for the 1x1
+    # shortcut, each in the buffer of the window it is cut from.
+    in_place = {b["name"] for b in banded.report["memory_plan"] if "in_place_of" in b}
+    crops = [layer["outputs"][0] for layer in banded.report["layers"] if layer["variant"] == "crop"]
+    assert len([c for c in crops if c in in_place]) >= 2 * 4, (crops, in_place)
+    # Cropped before the block's second convolution, which then applies both Adds in its epilogue.
+    kernels = [layer["kernel"] for layer in banded.report["layers"]]
+    assert sum("conv_add" in k for k in kernels) == 2 * 4, kernels
+    assert not any(layer["variant"] == "add_s8" for layer in banded.report["layers"])
+    assert banded.report["arena_bytes"] < plain.report["arena_bytes"]
+    rng = np.random.default_rng(0)
+    xs = [[rng.integers(-128, 128, (1, 3, RH, RW)).astype(np.int8)] for _ in range(3)]
+    for x, run in zip(xs, run_samples(banded, xs), strict=True):
+        assert np.array_equal(run.outputs[0], run_int_graph(plain.int_graph, x)[0])

@@ -105,6 +105,10 @@ def test_grid_combines_normalizes_and_pools(tmp_path):
     # dead channels only matter to quantized builds: fp32 once, int8 twice
     assert [c.label for c in configs] == ["fp32", "int8", "int8 dead-channels=none"]
     assert configs[0].options.quantize is None and configs[0].options.fit_check is False
+    # --optimize: weight records of integer kernels; nothing to choose for fp32 or TVM's kernels
+    configs = _grid(tmp_path, 'quantize = ["fp32", "int8"]\noptimize = ["balanced", "speed"]\nkernels = ["auto", "tvm"]')
+    assert sorted(c.label for c in configs) == ["fp32", "fp32 kernels=tvm", "int8", "int8 kernels=tvm",
+                                                "int8 optimize=speed"]  # fmt: skip
     configs = _grid(tmp_path, """
 [[grid]]
 quantize = "fp32"

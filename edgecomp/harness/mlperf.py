@@ -99,12 +99,28 @@ class MlperfDut:
             line = self.read_line(quiet if any(END_OF_RESPONSE in ln for ln in lines) else 0.5)
             if line is None:
                 if any(END_OF_RESPONSE in ln for ln in lines):
-                    return lines
+                    return lines + self._drain_stale(deadline)
                 if time.monotonic() > deadline:
                     raise DeviceError(f"the device did not answer m-ready within {timeout:g} s (got {lines[-5:]})")
                 self.link.write(DELIMITER.encode("ascii"))
             elif line:
                 lines.append(line)
+
+    def _drain_stale(self, deadline: float) -> list[str]:
+        """Read past the answers still due to the '%'s sent while the firmware booted (a slow
+        boot answers them after `quiet`): a `name` round trip, answered in order, ends them."""
+        lines: list[str] = []
+        self.link.write(("name" + DELIMITER).encode("ascii"))
+        named = False
+        while True:
+            line = self.read_line(max(deadline - time.monotonic(), self.timeout))
+            if line is None:
+                raise DeviceError(f"the device did not answer `name` after m-ready (got {lines[-5:]})")
+            if line:
+                lines.append(line)
+            named = named or _NAME.match(line) is not None
+            if named and END_OF_RESPONSE in line:
+                return lines
 
     def name(self) -> str:
         for line in self.command("name"):

@@ -49,21 +49,22 @@ tirx.register_intrin_lowering("tirx.fabs", target="c", f=_lower_fabs, level=99)
 
 def lower_model(model: onnx.ModelProto | None, graph: IntGraph | None = None, kernels: str = "auto",
                 features: frozenset[str] = frozenset(), symbol_prefix: str = SYMBOL_PREFIX,
-                narrow: frozenset[str] = frozenset()) -> LoweredModel:  # fmt: skip
+                narrow: frozenset[str] = frozenset(), optimize: str = "balanced") -> LoweredModel:  # fmt: skip
     """Lower a checked, static-shape model to C kernels plus a call sequence.
 
     A quantized build passes its integer graph (`graph`, with the I/O it compiles: float edges or
     the integer tensors); `model` (None for a TFLite model) then only gives the input and output
     names, else the graph's own names are used. kernels="auto"
     lets the micro-kernel variants (kernels/) that the target's ISA `features` allow take the ops
-    they cover; "tvm" keeps TVM's kernels for every op. `narrow`: convolutions (by output tensor)
-    whose kernels keep int8 weight records (BuildOptions.narrow_records). TVM names its kernels
+    they cover; "tvm" keeps TVM's kernels for every op. `narrow`: layers (by output tensor) whose
+    kernels keep int8 weight records (BuildOptions.narrow_records); `optimize`: which weight records
+    the others keep (BuildOptions.optimize, kernels.OPTIMIZE). TVM names its kernels
     `__tvm_ffi_<symbol_prefix><kernel>`: a model built with --name has its own namespace
     (codegen/naming.py), so two models' kernels link into one program.
     """
     chosen: dict[str, MicroKernel] = {}
     if graph is not None:
-        mod, chosen, sources = int_graph_to_relax(graph, features if kernels == "auto" else None, narrow)
+        mod, chosen, sources = int_graph_to_relax(graph, features if kernels == "auto" else None, narrow, optimize)
         mod, sources = fuse(mod, sources)
     else:
         renamed, original = with_c_names(model)

@@ -644,8 +644,8 @@ def _emit_micro(bb: relax.BlockBuilder, chosen: Chosen, env: dict, graph: IntGra
     )
 
 
-def int_graph_to_relax(graph: IntGraph, features: frozenset[str] | None = None, narrow: frozenset[str] = frozenset()
-                       ) -> tuple[tvm.IRModule, dict[str, MicroKernel], dict]:  # fmt: skip
+def int_graph_to_relax(graph: IntGraph, features: frozenset[str] | None = None, narrow: frozenset[str] = frozenset(),
+                       optimize: str = "balanced") -> tuple[tvm.IRModule, dict[str, MicroKernel], dict]:  # fmt: skip
     """A Relax module whose main runs `graph`, the micro-kernels it calls (by symbol), and the
     graph tensor each binding of main computes (by binding variable).
 
@@ -663,7 +663,7 @@ def int_graph_to_relax(graph: IntGraph, features: frozenset[str] | None = None, 
     if features is None:  # TVM's kernels, but for ops that only have a C kernel
         plan = kernels.choose(graph, frozenset(), only=lambda op: type(op) not in TE_KERNELS)
     else:
-        plan = kernels.choose(graph, features, narrow=narrow)
+        plan = kernels.choose(graph, features, narrow=narrow, optimize=optimize)
     chosen_kernels: dict[str, MicroKernel] = {}
     sources: dict = {}  # binding variable -> graph tensor
     with bb.function("main", params):

@@ -33,6 +33,7 @@ SWEEPABLE = {
     "dead-channels": "dead_channels",
     "cflags": "extra_cflags",
     "patch": "patch",
+    "optimize": "optimize",
 }
 # The other BuildOptions fields, and why a grid does not take them.
 NOT_SWEPT = {
@@ -57,7 +58,7 @@ NOT_SWEPT = {
     "act_bits": "per-layer widths are what --quantize mixed chooses for a flash budget, not a grid value",
 }
 NONE_VALUES = {"quantize": ("none", "fp32", "float"), "io": ("none",), "prune": ("none",)}
-QUANTIZED_ONLY = ("calib_method", "dead_channels", "io", "patch")  # no effect on a float configuration
+QUANTIZED_ONLY = ("calib_method", "dead_channels", "io", "patch", "optimize")  # no effect on a float configuration
 DEFAULTS = BuildOptions(fit_check=False)
 
 
@@ -182,6 +183,8 @@ def _normalized(options: BuildOptions) -> BuildOptions:
     one configuration)."""
     if options.quantize is None:
         options = replace(options, **{f: getattr(DEFAULTS, f) for f in QUANTIZED_ONLY})
+    if options.kernels == "tvm":  # TVM's kernels have no weight records to choose
+        options = replace(options, optimize=DEFAULTS.optimize)
     if options.prune is None or "channels" not in parse_prune(options.prune):
         options = replace(options, prune_importance=DEFAULTS.prune_importance)
     return options

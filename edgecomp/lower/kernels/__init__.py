@@ -24,7 +24,7 @@ import numpy as np
 from edgecomp.lower.kernels import add, conv, dense, float32, int4, lstm, mve, place, pool, softmax
 from edgecomp.lower.model import MicroKernel
 from edgecomp.quant.ir import IntGraph, IntOp
-from edgecomp.quant.ops import Add, AvgPool, Conv, Dense, Gru, Lstm, Place, TflSoftmax
+from edgecomp.quant.ops import Add, AvgPool, Conv, Crop, Dense, Gru, Lstm, Place, TflSoftmax
 
 Make = Callable[[int, IntOp, IntGraph], "tuple[MicroKernel, list[np.ndarray]] | None"]
 
@@ -43,8 +43,12 @@ class Variant:
     applies: Callable[[IntOp, IntGraph], bool] = _always  # cheap test before make
     fuses_add: bool = False  # its epilogue can apply a following residual Add (p.fuse_add)
     dtypes: tuple[str, ...] = ("int8",)  # of every input and the output
-    # The same kernel with int8 weight records where int16 ones would be faster (--max-flash)
+    # The same kernel with int8 weight records where int16 ones would be faster (--max-flash,
+    # --optimize size)
     make_narrow: Make | None = None
+    # The same kernel with int16 weight records wherever they are faster, whatever the flash they
+    # take (--optimize speed)
+    make_wide: Make | None = None
 
 
 # In order of preference: the first that the target's features allow and that applies is used.
@@ -79,9 +83,9 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("conv_pw_few_s8", Conv, "kernels/conv_pw_few_s8.c.j2", conv.conv_pw_few_s8,
             applies=conv.is_pointwise_few),
     Variant("conv_pw_s8", Conv, "kernels/conv_mm_s8.c.j2", conv.conv_pw_s8, applies=conv.is_pointwise,
-            fuses_add=True, make_narrow=conv.conv_pw_s8_narrow),
+            fuses_add=True, make_narrow=conv.conv_pw_s8_narrow, make_wide=conv.conv_pw_s8_wide),
     Variant("conv_mm_s8", Conv, "kernels/conv_mm_s8.c.j2", conv.conv_mm_s8, applies=conv.is_dense_conv,
-            fuses_add=True, make_narrow=conv.conv_mm_s8_narrow),
+            fuses_add=True, make_narrow=conv.conv_mm_s8_narrow, make_wide=conv.conv_mm_s8_wide),
     Variant("conv_s8", Conv, "kernels/conv_s8.c.j2", conv.conv_s8, applies=conv.is_dense_conv, fuses_add=True),
     Variant("dwconv_neon_s8", Conv, "kernels/dwconv_s8.c.j2", conv.dwconv_neon_s8, frozenset({"neon"}),
             conv.neon_depthwise),
@@ -92,7 +96,8 @@ VARIANTS: tuple[Variant, ...] = (
             dense.is_not_sparse),
     Variant("dense_sparse_s8", Dense, "kernels/dense_sparse_s8.c.j2", dense.dense_sparse_s8,
             applies=dense.is_sparse),
-    Variant("dense_s8", Dense, "kernels/dense_s8.c.j2", dense.dense_s8),
+    # make_wide renders kernels/dense_w16_s8.c.j2
+    Variant("dense_s8", Dense, "kernels/dense_s8.c.j2", dense.dense_s8, make_wide=dense.dense_w16_s8),
     Variant("add_s8", Add, "kernels/add_s8.c.j2", add.add_s8, applies=add.same_shapes),
     Variant("global_avgpool_s8", AvgPool, "kernels/global_avgpool_s8.c.j2", pool.global_avgpool_s8,
             applies=pool.is_global),
@@ -100,6 +105,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("lstm_s8", Lstm, "kernels/lstm_s8.c.j2", lstm.lstm_s8, dtypes=("int8", "int16")),
     Variant("gru_s8", Gru, "kernels/gru_s8.c.j2", lstm.gru_s8),
     Variant("place", Place, "kernels/place.c.j2", place.place, dtypes=("int8", "int16")),
+    Variant("crop", Crop, "kernels/crop.c.j2", place.crop, dtypes=("int8", "int16")),
     # Float layers (lower/float_groups.py) on cores with a hardware FPU.
     Variant("conv_f32", float32.FloatConv, "kernels/conv_f32.c.j2", float32.conv_f32, frozenset({"fpu"}),
             float32.is_dense_conv, dtypes=("float32",)),
@@ -110,17 +116,23 @@ VARIANTS: tuple[Variant, ...] = (
 )  # fmt: skip
 
 
-def select(op: IntOp, graph: IntGraph, index: int, features: frozenset[str], narrow: frozenset[str] = frozenset()
-           ) -> tuple[Variant, MicroKernel, list[np.ndarray]] | None:  # fmt: skip
+def select(op: IntOp, graph: IntGraph, index: int, features: frozenset[str], narrow: frozenset[str] = frozenset(),
+           optimize: str = "balanced") -> tuple[Variant, MicroKernel, list[np.ndarray]] | None:  # fmt: skip
     """The first variant that computes `op` on a target with `features`, its kernel (symbols
     numbered by `index`) and constant arguments; None keeps TVM's kernel. Ops whose output is in
-    `narrow` take their variant's int8-record form where it has one."""
+    `narrow` (all of them with `optimize` "size") take their variant's int8-record form where it has
+    one; with `optimize` "speed" the others take its int16-record form where it has one."""
+    narrowed = optimize == "size" or op.output in narrow
     for v in VARIANTS:
         if not isinstance(op, v.op) or not v.requires <= features or not v.applies(op, graph):
             continue
         if any(graph.tensors[n].dtype not in v.dtypes for n in (*op.inputs, op.output)):
             continue
-        make = v.make_narrow if v.make_narrow is not None and op.output in narrow else v.make
+        make = v.make
+        if narrowed and v.make_narrow is not None:
+            make = v.make_narrow
+        elif optimize == "speed" and not narrowed and v.make_wide is not None:
+            make = v.make_wide
         made = make(index, op, graph)
         if made is not None:
             mk, consts = made
@@ -164,11 +176,11 @@ def _fused_add(op: IntOp, graph: IntGraph, consumers: dict, ready: set[str]) -> 
 
 
 def _with_add(conv_op: IntOp, add_op: Add, graph: IntGraph, index: int, features: frozenset[str],
-              narrow: frozenset[str] = frozenset()) -> Chosen | None:  # fmt: skip
+              narrow: frozenset[str] = frozenset(), optimize: str = "balanced") -> Chosen | None:  # fmt: skip
     """A convolution kernel that also applies the Add of its result and a tensor computed earlier in
     its epilogue — the same arithmetic as the two ops — taking the other addend as its last input,
     whose buffer its output may take."""
-    conv_k, add_k = select(conv_op, graph, index, features, narrow), select(add_op, graph, 0, features)
+    conv_k, add_k = select(conv_op, graph, index, features, narrow, optimize), select(add_op, graph, 0, features)
     if conv_k is None or add_k is None or not conv_k[0].fuses_add:
         return None
     (variant, mk, consts), (_, add_mk, (ta, tb)) = conv_k, add_k
@@ -183,12 +195,12 @@ def _with_add(conv_op: IntOp, add_op: Add, graph: IntGraph, index: int, features
     return Chosen(f"{variant.name}+add", fused, conv_op.inputs, (*consts, *tables), residual, add_op.output)
 
 
-def choose(graph: IntGraph, features: frozenset[str], only=None, narrow: frozenset[str] = frozenset()
-           ) -> dict[int, Chosen]:  # fmt: skip
+def choose(graph: IntGraph, features: frozenset[str], only=None, narrow: frozenset[str] = frozenset(),
+           optimize: str = "balanced") -> dict[int, Chosen]:  # fmt: skip
     """The micro-kernel of each op (by index in graph.ops) that one covers, in graph order (kernel
     symbols are numbered in that order); ops fused into another's kernel are skipped. With `only`
     (a test on ops), just the ops it accepts get one (e.g. the ops TVM has no kernel for);
-    `narrow`: convolutions (by output) that keep int8 weight records (select)."""
+    `narrow`: layers (by output) that keep int8 weight records; `optimize`: --optimize (select)."""
     consumers = graph.consumers()
     index_of = {id(op): i for i, op in enumerate(graph.ops)}
     ready = set(graph.inputs)
@@ -200,12 +212,12 @@ def choose(graph: IntGraph, features: frozenset[str], only=None, narrow: frozens
             ready.add(op.output)
             continue
         add_op = _fused_add(op, graph, consumers, ready)
-        chosen = _with_add(op, add_op, graph, len(plan), features, narrow) if add_op is not None else None
+        chosen = _with_add(op, add_op, graph, len(plan), features, narrow, optimize) if add_op is not None else None
         if chosen is not None:
             chosen = Chosen(chosen.variant, chosen.kernel, chosen.inputs, chosen.consts, chosen.extra_inputs,
                             chosen.outputs, (index_of[id(add_op)],))  # fmt: skip
         else:
-            made = select(op, graph, len(plan), features, narrow)
+            made = select(op, graph, len(plan), features, narrow, optimize)
             if made is not None:
                 variant, mk, consts = made
                 chosen = Chosen(variant.name, mk, op.inputs, tuple(consts), (), op.output)
@@ -221,21 +233,24 @@ def variant_names() -> list[str]:
     return [v.name for v in VARIANTS]
 
 
-def narrow_plan(graph: IntGraph, features: frozenset[str], excess: int, done: tuple[str, ...] = ()
-                ) -> tuple[tuple[str, ...], int]:  # fmt: skip
-    """(convolutions to give int8 weight records, by output tensor; the flash bytes that saves) to save
-    at least `excess` bytes: among the layers whose kernel reads int16 records from flash (mode w16),
-    those that reuse each weight over the fewest output pixels first — the instructions a record
-    narrowed adds per byte it saves grow with that count (~0.25 instructions/MAC over cout * K bytes,
-    i.e. ~P/4 per byte); those in `done` are narrowed already. Fewer bytes than `excess` when all of
-    them are not enough."""
+def narrow_plan(graph: IntGraph, features: frozenset[str], excess: int, done: tuple[str, ...] = (),
+                optimize: str = "balanced") -> tuple[tuple[str, ...], int]:  # fmt: skip
+    """(layers to give int8 weight records, by output tensor; the flash bytes that saves) to save
+    at least `excess` bytes: among the layers whose kernel reads int16 records from flash (mode w16,
+    as `optimize` chose them), those that reuse each weight over the fewest output pixels (a dense
+    layer: rows) first — the instructions a record narrowed adds per byte it saves grow with that
+    count (~0.25 instructions/MAC over cout * K bytes, i.e. ~P/4 per byte); those in `done` are
+    narrowed already. Fewer bytes than `excess` when all of them are not enough."""
     candidates = []
-    for i, ch in choose(graph, features).items():
+    for i, ch in choose(graph, features, narrow=frozenset(done), optimize=optimize).items():
         p = dict(ch.kernel.params)
         if p.get("mode") != "w16" or "k4" not in p or graph.ops[i].output in done:
             continue
-        saved = -(-p["cout"] // 2) * 8 * p["g"]  # int16 groups of a channel-pair record -> int8
-        candidates.append((p["oh"] * p["ow"], -saved, graph.ops[i].output, saved))
+        if "g" in p:  # conv_mm_s8: int16 groups of a channel-pair record -> int8
+            saved, reuse = -(-p["cout"] // 2) * 8 * p["g"], p["oh"] * p["ow"]
+        else:  # dense_w16_s8 -> dense_s8
+            saved, reuse = p["cout"] * (2 * p["k4"] - p["k"]), p["n"]
+        candidates.append((reuse, -saved, graph.ops[i].output, saved))
     chosen, total = [], 0
     for _, _, name, saved in sorted(candidates):
         if total >= excess:

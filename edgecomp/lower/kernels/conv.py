@@ -117,13 +117,15 @@ TAIL1_MAX_PIXELS = 64
 MM_REQUANT = ("ec_requant_s8", "ec_requant_s8_q31", "ec_requant_s8_dbl31")
 
 
-def conv_mm_s8(index: int, op: Conv, graph: IntGraph, name: str = "conv_mm_s8", narrow: bool = False):
+def conv_mm_s8(index: int, op: Conv, graph: IntGraph, name: str = "conv_mm_s8", narrow: bool = False,
+               wide: bool = False):  # fmt: skip
     """Two channels x two pixels per step over an int16 im2col block (mm.py): weights as int16
     records in flash (w16), int8 records widened into scratch per block of pixels (w16s), or int8
     records widened in the loop (w8). A pointwise layer with no more outputs than inputs may write
     its output over its input (MicroKernel.inplace): every block of pixels is gathered into scratch
     before its outputs are written, and output (c, p) lands on input (c, p). `narrow`: int8 records
-    (w16s or w8) even where int16 ones would be faster (--max-flash)."""
+    (w16s or w8) even where int16 ones would be faster (--max-flash, --optimize size); `wide`: int16
+    records wherever they are faster, whatever their flash (--optimize speed)."""
     p, (bias, pairs, sh) = _params(op, graph)
     if p["rq"] not in MM_REQUANT or p["n"] * p["oh"] * p["ow"] < 1:
         return None
@@ -131,7 +133,7 @@ def conv_mm_s8(index: int, op: Conv, graph: IntGraph, name: str = "conv_mm_s8", 
     order = mm.slot_order(kind, p["cin"], p["kh"], p["kw"])
     k = p["cin"] * p["kh"] * p["kw"]
     p.update(kind=kind, k=k, k4=order.size, g=order.size // 4, fuse_add=0)
-    p.update(mm.plan(p, mm.scratch_room(op, graph), narrow))
+    p.update(mm.plan(p, mm.scratch_room(op, graph), narrow, wide))
     dbl = p["rq"] == "ec_requant_s8_dbl31"
     w2d = op.weight.reshape(p["cout"], -1).astype(np.int64)
     bias = bias.astype(np.int64)
@@ -175,6 +177,14 @@ def conv_mm_s8_narrow(index: int, op: Conv, graph: IntGraph):
 
 def conv_pw_s8_narrow(index: int, op: Conv, graph: IntGraph):
     return conv_mm_s8(index, op, graph, "conv_pw_s8", narrow=True)
+
+
+def conv_mm_s8_wide(index: int, op: Conv, graph: IntGraph):
+    return conv_mm_s8(index, op, graph, wide=True)
+
+
+def conv_pw_s8_wide(index: int, op: Conv, graph: IntGraph):
+    return conv_mm_s8(index, op, graph, "conv_pw_s8", wide=True)
 
 
 def is_depthwise_3x3(op: Conv, graph: IntGraph) -> bool:

@@ -163,11 +163,13 @@ def _fused_into_add(graph: IntGraph) -> set[str]:
 def _in_place(op: IntOp, graph: IntGraph, fused: set[str]) -> str | None:
     """The input whose buffer `op`'s output will likely take (the kernels that allow it: pointwise
     and depthwise convolutions that do not grow, elementwise Adds: the residual when the other
-    addend is a convolution fused into it), else None."""
-    from edgecomp.quant.ops import Add, Conv
+    addend is a convolution fused into it; patch-based execution's Crop and Place), else None."""
+    from edgecomp.quant.ops import Add, Conv, Crop, Place
 
     if not op.inputs:
         return None
+    if isinstance(op, Crop) or isinstance(op, Place) and len(op.inputs) == 2:
+        return op.inputs[0]
     x, out = graph.tensors[op.inputs[0]], graph.tensors[op.output]
     if isinstance(op, Conv) and int(np.prod(out.shape)) <= int(np.prod(x.shape)):
         pointwise = op.weight.shape[2:] == (1, 1) and tuple(op.strides) == (1, 1) and not any(op.pads)
@@ -207,15 +209,15 @@ def scratch_room(op: IntOp, graph: IntGraph) -> int:
     return int((max(live) - live[here]) * ROOM_SHARE) if live else 0
 
 
-def plan(p: dict, room: int, narrow: bool = False) -> dict:
+def plan(p: dict, room: int, narrow: bool = False, wide: bool = False) -> dict:
     """Mode (w16, w16s, w8) and pixels per block (even) of a layer with P output pixels, K4 slots and
     cout channels, given `room` bytes of scratch that cost no arena; `narrow`: never int16 records
-    in flash."""
+    in flash; `wide` (and not `narrow`): always int16 records in flash (the fastest form)."""
     P, k4, cout = p["oh"] * p["ow"], p["k4"], p["cout"]
     per_px = 2 * k4  # int16 column bytes per pixel
     rec16 = 16 + 4 * k4 + 24
     budget = max(room, MIN_SCRATCH)
-    if not narrow and (cout * k4 <= WIDE_MAX_BYTES or P >= WIDE_MIN_PIXELS):
+    if not narrow and (wide or cout * k4 <= WIDE_MAX_BYTES or P >= WIDE_MIN_PIXELS):
         mode = "w16"
     elif (budget - rec16) // per_px >= min(MIN_BLOCK, P):
         mode = "w16s"

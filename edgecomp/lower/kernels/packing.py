@@ -77,6 +77,21 @@ def pack_dense(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([quads, w[full:].reshape(-1)]).astype(np.int8))
 
 
+def pack_dense_w16(w: np.ndarray) -> np.ndarray:
+    """[rows, K] int8 -> int16 records for dense_w16_s8: K zero-padded to K4 (a multiple of 4), each
+    group of four weights in SXTB16 lane order (k0, k2, k1, k3) like ec_widen_pairs's input; each
+    group of four rows interleaved by groups ([r0 g0][r1 g0][r2 g0][r3 g0][r0 g1]...: one LDRD per
+    row and step), leftover rows after, one row after the other."""
+    rows, k = w.shape
+    k4 = -(-k // 4) * 4
+    padded = np.zeros((rows, k4), np.int16)
+    padded[:, :k] = w
+    lanes = padded.reshape(rows, k4 // 4, 4)[:, :, [0, 2, 1, 3]]
+    full = rows // 4 * 4
+    quads = lanes[:full].reshape(rows // 4, 4, k4 // 4, 4).transpose(0, 2, 1, 3).reshape(-1)
+    return np.ascontiguousarray(np.concatenate([quads, lanes[full:].reshape(-1)]).astype(np.int16))
+
+
 def pack_pointwise(w2d: np.ndarray) -> np.ndarray:
     """[cout, K] int8 -> [ceil(cout/4)][K][4]: for each row k of the matrix product, the weights of
     four output channels side by side (one lane each in conv_neon_s8.c.j2); missing channels zero."""
