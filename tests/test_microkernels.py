@@ -108,6 +108,15 @@ CASES = {
     "conv_1x1_batch2": lambda: _conv(6, 7, (3, 3), (1, 1), pads=(0, 0, 0, 0), batch=2, relu=False),
     "conv_10x4_kws_like": lambda: _conv(1, 4, (12, 6), (10, 4), stride=2, pads=(5, 1, 4, 2)),
     "conv_4x4_row4_cin3": lambda: _conv(3, 5, (9, 10), (4, 4), pads=(1, 1, 2, 2)),  # row4: interior and border
+    # row3 columns of inside pixel pairs in assembly (cin <= 3): 9, 3 and 6 kernel rows, strides 1 and 2
+    "conv_row3_cin3_s2": lambda: _conv(3, 4, (11, 12), (3, 3), stride=2, pads=(0, 0, 1, 1)),
+    "conv_row3_cin1_s2": lambda: _conv(1, 4, (9, 10), (3, 3), stride=2),
+    "conv_row3_cin1": lambda: _conv(1, 4, (7, 8), (3, 3)),
+    "conv_row3_cin2": lambda: _conv(2, 6, (8, 9), (3, 3)),
+    # two records a loop step with 3P + 1 >= 4096: the second record's outputs from y + 2P in a register
+    "conv_two_records_far": lambda: _conv(3, 4, (46, 46), (3, 3)),  # 2P = 4232: MOVW + ADD
+    # windows 1 to 3 columns past either edge: a row's bytes as one shifted word of its end
+    "conv_row4_pad3": lambda: _conv(2, 3, (7, 9), (3, 4), pads=(1, 3, 1, 3)),
     "depthwise_3x3": lambda: _conv(6, 6, (7, 5), (3, 3), group=6),  # odd width: the 2-output loop's tail
     "depthwise_stride2": lambda: _conv(4, 4, (8, 9), (3, 3), stride=2, group=4),
     "depthwise_narrow_pad_left2": lambda: _conv(3, 3, (6, 3), (3, 3), pads=(0, 2, 1, 0), group=3),  # width < 4
@@ -141,6 +150,12 @@ CASES = {
     "conv_single_pixel": lambda: _conv(4, 6, (3, 3), (3, 3), pads=(0, 0, 0, 0)),  # no pixel pair: one-lane path only
     # room under the first layer's peak: int8 records widened into scratch per block (w16s), odd cout
     "pointwise_widened_w16s": lambda: _chain(16, (16, 16), (64, 3, 4, (1, 1, 1, 1), 1), (63, 1, 1, (0,) * 4, 1)),
+    # odd pixel count (9) with 36 groups: the odd last pixel's lane-only pass loops over its groups
+    "pointwise_w16s_odd_pixels_g36": lambda: _chain(64, (12, 12), (144, 3, 4, (1, 1, 1, 1), 1), (40, 1, 1, (0,) * 4, 1)),
+    # w16s, even pixel count, 36 groups (a k loop): the matrix loop widens each record itself
+    "pointwise_w16s_g36_in_loop": lambda: _chain(64, (16, 16), (144, 3, 4, (1, 1, 1, 1), 1), (40, 1, 1, (0,) * 4, 1)),
+    # w16s with an odd group count (K = 20): the LDM/STM widening's one-group tail
+    "pointwise_w16s_odd_groups": lambda: _chain(16, (16, 16), (20, 3, 4, (1, 1, 1, 1), 1), (110, 1, 1, (0,) * 4, 1)),
     # dwconv_rows_s8 with fewer buffered rows than the padded plane, in place, strides 1 and 2
     "depthwise_rows_streamed": lambda: _chain(1, (60, 61), (4, 3, 1, (1, 1, 1, 1), 1), (None, 3, 1, (1, 1, 1, 1), 4)),
     "depthwise_rows_streamed_s2": lambda: _chain(1, (61, 60), (4, 3, 1, (1, 1, 1, 1), 1),
@@ -152,6 +167,9 @@ CASES = {
 PATHS = {
     "pointwise_in_place_w8": [r"ec_mk1_conv_pw_s8: .* records w8,"],
     "pointwise_widened_w16s": [r"ec_mk1_conv_pw_s8: .* records w16s,"],
+    "pointwise_w16s_odd_groups": [r"ec_mk1_conv_pw_s8: .* 20 slots, records w16s,", r"the loop widens each record"],
+    "pointwise_w16s_g36_in_loop": [r"ec_mk1_conv_pw_s8: .* 144 slots, records w16s,", r"the loop widens each record"],
+    "pointwise_w16s_odd_pixels_g36": [r"ec_mk1_conv_pw_s8: .* 144 slots, records w16s,", r"ec_mk1_conv_pw_s8_mm1\(&c\)"],
     "pointwise_in_place_w8_odd_pixels": [r"ec_mk1_conv_pw_s8: .* records w8,", r"const int32_t last = "],
     "pointwise_w16s_odd_pixels": [r"ec_mk1_conv_pw_s8: .* records w16s,", r"const int32_t last = "],
     "conv_odd_pixels_even_cout": [r"ec_mk0_conv_mm_s8: .* records w16,", r"const int32_t last = "],
@@ -164,10 +182,17 @@ PATHS = {
     "depthwise_rows_ldm_s2_w16": [r"ec_mk0_dwconv_rows_s8_image_asm\(plane"],
     "pointwise_few_cin8_odd_pixels": [r"ec_mk0_conv_pw_few_s8: "],
     "pointwise_few_cin6_cout9": [r"ec_mk0_conv_pw_few_s8: .* 1 channels a loop step"],
-    "pointwise_few_cin4_wide": [r"ec_mk0_conv_pw_few_s8: "],
-    "conv_k27_odd_pixels": [r"conv_mm_s8: .* im2col row3"],
+    "pointwise_few_cin4_wide": [r"ec_mk0_conv_pw_few_s8: ", r"add lr, lr, #640"],  # channel pairs: one ADD of 2P
+    "conv_k27_odd_pixels": [r"conv_mm_s8: .* im2col row3", r"Two records a loop step"],
+    "conv_wide_weights": [r"Two records a loop step"],
     "conv_10x4_kws_like": [r"conv_mm_s8: .* im2col row4"],
     "conv_4x4_row4_cin3": [r"conv_mm_s8: .* im2col row4"],
+    "conv_row4_pad3": [r"conv_mm_s8: .* im2col row4"],
+    "conv_two_records_far": [r"Two records a loop step", r"add r1, r0, r1"],
+    "conv_row3_cin3_s2": [r"conv_mm_s8: .* im2col row3", r"_cols_in\(src, d\)"],
+    "conv_row3_cin1_s2": [r"conv_mm_s8: .* im2col row3", r"_cols_in\(src, d\)"],
+    "conv_row3_cin1": [r"conv_mm_s8: .* im2col row3", r"_cols_in\(src, d\)"],
+    "conv_row3_cin2": [r"conv_mm_s8: .* im2col row3", r"_cols_in\(src, d\)"],
     "global_avgpool": [r"ec_mk1_global_avgpool_s8: "],
     "conv_dilated_nopad": [r"conv_mm_s8: .* im2col generic"],
     "depthwise_narrow_pad_left2": [r"ec_mk0_dwconv_rows_s8: "],
@@ -224,7 +249,9 @@ def test_microkernel_host_bit_exact(name, tmp_path, monkeypatch):
                                   "add_standalone", "global_avgpool", "pointwise_in_place_w8_odd_pixels",
                                   "pointwise_w16s_odd_pixels", "conv_odd_pixels_even_cout", "conv_single_pixel", "depthwise_narrow_pad_left2", "conv_4x4_row4_cin3", "conv_1x1_batch2", "conv_10x4_kws_like", "depthwise_stride2",
                                   "conv_dilated_nopad", "pointwise_in_place_w8", "pointwise_widened_w16s",
-                                  "depthwise_rows_streamed", "depthwise_rows_streamed_s2",
+                                  "pointwise_w16s_odd_groups", "pointwise_w16s_odd_pixels_g36", "pointwise_w16s_g36_in_loop", "conv_row4_pad3",
+                                  "conv_row3_cin3_s2", "conv_row3_cin1_s2", "conv_row3_cin1", "conv_row3_cin2",
+                                  "conv_two_records_far", "depthwise_rows_streamed", "depthwise_rows_streamed_s2",
                                   "depthwise_rows_shift_per_channel", "depthwise_rows_shift_per_channel_s2",
                                   "depthwise_rows_ldm_w20", "depthwise_rows_ldm_s2_w16", "pointwise_few_cin8_odd_pixels",
                                   "pointwise_few_cin6_cout9", "pointwise_few_cin4_wide"])  # fmt: skip

@@ -59,6 +59,30 @@ static inline uint32_t ec_double16(uint32_t v)
   return ((v << 1) & 0xFFFEFFFEu);
 }
 
+/* (lo's low half, hi's low half): one PKHBT on cores with the DSP extension. */
+static inline uint32_t ec_pkhbt(uint32_t lo, uint32_t hi)
+{
+#if EC_HAVE_DSP
+  uint32_t r;
+  __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(lo), "r"(hi));
+  return r;
+#else
+  return (lo & 0xFFFFu) | (hi << 16);
+#endif
+}
+
+/* (lo's high half, hi's high half): one PKHTB. */
+static inline uint32_t ec_pkhtb(uint32_t lo, uint32_t hi)
+{
+#if EC_HAVE_DSP
+  uint32_t r;
+  __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(hi), "r"(lo));
+  return r;
+#else
+  return (lo >> 16) | (hi & 0xFFFF0000u);
+#endif
+}
+
 /* Two bytes from any address, zero-extended. */
 static inline uint32_t ec_load16u(const void *p)
 {
