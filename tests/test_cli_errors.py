@@ -292,6 +292,35 @@ def test_silent_device_times_out_and_qemu_is_cleaned_up(tmp_path):
     assert not _processes_with(str(out / "firmware.elf")), "QEMU was left running"
 
 
+@needs_qemu
+def test_qemu_ends_when_edgecomp_is_killed(tmp_path):
+    """SIGKILL gives `edgecomp qemu` no chance to close QEMU: QEMU must end with it, not spin on."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    assert edgecomp("build", EXAMPLE, "--target", "cortex-m7", "-o", out).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "edgecomp.cli", "qemu", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert "UART is" in proc.stdout.readline()
+        assert _processes_with(str(out / "firmware.elf")), "QEMU did not start"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _processes_with(str(out / "firmware.elf")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _processes_with(str(out / "firmware.elf")), "QEMU outlived the edgecomp that started it"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+        for pid in _processes_with(str(out / "firmware.elf")):  # a failed run leaves nothing behind
+            os.kill(pid, signal.SIGKILL)
+
+
 def _processes_with(text: str) -> list[int]:
     """PIDs whose command line contains `text` (from /proc: procps may not be installed)."""
     pids = []

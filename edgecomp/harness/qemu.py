@@ -3,12 +3,16 @@ pseudo-terminal, for tools that want a serial device); always clean up."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +28,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In QEMU's process before it starts: end it when edgecomp's process ends, however that ends
+    (SIGKILL and SIGTERM leave edgecomp no chance to close it; an idle firmware would spin on)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def qemu_command(target: Target, elf: Path, port: int | None) -> list[str]:
@@ -70,7 +82,8 @@ class QemuProcess:
         self.port = None if pty else _free_port()
         self.command = qemu_command(target, elf, self.port)
         self.proc = subprocess.Popen(
-            self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         self._stderr: str | None = None
         self.url = f"socket://127.0.0.1:{self.port}" if not pty else self._pty_path()
