@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import onnx
 import pytest
-from conftest import HAVE_ARM, make_model, needs_qemu, random_inputs, weight
+from conftest import make_model, needs_qemu, random_inputs, weight
 from onnx import helper
 
 from edgecomp.passes.quantize import quantize
@@ -287,16 +287,20 @@ def _large_multiplier():
     return make_model(nodes, [("x", [1, 1, 6, 5])], [("y", [1, 3, 6, 5])], inits)
 
 
-@pytest.mark.parametrize("target", ["host", "cortex-m7"])
-def test_requantization_with_a_large_multiplier_keeps_the_micro_kernel(target, tmp_path):
-    if target != "host" and not HAVE_ARM:
-        pytest.skip("needs arm-none-eabi-gcc and qemu-system-arm")
+@pytest.mark.parametrize(("target", "kernel", "requant"), [
+    ("host", "ec_mk0_conv_s8", "ec_requant_s8_int64("),
+    pytest.param("cortex-m7", "ec_mk0_conv_s8", "ec_requant_s8_int64(", marks=needs_qemu),
+    # conv_mve_s8's vector form of it (VMULH/VMUL halves, rounding shifts), in QEMU mps3-an547
+    pytest.param("cortex-m55", "ec_mk0_conv_mve_s8", "ec_mve_requant_int64(", marks=needs_qemu),
+])  # fmt: skip
+def test_requantization_with_a_large_multiplier_keeps_the_micro_kernel(target, kernel, requant, tmp_path):
+    """A multiplier above 1/4 (n <= 32, the int64 definition) keeps the convolution's micro-kernel."""
     model = _large_multiplier()
     result = _build(model, target, tmp_path)
     conv = next(op for op in result.int_graph.ops if op.kind == "conv")
     assert np.any((conv.shift <= 32) & (conv.mult != 0))
     text = (result.outdir / "model_kernels.c").read_text()
-    assert "ec_mk0_conv_s8" in text and "ec_requant_s8_int64(" in text
+    assert kernel in text and requant in text
     samples = [random_inputs(model, s) for s in range(3)]
     for run, want in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
         np.testing.assert_array_equal(run.outputs[0], want[0])
@@ -366,21 +370,6 @@ def test_microkernel_cortex_m55_mve_bit_exact(name, tmp_path, monkeypatch):
     for run, wants in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
         for g, want in zip(run.outputs, wants, strict=True):
             np.testing.assert_array_equal(g, want)
-
-
-@needs_qemu
-def test_helium_requantization_with_a_large_multiplier(tmp_path):
-    """A multiplier above 1/4 (n <= 32, the int64 definition): conv_mve_s8's vector form of it
-    (VMULH/VMUL halves, rounding shifts), bit-exact in QEMU mps3-an547."""
-    model = _large_multiplier()
-    result = _build(model, "cortex-m55", tmp_path)
-    conv = next(op for op in result.int_graph.ops if op.kind == "conv")
-    assert np.any((conv.shift <= 32) & (conv.mult != 0))
-    text = (result.outdir / "model_kernels.c").read_text()
-    assert "ec_mk0_conv_mve_s8" in text and "ec_mve_requant_int64(" in text
-    samples = [random_inputs(model, s) for s in range(3)]
-    for run, want in zip(run_samples(result, samples), expected_outputs(result, samples), strict=True):
-        np.testing.assert_array_equal(run.outputs[0], want[0])
 
 
 @needs_qemu
