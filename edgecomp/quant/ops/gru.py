@@ -163,10 +163,8 @@ _refuse = partial(refusal, "GRU")
 
 @handles("GRU")
 def gru_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
-    why = gru_refusal(node, ex.attrs(node), list(node.input))
-    if why:
-        raise _refuse(node, why)
-    a, inputs, x, w, w_scale, r, r_scale, hidden, reverse, dirs, rows, b = recurrent_weights(ex, node, "GRU", 3, _refuse)
+    a, inputs, x, w, w_scale, r, r_scale, hidden, reverse, dirs, rows, b = recurrent_weights(
+        ex, node, "GRU", 3, _refuse, gru_refusal)
     lbr = bool(a.get("linear_before_reset", 0))
     wb, rb = b[:, : 3 * hidden].copy(), b[:, 3 * hidden :].copy()
     wb[:, : 2 * hidden] += rb[:, : 2 * hidden]  # z and r: both biases with the input part

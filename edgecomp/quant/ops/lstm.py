@@ -241,12 +241,16 @@ def _state_params(ex: Extractor, node: onnx.NodeProto, name: str, shape: tuple[i
     return QTensor(name, shape, str(zp.dtype), float(scale.reshape(-1)[0]), int(zp))
 
 
-def recurrent_weights(ex: Extractor, node: onnx.NodeProto, kind: str, gates: int, refuse) -> tuple:
-    """What LSTM and GRU read alike: checks that the quantizer wrapped the node, then the int8
+def recurrent_weights(ex: Extractor, node: onnx.NodeProto, kind: str, gates: int, refuse, refusal) -> tuple:
+    """What LSTM and GRU read alike: the form's refusal (`refusal(node, attrs, inputs)`, a reason or
+    None), a check that the quantizer wrapped the node, then the int8
     [seq, 1, in] input, the weights W and R as [rows, k] with their scales, hidden size, directions
     (`reverse` per direction) and the float bias B as [dirs, 2 * gates * hidden] (zeros if absent)."""
     a = ex.attrs(node)
     inputs = list(node.input)
+    why = refusal(node, a, inputs)
+    if why:
+        raise refuse(node, why)
     if not any(u.op_type == "QuantizeLinear" for o in node.output if o for u in ex.consumers.get(o, [])):
         raise refuse(node, f"a{'n' if kind == 'LSTM' else ''} {kind} left in float (edgecomp's quantizer quantizes "
                            f"{kind}s with --quantize int8 and w4a8)")  # fmt: skip
@@ -283,10 +287,8 @@ def initial_state(ex: Extractor, node: onnx.NodeProto, name: str, want: QTensor,
 
 @handles("LSTM")
 def lstm_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
-    why = lstm_refusal(node, ex.attrs(node), list(node.input))
-    if why:
-        raise _refuse(node, why)
-    a, inputs, x, w, w_scale, r, r_scale, hidden, reverse, dirs, rows, b = recurrent_weights(ex, node, "LSTM", 4, _refuse)
+    a, inputs, x, w, w_scale, r, r_scale, hidden, reverse, dirs, rows, b = recurrent_weights(
+        ex, node, "LSTM", 4, _refuse, lstm_refusal)
     b = (b[:, : 4 * hidden] + b[:, 4 * hidden :]).reshape(rows)  # Wb + Rb, per direction
     outs = list(node.output) + [""] * (3 - len(node.output))
     (y, y_live), (yh, yh_live), (yc, yc_live) = (_state_out(ex, node, n) for n in outs[:3])
