@@ -327,8 +327,7 @@ def _live_peak(graph: IntGraph, alias: dict[str, str]) -> int:
             last[root] = max(last.get(root, i), i)
     events: dict[int, int] = {}
     for name, f in first.items():
-        t = graph.tensors[name]
-        size = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
+        size = _nbytes(graph, name)
         events[f] = events.get(f, 0) + size
         end = last.get(name, f) + 1
         events[end] = events.get(end, 0) - size

@@ -86,10 +86,8 @@ def pack_dense_w16(w: np.ndarray) -> np.ndarray:
     k4 = -(-k // 4) * 4
     padded = np.zeros((rows, k4), np.int16)
     padded[:, :k] = w
-    lanes = padded.reshape(rows, k4 // 4, 4)[:, :, [0, 2, 1, 3]]
-    full = rows // 4 * 4
-    quads = lanes[:full].reshape(rows // 4, 4, k4 // 4, 4).transpose(0, 2, 1, 3).reshape(-1)
-    return np.ascontiguousarray(np.concatenate([quads, lanes[full:].reshape(-1)]).astype(np.int16))
+    lanes = padded.reshape(rows, k4 // 4, 4)[:, :, [0, 2, 1, 3]].reshape(rows, k4)
+    return pack_dense(lanes).astype(np.int16)  # dense_s8's row interleave; the values are int8
 
 
 def pack_pointwise(w2d: np.ndarray) -> np.ndarray:
