@@ -38,7 +38,7 @@ from calib import augmented  # noqa: E402
 from edgecomp.errors import EdgecompError
 from edgecomp.frontend import load_model
 from edgecomp.io import to_model_dtype
-from edgecomp.options import parse_size
+from edgecomp.options import CHOICES, parse_size
 from edgecomp.pipeline import BuildOptions, BuildResult, build
 from edgecomp.quant.accuracy import sqnr_db
 from edgecomp.runner import integrity_cost, profile_record, run_samples
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-flash-tflm", type=float, metavar="FRACTION",
                     help="int8/tflite: also build every model with --max-flash = FRACTION x its TFLM + CMSIS-NN "
                          "flash (the baseline table; e.g. 0.8) and show its instructions beside the unbudgeted row")  # fmt: skip
-    ap.add_argument("--optimize", choices=["balanced", "speed", "size"], default="balanced",
+    ap.add_argument("--optimize", choices=CHOICES["optimize"], default="balanced",
                     help="int8/tflite: build every row with edgecomp's --optimize (the rows' names say it "
                          "when it is not the default) [balanced]")  # fmt: skip
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
@@ -294,6 +294,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="write these results as the new expected figures (a deliberate change; the rows "
                          "this run did not measure keep their figures)")  # fmt: skip
     args = ap.parse_args(argv)
+    try:
+        max_ram = parse_size(args.max_ram) if args.max_ram else None
+    except EdgecompError as exc:
+        print(f"bench: --max-ram: {exc}", file=sys.stderr)
+        return 2
+    if args.max_flash_tflm is not None and args.max_flash_tflm <= 0:
+        print("bench: --max-flash-tflm is a positive fraction of TFLM's flash (e.g. 0.8)", file=sys.stderr)
+        return 2
     if not args.models.is_dir() and not ((args.large or args.huge) and args.only):
         print(f"bench: model folder {args.models} not found (pass --models)", file=sys.stderr)
         return 2
@@ -322,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                     [(None, args.patch, None, None)] if args.patch and dtype in ("int8", "tflite") else [])
                 if args.max_flash_tflm and dtype in ("int8", "tflite") and name in baseline:
                     variants.append((None, None, int(args.max_flash_tflm * baseline[name]["flash_bytes"]), None))
-                if args.max_ram and dtype in ("int8", "tflite"):
-                    variants.append((None, None, None, parse_size(args.max_ram)))
+                if max_ram and dtype in ("int8", "tflite"):
+                    variants.append((None, None, None, max_ram))
                 for prune, patch, max_flash, max_ram in variants:
                     try:
                         row = bench_one(*paths[name], target, dtype, args.workdir, prune, args.dead_channels,

@@ -391,6 +391,8 @@ def _export(args, log) -> int:
                         "with the options it chose (e.g. --patch)")  # fmt: skip
     if args.eval:
         raise UserError("--eval reports a build's accuracy: use it with edgecomp build")
+    if args.no_a16:
+        raise UserError("--no-a16 is an option of edgecomp build --quantize mixed")
     options = replace(_options(args), arena=args.arena or "caller")
     result = export(args.model, load_target(args.target), args.output_dir, options, args.format, log, args.calib,
                     args.save_quantized, args.save_pruned)  # fmt: skip
@@ -416,6 +418,8 @@ def _build(args, reuse: bool, log) -> BuildResult:
     options = _options(args)
     if args.sanitize and not target.is_host:
         raise UserError("--sanitize builds the host target only (use --target host)")
+    if args.no_a16 and args.quantize != "mixed":
+        raise UserError("--no-a16 is an option of --quantize mixed")
     if args.fit:
         from edgecomp.fit import fit
         from edgecomp.options import parse_size
@@ -449,14 +453,13 @@ def _build(args, reuse: bool, log) -> BuildResult:
         report.print_precision(result.report.get("mixed", {}), result.report.get("precision", []))
         return result
     if args.max_flash:  # an integer build: int8 weight records where int16 ones do not fit
+        from edgecomp.frontend.tflite import is_tflite
         from edgecomp.options import parse_size
 
-        if args.quantize is None and not str(args.model).endswith(".tflite") and not _is_qdq(args.model):
+        if args.quantize is None and not is_tflite(args.model) and not _is_qdq(args.model):
             raise UserError("--max-flash is a budget for --fit, --quantize (int8: weight records), a quantized model "
                             "and --quantize mixed")  # fmt: skip
         options = replace(options, max_flash=parse_size(args.max_flash))
-    if getattr(args, "no_a16", False):
-        raise UserError("--no-a16 is an option of --quantize mixed")
     if args.max_ram:
         from edgecomp.options import parse_size
 

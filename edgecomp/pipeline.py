@@ -373,6 +373,8 @@ def _build_within_flash(model_path: Path, target: Target, outdir: Path | None, o
     fewest instructions per byte saved). A budget that cannot be met is an error saying by how much."""
     from edgecomp.lower.kernels import narrow_plan
 
+    if target.is_process:
+        raise UserError(f"--max-flash is a firmware budget: {target.name} builds a program, which has no flash")
     budget = options.max_flash
     base = replace(options, max_flash=None)
     outdir = Path(outdir or default_outdir(model_path, target))

@@ -371,4 +371,7 @@ def test_optimize_speed_and_size_builds_and_bad_values(tmp_path):
     assert not (tmp_path / "tvm").exists()
     proc = edgecomp("build", EXAMPLE, "-t", "host", "--optimize", "size", "-o", tmp_path / "float")
     assert_clean_error(proc, 2, "--optimize size", "float build")
+    proc = edgecomp(*common, "--max-flash", "64K", "-o", tmp_path / "noflash")  # a host program has no flash
+    assert_clean_error(proc, 2, "--max-flash is a firmware budget")
+    assert not (tmp_path / "noflash").exists()
     assert [line for line in proc.stderr.splitlines() if "error" in line.lower()] == proc.stderr.splitlines()[-1:]
