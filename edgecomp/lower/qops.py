@@ -263,13 +263,6 @@ def _transpose(x, *, a, dtype):
     return te.compute(shape, f, name="transpose")
 
 
-def _strided_slice(x, *, a, dtype):
-    """quant/ops/layout.py StridedSlice."""
-    return te.compute(tuple(a.shape), lambda *i: x[tuple(_c(s, I32) + j * _c(st, I32) for s, st, j in
-                                                         zip(a.starts, a.steps, i, strict=True))].astype(dtype),
-                      name="strided_slice")  # fmt: skip
-
-
 def _concat(*xs, a, dtype):
     axis = a.axis
     sizes = [int(x.shape[axis]) for x in xs]
@@ -600,7 +593,6 @@ TE_KERNELS = {
     ops.Reshape: lambda op, g: (partial(_reshape, a=op, shape=_out_shape(op, g)), []),
     ops.Transpose: lambda op, g: (partial(_transpose, a=op), []),
     ops.Concat: lambda op, g: (partial(_concat, a=op), []),
-    ops.StridedSlice: lambda op, g: (partial(_strided_slice, a=op), []),
     ops.PRelu: lambda op, g: (partial(_prelu, a=op), [_const(op.neg_mult, I64), _const(op.neg_shift, I64)]),
     ops.Lut: lambda op, g: (_lut, [_const(op.table, str(op.table.dtype))]),
     ops.Lut16: lambda op, g: (partial(_lut16, a=op), [_const(op.table, I32)]),

@@ -33,7 +33,7 @@ from edgecomp.quant.ops import (
     Pad,
     Quantize,
     Reshape,
-    StridedSlice,
+    Slice,
     TflAvgPool,
     TflMean,
     TflSigmoid16,
@@ -516,18 +516,11 @@ class _Importer:
             starts.append(idx.start)
             steps.append(idx.step)
             sizes.append(len(idx))
-        x = self.get(op.inputs[0], "plain")
-        make = lambda out, q: StridedSlice(inputs=(x,), output=out, node=op.label, starts=tuple(starts),  # noqa: E731
-                                           steps=tuple(steps), shape=tuple(sizes))  # fmt: skip
-        if tuple(sizes) == tuple(y_t.shape):
-            self.define(op.outputs[0], make, "plain")
-            return
-        kept = self._name(f"{y_t.name}_kept")  # shrunk axes dropped by a reshape
-        self.tensors[kept] = QTensor(kept, tuple(sizes), y_t.dtype, y_t.scale, y_t.zero_point, y_t.name)
-        self.ops.append(make(kept, self.tensors[kept]))
-        self.define(op.outputs[0], lambda out, q: Reshape(inputs=(kept,), output=out, node=op.label,
-                                                           rescale=_identity(y_t.zero_point), lo=_qmin(y_t),
-                                                           hi=_qmax(y_t)), "plain")  # fmt: skip
+        x = self.get(op.inputs[0], "plain")  # shrunk axes: Slice lays the taken block out in y's shape
+        self.define(op.outputs[0], lambda out, q: Slice(inputs=(x,), output=out, node=op.label, starts=tuple(starts),
+                                                         steps=tuple(steps), counts=tuple(sizes),
+                                                         shape=tuple(y_t.shape), rescale=_identity(y_t.zero_point),
+                                                         lo=_qmin(y_t), hi=_qmax(y_t)), "plain")  # fmt: skip
 
     def op_TRANSPOSE(self, op: TflOp) -> None:
         x_t, y_t = self.t(op.inputs[0]), self.t(op.outputs[0])

@@ -28,7 +28,7 @@ from edgecomp.quant.ops.edges import Dequantize, Quantize, integer_io, outputs_o
 from edgecomp.quant.ops.elementwise import Add, Mul, PRelu
 from edgecomp.quant.ops.extremum import Extremum, Reduce
 from edgecomp.quant.ops.gru import Gru
-from edgecomp.quant.ops.layout import Concat, Reshape, StridedSlice, Transpose
+from edgecomp.quant.ops.layout import Concat, Reshape, Transpose
 from edgecomp.quant.ops.lstm import Lstm
 from edgecomp.quant.ops.lut import Lut, Lut16, TflSigmoid16
 from edgecomp.quant.ops.mean import TflMean
@@ -41,6 +41,6 @@ from edgecomp.quant.ops.softmax_tfl import TflSoftmax, TflSoftmax16
 
 __all__ = [
     "Add", "AvgPool", "Concat", "Conv", "Crop", "Dense", "Dequantize", "Extremum", "Gru", "Lstm", "Lut", "Lut16", "MaxPool", "Mul", "PRelu",
-    "Pad", "Place", "Quantize", "Reduce", "Reshape", "Slice", "Softmax", "StridedSlice", "TflAvgPool", "TflMean", "TflSigmoid16", "TflSoftmax",
+    "Pad", "Place", "Quantize", "Reduce", "Reshape", "Slice", "Softmax", "TflAvgPool", "TflMean", "TflSigmoid16", "TflSoftmax",
     "TflSoftmax16", "Transpose", "integer_io", "outputs_of",
 ]  # fmt: skip

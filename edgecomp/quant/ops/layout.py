@@ -62,26 +62,6 @@ class Concat(IntOp):
         return clamp(np.concatenate(parts, axis=self.axis), self.lo, self.hi, dtype)
 
 
-@register
-@dataclass(frozen=True, kw_only=True, eq=False)
-class StridedSlice(IntOp):
-    """out[i0, i1, ...] = x[starts[0] + i0 * steps[0], ...]: every axis an arithmetic progression
-    (a slice with any step, or one index); the output keeps the input's rank."""
-
-    kind = "strided_slice"
-    starts: tuple[int, ...]
-    steps: tuple[int, ...]
-    shape: tuple[int, ...]  # the output's
-
-    def validate(self) -> None:
-        self._require(len(self.starts) == len(self.steps) == len(self.shape), "one start, step and size per axis")
-        self._require(all(st != 0 for st in self.steps), "steps must not be 0")
-
-    def reference(self, xs, dtype):
-        idx = [s + np.arange(n) * st for s, st, n in zip(self.starts, self.steps, self.shape, strict=True)]
-        return xs[0][np.ix_(*idx)].astype(dtype)
-
-
 @handles("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape_from_onnx(ex: Extractor, node: onnx.NodeProto) -> None:
     x = ex.act_in(node.input[0], node)
