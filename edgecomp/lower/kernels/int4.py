@@ -145,7 +145,7 @@ def dense_s4(index: int, op: Dense, graph: IntGraph):
     return mk, [pack_s4_rows(op.weight), *rq]
 
 
-def _nibble_bytes(v: np.ndarray) -> np.ndarray:
+def nibble_halves(v: np.ndarray) -> np.ndarray:
     """[groups, 2h] int4 values -> [groups, h] bytes: value j low, value j + h high (so that one
     SHL+SSHR of the bytes gives the first h values in order and one SSHR the next h)."""
     h = v.shape[1] // 2
@@ -160,8 +160,8 @@ def pack_s4_neon_conv(w2d: np.ndarray) -> np.ndarray:
     cout, k = w2d.shape
     groups = flat.reshape(-1, 4 * k)
     k4 = k // 4 * 4
-    full = _nibble_bytes(groups[:, : 4 * k4].reshape(-1, 16)).reshape(groups.shape[0], -1)
-    tail = _nibble_bytes(groups[:, 4 * k4 :].reshape(-1, 4)).reshape(groups.shape[0], -1)
+    full = nibble_halves(groups[:, : 4 * k4].reshape(-1, 16)).reshape(groups.shape[0], -1)
+    tail = nibble_halves(groups[:, 4 * k4 :].reshape(-1, 4)).reshape(groups.shape[0], -1)
     return np.ascontiguousarray(np.concatenate([full, tail], axis=1).reshape(-1))
 
 
@@ -172,9 +172,9 @@ def pack_s4_neon_dense(w: np.ndarray) -> np.ndarray:
     rows, k = w.shape
     k32, k16 = k // 32 * 32, k // 16 * 16
     v = np.asarray(w, np.int64)
-    parts = [_nibble_bytes(v[:, :k32].reshape(-1, 32)).reshape(rows, -1)]
+    parts = [nibble_halves(v[:, :k32].reshape(-1, 32)).reshape(rows, -1)]
     if k16 > k32:
-        parts.append(_nibble_bytes(v[:, k32:k16].reshape(-1, 16)).reshape(rows, -1))
+        parts.append(nibble_halves(v[:, k32:k16].reshape(-1, 16)).reshape(rows, -1))
     if k > k16:
         parts.append(np.stack([pack_nibbles(r) for r in v[:, k16:]]))
     return np.ascontiguousarray(np.concatenate(parts, axis=1).reshape(-1))

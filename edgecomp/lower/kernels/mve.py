@@ -12,7 +12,7 @@ import numpy as np
 
 from edgecomp.lower.kernels.conv import _params as conv_params
 from edgecomp.lower.kernels.dense import _params as dense_params
-from edgecomp.lower.kernels.int4 import pack_nibbles
+from edgecomp.lower.kernels.int4 import nibble_halves, pack_nibbles
 from edgecomp.lower.model import MicroKernel
 from edgecomp.quant.ir import IntGraph
 from edgecomp.quant.ops import Conv, Dense
@@ -88,8 +88,7 @@ def _s4_chunks(w2d: np.ndarray) -> np.ndarray:
     """[rows, K32] int4 values -> [rows, K32 / 2] bytes: in each chunk of 32 k, byte i holds k = i
     in its low nibble and k = 16 + i in its high one (two VSHR give the two int8 vectors)."""
     rows, k32 = w2d.shape
-    g = w2d.astype(np.int64).reshape(rows, k32 // 32, 2, 16) & 0xF
-    return np.ascontiguousarray((g[:, :, 0] | (g[:, :, 1] << 4)).astype(np.uint8).reshape(rows, k32 // 2))
+    return nibble_halves(w2d.astype(np.int64).reshape(-1, 32)).reshape(rows, k32 // 2)
 
 
 def conv_mve_s4(index: int, op: Conv, graph: IntGraph):
