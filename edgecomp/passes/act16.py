@@ -54,8 +54,8 @@ def set_act_bits(qmodel: onnx.ModelProto, layers: set[str] | frozenset[str]) -> 
     new: list[onnx.TensorProto] = []
     done: set[str] = set()
 
-    def params(q: onnx.NodeProto) -> tuple[float, int, int] | None:
-        """(scale, zero point, ONNX type) of an activation QuantizeLinear with constant int8 parameters."""
+    def params(q: onnx.NodeProto) -> tuple[float, int] | None:
+        """(scale, zero point) of an activation QuantizeLinear with constant int8 parameters."""
         if len(q.input) < 3 or q.input[1] not in inits or q.input[2] not in inits:
             return None
         zp = inits[q.input[2]]
@@ -64,7 +64,7 @@ def set_act_bits(qmodel: onnx.ModelProto, layers: set[str] | frozenset[str]) -> 
         s = numpy_helper.to_array(inits[q.input[1]]).reshape(-1)
         if s.size != 1:
             return None
-        return float(s[0]), int(numpy_helper.to_array(zp).reshape(-1)[0]), zp.data_type
+        return float(s[0]), int(numpy_helper.to_array(zp).reshape(-1)[0])
 
     def out_qs(name: str) -> list[onnx.NodeProto]:
         """The QuantizeLinear nodes of a node output (through a fused Relu/Clip), all or none."""
@@ -74,11 +74,11 @@ def set_act_bits(qmodel: onnx.ModelProto, layers: set[str] | frozenset[str]) -> 
         qs = [u for u in users if u.op_type == "QuantizeLinear"]
         return qs if qs and len(qs) == len(users) else []
 
-    def widen(q: onnx.NodeProto, old: tuple[float, int, int]) -> None:
+    def widen(q: onnx.NodeProto, old: tuple[float, int]) -> None:
         if q.output[0] in done:
             return
         done.add(q.output[0])
-        s16, zp16 = int16_params(old[0], old[1])
+        s16, zp16 = int16_params(*old)
         base = q.output[0]
         new.extend([numpy_helper.from_array(np.array(s16, np.float32), f"{base}__a16_scale"),
                     numpy_helper.from_array(np.array(zp16, np.int16), f"{base}__a16_zero_point")])  # fmt: skip
